@@ -1,0 +1,187 @@
+//! Request extractors with the API's error envelope: JSON bodies whose errors name the field at
+//! fault, and query strings parsed strictly (unknown or repeated parameters are refused).
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use crate::api::error::{ApiError, FieldError};
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// A JSON body. Unparsable JSON is a 400; well-formed JSON of the wrong shape (wrong type,
+/// unknown field) is a 422 naming the field by its path.
+pub struct ValidJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ValidJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let content_type = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let is_json = content_type.split(';').next().is_some_and(|mime| {
+            let mime = mime.trim();
+            mime == "application/json" || mime.ends_with("+json")
+        });
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "expected Content-Type: application/json, got '{content_type}'"
+            )));
+        }
+        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge(MAX_BODY_BYTES)
+            } else {
+                ApiError::bad_request(format!("could not read the request body: {rejection}"))
+            }
+        })?;
+        parse_json(&bytes).map(ValidJson)
+    }
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => {
+                let field = if path == "." { "body".to_string() } else { path };
+                ApiError::Validation(vec![FieldError::new(field, strip_position(&inner))])
+            }
+            _ => ApiError::bad_request(format!("the body is not valid JSON: {inner}")),
+        }
+    })
+}
+
+/// serde_json appends " at line L column C"; the field path says more.
+fn strip_position(err: &serde_json::Error) -> String {
+    let message = err.to_string();
+    match message.rfind(" at line ") {
+        Some(idx) => message[..idx].to_string(),
+        None => message,
+    }
+}
+
+/// The query string as name/value pairs, checked against the parameters a route knows.
+pub struct QueryParams {
+    pairs: Vec<(String, String)>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        let pairs = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+        Ok(QueryParams { pairs })
+    }
+}
+
+impl QueryParams {
+    /// Refuses parameters the route does not know, so a typo is never silently ignored.
+    pub fn allow_only(&self, known: &[&str]) -> Result<(), ApiError> {
+        let unknown: Vec<FieldError> = self
+            .pairs
+            .iter()
+            .filter(|(name, _)| !known.contains(&name.as_str()))
+            .map(|(name, _)| {
+                FieldError::new(
+                    name,
+                    format!("unknown query parameter; known: {}", known.join(", ")),
+                )
+            })
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let detail = format!(
+            "unknown query parameter(s): {}",
+            unknown.iter().map(|e| e.field.as_str()).collect::<Vec<_>>().join(", ")
+        );
+        Err(ApiError::BadRequest { detail, errors: unknown })
+    }
+
+    /// The single value of `name`, if given; repeating it is an error.
+    pub fn one<'a>(&'a self, name: &'a str) -> Result<Option<&'a str>, ApiError> {
+        let mut values = self.all(name);
+        match (values.next(), values.next()) {
+            (None, _) => Ok(None),
+            (Some(value), None) => Ok(Some(value)),
+            (Some(_), Some(_)) => Err(ApiError::bad_field(name, "given more than once")),
+        }
+    }
+
+    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.pairs.iter().filter(move |(key, _)| key == name).map(|(_, value)| value.as_str())
+    }
+
+    /// An integer parameter within `min..=max`.
+    pub fn int(&self, name: &str, min: i64, max: i64) -> Result<Option<i64>, ApiError> {
+        let Some(raw) = self.one(name)? else { return Ok(None) };
+        match raw.parse::<i64>() {
+            Ok(value) if (min..=max).contains(&value) => Ok(Some(value)),
+            _ => Err(ApiError::bad_field(
+                name,
+                format!("must be an integer from {min} to {max}, got '{raw}'"),
+            )),
+        }
+    }
+
+    /// A parameter parsed with `FromStr`, whose error message names the allowed values.
+    pub fn parsed<T: std::str::FromStr<Err = String>>(
+        &self,
+        name: &str,
+    ) -> Result<Option<T>, ApiError> {
+        self.one(name)?
+            .map(|raw| raw.parse::<T>().map_err(|err| ApiError::bad_field(name, err)))
+            .transpose()
+    }
+}
+
+/// `?wait=SECONDS` for mutating routes: block until the job ends or the time is up.
+pub fn wait_param(params: &QueryParams) -> Result<Option<std::time::Duration>, ApiError> {
+    Ok(params
+        .int("wait", 0, 60)?
+        .filter(|s| *s > 0)
+        .map(|s| std::time::Duration::from_secs(s as u64)))
+}
+
+/// `limit` (1-100, default 50) and `cursor` (opaque, from a previous page's `next_cursor`).
+pub fn page_param(params: &QueryParams) -> Result<crate::storage::PageRequest, ApiError> {
+    use base64::Engine;
+    let limit = params.int("limit", 1, 100)?.unwrap_or(50);
+    let after = match params.one("cursor")? {
+        None => None,
+        Some(raw) => {
+            let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(raw)
+                .ok()
+                .and_then(|bytes| String::from_utf8(bytes).ok())
+                .and_then(|text| text.strip_prefix("after:").map(str::to_string));
+            match decoded {
+                Some(after) => Some(after),
+                None => {
+                    return Err(ApiError::bad_field(
+                        "cursor",
+                        "not a cursor returned by this API; use next_cursor from a previous page",
+                    ));
+                }
+            }
+        }
+    };
+    Ok(crate::storage::PageRequest { limit, after })
+}
+
+/// The opaque cursor for the page after the item `after`.
+pub fn encode_cursor(after: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("after:{after}"))
+}

@@ -1,0 +1,70 @@
+//! Liveness, readiness and status: `/health`, `/ready`, `/status`.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::api::{ApiContext, ApiError};
+
+#[derive(Serialize, ToSchema)]
+pub struct HealthBody {
+    pub status: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct StatusBody {
+    pub version: String,
+    pub uptime_seconds: u64,
+    pub timestamp: DateTime<Utc>,
+    /// Where cloud calls go: AWS itself, or an emulator.
+    pub cloud: String,
+    /// Number of instances per state.
+    pub instances: BTreeMap<String, i64>,
+    /// Number of jobs per status.
+    pub jobs: BTreeMap<String, i64>,
+}
+
+pub fn router() -> Router<ApiContext> {
+    Router::new()
+        .route("/health", get(get_health))
+        .route("/ready", get(get_ready))
+        .route("/status", get(get_status))
+}
+
+/// Liveness: answers as long as the process serves HTTP.
+#[utoipa::path(get, path = "/health", tag = "health", operation_id = "get_health",
+    responses((status = 200, body = HealthBody)))]
+pub async fn get_health() -> Json<HealthBody> {
+    Json(HealthBody { status: "ok".to_string() })
+}
+
+/// Readiness: the database answers.
+#[utoipa::path(get, path = "/ready", tag = "health", operation_id = "get_ready",
+    responses((status = 200, body = HealthBody), (status = 503, body = crate::api::Problem)))]
+pub async fn get_ready(State(ctx): State<ApiContext>) -> Result<Json<HealthBody>, ApiError> {
+    ctx.store.ping().await.map_err(|err| {
+        tracing::warn!(error = ?err, "readiness check failed");
+        ApiError::Unavailable("the database does not answer".to_string())
+    })?;
+    Ok(Json(HealthBody { status: "ready".to_string() }))
+}
+
+/// Version, uptime, and counts of instances by state and jobs by status.
+#[utoipa::path(get, path = "/status", tag = "health", operation_id = "get_status",
+    responses((status = 200, body = StatusBody)))]
+pub async fn get_status(State(ctx): State<ApiContext>) -> Result<Json<StatusBody>, ApiError> {
+    let counts = ctx.store.counts().await?;
+    Ok(Json(StatusBody {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        uptime_seconds: ctx.started_at.elapsed().as_secs(),
+        timestamp: Utc::now(),
+        cloud: ctx.cloud_endpoint.to_string(),
+        instances: counts.instances_by_state,
+        jobs: counts.jobs_by_status,
+    }))
+}

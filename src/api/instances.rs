@@ -1,0 +1,417 @@
+//! `/v1/instances`: create, list, get, and the lifecycle actions, single and in bulk.
+//!
+//! Every mutating route stores its job in the same transaction as the change it records and
+//! answers `202` with the job; `?wait=SECONDS` (up to 60) holds the answer until the job ends.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::api::extract::{QueryParams, ValidJson, encode_cursor, page_param, wait_param};
+use crate::api::jobs::{JobBody, job_accepted};
+use crate::api::{ApiContext, ApiError, FieldError};
+use crate::domain::{Action, CreateRequest, InstanceState, JobKind};
+use crate::jobs::CreatePayload;
+use crate::storage::{InstanceFilter, InstanceRecord, JobView, NewJob, now_millis, to_datetime};
+
+/// Names `?backend=` accepts: `aws`, and `awscli`, its older name.
+const BACKENDS: [&str; 2] = ["aws", "awscli"];
+/// Most ids one bulk action may name.
+const MAX_BULK_IDS: usize = 1000;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateInstancesBody {
+    /// Name of the instance; for several, use `name_prefix`.
+    pub name: Option<String>,
+    /// Names instances `<prefix>-1` … `<prefix>-<count>`.
+    pub name_prefix: Option<String>,
+    /// How many instances to create (default 1, at most the policy's `max_count`).
+    pub count: Option<i64>,
+    /// Region (default: the policy's `default_region`).
+    pub region: Option<String>,
+    pub ami: Option<String>,
+    pub instance_type: Option<String>,
+    /// Root volume size in GiB (default from the policy).
+    pub storage_gb: Option<i64>,
+    /// CPU credit mode for burstable types (default: the policy's first allowed mode).
+    pub cpu_credits: Option<String>,
+    /// Existing EC2 key pair for SSH.
+    pub key_name: Option<String>,
+    pub security_group_ids: Option<Vec<String>>,
+    /// Script or cloud-init data run at first boot (plain text, not base64).
+    pub user_data: Option<String>,
+    pub tags: Option<BTreeMap<String, String>>,
+    /// Namespace (default `default`).
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkActionBody {
+    /// `start`, `stop`, `reboot` or `terminate`.
+    pub action: String,
+    /// corral ids or EC2 instance ids (`i-…`).
+    pub ids: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct InstanceBody {
+    pub id: String,
+    /// EC2 instance id, once launched.
+    pub cloud_id: Option<String>,
+    pub name: String,
+    pub namespace: String,
+    pub region: String,
+    pub ami: String,
+    pub instance_type: String,
+    pub storage_gb: i64,
+    /// provisioning, pending, running, stopping, stopped, shutting-down, terminated or failed.
+    pub state: String,
+    pub public_ip: Option<String>,
+    pub private_ip: Option<String>,
+    pub key_name: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    pub backend: String,
+    /// The queued or running job that owns the instance now, if any.
+    pub active_job_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct InstancePage {
+    pub items: Vec<InstanceBody>,
+    /// Pass as `cursor` to get the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+impl From<&InstanceRecord> for InstanceBody {
+    fn from(instance: &InstanceRecord) -> InstanceBody {
+        InstanceBody {
+            id: instance.id.clone(),
+            cloud_id: instance.cloud_id.clone(),
+            name: instance.name.clone(),
+            namespace: instance.namespace.clone(),
+            region: instance.region.clone(),
+            ami: instance.ami.clone(),
+            instance_type: instance.instance_type.clone(),
+            storage_gb: instance.storage_gb,
+            state: instance.state.to_string(),
+            public_ip: instance.public_ip.clone(),
+            private_ip: instance.private_ip.clone(),
+            key_name: instance.key_name.clone(),
+            tags: instance.tags.clone(),
+            backend: instance.backend.clone(),
+            active_job_id: instance.active_job_id.clone(),
+            created_at: to_datetime(instance.created_at),
+            updated_at: to_datetime(instance.updated_at),
+        }
+    }
+}
+
+pub fn router() -> Router<ApiContext> {
+    Router::new()
+        .route("/instances", post(create_instances).get(list_instances))
+        .route("/instances/actions", post(act_on_instances))
+        .route("/instances/{id}", get(get_instance).delete(terminate_instance))
+        .route("/instances/{id}/start", post(start_instance))
+        .route("/instances/{id}/stop", post(stop_instance))
+        .route("/instances/{id}/reboot", post(reboot_instance))
+}
+
+/// Creates `count` instances as one job, after checking the request against the policy.
+#[utoipa::path(post, path = "/v1/instances", tag = "instances", operation_id = "create_instances",
+    request_body = CreateInstancesBody,
+    params(
+        ("wait" = Option<i64>, Query, description = "Seconds (up to 60) to wait for the job to finish"),
+        ("backend" = Option<String>, Query, description = "aws (default) or awscli, the same native backend"),
+    ),
+    responses(
+        (status = 201, description = "The job finished within `wait`", body = JobBody),
+        (status = 202, description = "The job is queued or running", body = JobBody),
+        (status = 400, body = crate::api::Problem),
+        (status = 413, body = crate::api::Problem),
+        (status = 422, description = "The request breaks the policy; every violation is listed", body = crate::api::Problem),
+    ))]
+pub async fn create_instances(
+    State(ctx): State<ApiContext>,
+    params: QueryParams,
+    ValidJson(body): ValidJson<CreateInstancesBody>,
+) -> Result<Response, ApiError> {
+    params.allow_only(&["wait", "backend"])?;
+    let wait = wait_param(&params)?;
+    let backend = params.one("backend")?.unwrap_or("aws");
+    if !BACKENDS.contains(&backend) {
+        return Err(ApiError::bad_field(
+            "backend",
+            format!("unknown backend '{backend}'; allowed: {}", BACKENDS.join(", ")),
+        ));
+    }
+    let request = CreateRequest {
+        name: body.name,
+        name_prefix: body.name_prefix,
+        count: body.count,
+        region: body.region,
+        ami: body.ami,
+        instance_type: body.instance_type,
+        storage_gb: body.storage_gb,
+        cpu_credits: body.cpu_credits,
+        key_name: body.key_name,
+        security_group_ids: body.security_group_ids.unwrap_or_default(),
+        user_data: body.user_data,
+        tags: body.tags.unwrap_or_default(),
+        namespace: body.namespace,
+    };
+    let spec = ctx.policy.check_request(&request).map_err(|violations| {
+        ApiError::Validation(
+            violations.into_iter().map(|v| FieldError::new(v.field, v.message)).collect(),
+        )
+    })?;
+
+    let job_id = new_id();
+    let now = now_millis();
+    let instances: Vec<InstanceRecord> = spec
+        .names
+        .iter()
+        .enumerate()
+        .map(|(idx, name)| InstanceRecord {
+            id: new_id(),
+            cloud_id: None,
+            name: name.clone(),
+            namespace: spec.namespace.clone(),
+            region: spec.region.clone(),
+            ami: spec.ami.clone(),
+            instance_type: spec.instance_type.clone(),
+            storage_gb: spec.storage_gb,
+            state: InstanceState::Provisioning,
+            public_ip: None,
+            private_ip: None,
+            key_name: spec.key_name.clone(),
+            tags: spec.tags.clone(),
+            backend: "aws".to_string(),
+            launch_index: idx as i64,
+            created_by_job: job_id.clone(),
+            active_job_id: Some(job_id.clone()),
+            created_at: now,
+            updated_at: now,
+        })
+        .collect();
+    let payload = CreatePayload { spec, client_token: uuid::Uuid::new_v4().to_string() };
+    let job = NewJob {
+        id: job_id,
+        kind: JobKind::CreateInstances,
+        payload: serde_json::to_value(&payload).expect("payload serializes"),
+        max_attempts: ctx.max_attempts,
+    };
+    ctx.store.insert_create_job(&job, &instances).await?;
+    ctx.queue.wake_workers();
+    respond_with_job(&ctx, &job.id, wait, StatusCode::CREATED).await
+}
+
+/// Instances, newest first, filtered by state, namespace, name and tags.
+#[utoipa::path(get, path = "/v1/instances", tag = "instances", operation_id = "list_instances",
+    params(
+        ("state" = Option<String>, Query, description = "Only instances in this state"),
+        ("namespace" = Option<String>, Query),
+        ("name" = Option<String>, Query, description = "Exact name"),
+        ("tag" = Option<Vec<String>>, Query, description = "KEY:VALUE; repeat for several (all must match)"),
+        ("limit" = Option<i64>, Query, description = "Page size, 1-100 (default 50)"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+    ),
+    responses((status = 200, body = InstancePage), (status = 400, body = crate::api::Problem)))]
+pub async fn list_instances(
+    State(ctx): State<ApiContext>,
+    params: QueryParams,
+) -> Result<Json<InstancePage>, ApiError> {
+    params.allow_only(&["state", "namespace", "name", "tag", "limit", "cursor"])?;
+    let mut filter = InstanceFilter {
+        state: params.parsed::<InstanceState>("state")?,
+        namespace: params.one("namespace")?.map(str::to_string),
+        name: params.one("name")?.map(str::to_string),
+        tags: Vec::new(),
+    };
+    for tag in params.all("tag") {
+        let Some((key, value)) = tag.split_once(':') else {
+            return Err(ApiError::bad_field("tag", format!("'{tag}' is not KEY:VALUE")));
+        };
+        filter.tags.push((key.to_string(), value.to_string()));
+    }
+    let page = ctx.store.list_instances(&filter, &page_param(&params)?).await?;
+    Ok(Json(InstancePage {
+        items: page.items.iter().map(InstanceBody::from).collect(),
+        next_cursor: page.next_after.as_deref().map(encode_cursor),
+    }))
+}
+
+/// One instance, by corral id or EC2 instance id.
+#[utoipa::path(get, path = "/v1/instances/{id}", tag = "instances", operation_id = "get_instance",
+    params(("id" = String, Path, description = "corral id or EC2 instance id (i-…)")),
+    responses((status = 200, body = InstanceBody), (status = 404, body = crate::api::Problem)))]
+pub async fn get_instance(
+    State(ctx): State<ApiContext>,
+    Path(id): Path<String>,
+) -> Result<Json<InstanceBody>, ApiError> {
+    let instance = ctx.store.find_instance(&id).await?.ok_or_else(|| instance_not_found(&id))?;
+    Ok(Json(InstanceBody::from(&instance)))
+}
+
+macro_rules! single_action {
+    ($handler:ident, $method:ident, $path:literal, $action:expr, $summary:literal) => {
+        #[doc = $summary]
+        #[utoipa::path($method, path = $path, tag = "instances", operation_id = stringify!($handler),
+            params(
+                ("id" = String, Path, description = "corral id or EC2 instance id (i-…)"),
+                ("wait" = Option<i64>, Query, description = "Seconds (up to 60) to wait for the job to finish"),
+            ),
+            responses(
+                (status = 200, description = "The job finished within `wait`", body = JobBody),
+                (status = 202, description = "The job is queued or running", body = JobBody),
+                (status = 404, body = crate::api::Problem),
+                (status = 409, description = "The instance's state does not allow the action, or another job owns it", body = crate::api::Problem),
+            ))]
+        pub async fn $handler(
+            State(ctx): State<ApiContext>,
+            Path(id): Path<String>,
+            params: QueryParams,
+        ) -> Result<Response, ApiError> {
+            params.allow_only(&["wait"])?;
+            let wait = wait_param(&params)?;
+            enqueue_action(&ctx, $action, vec![id], wait).await
+        }
+    };
+}
+
+single_action!(
+    start_instance,
+    post,
+    "/v1/instances/{id}/start",
+    Action::Start,
+    "Starts a stopped instance."
+);
+single_action!(
+    stop_instance,
+    post,
+    "/v1/instances/{id}/stop",
+    Action::Stop,
+    "Stops a running instance."
+);
+single_action!(
+    reboot_instance,
+    post,
+    "/v1/instances/{id}/reboot",
+    Action::Reboot,
+    "Reboots a running instance."
+);
+single_action!(
+    terminate_instance,
+    delete,
+    "/v1/instances/{id}",
+    Action::Terminate,
+    "Terminates an instance; its record stays, with state `terminated`."
+);
+
+/// Applies one action to many instances as one job (one cloud call per region).
+#[utoipa::path(post, path = "/v1/instances/actions", tag = "instances", operation_id = "act_on_instances",
+    request_body = BulkActionBody,
+    params(("wait" = Option<i64>, Query, description = "Seconds (up to 60) to wait for the job to finish")),
+    responses(
+        (status = 200, description = "The job finished within `wait`", body = JobBody),
+        (status = 202, description = "The job is queued or running", body = JobBody),
+        (status = 404, description = "Some ids are unknown; all are listed", body = crate::api::Problem),
+        (status = 409, description = "Some instances cannot take the action now; all are listed", body = crate::api::Problem),
+        (status = 422, body = crate::api::Problem),
+    ))]
+pub async fn act_on_instances(
+    State(ctx): State<ApiContext>,
+    params: QueryParams,
+    ValidJson(body): ValidJson<BulkActionBody>,
+) -> Result<Response, ApiError> {
+    params.allow_only(&["wait"])?;
+    let wait = wait_param(&params)?;
+    let action: Action = body
+        .action
+        .parse()
+        .map_err(|err: String| ApiError::Validation(vec![FieldError::new("action", err)]))?;
+    if body.ids.is_empty() || body.ids.len() > MAX_BULK_IDS {
+        return Err(ApiError::Validation(vec![FieldError::new(
+            "ids",
+            format!("must list 1 to {MAX_BULK_IDS} instance ids"),
+        )]));
+    }
+    enqueue_action(&ctx, action, body.ids, wait).await
+}
+
+/// Resolves ids (corral or cloud), then stores the job if every instance can take the action.
+async fn enqueue_action(
+    ctx: &ApiContext,
+    action: Action,
+    ids: Vec<String>,
+    wait: Option<std::time::Duration>,
+) -> Result<Response, ApiError> {
+    let requested: BTreeSet<String> = ids.into_iter().collect();
+    let requested: Vec<String> = requested.into_iter().collect();
+    let found = ctx.store.find_instances(&requested).await?;
+    let unknown: Vec<&String> = requested
+        .iter()
+        .filter(|id| !found.iter().any(|i| &i.id == *id || i.cloud_id.as_ref() == Some(*id)))
+        .collect();
+    if let [only] = unknown.as_slice() {
+        return Err(instance_not_found(only));
+    }
+    if !unknown.is_empty() {
+        let unknown: Vec<&str> = unknown.iter().map(|s| s.as_str()).collect();
+        return Err(ApiError::NotFound(format!("no instances with ids: {}", unknown.join(", "))));
+    }
+    let instance_ids: Vec<String> =
+        found.iter().map(|i| i.id.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+    let job = NewJob {
+        id: new_id(),
+        kind: JobKind::for_action(action),
+        payload: serde_json::json!({ "action": action.as_str() }),
+        max_attempts: ctx.max_attempts,
+    };
+    if let Err(conflicts) = ctx.store.insert_action_job(&job, action, &instance_ids).await? {
+        let errors: Vec<FieldError> =
+            conflicts.into_iter().map(|c| FieldError::new(c.instance_id, c.reason)).collect();
+        let detail = match errors.as_slice() {
+            [only] => only.message.clone(),
+            [] => "the instances changed while the request was handled; retry".to_string(),
+            _ => format!("{} instances cannot take the action {action} now", errors.len()),
+        };
+        return Err(ApiError::Conflict { detail, errors });
+    }
+    ctx.queue.wake_workers();
+    respond_with_job(ctx, &job.id, wait, StatusCode::OK).await
+}
+
+async fn respond_with_job(
+    ctx: &ApiContext,
+    job_id: &str,
+    wait: Option<std::time::Duration>,
+    finished_status: StatusCode,
+) -> Result<Response, ApiError> {
+    let view: JobView = match wait {
+        Some(wait) => ctx.queue.wait_for(job_id, wait).await?,
+        None => ctx.store.get_job(job_id).await?.ok_or_else(|| {
+            ApiError::Internal(anyhow::anyhow!("job {job_id} vanished right after it was stored"))
+        })?,
+    };
+    Ok(job_accepted(&view, finished_status))
+}
+
+fn instance_not_found(id: &str) -> ApiError {
+    ApiError::NotFound(format!("no instance with id '{id}'"))
+}
+
+/// Time-ordered ids (UUIDv7), so that newest-first is id order.
+fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}

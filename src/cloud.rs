@@ -1,0 +1,135 @@
+//! Talking to the cloud: the `Provider` trait that jobs call, the cloud-neutral types it speaks,
+//! and the one error type every implementation maps its failures into.
+//!
+//! - `aws` implements `Provider` with the official AWS SDK; it is the only module that imports
+//!   `aws_sdk_*`.
+//! - `Catalog` caches what rarely changes (AMI and instance-type facts) in front of a provider.
+//!
+//! Only jobs call a provider; API handlers never do.
+
+mod aws;
+mod catalog;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+
+use crate::domain::{Action, CpuCredits, ImageFacts, InstanceState, InstanceTypeFacts};
+
+pub use aws::AwsProvider;
+pub use catalog::Catalog;
+
+/// Tag keys corral puts on every instance it launches.
+pub const TAG_INSTANCE_ID: &str = "corral:instance-id";
+pub const TAG_JOB_ID: &str = "corral:job-id";
+pub const TAG_NAMESPACE: &str = "corral:namespace";
+
+/// An instance as the cloud reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudInstance {
+    pub cloud_id: String,
+    pub state: InstanceState,
+    pub public_ip: Option<String>,
+    pub private_ip: Option<String>,
+    /// Position of the instance within the launch call that created it.
+    pub launch_index: i64,
+    pub tags: BTreeMap<String, String>,
+    /// Why the cloud moved the instance to its current state, when it says.
+    pub state_reason: Option<String>,
+}
+
+/// One launch call for `count` identical instances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchRequest {
+    /// Idempotency token, persisted before the call so a retried call cannot launch twice.
+    pub client_token: String,
+    pub count: i64,
+    pub ami: String,
+    pub instance_type: String,
+    pub storage_gb: i64,
+    pub root_device_name: Option<String>,
+    pub key_name: Option<String>,
+    pub security_group_ids: Vec<String>,
+    pub user_data: Option<String>,
+    /// Set for burstable instance types only.
+    pub cpu_credits: Option<CpuCredits>,
+    /// Tags applied to every instance of the call and to its volumes.
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CloudError {
+    /// The cloud asked us to slow down; retry later.
+    #[error("throttled by the cloud API ({code}): {message}")]
+    Throttled { code: String, message: String },
+    /// Network trouble, timeouts or a server-side failure; retrying may succeed.
+    #[error("transient cloud failure: {0}")]
+    Transient(String),
+    /// The cloud refused the request itself (unknown AMI or key pair, bad parameter, …);
+    /// retrying cannot help.
+    #[error("{code}: {message}")]
+    Rejected { code: String, message: String },
+}
+
+impl CloudError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, CloudError::Throttled { .. } | CloudError::Transient(_))
+    }
+}
+
+/// The operations jobs need from a cloud. Every call is for one region; implementations batch
+/// ids where the cloud allows it and follow every page of results.
+#[async_trait]
+pub trait Provider: Send + Sync + 'static {
+    /// A short human description of where calls go, for logs and `/status`.
+    fn describe_endpoint(&self) -> String;
+
+    async fn describe_image(
+        &self,
+        region: &str,
+        ami: &str,
+    ) -> Result<Option<ImageFacts>, CloudError>;
+
+    async fn describe_instance_type(
+        &self,
+        region: &str,
+        instance_type: &str,
+    ) -> Result<Option<InstanceTypeFacts>, CloudError>;
+
+    /// Every instance, in any state, carrying tag `key` with `value`.
+    async fn find_tagged(
+        &self,
+        region: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<CloudInstance>, CloudError>;
+
+    /// Launches `request.count` instances in one call, all or none.
+    async fn launch(
+        &self,
+        region: &str,
+        request: &LaunchRequest,
+    ) -> Result<Vec<CloudInstance>, CloudError>;
+
+    async fn tag(
+        &self,
+        region: &str,
+        cloud_ids: &[String],
+        tags: &BTreeMap<String, String>,
+    ) -> Result<(), CloudError>;
+
+    /// Describes the given instances; ids the cloud does not know are left out of the result.
+    async fn describe(
+        &self,
+        region: &str,
+        cloud_ids: &[String],
+    ) -> Result<Vec<CloudInstance>, CloudError>;
+
+    /// Applies one lifecycle action to many instances of a region in one call.
+    async fn apply(
+        &self,
+        region: &str,
+        action: Action,
+        cloud_ids: &[String],
+    ) -> Result<(), CloudError>;
+}

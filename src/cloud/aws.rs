@@ -1,0 +1,361 @@
+//! `Provider` for AWS EC2 through the official AWS SDK for Rust.
+//!
+//! This is the only module that imports `aws_sdk_*` and `aws_config`. Credentials and the default
+//! region come from the standard AWS chain (env, profiles, IMDS); `AWS_ENDPOINT_URL` or
+//! `aws.endpoint_url` points every call at an emulator instead. SDK errors become `CloudError`
+//! here, once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::BehaviorVersion;
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_ec2::Client;
+use aws_sdk_ec2::config::{Credentials, Region};
+use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::types::{
+    BlockDeviceMapping, CreditSpecificationRequest, EbsBlockDevice, Filter, Instance, InstanceType,
+    ResourceType, Tag, TagSpecification, VolumeType,
+};
+use base64::Engine;
+
+use crate::cloud::{CloudError, CloudInstance, LaunchRequest, Provider};
+use crate::config::AwsSettings;
+use crate::domain::{Action, CpuCredits, ImageFacts, InstanceState, InstanceTypeFacts};
+
+/// EC2 accepts up to 1000 instance ids in one Describe call.
+const DESCRIBE_BATCH: usize = 1000;
+
+pub struct AwsProvider {
+    sdk_config: aws_config::SdkConfig,
+    clients: Mutex<HashMap<String, Client>>,
+}
+
+impl AwsProvider {
+    pub async fn from_settings(settings: &AwsSettings) -> AwsProvider {
+        let region = RegionProviderChain::default_provider().or_else("us-east-1");
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .operation_attempt_timeout(Duration::from_secs(settings.call_timeout_secs))
+            .build();
+        let mut loader =
+            aws_config::defaults(BehaviorVersion::latest()).region(region).timeout_config(timeouts);
+        if let Some(endpoint) = &settings.endpoint_url {
+            loader = loader.endpoint_url(endpoint);
+        }
+        if let (Some(key_id), Some(secret)) = (&settings.access_key_id, &settings.secret_access_key)
+        {
+            let credentials = Credentials::new(key_id, secret, None, None, "corral-config");
+            loader = loader.credentials_provider(credentials);
+        }
+        AwsProvider { sdk_config: loader.load().await, clients: Mutex::new(HashMap::new()) }
+    }
+
+    /// The emulator or custom endpoint calls go to, if not AWS itself.
+    pub fn endpoint_url(&self) -> Option<&str> {
+        self.sdk_config.endpoint_url()
+    }
+
+    /// Whether the credential chain yields any credentials at all.
+    pub async fn has_credentials(&self) -> bool {
+        use aws_sdk_ec2::config::ProvideCredentials as _;
+        match self.sdk_config.credentials_provider() {
+            Some(provider) => {
+                tokio::time::timeout(Duration::from_secs(5), provider.provide_credentials())
+                    .await
+                    .is_ok_and(|res| res.is_ok())
+            }
+            None => false,
+        }
+    }
+
+    fn client(&self, region: &str) -> Client {
+        let mut clients = self.clients.lock().unwrap();
+        clients
+            .entry(region.to_string())
+            .or_insert_with(|| {
+                let config = aws_sdk_ec2::config::Builder::from(&self.sdk_config)
+                    .region(Region::new(region.to_string()))
+                    .build();
+                Client::from_conf(config)
+            })
+            .clone()
+    }
+}
+
+#[async_trait]
+impl Provider for AwsProvider {
+    fn describe_endpoint(&self) -> String {
+        match self.endpoint_url() {
+            Some(url) => format!("EC2 emulator or custom endpoint at {url}"),
+            None => "AWS EC2".to_string(),
+        }
+    }
+
+    async fn describe_image(
+        &self,
+        region: &str,
+        ami: &str,
+    ) -> Result<Option<ImageFacts>, CloudError> {
+        let result = self.client(region).describe_images().image_ids(ami).send().await;
+        let output = match result {
+            Ok(output) => output,
+            Err(err) => {
+                let err = classify(err);
+                if let CloudError::Rejected { code, .. } = &err
+                    && code.starts_with("InvalidAMIID")
+                {
+                    return Ok(None);
+                }
+                return Err(err);
+            }
+        };
+        Ok(output.images().first().map(|image| ImageFacts {
+            id: image.image_id().unwrap_or(ami).to_string(),
+            owner_id: image.owner_id().unwrap_or_default().to_string(),
+            owner_alias: image.image_owner_alias().map(str::to_string),
+            architecture: image.architecture().map(|a| a.as_str().to_string()).unwrap_or_default(),
+            root_device_name: image.root_device_name().map(str::to_string),
+        }))
+    }
+
+    async fn describe_instance_type(
+        &self,
+        region: &str,
+        instance_type: &str,
+    ) -> Result<Option<InstanceTypeFacts>, CloudError> {
+        let result = self
+            .client(region)
+            .describe_instance_types()
+            .instance_types(InstanceType::from(instance_type))
+            .send()
+            .await;
+        let output = match result {
+            Ok(output) => output,
+            Err(err) => {
+                let err = classify(err);
+                if let CloudError::Rejected { code, .. } = &err
+                    && code.starts_with("InvalidInstanceType")
+                {
+                    return Ok(None);
+                }
+                return Err(err);
+            }
+        };
+        Ok(output.instance_types().first().map(|info| InstanceTypeFacts {
+            name: instance_type.to_string(),
+            architectures: info
+                .processor_info()
+                .map(|p| {
+                    p.supported_architectures().iter().map(|a| a.as_str().to_string()).collect()
+                })
+                .unwrap_or_default(),
+            vcpus: info.v_cpu_info().and_then(|v| v.default_v_cpus()).unwrap_or(0),
+            burstable: info.burstable_performance_supported().unwrap_or(false),
+        }))
+    }
+
+    async fn find_tagged(
+        &self,
+        region: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<CloudInstance>, CloudError> {
+        let filter = Filter::builder().name(format!("tag:{key}")).values(value).build();
+        let mut pages = self
+            .client(region)
+            .describe_instances()
+            .filters(filter)
+            .max_results(1000)
+            .into_paginator()
+            .send();
+        let mut found = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(classify)?;
+            for reservation in page.reservations() {
+                found.extend(reservation.instances().iter().filter_map(to_cloud_instance));
+            }
+        }
+        Ok(found)
+    }
+
+    async fn launch(
+        &self,
+        region: &str,
+        request: &LaunchRequest,
+    ) -> Result<Vec<CloudInstance>, CloudError> {
+        let count = i32::try_from(request.count)
+            .map_err(|_| CloudError::Transient(format!("count {} out of range", request.count)))?;
+        let tags: Vec<Tag> =
+            request.tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect();
+        let tag_specs = [ResourceType::Instance, ResourceType::Volume].map(|resource| {
+            TagSpecification::builder().resource_type(resource).set_tags(Some(tags.clone())).build()
+        });
+        let root_volume = BlockDeviceMapping::builder()
+            .device_name(request.root_device_name.as_deref().unwrap_or("/dev/xvda"))
+            .ebs(
+                EbsBlockDevice::builder()
+                    .volume_size(request.storage_gb as i32)
+                    .volume_type(VolumeType::Gp3)
+                    .delete_on_termination(true)
+                    .build(),
+            )
+            .build();
+        let mut call = self
+            .client(region)
+            .run_instances()
+            .client_token(&request.client_token)
+            .image_id(&request.ami)
+            .instance_type(InstanceType::from(request.instance_type.as_str()))
+            .min_count(count)
+            .max_count(count)
+            .block_device_mappings(root_volume)
+            .set_key_name(request.key_name.clone())
+            .set_security_group_ids(
+                (!request.security_group_ids.is_empty())
+                    .then(|| request.security_group_ids.clone()),
+            )
+            .set_tag_specifications(Some(tag_specs.to_vec()));
+        if let Some(user_data) = &request.user_data {
+            call = call.user_data(base64::engine::general_purpose::STANDARD.encode(user_data));
+        }
+        if let Some(credits) = request.cpu_credits {
+            let credits = match credits {
+                CpuCredits::Standard => "standard",
+                CpuCredits::Unlimited => "unlimited",
+            };
+            call = call.credit_specification(
+                CreditSpecificationRequest::builder().cpu_credits(credits).build(),
+            );
+        }
+        let output = call.send().await.map_err(classify)?;
+        Ok(output.instances().iter().filter_map(to_cloud_instance).collect())
+    }
+
+    async fn tag(
+        &self,
+        region: &str,
+        cloud_ids: &[String],
+        tags: &BTreeMap<String, String>,
+    ) -> Result<(), CloudError> {
+        let tags: Vec<Tag> =
+            tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect();
+        self.client(region)
+            .create_tags()
+            .set_resources(Some(cloud_ids.to_vec()))
+            .set_tags(Some(tags))
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn describe(
+        &self,
+        region: &str,
+        cloud_ids: &[String],
+    ) -> Result<Vec<CloudInstance>, CloudError> {
+        let client = self.client(region);
+        let mut found = Vec::with_capacity(cloud_ids.len());
+        for batch in cloud_ids.chunks(DESCRIBE_BATCH) {
+            let mut pages = client
+                .describe_instances()
+                .set_instance_ids(Some(batch.to_vec()))
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(classify)?;
+                for reservation in page.reservations() {
+                    found.extend(reservation.instances().iter().filter_map(to_cloud_instance));
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    async fn apply(
+        &self,
+        region: &str,
+        action: Action,
+        cloud_ids: &[String],
+    ) -> Result<(), CloudError> {
+        let client = self.client(region);
+        let ids = Some(cloud_ids.to_vec());
+        match action {
+            Action::Start => {
+                client.start_instances().set_instance_ids(ids).send().await.map_err(classify)?;
+            }
+            Action::Stop => {
+                client.stop_instances().set_instance_ids(ids).send().await.map_err(classify)?;
+            }
+            Action::Reboot => {
+                client.reboot_instances().set_instance_ids(ids).send().await.map_err(classify)?;
+            }
+            Action::Terminate => {
+                client
+                    .terminate_instances()
+                    .set_instance_ids(ids)
+                    .send()
+                    .await
+                    .map_err(classify)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn to_cloud_instance(instance: &Instance) -> Option<CloudInstance> {
+    let cloud_id = instance.instance_id()?.to_string();
+    let state_name = instance.state().and_then(|s| s.name()).map(|n| n.as_str()).unwrap_or("");
+    let state = InstanceState::from_cloud_name(state_name)?;
+    Some(CloudInstance {
+        cloud_id,
+        state,
+        public_ip: instance.public_ip_address().map(str::to_string),
+        private_ip: instance.private_ip_address().map(str::to_string),
+        launch_index: instance.ami_launch_index().unwrap_or(0).into(),
+        tags: instance
+            .tags()
+            .iter()
+            .filter_map(|tag| Some((tag.key()?.to_string(), tag.value()?.to_string())))
+            .collect(),
+        state_reason: instance.state_reason().and_then(|r| r.message()).map(str::to_string),
+    })
+}
+
+/// Error codes that mean "slow down".
+const THROTTLING_CODES: [&str; 4] =
+    ["RequestLimitExceeded", "Throttling", "ThrottlingException", "RequestThrottled"];
+/// Error codes for failures on the cloud's side that a later attempt may not meet.
+const TRANSIENT_CODES: [&str; 6] = [
+    "InternalError",
+    "InternalFailure",
+    "ServiceUnavailable",
+    "Unavailable",
+    "InsufficientInstanceCapacity",
+    "RequestTimeout",
+];
+
+fn classify<E, R>(err: SdkError<E, R>) -> CloudError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    match &err {
+        SdkError::ServiceError(service) => {
+            let code = service.err().code().unwrap_or("Unknown").to_string();
+            let message = service.err().message().unwrap_or_default().to_string();
+            if THROTTLING_CODES.contains(&code.as_str()) {
+                CloudError::Throttled { code, message }
+            } else if TRANSIENT_CODES.contains(&code.as_str()) {
+                CloudError::Transient(format!("{code}: {message}"))
+            } else {
+                CloudError::Rejected { code, message }
+            }
+        }
+        _ => CloudError::Transient(DisplayErrorContext(&err).to_string()),
+    }
+}

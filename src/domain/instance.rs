@@ -1,0 +1,202 @@
+//! Instance states and the actions that move an instance between them.
+//!
+//! `InstanceState` mirrors EC2's lifecycle plus two states that exist only in corral:
+//! `provisioning` (stored, launch not yet confirmed by the cloud) and `failed` (the launch was
+//! refused, so no cloud instance exists). States are only ever set from what the cloud reports.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstanceState {
+    Provisioning,
+    Pending,
+    Running,
+    Stopping,
+    Stopped,
+    ShuttingDown,
+    Terminated,
+    Failed,
+}
+
+impl InstanceState {
+    pub const ALL: [InstanceState; 8] = [
+        InstanceState::Provisioning,
+        InstanceState::Pending,
+        InstanceState::Running,
+        InstanceState::Stopping,
+        InstanceState::Stopped,
+        InstanceState::ShuttingDown,
+        InstanceState::Terminated,
+        InstanceState::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Provisioning => "provisioning",
+            InstanceState::Pending => "pending",
+            InstanceState::Running => "running",
+            InstanceState::Stopping => "stopping",
+            InstanceState::Stopped => "stopped",
+            InstanceState::ShuttingDown => "shutting-down",
+            InstanceState::Terminated => "terminated",
+            InstanceState::Failed => "failed",
+        }
+    }
+
+    /// Maps EC2's `InstanceStateName` strings; `None` for names corral does not know.
+    pub fn from_cloud_name(name: &str) -> Option<InstanceState> {
+        match name {
+            "pending" => Some(InstanceState::Pending),
+            "running" => Some(InstanceState::Running),
+            "stopping" => Some(InstanceState::Stopping),
+            "stopped" => Some(InstanceState::Stopped),
+            "shutting-down" => Some(InstanceState::ShuttingDown),
+            "terminated" => Some(InstanceState::Terminated),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for InstanceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for InstanceState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        InstanceState::ALL.into_iter().find(|state| state.as_str() == s).ok_or_else(|| {
+            let allowed: Vec<&str> = InstanceState::ALL.iter().map(|s| s.as_str()).collect();
+            format!("unknown state '{s}'; allowed: {}", allowed.join(", "))
+        })
+    }
+}
+
+/// A lifecycle action a user can ask for on an existing instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Start,
+    Stop,
+    Reboot,
+    Terminate,
+}
+
+impl Action {
+    pub const ALL: [Action; 4] = [Action::Start, Action::Stop, Action::Reboot, Action::Terminate];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Start => "start",
+            Action::Stop => "stop",
+            Action::Reboot => "reboot",
+            Action::Terminate => "terminate",
+        }
+    }
+
+    /// The recorded states from which EC2 accepts this action.
+    pub fn allowed_from(self) -> &'static [InstanceState] {
+        use InstanceState::*;
+        match self {
+            Action::Start => &[Stopped],
+            Action::Stop => &[Running],
+            Action::Reboot => &[Running],
+            Action::Terminate => &[Pending, Running, Stopping, Stopped],
+        }
+    }
+
+    /// The state the job waits for after the call; `None` when the action keeps the state.
+    pub fn target_state(self) -> Option<InstanceState> {
+        match self {
+            Action::Start => Some(InstanceState::Running),
+            Action::Stop => Some(InstanceState::Stopped),
+            Action::Reboot => None,
+            Action::Terminate => Some(InstanceState::Terminated),
+        }
+    }
+
+    /// Why the action cannot be applied to an instance in `state`, if it cannot.
+    pub fn conflict(self, state: InstanceState) -> Option<String> {
+        if self.allowed_from().contains(&state) {
+            return None;
+        }
+        let allowed: Vec<&str> = self.allowed_from().iter().map(|s| s.as_str()).collect();
+        Some(format!(
+            "cannot {} an instance that is {state}; allowed from: {}",
+            self.as_str(),
+            allowed.join(", ")
+        ))
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Action {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Action::ALL
+            .into_iter()
+            .find(|action| action.as_str() == s)
+            .ok_or_else(|| format!("unknown action '{s}'; allowed: start, stop, reboot, terminate"))
+    }
+}
+
+/// One instance that an action cannot be applied to right now, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateConflict {
+    pub instance_id: String,
+    pub reason: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_action_is_checked_against_every_state() {
+        // One row per state: the actions allowed from it.
+        let table = [
+            (InstanceState::Provisioning, ""),
+            (InstanceState::Pending, "terminate"),
+            (InstanceState::Running, "stop reboot terminate"),
+            (InstanceState::Stopping, "terminate"),
+            (InstanceState::Stopped, "start terminate"),
+            (InstanceState::ShuttingDown, ""),
+            (InstanceState::Terminated, ""),
+            (InstanceState::Failed, ""),
+        ];
+        for (state, expected) in table {
+            let allowed: Vec<&str> = Action::ALL
+                .into_iter()
+                .filter(|action| action.conflict(state).is_none())
+                .map(Action::as_str)
+                .collect();
+            assert_eq!(allowed.join(" "), expected, "actions allowed from {state}");
+        }
+    }
+
+    #[test]
+    fn conflict_message_names_state_and_allowed_states() {
+        let message = Action::Start.conflict(InstanceState::Terminated).unwrap();
+        assert_eq!(message, "cannot start an instance that is terminated; allowed from: stopped");
+    }
+
+    #[test]
+    fn states_round_trip_through_their_names() {
+        for state in InstanceState::ALL {
+            assert_eq!(state.as_str().parse::<InstanceState>(), Ok(state));
+        }
+        assert!("exploded".parse::<InstanceState>().unwrap_err().contains("allowed: provisioning"));
+    }
+}

@@ -1,0 +1,820 @@
+//! The policy in force and the validation of create requests against it.
+//!
+//! Validation happens in two passes, both pure:
+//! - `Policy::check_request` runs in the API handler on the request alone and either returns a
+//!   `LaunchSpec` (proof that every static rule holds) or every `Violation` found;
+//! - `Policy::check_image` runs in the create job once the cloud has described the AMI and the
+//!   instance type (owner and architecture are facts only the cloud knows).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// One broken rule: the request field at fault and a message naming the allowed values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Violation {
+    pub field: String,
+    pub message: String,
+}
+
+impl Violation {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Violation {
+        Violation { field: field.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// CPU credit mode for burstable instance types (t2, t3, t4g).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CpuCredits {
+    Standard,
+    Unlimited,
+}
+
+impl CpuCredits {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CpuCredits::Standard => "standard",
+            CpuCredits::Unlimited => "unlimited",
+        }
+    }
+}
+
+impl FromStr for CpuCredits {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "standard" => Ok(CpuCredits::Standard),
+            "unlimited" => Ok(CpuCredits::Unlimited),
+            _ => Err(()),
+        }
+    }
+}
+
+/// Which AMIs may be launched in a region: any AMI listed in `ids`, or any AMI whose owner
+/// (account id or alias such as `amazon`) is in `owners`. Both empty means any AMI.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AmiRule {
+    pub owners: Vec<String>,
+    pub ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageRange {
+    pub min: i64,
+    pub max: i64,
+    pub default: i64,
+}
+
+/// The guardrails every create request must satisfy. Loaded from the config file; every field
+/// left out keeps the value of the built-in `free-tier` profile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    /// A label for the policy in force, shown by `GET /v1/policy`.
+    pub profile: String,
+    /// Region used when a request names none; must be one of `regions`.
+    pub default_region: String,
+    pub regions: Vec<String>,
+    pub instance_types: Vec<String>,
+    /// AMI rules keyed by region; the key `*` applies to regions without their own entry.
+    pub amis: BTreeMap<String, AmiRule>,
+    /// Root volume size in GiB.
+    pub storage_gb: StorageRange,
+    /// Credit modes allowed for burstable types; the first is used when a request names none.
+    pub cpu_credits: Vec<CpuCredits>,
+    /// Most instances one request may create.
+    pub max_count: i64,
+    /// Largest `user_data` accepted, in bytes before base64 (EC2's own limit is 16 KiB).
+    pub user_data_max_bytes: usize,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy::free_tier()
+    }
+}
+
+/// Owners of the public AMIs that the free-tier profile allows: Amazon (alias and account),
+/// Canonical (Ubuntu) and Debian.
+const FREE_TIER_AMI_OWNERS: [&str; 4] = ["amazon", "137112412989", "099720109477", "136693071363"];
+
+/// Tag key prefixes a request may not set: `aws:` belongs to AWS and `corral:` to corral.
+const RESERVED_TAG_PREFIXES: [&str; 2] = ["aws:", "corral:"];
+const MAX_USER_TAGS: usize = 40;
+const MAX_SECURITY_GROUPS: usize = 5;
+
+impl Policy {
+    /// EC2's free tier as it stands: t2.micro/t3.micro on accounts created before July 2025,
+    /// t3.micro, t3.small, t4g.micro and t4g.small on newer ones; at most 30 GB of EBS; CPU
+    /// credits `standard` (t3 and t4g default to `unlimited`, which bills).
+    pub fn free_tier() -> Policy {
+        let all_regions = AmiRule {
+            owners: FREE_TIER_AMI_OWNERS.iter().map(|s| s.to_string()).collect(),
+            ids: Vec::new(),
+        };
+        Policy {
+            profile: "free-tier".to_string(),
+            default_region: "us-east-1".to_string(),
+            regions: ["us-east-1", "us-east-2", "us-west-1", "us-west-2", "eu-west-1"]
+                .map(String::from)
+                .to_vec(),
+            instance_types: ["t2.micro", "t3.micro", "t3.small", "t4g.micro", "t4g.small"]
+                .map(String::from)
+                .to_vec(),
+            amis: BTreeMap::from([("*".to_string(), all_regions)]),
+            storage_gb: StorageRange { min: 1, max: 30, default: 8 },
+            cpu_credits: vec![CpuCredits::Standard],
+            max_count: 10,
+            user_data_max_bytes: 16 * 1024,
+        }
+    }
+
+    /// Checks the policy itself, so that a broken config file stops `corral serve` at start.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if self.regions.is_empty() {
+            problems.push("policy.regions: must list at least one region".to_string());
+        }
+        if !self.regions.contains(&self.default_region) {
+            problems.push(format!(
+                "policy.default_region: '{}' is not in policy.regions ({})",
+                self.default_region,
+                self.regions.join(", ")
+            ));
+        }
+        if self.instance_types.is_empty() {
+            problems.push("policy.instance_types: must list at least one type".to_string());
+        }
+        let storage = self.storage_gb;
+        if storage.min < 1 || storage.min > storage.max {
+            problems.push(format!(
+                "policy.storage_gb: min ({}) must be at least 1 and at most max ({})",
+                storage.min, storage.max
+            ));
+        }
+        if storage.default < storage.min || storage.default > storage.max {
+            problems.push(format!(
+                "policy.storage_gb.default: {} is outside {}-{}",
+                storage.default, storage.min, storage.max
+            ));
+        }
+        if self.cpu_credits.is_empty() {
+            problems.push("policy.cpu_credits: must list at least one mode".to_string());
+        }
+        if self.max_count < 1 {
+            problems.push("policy.max_count: must be at least 1".to_string());
+        }
+        for region in self.amis.keys() {
+            if region != "*" && !self.regions.contains(region) {
+                problems.push(format!("policy.amis.{region}: region is not in policy.regions"));
+            }
+        }
+        if problems.is_empty() { Ok(()) } else { Err(problems) }
+    }
+
+    /// The AMI rule for `region`: its own entry, else the `*` entry, else anything goes.
+    pub fn ami_rule(&self, region: &str) -> AmiRule {
+        self.amis.get(region).or_else(|| self.amis.get("*")).cloned().unwrap_or_default()
+    }
+
+    /// Checks every rule that needs no cloud lookup; returns the launch spec or all violations.
+    pub fn check_request(&self, request: &CreateRequest) -> Result<LaunchSpec, Vec<Violation>> {
+        let mut violations = Vec::new();
+
+        let count = request.count.unwrap_or(1);
+        if !(1..=self.max_count).contains(&count) {
+            violations.push(Violation::new(
+                "count",
+                format!("must be between 1 and {} (policy max_count), got {count}", self.max_count),
+            ));
+        }
+
+        let names = self.check_names(request, count, &mut violations);
+
+        let namespace = request.namespace.clone().unwrap_or_else(|| "default".to_string());
+        if !is_valid_namespace(&namespace) {
+            violations.push(Violation::new(
+                "namespace",
+                "must be 1-63 characters of lowercase letters, digits and '-', \
+                 starting and ending with a letter or digit",
+            ));
+        }
+
+        let region = request.region.clone().unwrap_or_else(|| self.default_region.clone());
+        if !self.regions.contains(&region) {
+            violations.push(Violation::new(
+                "region",
+                format!("'{region}' is not allowed; allowed: {}", self.regions.join(", ")),
+            ));
+        }
+
+        let instance_type = match &request.instance_type {
+            None => {
+                violations.push(Violation::new(
+                    "instance_type",
+                    format!("is required; allowed: {}", self.instance_types.join(", ")),
+                ));
+                String::new()
+            }
+            Some(instance_type) => {
+                if !self.instance_types.contains(instance_type) {
+                    violations.push(Violation::new(
+                        "instance_type",
+                        format!(
+                            "'{instance_type}' is not allowed; allowed: {}",
+                            self.instance_types.join(", ")
+                        ),
+                    ));
+                }
+                instance_type.clone()
+            }
+        };
+
+        let ami = match &request.ami {
+            None => {
+                violations.push(Violation::new("ami", "is required, e.g. ami-0123456789abcdef0"));
+                String::new()
+            }
+            Some(ami) if !is_valid_ami_id(ami) => {
+                violations.push(Violation::new(
+                    "ami",
+                    format!(
+                        "'{ami}' is not an AMI id; expected ami- followed by letters and digits"
+                    ),
+                ));
+                ami.clone()
+            }
+            Some(ami) => {
+                let rule = self.ami_rule(&region);
+                if !rule.ids.is_empty() && rule.owners.is_empty() && !rule.ids.contains(ami) {
+                    violations.push(Violation::new(
+                        "ami",
+                        format!(
+                            "'{ami}' is not allowed in {region}; allowed: {}",
+                            rule.ids.join(", ")
+                        ),
+                    ));
+                }
+                ami.clone()
+            }
+        };
+
+        let storage = self.storage_gb;
+        let storage_gb = request.storage_gb.unwrap_or(storage.default);
+        if !(storage.min..=storage.max).contains(&storage_gb) {
+            violations.push(Violation::new(
+                "storage_gb",
+                format!(
+                    "{storage_gb} GB is outside the allowed range {}-{} GB",
+                    storage.min, storage.max
+                ),
+            ));
+        }
+
+        let allowed_credits: Vec<&str> = self.cpu_credits.iter().map(|c| c.as_str()).collect();
+        let cpu_credits = match request.cpu_credits.as_deref() {
+            None => self.cpu_credits.first().copied().unwrap_or(CpuCredits::Standard),
+            Some(raw) => match raw.parse::<CpuCredits>() {
+                Ok(credits) if self.cpu_credits.contains(&credits) => credits,
+                _ => {
+                    violations.push(Violation::new(
+                        "cpu_credits",
+                        format!("'{raw}' is not allowed; allowed: {}", allowed_credits.join(", ")),
+                    ));
+                    CpuCredits::Standard
+                }
+            },
+        };
+
+        if let Some(key_name) = &request.key_name
+            && (key_name.is_empty()
+                || key_name.len() > 255
+                || !key_name.chars().all(|c| c.is_ascii_graphic() || c == ' '))
+        {
+            violations.push(Violation::new("key_name", "must be 1-255 printable ASCII characters"));
+        }
+
+        if request.security_group_ids.len() > MAX_SECURITY_GROUPS {
+            violations.push(Violation::new(
+                "security_group_ids",
+                format!("at most {MAX_SECURITY_GROUPS} security groups are allowed"),
+            ));
+        }
+        for (idx, group) in request.security_group_ids.iter().enumerate() {
+            if !is_valid_prefixed_hex(group, "sg-") {
+                violations.push(Violation::new(
+                    format!("security_group_ids[{idx}]"),
+                    format!(
+                        "'{group}' is not a security group id; expected sg- followed by hex digits"
+                    ),
+                ));
+            }
+        }
+
+        if let Some(user_data) = &request.user_data
+            && user_data.len() > self.user_data_max_bytes
+        {
+            violations.push(Violation::new(
+                "user_data",
+                format!(
+                    "{} bytes exceeds the limit of {} bytes",
+                    user_data.len(),
+                    self.user_data_max_bytes
+                ),
+            ));
+        }
+
+        check_tags(&request.tags, &mut violations);
+
+        if !violations.is_empty() {
+            return Err(violations);
+        }
+        Ok(LaunchSpec {
+            names,
+            namespace,
+            region,
+            ami,
+            instance_type,
+            storage_gb,
+            key_name: request.key_name.clone(),
+            security_group_ids: request.security_group_ids.clone(),
+            user_data: request.user_data.clone(),
+            tags: request.tags.clone(),
+            cpu_credits,
+        })
+    }
+
+    fn check_names(
+        &self,
+        request: &CreateRequest,
+        count: i64,
+        violations: &mut Vec<Violation>,
+    ) -> Vec<String> {
+        const NAME_RULE: &str = "must be 1-64 characters of letters, digits, '-', '_' or '.', \
+                                 starting with a letter or digit";
+        match (&request.name, &request.name_prefix) {
+            (None, None) => {
+                violations.push(Violation::new("name", "is required (or name_prefix with count)"));
+                Vec::new()
+            }
+            (Some(_), Some(_)) => {
+                violations
+                    .push(Violation::new("name", "give either name or name_prefix, not both"));
+                Vec::new()
+            }
+            (Some(name), None) => {
+                if !is_valid_name(name, 64) {
+                    violations.push(Violation::new("name", NAME_RULE));
+                }
+                if count > 1 {
+                    violations.push(Violation::new(
+                        "name",
+                        format!("one name cannot be given to {count} instances; use name_prefix"),
+                    ));
+                }
+                vec![name.clone()]
+            }
+            (None, Some(prefix)) => {
+                // Leave room for the "-<n>" suffix within the 64-character name limit.
+                if !is_valid_name(prefix, 60) {
+                    violations.push(Violation::new(
+                        "name_prefix",
+                        "must be 1-60 characters of letters, digits, '-', '_' or '.', \
+                         starting with a letter or digit",
+                    ));
+                }
+                let count = count.clamp(1, self.max_count.max(1));
+                (1..=count).map(|n| format!("{prefix}-{n}")).collect()
+            }
+        }
+    }
+
+    /// Checks the rules that depend on what the cloud says about the AMI and instance type.
+    pub fn check_image(
+        &self,
+        spec: &LaunchSpec,
+        image: &ImageFacts,
+        instance_type: &InstanceTypeFacts,
+    ) -> Vec<Violation> {
+        let mut violations = Vec::new();
+        let rule = self.ami_rule(&spec.region);
+        let listed = rule.ids.contains(&image.id);
+        let owner_allowed = rule.owners.iter().any(|owner| {
+            *owner == image.owner_id || image.owner_alias.as_deref() == Some(owner.as_str())
+        });
+        if !rule.owners.is_empty() && !listed && !owner_allowed {
+            let mut allowed = rule.owners.clone();
+            allowed.extend(rule.ids.iter().cloned());
+            violations.push(Violation::new(
+                "ami",
+                format!(
+                    "'{}' belongs to owner {} which is not allowed in {}; allowed: {}",
+                    image.id,
+                    image.owner_id,
+                    spec.region,
+                    allowed.join(", ")
+                ),
+            ));
+        }
+        if !instance_type.architectures.contains(&image.architecture) {
+            violations.push(Violation::new(
+                "instance_type",
+                format!(
+                    "'{}' supports {} but AMI '{}' is {}; choose a matching instance type or AMI",
+                    instance_type.name,
+                    instance_type.architectures.join(", "),
+                    image.id,
+                    image.architecture
+                ),
+            ));
+        }
+        violations
+    }
+}
+
+fn check_tags(tags: &BTreeMap<String, String>, violations: &mut Vec<Violation>) {
+    if tags.len() > MAX_USER_TAGS {
+        violations.push(Violation::new(
+            "tags",
+            format!("at most {MAX_USER_TAGS} tags are allowed, got {}", tags.len()),
+        ));
+    }
+    for (key, value) in tags {
+        let field = format!("tags.{key}");
+        if key.is_empty() || key.chars().count() > 128 {
+            violations.push(Violation::new(field, "keys must be 1-128 characters"));
+        } else if let Some(prefix) = RESERVED_TAG_PREFIXES
+            .iter()
+            .find(|prefix| key.to_ascii_lowercase().starts_with(**prefix))
+        {
+            violations.push(Violation::new(field, format!("the prefix '{prefix}' is reserved")));
+        } else if key == "Name" {
+            violations.push(Violation::new(field, "set the Name tag through the name field"));
+        } else if value.chars().count() > 256 {
+            violations.push(Violation::new(field, "values must be at most 256 characters"));
+        }
+    }
+}
+
+fn is_valid_name(name: &str, max_len: usize) -> bool {
+    let mut chars = name.chars();
+    let Some(first) = chars.next() else { return false };
+    name.len() <= max_len
+        && first.is_ascii_alphanumeric()
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn is_valid_namespace(namespace: &str) -> bool {
+    !namespace.is_empty()
+        && namespace.len() <= 63
+        && namespace.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !namespace.starts_with('-')
+        && !namespace.ends_with('-')
+}
+
+fn is_valid_ami_id(ami: &str) -> bool {
+    ami.strip_prefix("ami-").is_some_and(|rest| {
+        !rest.is_empty() && rest.len() <= 32 && rest.chars().all(|c| c.is_ascii_alphanumeric())
+    })
+}
+
+fn is_valid_prefixed_hex(id: &str, prefix: &str) -> bool {
+    id.strip_prefix(prefix).is_some_and(|rest| {
+        !rest.is_empty() && rest.len() <= 32 && rest.chars().all(|c| c.is_ascii_hexdigit())
+    })
+}
+
+/// A create request as the client sent it; every field optional so that all problems,
+/// missing fields included, are reported together.
+#[derive(Debug, Clone, Default)]
+pub struct CreateRequest {
+    pub name: Option<String>,
+    pub name_prefix: Option<String>,
+    pub count: Option<i64>,
+    pub region: Option<String>,
+    pub ami: Option<String>,
+    pub instance_type: Option<String>,
+    pub storage_gb: Option<i64>,
+    pub cpu_credits: Option<String>,
+    pub key_name: Option<String>,
+    pub security_group_ids: Vec<String>,
+    pub user_data: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    pub namespace: Option<String>,
+}
+
+/// A create request that passed every static rule: what to launch, and the name of each
+/// instance (one per instance to create).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchSpec {
+    pub names: Vec<String>,
+    pub namespace: String,
+    pub region: String,
+    pub ami: String,
+    pub instance_type: String,
+    pub storage_gb: i64,
+    pub key_name: Option<String>,
+    pub security_group_ids: Vec<String>,
+    pub user_data: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    pub cpu_credits: CpuCredits,
+}
+
+/// What the cloud says about an AMI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageFacts {
+    pub id: String,
+    pub owner_id: String,
+    pub owner_alias: Option<String>,
+    /// `x86_64`, `arm64`, `i386`, …
+    pub architecture: String,
+    /// Device name of the root volume, where the storage size is applied.
+    pub root_device_name: Option<String>,
+}
+
+/// What the cloud says about an instance type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceTypeFacts {
+    pub name: String,
+    pub architectures: Vec<String>,
+    pub vcpus: i32,
+    pub burstable: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid_request() -> CreateRequest {
+        CreateRequest {
+            name: Some("web".to_string()),
+            ami: Some("ami-0123456789abcdef0".to_string()),
+            instance_type: Some("t3.micro".to_string()),
+            ..CreateRequest::default()
+        }
+    }
+
+    /// Applies `edit` to a valid request and renders the outcome: `ok` or one line per violation.
+    fn check(edit: impl FnOnce(&mut CreateRequest)) -> String {
+        let mut request = valid_request();
+        edit(&mut request);
+        match Policy::free_tier().check_request(&request) {
+            Ok(_) => "ok".to_string(),
+            Err(violations) => {
+                violations.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("\n")
+            }
+        }
+    }
+
+    #[test]
+    fn free_tier_policy_is_valid() {
+        assert_eq!(Policy::free_tier().validate(), Ok(()));
+    }
+
+    #[test]
+    fn every_static_rule_reports_its_own_message() {
+        type Edit = Box<dyn FnOnce(&mut CreateRequest)>;
+        let cases: Vec<(&str, Edit, &str)> = vec![
+            ("valid", Box::new(|_| {}), "ok"),
+            (
+                "count zero",
+                Box::new(|r| r.count = Some(0)),
+                "count: must be between 1 and 10 (policy max_count), got 0",
+            ),
+            (
+                "count too big",
+                Box::new(|r| {
+                    r.name = None;
+                    r.name_prefix = Some("w".into());
+                    r.count = Some(11)
+                }),
+                "count: must be between 1 and 10 (policy max_count), got 11",
+            ),
+            (
+                "no name",
+                Box::new(|r| r.name = None),
+                "name: is required (or name_prefix with count)",
+            ),
+            (
+                "both names",
+                Box::new(|r| r.name_prefix = Some("w".into())),
+                "name: give either name or name_prefix, not both",
+            ),
+            (
+                "name with count",
+                Box::new(|r| r.count = Some(2)),
+                "name: one name cannot be given to 2 instances; use name_prefix",
+            ),
+            (
+                "bad name",
+                Box::new(|r| r.name = Some("-x".into())),
+                "name: must be 1-64 characters of letters, digits, '-', '_' or '.', starting with a letter or digit",
+            ),
+            (
+                "bad prefix",
+                Box::new(|r| {
+                    r.name = None;
+                    r.name_prefix = Some("a b".into())
+                }),
+                "name_prefix: must be 1-60 characters of letters, digits, '-', '_' or '.', starting with a letter or digit",
+            ),
+            (
+                "bad namespace",
+                Box::new(|r| r.namespace = Some("Team A".into())),
+                "namespace: must be 1-63 characters of lowercase letters, digits and '-', starting and ending with a letter or digit",
+            ),
+            (
+                "region",
+                Box::new(|r| r.region = Some("ap-south-1".into())),
+                "region: 'ap-south-1' is not allowed; allowed: us-east-1, us-east-2, us-west-1, us-west-2, eu-west-1",
+            ),
+            (
+                "no type",
+                Box::new(|r| r.instance_type = None),
+                "instance_type: is required; allowed: t2.micro, t3.micro, t3.small, t4g.micro, t4g.small",
+            ),
+            (
+                "type",
+                Box::new(|r| r.instance_type = Some("m5.large".into())),
+                "instance_type: 'm5.large' is not allowed; allowed: t2.micro, t3.micro, t3.small, t4g.micro, t4g.small",
+            ),
+            ("no ami", Box::new(|r| r.ami = None), "ami: is required, e.g. ami-0123456789abcdef0"),
+            (
+                "bad ami",
+                Box::new(|r| r.ami = Some("ubuntu".into())),
+                "ami: 'ubuntu' is not an AMI id; expected ami- followed by letters and digits",
+            ),
+            (
+                "storage low",
+                Box::new(|r| r.storage_gb = Some(0)),
+                "storage_gb: 0 GB is outside the allowed range 1-30 GB",
+            ),
+            (
+                "storage high",
+                Box::new(|r| r.storage_gb = Some(31)),
+                "storage_gb: 31 GB is outside the allowed range 1-30 GB",
+            ),
+            ("storage max", Box::new(|r| r.storage_gb = Some(30)), "ok"),
+            (
+                "credits",
+                Box::new(|r| r.cpu_credits = Some("unlimited".into())),
+                "cpu_credits: 'unlimited' is not allowed; allowed: standard",
+            ),
+            (
+                "key",
+                Box::new(|r| r.key_name = Some(String::new())),
+                "key_name: must be 1-255 printable ASCII characters",
+            ),
+            (
+                "sg",
+                Box::new(|r| r.security_group_ids = vec!["sg-12ab".into(), "default".into()]),
+                "security_group_ids[1]: 'default' is not a security group id; expected sg- followed by hex digits",
+            ),
+            (
+                "user data",
+                Box::new(|r| r.user_data = Some("x".repeat(16 * 1024 + 1))),
+                "user_data: 16385 bytes exceeds the limit of 16384 bytes",
+            ),
+            (
+                "reserved tag",
+                Box::new(|r| {
+                    r.tags.insert("corral:job-id".into(), "x".into());
+                }),
+                "tags.corral:job-id: the prefix 'corral:' is reserved",
+            ),
+            (
+                "aws tag",
+                Box::new(|r| {
+                    r.tags.insert("AWS:x".into(), "x".into());
+                }),
+                "tags.AWS:x: the prefix 'aws:' is reserved",
+            ),
+            (
+                "name tag",
+                Box::new(|r| {
+                    r.tags.insert("Name".into(), "x".into());
+                }),
+                "tags.Name: set the Name tag through the name field",
+            ),
+            (
+                "long tag value",
+                Box::new(|r| {
+                    r.tags.insert("team".into(), "x".repeat(257));
+                }),
+                "tags.team: values must be at most 256 characters",
+            ),
+        ];
+        for (label, edit, expected) in cases {
+            assert_eq!(check(edit), expected, "case: {label}");
+        }
+    }
+
+    #[test]
+    fn all_violations_are_reported_together() {
+        let outcome = check(|r| {
+            r.region = Some("mars-1".into());
+            r.instance_type = Some("p5.48xlarge".into());
+            r.storage_gb = Some(500);
+        });
+        let fields: Vec<&str> = outcome.lines().map(|l| l.split(':').next().unwrap()).collect();
+        assert_eq!(fields, ["region", "instance_type", "storage_gb"]);
+    }
+
+    #[test]
+    fn name_prefix_names_each_instance() {
+        let mut request = valid_request();
+        request.name = None;
+        request.name_prefix = Some("build".into());
+        request.count = Some(3);
+        let spec = Policy::free_tier().check_request(&request).unwrap();
+        assert_eq!(spec.names, ["build-1", "build-2", "build-3"]);
+        assert_eq!(spec.region, "us-east-1");
+        assert_eq!(spec.namespace, "default");
+        assert_eq!(spec.storage_gb, 8);
+        assert_eq!(spec.cpu_credits, CpuCredits::Standard);
+    }
+
+    #[test]
+    fn ami_id_allow_list_is_checked_per_region() {
+        let mut policy = Policy::free_tier();
+        policy
+            .amis
+            .insert("us-west-2".into(), AmiRule { owners: vec![], ids: vec!["ami-aaaa".into()] });
+        let mut request = valid_request();
+        request.region = Some("us-west-2".into());
+        let violations = policy.check_request(&request).unwrap_err();
+        assert_eq!(
+            violations[0].to_string(),
+            "ami: 'ami-0123456789abcdef0' is not allowed in us-west-2; allowed: ami-aaaa"
+        );
+        request.ami = Some("ami-aaaa".into());
+        assert!(policy.check_request(&request).is_ok());
+    }
+
+    fn image(owner: &str, arch: &str) -> ImageFacts {
+        ImageFacts {
+            id: "ami-1".into(),
+            owner_id: owner.into(),
+            owner_alias: None,
+            architecture: arch.into(),
+            root_device_name: Some("/dev/xvda".into()),
+        }
+    }
+
+    fn instance_type(name: &str, arch: &str) -> InstanceTypeFacts {
+        InstanceTypeFacts {
+            name: name.into(),
+            architectures: vec![arch.into()],
+            vcpus: 2,
+            burstable: true,
+        }
+    }
+
+    #[test]
+    fn cloud_facts_rules_report_owner_and_architecture() {
+        let policy = Policy::free_tier();
+        let spec = policy.check_request(&valid_request()).unwrap();
+        let cases = [
+            (image("137112412989", "x86_64"), instance_type("t3.micro", "x86_64"), ""),
+            (
+                image("137112412989", "arm64"),
+                instance_type("t3.micro", "x86_64"),
+                "instance_type: 't3.micro' supports x86_64 but AMI 'ami-1' is arm64; choose a matching instance type or AMI",
+            ),
+            (
+                image("111122223333", "x86_64"),
+                instance_type("t3.micro", "x86_64"),
+                "ami: 'ami-1' belongs to owner 111122223333 which is not allowed in us-east-1; allowed: amazon, 137112412989, 099720109477, 136693071363",
+            ),
+        ];
+        for (image, instance_type, expected) in cases {
+            let rendered: Vec<String> = policy
+                .check_image(&spec, &image, &instance_type)
+                .iter()
+                .map(|v| v.to_string())
+                .collect();
+            assert_eq!(rendered.join("\n"), expected);
+        }
+    }
+
+    #[test]
+    fn broken_policy_is_refused_with_every_problem() {
+        let mut policy = Policy::free_tier();
+        policy.default_region = "eu-north-1".into();
+        policy.storage_gb = StorageRange { min: 10, max: 5, default: 8 };
+        let problems = policy.validate().unwrap_err();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+}

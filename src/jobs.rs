@@ -1,0 +1,118 @@
+//! The durable job queue's runtime: workers that claim jobs from the database, run them, and
+//! record how each attempt ended.
+//!
+//! - `Queue` is the handle the API holds: it wakes workers after an enqueue and lets a request
+//!   wait for a job to finish (`?wait=`).
+//! - `worker` claims jobs under a lease, renews the lease while a job runs, isolates panics and
+//!   turns each result into succeeded / retry-with-backoff / failed.
+//! - `kinds` holds one module per job kind. Each is a reconciler: it observes the cloud, takes the
+//!   next step, records what the cloud reported, and is safe to run again after any crash.
+//!
+//! Enqueueing is not here: a job row is written by `storage` in the same transaction as the
+//! domain change that needs it.
+
+mod kinds;
+mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, broadcast};
+
+use crate::cloud::{Catalog, CloudError, Provider};
+use crate::config::JobSettings;
+use crate::domain::Policy;
+use crate::storage::{JobView, StorageError, Store};
+
+pub use kinds::CreatePayload;
+pub use worker::run_workers;
+
+/// What a job body needs: the database, the cloud, and the rules.
+pub struct JobContext {
+    pub store: Store,
+    pub provider: Arc<dyn Provider>,
+    pub catalog: Catalog,
+    pub policy: Policy,
+    pub settings: JobSettings,
+}
+
+/// Shared handle between the API and the workers of one process.
+#[derive(Clone)]
+pub struct Queue {
+    store: Store,
+    wake: Arc<Notify>,
+    finished: broadcast::Sender<String>,
+}
+
+impl Queue {
+    pub fn new(store: Store) -> Queue {
+        let (finished, _) = broadcast::channel(1024);
+        Queue { store, wake: Arc::new(Notify::new()), finished }
+    }
+
+    /// Tells idle workers that a job was enqueued.
+    pub fn wake_workers(&self) {
+        self.wake.notify_waiters();
+        self.wake.notify_one();
+    }
+
+    /// Waits until job `id` has finished or `timeout` has passed, and returns it as it is then.
+    /// Finishing is announced in-process; a periodic re-read covers jobs finished elsewhere.
+    pub async fn wait_for(&self, id: &str, timeout: Duration) -> Result<JobView, StorageError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut finished = self.finished.subscribe();
+        loop {
+            let view = self.store.get_job(id).await?.ok_or_else(|| {
+                StorageError::Corrupt(format!("job {id} disappeared while waited for"))
+            })?;
+            if view.job.status.is_finished() || tokio::time::Instant::now() >= deadline {
+                return Ok(view);
+            }
+            let recheck = (tokio::time::Instant::now() + Duration::from_secs(1)).min(deadline);
+            loop {
+                tokio::select! {
+                    message = finished.recv() => match message {
+                        Ok(done) if done != id => continue,
+                        _ => break,
+                    },
+                    _ = tokio::time::sleep_until(recheck) => break,
+                }
+            }
+        }
+    }
+
+    fn announce_finished(&self, id: &str) {
+        // Nobody waiting is fine.
+        let _ = self.finished.send(id.to_string());
+    }
+}
+
+/// Why an attempt of a job did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    /// Another attempt may succeed: throttling, timeouts, the database being busy.
+    #[error("{0}")]
+    Retryable(String),
+    /// No attempt can succeed: the request is invalid or the cloud refused it.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl From<CloudError> for JobError {
+    fn from(err: CloudError) -> JobError {
+        if err.is_retryable() {
+            JobError::Retryable(err.to_string())
+        } else {
+            JobError::Permanent(err.to_string())
+        }
+    }
+}
+
+impl From<StorageError> for JobError {
+    fn from(err: StorageError) -> JobError {
+        match err {
+            StorageError::Corrupt(message) => JobError::Permanent(message),
+            StorageError::Database(err) => JobError::Retryable(format!("database error: {err}")),
+        }
+    }
+}

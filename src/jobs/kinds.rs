@@ -1,0 +1,135 @@
+//! One module per job kind, and the helpers they share.
+//!
+//! Every kind is written as a reconciler: observe what the cloud has, take the missing step,
+//! record what the cloud reports. Running a kind twice, or resuming it after a crash at any
+//! point, never repeats a step that already took effect.
+
+mod change_state;
+mod create_instances;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::cloud::CloudInstance;
+use crate::domain::{InstanceState, JobKind};
+use crate::jobs::{JobContext, JobError};
+use crate::storage::{InstanceRecord, JobView, Observation};
+
+pub use create_instances::CreatePayload;
+
+/// Runs one attempt of `job`.
+pub async fn run(ctx: &JobContext, job: &JobView) -> Result<(), JobError> {
+    match job.job.kind {
+        JobKind::CreateInstances => create_instances::run(ctx, job).await,
+        kind => {
+            let action = kind.action().expect("every kind but creation is an action");
+            change_state::run(ctx, job, action).await
+        }
+    }
+}
+
+fn observation(instance: &InstanceRecord, seen: &CloudInstance) -> Observation {
+    Observation {
+        instance_id: instance.id.clone(),
+        cloud_id: seen.cloud_id.clone(),
+        state: seen.state,
+        public_ip: seen.public_ip.clone(),
+        private_ip: seen.private_ip.clone(),
+    }
+}
+
+/// Describes `instances` (all in `region`) and records what the cloud reports; instances the
+/// cloud does not know are left out of the result.
+async fn observe(
+    ctx: &JobContext,
+    region: &str,
+    instances: &[InstanceRecord],
+) -> Result<Vec<Observation>, JobError> {
+    let cloud_ids: Vec<String> = instances.iter().filter_map(|i| i.cloud_id.clone()).collect();
+    let seen = ctx.provider.describe(region, &cloud_ids).await?;
+    let observations: Vec<Observation> = instances
+        .iter()
+        .filter_map(|instance| {
+            let cloud = seen.iter().find(|c| Some(&c.cloud_id) == instance.cloud_id.as_ref())?;
+            Some(observation(instance, cloud))
+        })
+        .collect();
+    ctx.store.record_observations(&observations).await?;
+    Ok(observations)
+}
+
+/// Polls the cloud, with growing pauses, until every instance of `instances` (all in `region`,
+/// all with a cloud id) is in `target`; records every observation on the way.
+async fn wait_for_state(
+    ctx: &JobContext,
+    region: &str,
+    instances: &[InstanceRecord],
+    target: InstanceState,
+) -> Result<(), JobError> {
+    let settings = &ctx.settings;
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(settings.state_wait_timeout_secs);
+    let mut pause = Duration::from_millis(settings.state_poll_initial_ms);
+    let cloud_ids: Vec<String> = instances.iter().filter_map(|i| i.cloud_id.clone()).collect();
+    loop {
+        let seen: HashMap<String, CloudInstance> = ctx
+            .provider
+            .describe(region, &cloud_ids)
+            .await?
+            .into_iter()
+            .map(|instance| (instance.cloud_id.clone(), instance))
+            .collect();
+        let mut observations = Vec::new();
+        let mut waiting = Vec::new();
+        for instance in instances {
+            let cloud_id = instance.cloud_id.as_deref().unwrap_or_default();
+            match seen.get(cloud_id) {
+                // Just-launched instances can be missing from Describe for a while.
+                None => waiting.push(format!("{cloud_id} (not visible yet)")),
+                Some(cloud) => {
+                    observations.push(observation(instance, cloud));
+                    if cloud.state == target {
+                        continue;
+                    }
+                    if is_dead_end(cloud.state, target) {
+                        ctx.store.record_observations(&observations).await?;
+                        let reason = cloud
+                            .state_reason
+                            .as_deref()
+                            .map(|r| format!(": {r}"))
+                            .unwrap_or_default();
+                        return Err(JobError::Permanent(format!(
+                            "instance {cloud_id} is {} and cannot become {target}{reason}",
+                            cloud.state
+                        )));
+                    }
+                    waiting.push(format!("{cloud_id} ({})", cloud.state));
+                }
+            }
+        }
+        ctx.store.record_observations(&observations).await?;
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() + pause > deadline {
+            return Err(JobError::Retryable(format!(
+                "timed out after {}s waiting for {target}: {}",
+                settings.state_wait_timeout_secs,
+                waiting.join(", ")
+            )));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(settings.state_poll_max_ms));
+    }
+}
+
+/// Whether an instance in `state` can no longer reach `target` by waiting.
+fn is_dead_end(state: InstanceState, target: InstanceState) -> bool {
+    use InstanceState::*;
+    match target {
+        Terminated => false,
+        Running => matches!(state, ShuttingDown | Terminated | Stopped | Stopping),
+        Stopped => matches!(state, ShuttingDown | Terminated),
+        _ => matches!(state, ShuttingDown | Terminated),
+    }
+}

@@ -1,0 +1,54 @@
+//! `start_instances`, `stop_instances`, `reboot_instances`, `terminate_instances`: apply one
+//! action to many instances with one cloud call per region, then wait for the target state.
+//!
+//! The job first describes the instances and leaves out those already in the target state, so
+//! a resumed job does not repeat calls that took effect.
+
+use std::collections::BTreeMap;
+
+use crate::domain::Action;
+use crate::jobs::kinds::{observe, wait_for_state};
+use crate::jobs::{JobContext, JobError};
+use crate::storage::{InstanceRecord, JobView};
+
+pub async fn run(ctx: &JobContext, job: &JobView, action: Action) -> Result<(), JobError> {
+    let mut by_region: BTreeMap<&str, Vec<InstanceRecord>> = BTreeMap::new();
+    for instance in &job.instances {
+        if instance.cloud_id.is_none() {
+            return Err(JobError::Permanent(format!(
+                "instance {} was never launched",
+                instance.id
+            )));
+        }
+        by_region.entry(instance.region.as_str()).or_default().push(instance.clone());
+    }
+    for (region, instances) in by_region {
+        let observations = observe(ctx, region, &instances).await?;
+        if let Some(missing) = instances
+            .iter()
+            .find(|instance| !observations.iter().any(|seen| seen.instance_id == instance.id))
+        {
+            return Err(JobError::Permanent(format!(
+                "instance {} ({}) no longer exists in {region}",
+                missing.id,
+                missing.cloud_id.as_deref().unwrap_or_default()
+            )));
+        }
+        let pending: Vec<String> = observations
+            .iter()
+            .filter(|seen| Some(seen.state) != action.target_state())
+            .map(|seen| seen.cloud_id.clone())
+            .collect();
+        if !pending.is_empty() {
+            ctx.provider.apply(region, action, &pending).await?;
+        }
+        match action.target_state() {
+            Some(target) => wait_for_state(ctx, region, &instances, target).await?,
+            None => {
+                // A reboot keeps the state; record what the cloud reports after it.
+                observe(ctx, region, &instances).await?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! `create_instances`: launch the desired instances of one request in one call and wait until
+//! the cloud reports them running.
+//!
+//! Steps, each safe to repeat:
+//! 1. adopt: find instances an earlier attempt launched (tag `corral:job-id`) and record them;
+//! 2. launch: if none exist, check the cloud-dependent policy rules (AMI owner, architecture),
+//!    then call RunInstances once for all of them with the ClientToken persisted at enqueue time;
+//! 3. tag each instance with its own `Name` and `corral:instance-id` (several per call only);
+//! 4. wait for `running` and record state and IPs as the cloud reports them.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cloud::{CloudInstance, LaunchRequest, TAG_INSTANCE_ID, TAG_JOB_ID, TAG_NAMESPACE};
+use crate::domain::{InstanceState, LaunchSpec};
+use crate::jobs::kinds::{observation, wait_for_state};
+use crate::jobs::{JobContext, JobError};
+use crate::storage::{InstanceRecord, JobView};
+
+/// Arguments of a `create_instances` job, stored with it at enqueue time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatePayload {
+    pub spec: LaunchSpec,
+    /// EC2 ClientToken: the same for every attempt, so EC2 itself refuses to launch twice.
+    pub client_token: String,
+}
+
+pub async fn run(ctx: &JobContext, job: &JobView) -> Result<(), JobError> {
+    let payload: CreatePayload = serde_json::from_value(job.job.payload.clone())
+        .map_err(|err| JobError::Permanent(format!("unreadable job payload: {err}")))?;
+    let spec = &payload.spec;
+    let region = spec.region.as_str();
+    let mut instances = job.instances.clone();
+    instances.sort_by_key(|instance| instance.launch_index);
+
+    let mut known_tags: HashMap<String, BTreeMap<String, String>> = HashMap::new();
+    if instances.iter().any(|instance| instance.cloud_id.is_none()) {
+        let found = ctx.provider.find_tagged(region, TAG_JOB_ID, &job.job.id).await?;
+        let launched: Vec<CloudInstance> =
+            found.into_iter().filter(|i| i.state != InstanceState::Terminated).collect();
+        if launched.is_empty() {
+            let launched = launch(ctx, job, &payload, instances.len()).await?;
+            adopt(ctx, &mut instances, launched, &mut known_tags).await?;
+        } else if launched.len() == instances.len() {
+            adopt(ctx, &mut instances, launched, &mut known_tags).await?;
+        } else {
+            return Err(JobError::Retryable(format!(
+                "found {} of the {} instances an earlier attempt launched; waiting for the rest to \
+                 become visible",
+                launched.len(),
+                instances.len()
+            )));
+        }
+    }
+
+    if instances.len() > 1 {
+        for instance in &instances {
+            let cloud_id = instance.cloud_id.clone().expect("adopted instances have cloud ids");
+            let wanted = own_tags(instance);
+            let has = known_tags.get(&cloud_id);
+            if has.is_some_and(|tags| wanted.iter().all(|(k, v)| tags.get(k) == Some(v))) {
+                continue;
+            }
+            ctx.provider.tag(region, &[cloud_id], &wanted).await?;
+        }
+    }
+
+    wait_for_state(ctx, region, &instances, InstanceState::Running).await
+}
+
+/// Checks the cloud-dependent policy rules, then launches `count` instances in one call.
+async fn launch(
+    ctx: &JobContext,
+    job: &JobView,
+    payload: &CreatePayload,
+    count: usize,
+) -> Result<Vec<CloudInstance>, JobError> {
+    let spec = &payload.spec;
+    let region = spec.region.as_str();
+    let image = ctx.catalog.image(region, &spec.ami).await?.ok_or_else(|| {
+        JobError::Permanent(format!(
+            "InvalidAMIID.NotFound: the image id '{}' does not exist in {region}",
+            spec.ami
+        ))
+    })?;
+    let instance_type =
+        ctx.catalog.instance_type(region, &spec.instance_type).await?.ok_or_else(|| {
+            JobError::Permanent(format!(
+                "InvalidInstanceType: '{}' is not offered in {region}",
+                spec.instance_type
+            ))
+        })?;
+    let violations = ctx.policy.check_image(spec, &image, &instance_type);
+    if !violations.is_empty() {
+        let messages: Vec<String> = violations.iter().map(|v| v.to_string()).collect();
+        return Err(JobError::Permanent(format!("policy violation: {}", messages.join("; "))));
+    }
+
+    let mut tags = spec.tags.clone();
+    tags.insert(TAG_JOB_ID.to_string(), job.job.id.clone());
+    tags.insert(TAG_NAMESPACE.to_string(), spec.namespace.clone());
+    if let [only] = job.instances.as_slice() {
+        tags.extend(own_tags(only));
+    }
+    let request = LaunchRequest {
+        client_token: payload.client_token.clone(),
+        count: count as i64,
+        ami: spec.ami.clone(),
+        instance_type: spec.instance_type.clone(),
+        storage_gb: spec.storage_gb,
+        root_device_name: image.root_device_name.clone(),
+        key_name: spec.key_name.clone(),
+        security_group_ids: spec.security_group_ids.clone(),
+        user_data: spec.user_data.clone(),
+        cpu_credits: instance_type.burstable.then_some(spec.cpu_credits),
+        tags,
+    };
+    let launched = ctx.provider.launch(region, &request).await?;
+    if launched.len() != count {
+        return Err(JobError::Permanent(format!(
+            "the cloud launched {} instances instead of {count}: {}",
+            launched.len(),
+            launched.iter().map(|i| i.cloud_id.as_str()).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    Ok(launched)
+}
+
+/// Pairs launched cloud instances with the stored ones and records their cloud ids at once, so
+/// that no later failure can lose track of them. An instance already tagged with a corral id is
+/// matched by it; the others by launch index.
+async fn adopt(
+    ctx: &JobContext,
+    instances: &mut [InstanceRecord],
+    mut launched: Vec<CloudInstance>,
+    known_tags: &mut HashMap<String, BTreeMap<String, String>>,
+) -> Result<(), JobError> {
+    launched.sort_by_key(|cloud| cloud.launch_index);
+    let mut by_corral_id: HashMap<String, CloudInstance> = HashMap::new();
+    let mut untagged = Vec::new();
+    for cloud in launched {
+        match cloud.tags.get(TAG_INSTANCE_ID) {
+            Some(id) if instances.iter().any(|i| &i.id == id) => {
+                by_corral_id.insert(id.clone(), cloud);
+            }
+            _ => untagged.push(cloud),
+        }
+    }
+    let mut untagged = untagged.into_iter();
+    let mut observations = Vec::new();
+    for instance in instances.iter_mut() {
+        let Some(cloud) = by_corral_id.remove(&instance.id).or_else(|| untagged.next()) else {
+            return Err(JobError::Permanent(format!(
+                "no launched instance could be matched to {}",
+                instance.id
+            )));
+        };
+        observations.push(observation(instance, &cloud));
+        instance.cloud_id = Some(cloud.cloud_id.clone());
+        known_tags.insert(cloud.cloud_id.clone(), cloud.tags);
+    }
+    ctx.store.record_observations(&observations).await?;
+    Ok(())
+}
+
+/// Tags whose values differ per instance.
+fn own_tags(instance: &InstanceRecord) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("Name".to_string(), instance.name.clone()),
+        (TAG_INSTANCE_ID.to_string(), instance.id.clone()),
+    ])
+}

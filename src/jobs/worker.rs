@@ -1,0 +1,144 @@
+//! Worker loops: claim, run under a renewed lease, record the outcome.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::jobs::{JobContext, JobError, Queue, kinds};
+use crate::storage::{JobOutcome, JobView, Millis, now_millis};
+
+/// How long running jobs may take to finish once shutdown starts before they are handed back.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs `ctx.settings.concurrency` workers until `shutdown` is cancelled, then lets running jobs
+/// finish for a grace period and hands back the rest.
+pub async fn run_workers(ctx: Arc<JobContext>, queue: Queue, shutdown: CancellationToken) {
+    let process = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
+    let mut workers = JoinSet::new();
+    for idx in 0..ctx.settings.concurrency {
+        let worker = Worker {
+            id: format!("{process}-{idx}"),
+            ctx: ctx.clone(),
+            queue: queue.clone(),
+            shutdown: shutdown.clone(),
+        };
+        workers.spawn(worker.run());
+    }
+    while workers.join_next().await.is_some() {}
+}
+
+struct Worker {
+    id: String,
+    ctx: Arc<JobContext>,
+    queue: Queue,
+    shutdown: CancellationToken,
+}
+
+impl Worker {
+    async fn run(self) {
+        let poll = Duration::from_millis(self.ctx.settings.poll_interval_ms);
+        while !self.shutdown.is_cancelled() {
+            let wake = self.queue.wake.notified();
+            match self.ctx.store.claim_job(&self.id, self.lease_until()).await {
+                Ok(Some(job)) => self.run_job(job).await,
+                Ok(None) => {
+                    tokio::select! {
+                        _ = wake => {}
+                        _ = tokio::time::sleep(poll) => {}
+                        _ = self.shutdown.cancelled() => {}
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(worker = %self.id, error = ?err, "claiming a job failed");
+                    tokio::time::sleep(poll).await;
+                }
+            }
+        }
+    }
+
+    fn lease_until(&self) -> Millis {
+        now_millis() + self.ctx.settings.lease().as_millis() as Millis
+    }
+
+    #[tracing::instrument(skip_all, fields(job.id = %job.job.id, job.kind = %job.job.kind, job.attempt = job.job.attempts))]
+    async fn run_job(&self, job: JobView) {
+        tracing::info!("job started");
+        let job_id = job.job.id.clone();
+        let attempts = job.job.attempts;
+        let max_attempts = job.job.max_attempts;
+        let ctx = self.ctx.clone();
+        // A spawned task isolates panics: they surface as a `JoinError` instead of killing the
+        // worker.
+        let mut body = tokio::spawn(async move { kinds::run(&ctx, &job).await });
+        let renew_every = self.ctx.settings.lease() / 3;
+        let mut grace: Option<tokio::time::Instant> = None;
+        let result = loop {
+            let grace_over = async {
+                match grace {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                joined = &mut body => break match joined {
+                    Ok(result) => Some(result),
+                    Err(err) if err.is_panic() => Some(Err(JobError::Retryable(format!("job panicked: {err}")))),
+                    Err(err) => Some(Err(JobError::Retryable(format!("job was cancelled: {err}")))),
+                },
+                _ = tokio::time::sleep(renew_every) => {
+                    match self.ctx.store.renew_lease(&job_id, &self.id, self.lease_until()).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!("lease lost; another worker owns the job now");
+                            body.abort();
+                            return;
+                        }
+                        Err(err) => tracing::warn!(error = ?err, "renewing the lease failed"),
+                    }
+                }
+                _ = self.shutdown.cancelled(), if grace.is_none() => {
+                    grace = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
+                }
+                _ = grace_over => {
+                    body.abort();
+                    break None;
+                }
+            }
+        };
+        let outcome = match result {
+            None => JobOutcome::Retry {
+                error: "handed back at shutdown".to_string(),
+                run_at: now_millis(),
+            },
+            Some(Ok(())) => JobOutcome::Succeeded,
+            Some(Err(JobError::Permanent(error))) => JobOutcome::Failed { error },
+            Some(Err(JobError::Retryable(error))) if attempts >= max_attempts => {
+                JobOutcome::Failed { error: format!("gave up after {attempts} attempts: {error}") }
+            }
+            Some(Err(JobError::Retryable(error))) => {
+                let delay = self.ctx.settings.retry_delay(attempts);
+                JobOutcome::Retry { error, run_at: now_millis() + delay.as_millis() as Millis }
+            }
+        };
+        match &outcome {
+            JobOutcome::Succeeded => tracing::info!("job succeeded"),
+            JobOutcome::Failed { error } => tracing::warn!(%error, "job failed"),
+            JobOutcome::Retry { error, .. } => {
+                tracing::warn!(%error, "job attempt failed; will retry")
+            }
+        }
+        match self.ctx.store.finish_job(&job_id, &self.id, &outcome).await {
+            Ok(true) => {
+                if !matches!(outcome, JobOutcome::Retry { .. }) {
+                    self.queue.announce_finished(&job_id);
+                } else {
+                    self.queue.wake_workers();
+                }
+            }
+            Ok(false) => tracing::warn!("lease lost before the outcome was recorded"),
+            Err(err) => tracing::error!(error = ?err, "recording the job outcome failed"),
+        }
+    }
+}

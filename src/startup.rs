@@ -1,0 +1,100 @@
+//! Wiring: `Application::build` opens the database, builds the cloud provider, binds the
+//! listener (port 0 allowed) and `run_until_stopped` serves the API and runs the job workers
+//! until shutdown is requested.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiContext};
+use crate::cloud::{AwsProvider, Catalog, Provider};
+use crate::config::Settings;
+use crate::jobs::{self, JobContext, Queue};
+use crate::storage::Store;
+
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    api: ApiContext,
+    jobs: Arc<JobContext>,
+}
+
+impl Application {
+    /// Builds the application against AWS (or the emulator `AWS_ENDPOINT_URL` names).
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let aws = AwsProvider::from_settings(&settings.aws).await;
+        match aws.endpoint_url() {
+            Some(url) => tracing::warn!(
+                endpoint = url,
+                "SANDBOX: EC2 calls go to {url}, not to AWS; nothing created here is real"
+            ),
+            None if !aws.has_credentials().await => tracing::error!(
+                "no AWS credentials found (environment, ~/.aws, or instance role): cloud jobs \
+                 will fail until credentials are configured, or set AWS_ENDPOINT_URL to use an \
+                 emulator"
+            ),
+            None => tracing::info!("EC2 calls go to AWS"),
+        }
+        Application::build_with_provider(settings, Arc::new(aws)).await
+    }
+
+    pub async fn build_with_provider(
+        settings: Settings,
+        provider: Arc<dyn Provider>,
+    ) -> anyhow::Result<Application> {
+        let store = Store::connect(&settings.database_url).await?;
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("binding {}", settings.listen))?;
+        let local_addr = listener.local_addr()?;
+        let queue = Queue::new(store.clone());
+        let catalog =
+            Catalog::new(provider.clone(), Duration::from_secs(settings.aws.catalog_ttl_secs));
+        let api = ApiContext {
+            store: store.clone(),
+            queue,
+            policy: Arc::new(settings.policy.clone()),
+            max_attempts: settings.jobs.max_attempts,
+            started_at: Instant::now(),
+            cloud_endpoint: provider.describe_endpoint().into(),
+        };
+        let jobs = Arc::new(JobContext {
+            store,
+            provider,
+            catalog,
+            policy: settings.policy,
+            settings: settings.jobs,
+        });
+        Ok(Application { listener, local_addr, api, jobs })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr.port()
+    }
+
+    /// Serves HTTP and runs the workers until `shutdown` is cancelled; then stops accepting
+    /// requests, lets workers finish or hand back their jobs, and returns.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let workers = tokio::spawn(jobs::run_workers(
+            self.jobs.clone(),
+            self.api.queue.clone(),
+            shutdown.clone(),
+        ));
+        let router = api::router(self.api);
+        tracing::info!(address = %self.local_addr, "corral is listening");
+        let server = axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let served = server.await.context("HTTP server failed");
+        shutdown.cancel();
+        workers.await.context("job workers panicked")?;
+        served
+    }
+}

@@ -1,0 +1,293 @@
+//! Persistence: the only module that contains SQL.
+//!
+//! `Store` is the one handle callers use; it hides which database is behind it. Today that is
+//! SQLite (`storage::sqlite`), embedded and the default; a PostgreSQL arm slots in behind the
+//! same methods. Queries are checked at run time (`query_as` + `FromRow`) and covered by the
+//! integration suite. Times are stored as Unix milliseconds so that both dialects store and
+//! compare them the same way.
+
+mod sqlite;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::{Action, InstanceState, JobKind, JobStatus, StateConflict};
+
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// The database behind corral.
+#[derive(Clone)]
+pub struct Store {
+    backend: SqliteStore,
+}
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = i64;
+
+pub fn now_millis() -> Millis {
+    Utc::now().timestamp_millis()
+}
+
+pub fn to_datetime(millis: Millis) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(millis).unwrap_or_default()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceRecord {
+    pub id: String,
+    pub cloud_id: Option<String>,
+    pub name: String,
+    pub namespace: String,
+    pub region: String,
+    pub ami: String,
+    pub instance_type: String,
+    pub storage_gb: i64,
+    pub state: InstanceState,
+    pub public_ip: Option<String>,
+    pub private_ip: Option<String>,
+    pub key_name: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    pub backend: String,
+    pub launch_index: i64,
+    pub created_by_job: String,
+    pub active_job_id: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRecord {
+    pub id: String,
+    pub kind: JobKind,
+    pub status: JobStatus,
+    pub payload: serde_json::Value,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub run_at: Millis,
+    pub error: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub started_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+}
+
+/// A job with the instances it touches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobView {
+    pub job: JobRecord,
+    pub instances: Vec<InstanceRecord>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: String,
+    pub kind: JobKind,
+    pub payload: serde_json::Value,
+    pub max_attempts: i64,
+}
+
+/// What the cloud reported about one stored instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observation {
+    pub instance_id: String,
+    pub cloud_id: String,
+    pub state: InstanceState,
+    pub public_ip: Option<String>,
+    pub private_ip: Option<String>,
+}
+
+/// How an attempt of a job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobOutcome {
+    Succeeded,
+    /// Parked for good; instances that never launched are marked `failed`.
+    Failed {
+        error: String,
+    },
+    /// Queued again to run at `run_at`.
+    Retry {
+        error: String,
+        run_at: Millis,
+    },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct InstanceFilter {
+    pub state: Option<InstanceState>,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub tags: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PageRequest {
+    pub limit: i64,
+    /// The id of the last item of the previous page.
+    pub after: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// The id of the last item, when more items follow.
+    pub next_after: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// Builds a page from up to `limit + 1` rows: the extra row only proves a next page exists.
+    fn from_rows(mut rows: Vec<T>, limit: i64, id: impl Fn(&T) -> &str) -> Page<T> {
+        let limit = limit as usize;
+        let more = rows.len() > limit;
+        rows.truncate(limit);
+        let next_after = if more { rows.last().map(|row| id(row).to_string()) } else { None };
+        Page { items: rows, next_after }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub instances_by_state: BTreeMap<String, i64>,
+    pub jobs_by_status: BTreeMap<String, i64>,
+}
+
+impl Store {
+    /// Opens the database at `url`, creating it if needed, and applies pending migrations.
+    pub async fn connect(url: &str) -> anyhow::Result<Store> {
+        anyhow::ensure!(
+            url.starts_with("sqlite:"),
+            "unsupported database URL '{url}': expected sqlite://PATH"
+        );
+        Ok(Store { backend: SqliteStore::connect(url).await? })
+    }
+
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        self.backend.ping().await
+    }
+
+    /// Stores the desired instances and the job that creates them, atomically.
+    pub async fn insert_create_job(
+        &self,
+        job: &NewJob,
+        instances: &[InstanceRecord],
+    ) -> Result<(), StorageError> {
+        self.backend.insert_create_job(job, instances).await
+    }
+
+    /// Stores a lifecycle job for `instance_ids` if every instance is idle and in a state the
+    /// action is allowed from; otherwise stores nothing and returns why not, per instance.
+    pub async fn insert_action_job(
+        &self,
+        job: &NewJob,
+        action: Action,
+        instance_ids: &[String],
+    ) -> Result<Result<(), Vec<StateConflict>>, StorageError> {
+        self.backend.insert_action_job(job, action, instance_ids).await
+    }
+
+    /// Looks an instance up by corral id or cloud id.
+    pub async fn find_instance(&self, id: &str) -> Result<Option<InstanceRecord>, StorageError> {
+        Ok(self.find_instances(&[id.to_string()]).await?.pop())
+    }
+
+    /// Looks instances up by corral id or cloud id; unknown ids are left out.
+    pub async fn find_instances(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<InstanceRecord>, StorageError> {
+        self.backend.find_instances(ids).await
+    }
+
+    pub async fn list_instances(
+        &self,
+        filter: &InstanceFilter,
+        page: &PageRequest,
+    ) -> Result<Page<InstanceRecord>, StorageError> {
+        let rows = self.backend.list_instances(filter, page).await?;
+        Ok(Page::from_rows(rows, page.limit, |row| &row.id))
+    }
+
+    pub async fn get_job(&self, id: &str) -> Result<Option<JobView>, StorageError> {
+        let Some(job) = self.backend.get_job(id).await? else { return Ok(None) };
+        let mut views = self.with_instances(vec![job]).await?;
+        Ok(views.pop())
+    }
+
+    pub async fn list_jobs(
+        &self,
+        status: Option<JobStatus>,
+        page: &PageRequest,
+    ) -> Result<Page<JobView>, StorageError> {
+        let rows = self.backend.list_jobs(status, page).await?;
+        let Page { items, next_after } = Page::from_rows(rows, page.limit, |row| &row.id);
+        Ok(Page { items: self.with_instances(items).await?, next_after })
+    }
+
+    /// Attaches to each job its instances, in one query for all the jobs.
+    async fn with_instances(&self, jobs: Vec<JobRecord>) -> Result<Vec<JobView>, StorageError> {
+        let job_ids: Vec<String> = jobs.iter().map(|job| job.id.clone()).collect();
+        let mut by_job: BTreeMap<String, Vec<InstanceRecord>> = BTreeMap::new();
+        for (job_id, instance) in self.backend.instances_of_jobs(&job_ids).await? {
+            by_job.entry(job_id).or_default().push(instance);
+        }
+        Ok(jobs
+            .into_iter()
+            .map(|job| {
+                let instances = by_job.remove(&job.id).unwrap_or_default();
+                JobView { job, instances }
+            })
+            .collect())
+    }
+
+    /// Claims the next due job, or a running job whose lease expired, for `worker`.
+    pub async fn claim_job(
+        &self,
+        worker: &str,
+        lease_until: Millis,
+    ) -> Result<Option<JobView>, StorageError> {
+        let Some(job) = self.backend.claim_job(worker, now_millis(), lease_until).await? else {
+            return Ok(None);
+        };
+        Ok(self.with_instances(vec![job]).await?.pop())
+    }
+
+    /// Extends the lease of a job `worker` holds; false when the lease was lost.
+    pub async fn renew_lease(
+        &self,
+        job_id: &str,
+        worker: &str,
+        lease_until: Millis,
+    ) -> Result<bool, StorageError> {
+        self.backend.renew_lease(job_id, worker, lease_until).await
+    }
+
+    /// Ends an attempt of a job `worker` holds; false (and no change) when the lease was lost.
+    pub async fn finish_job(
+        &self,
+        job_id: &str,
+        worker: &str,
+        outcome: &JobOutcome,
+    ) -> Result<bool, StorageError> {
+        self.backend.finish_job(job_id, worker, outcome).await
+    }
+
+    /// Records what the cloud reported, including cloud ids of newly launched instances.
+    pub async fn record_observations(
+        &self,
+        observations: &[Observation],
+    ) -> Result<(), StorageError> {
+        self.backend.record_observations(observations).await
+    }
+
+    pub async fn counts(&self) -> Result<Counts, StorageError> {
+        self.backend.counts().await
+    }
+}

@@ -1,0 +1,541 @@
+//! SQLite implementation of the storage operations.
+//!
+//! SQLite admits one writer at a time. Every write transaction therefore writes first (a
+//! conditional `UPDATE` or an `INSERT`) so that it takes the write lock at once instead of
+//! upgrading a read lock later, which could fail with `SQLITE_BUSY` under contention.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{QueryBuilder, Sqlite, SqlitePool};
+
+use crate::domain::{Action, StateConflict};
+use crate::storage::{
+    Counts, InstanceFilter, InstanceRecord, JobOutcome, JobRecord, JobStatus, Millis, NewJob,
+    Observation, PageRequest, StorageError, now_millis,
+};
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+#[derive(sqlx::FromRow)]
+struct InstanceRow {
+    id: String,
+    cloud_id: Option<String>,
+    name: String,
+    namespace: String,
+    region: String,
+    ami: String,
+    instance_type: String,
+    storage_gb: i64,
+    state: String,
+    public_ip: Option<String>,
+    private_ip: Option<String>,
+    key_name: Option<String>,
+    tags: String,
+    backend: String,
+    launch_index: i64,
+    created_by_job: String,
+    active_job_id: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<InstanceRow> for InstanceRecord {
+    type Error = StorageError;
+
+    fn try_from(row: InstanceRow) -> Result<Self, Self::Error> {
+        Ok(InstanceRecord {
+            state: row.state.parse().map_err(StorageError::Corrupt)?,
+            tags: serde_json::from_str(&row.tags)
+                .map_err(|err| StorageError::Corrupt(format!("tags of {}: {err}", row.id)))?,
+            id: row.id,
+            cloud_id: row.cloud_id,
+            name: row.name,
+            namespace: row.namespace,
+            region: row.region,
+            ami: row.ami,
+            instance_type: row.instance_type,
+            storage_gb: row.storage_gb,
+            public_ip: row.public_ip,
+            private_ip: row.private_ip,
+            key_name: row.key_name,
+            backend: row.backend,
+            launch_index: row.launch_index,
+            created_by_job: row.created_by_job,
+            active_job_id: row.active_job_id,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    id: String,
+    kind: String,
+    status: String,
+    payload: String,
+    attempts: i64,
+    max_attempts: i64,
+    run_at: i64,
+    error: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+}
+
+impl TryFrom<JobRow> for JobRecord {
+    type Error = StorageError;
+
+    fn try_from(row: JobRow) -> Result<Self, Self::Error> {
+        Ok(JobRecord {
+            kind: row.kind.parse().map_err(StorageError::Corrupt)?,
+            status: row.status.parse().map_err(StorageError::Corrupt)?,
+            payload: serde_json::from_str(&row.payload)
+                .map_err(|err| StorageError::Corrupt(format!("payload of {}: {err}", row.id)))?,
+            id: row.id,
+            attempts: row.attempts,
+            max_attempts: row.max_attempts,
+            run_at: row.run_at,
+            error: row.error,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            started_at: row.started_at,
+            finished_at: row.finished_at,
+        })
+    }
+}
+
+fn convert<R, T: TryFrom<R, Error = StorageError>>(rows: Vec<R>) -> Result<Vec<T>, StorageError> {
+    rows.into_iter().map(T::try_from).collect()
+}
+
+const JOB_COLUMNS: &str = "id, kind, status, payload, attempts, max_attempts, run_at, error, \
+                           created_at, updated_at, started_at, finished_at";
+
+impl SqliteStore {
+    pub async fn connect(url: &str) -> anyhow::Result<SqliteStore> {
+        let options = SqliteConnectOptions::from_str(url)
+            .with_context(|| format!("invalid SQLite URL '{url}'"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        if let Some(folder) = options.get_filename().parent()
+            && !folder.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(folder)
+                .with_context(|| format!("creating database folder {}", folder.display()))?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .with_context(|| format!("opening database {url}"))?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .context("applying database migrations")?;
+        Ok(SqliteStore { pool })
+    }
+
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn insert_create_job(
+        &self,
+        job: &NewJob,
+        instances: &[InstanceRecord],
+    ) -> Result<(), StorageError> {
+        let mut tx = self.pool.begin().await?;
+        insert_job(&mut tx, job).await?;
+        for instance in instances {
+            let tags = serde_json::to_string(&instance.tags).expect("tags serialize");
+            sqlx::query(
+                "INSERT INTO instances (id, cloud_id, name, namespace, region, ami, instance_type, \
+                 storage_gb, state, public_ip, private_ip, key_name, tags, backend, launch_index, \
+                 created_by_job, active_job_id, created_at, updated_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&instance.id)
+            .bind(&instance.cloud_id)
+            .bind(&instance.name)
+            .bind(&instance.namespace)
+            .bind(&instance.region)
+            .bind(&instance.ami)
+            .bind(&instance.instance_type)
+            .bind(instance.storage_gb)
+            .bind(instance.state.as_str())
+            .bind(&instance.public_ip)
+            .bind(&instance.private_ip)
+            .bind(&instance.key_name)
+            .bind(tags)
+            .bind(&instance.backend)
+            .bind(instance.launch_index)
+            .bind(&instance.created_by_job)
+            .bind(&instance.active_job_id)
+            .bind(instance.created_at)
+            .bind(instance.updated_at)
+            .execute(&mut *tx)
+            .await?;
+            link_instance(&mut tx, &job.id, &instance.id).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn insert_action_job(
+        &self,
+        job: &NewJob,
+        action: Action,
+        instance_ids: &[String],
+    ) -> Result<Result<(), Vec<StateConflict>>, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        // Take the instances first: only idle instances in an allowed state are taken, so two
+        // concurrent requests cannot both act on one instance.
+        let mut update = QueryBuilder::<Sqlite>::new("UPDATE instances SET active_job_id = ");
+        update.push_bind(&job.id).push(", updated_at = ").push_bind(now_millis());
+        update.push(" WHERE active_job_id IS NULL AND state IN (");
+        let mut states = update.separated(", ");
+        for state in action.allowed_from() {
+            states.push_bind(state.as_str());
+        }
+        update.push(") AND id IN (");
+        let mut ids = update.separated(", ");
+        for id in instance_ids {
+            ids.push_bind(id);
+        }
+        update.push(")");
+        let taken = update.build().execute(&mut *tx).await?.rows_affected();
+        if taken as usize != instance_ids.len() {
+            tx.rollback().await?;
+            let rows: Vec<InstanceRow> =
+                select_by_ids(instance_ids).build_query_as().fetch_all(&self.pool).await?;
+            let conflicts = convert::<_, InstanceRecord>(rows)?
+                .into_iter()
+                .filter_map(|instance| {
+                    let reason = match &instance.active_job_id {
+                        Some(busy) => format!("busy with job {busy}; retry when it has finished"),
+                        None => action.conflict(instance.state)?,
+                    };
+                    Some(StateConflict { instance_id: instance.id, reason })
+                })
+                .collect();
+            return Ok(Err(conflicts));
+        }
+        insert_job(&mut tx, job).await?;
+        for id in instance_ids {
+            link_instance(&mut tx, &job.id, id).await?;
+        }
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    pub async fn find_instances(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<InstanceRecord>, StorageError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut query = QueryBuilder::<Sqlite>::new("SELECT * FROM instances WHERE id IN (");
+        let mut list = query.separated(", ");
+        for id in ids {
+            list.push_bind(id);
+        }
+        query.push(") OR cloud_id IN (");
+        let mut list = query.separated(", ");
+        for id in ids {
+            list.push_bind(id);
+        }
+        query.push(") ORDER BY id");
+        let rows: Vec<InstanceRow> = query.build_query_as().fetch_all(&self.pool).await?;
+        convert(rows)
+    }
+
+    pub async fn list_instances(
+        &self,
+        filter: &InstanceFilter,
+        page: &PageRequest,
+    ) -> Result<Vec<InstanceRecord>, StorageError> {
+        let mut query = QueryBuilder::<Sqlite>::new("SELECT * FROM instances WHERE 1 = 1");
+        if let Some(state) = filter.state {
+            query.push(" AND state = ").push_bind(state.as_str());
+        }
+        if let Some(namespace) = &filter.namespace {
+            query.push(" AND namespace = ").push_bind(namespace);
+        }
+        if let Some(name) = &filter.name {
+            query.push(" AND name = ").push_bind(name);
+        }
+        for (key, value) in &filter.tags {
+            query.push(
+                " AND EXISTS (SELECT 1 FROM json_each(instances.tags) AS tag WHERE tag.key = ",
+            );
+            query.push_bind(key).push(" AND tag.value = ").push_bind(value).push(")");
+        }
+        if let Some(after) = &page.after {
+            query.push(" AND id < ").push_bind(after);
+        }
+        query.push(" ORDER BY id DESC LIMIT ").push_bind(page.limit + 1);
+        let rows: Vec<InstanceRow> = query.build_query_as().fetch_all(&self.pool).await?;
+        convert(rows)
+    }
+
+    pub async fn get_job(&self, id: &str) -> Result<Option<JobRecord>, StorageError> {
+        let row: Option<JobRow> =
+            sqlx::query_as(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(JobRecord::try_from).transpose()
+    }
+
+    pub async fn list_jobs(
+        &self,
+        status: Option<JobStatus>,
+        page: &PageRequest,
+    ) -> Result<Vec<JobRecord>, StorageError> {
+        let mut query =
+            QueryBuilder::<Sqlite>::new(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1 = 1"));
+        if let Some(status) = status {
+            query.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(after) = &page.after {
+            query.push(" AND id < ").push_bind(after);
+        }
+        query.push(" ORDER BY id DESC LIMIT ").push_bind(page.limit + 1);
+        let rows: Vec<JobRow> = query.build_query_as().fetch_all(&self.pool).await?;
+        convert(rows)
+    }
+
+    pub async fn instances_of_jobs(
+        &self,
+        job_ids: &[String],
+    ) -> Result<Vec<(String, InstanceRecord)>, StorageError> {
+        if job_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            job_id: String,
+            #[sqlx(flatten)]
+            instance: InstanceRow,
+        }
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "SELECT job_instances.job_id, instances.* FROM job_instances \
+             JOIN instances ON instances.id = job_instances.instance_id \
+             WHERE job_instances.job_id IN (",
+        );
+        let mut list = query.separated(", ");
+        for id in job_ids {
+            list.push_bind(id);
+        }
+        query.push(") ORDER BY instances.launch_index, instances.id");
+        let rows: Vec<Row> = query.build_query_as().fetch_all(&self.pool).await?;
+        rows.into_iter()
+            .map(|row| Ok((row.job_id, InstanceRecord::try_from(row.instance)?)))
+            .collect()
+    }
+
+    pub async fn claim_job(
+        &self,
+        worker: &str,
+        now: Millis,
+        lease_until: Millis,
+    ) -> Result<Option<JobRecord>, StorageError> {
+        // One statement: SQLite runs it under its single write lock, so no two workers can
+        // claim the same row.
+        let row: Option<JobRow> = sqlx::query_as(&format!(
+            "UPDATE jobs SET status = 'running', locked_by = ?1, lease_expires_at = ?2, \
+             attempts = attempts + 1, started_at = COALESCE(started_at, ?3), updated_at = ?3 \
+             WHERE id = (SELECT id FROM jobs \
+                 WHERE (status = 'queued' AND run_at <= ?3) \
+                    OR (status = 'running' AND lease_expires_at < ?3) \
+                 ORDER BY run_at, id LIMIT 1) \
+             RETURNING {JOB_COLUMNS}"
+        ))
+        .bind(worker)
+        .bind(lease_until)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(JobRecord::try_from).transpose()
+    }
+
+    pub async fn renew_lease(
+        &self,
+        job_id: &str,
+        worker: &str,
+        lease_until: Millis,
+    ) -> Result<bool, StorageError> {
+        let result = sqlx::query(
+            "UPDATE jobs SET lease_expires_at = ? \
+             WHERE id = ? AND locked_by = ? AND status = 'running'",
+        )
+        .bind(lease_until)
+        .bind(job_id)
+        .bind(worker)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    pub async fn finish_job(
+        &self,
+        job_id: &str,
+        worker: &str,
+        outcome: &JobOutcome,
+    ) -> Result<bool, StorageError> {
+        let now = now_millis();
+        let mut tx = self.pool.begin().await?;
+        let (status, error, run_at, finished_at) = match outcome {
+            JobOutcome::Succeeded => ("succeeded", None, None, Some(now)),
+            JobOutcome::Failed { error } => ("failed", Some(error.as_str()), None, Some(now)),
+            JobOutcome::Retry { error, run_at } => {
+                ("queued", Some(error.as_str()), Some(*run_at), None)
+            }
+        };
+        let result = sqlx::query(
+            "UPDATE jobs SET status = ?, error = ?, run_at = COALESCE(?, run_at), \
+             finished_at = ?, locked_by = NULL, lease_expires_at = NULL, updated_at = ? \
+             WHERE id = ? AND locked_by = ? AND status = 'running'",
+        )
+        .bind(status)
+        .bind(error)
+        .bind(run_at)
+        .bind(finished_at)
+        .bind(now)
+        .bind(job_id)
+        .bind(worker)
+        .execute(&mut *tx)
+        .await?;
+        if result.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        if finished_at.is_some() {
+            if matches!(outcome, JobOutcome::Failed { .. }) {
+                // Instances this job was creating that never reached the cloud did not launch.
+                sqlx::query(
+                    "UPDATE instances SET state = 'failed', updated_at = ? \
+                     WHERE created_by_job = ? AND cloud_id IS NULL",
+                )
+                .bind(now)
+                .bind(job_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query(
+                "UPDATE instances SET active_job_id = NULL, updated_at = ? WHERE active_job_id = ?",
+            )
+            .bind(now)
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn record_observations(
+        &self,
+        observations: &[Observation],
+    ) -> Result<(), StorageError> {
+        if observations.is_empty() {
+            return Ok(());
+        }
+        let now = now_millis();
+        let mut tx = self.pool.begin().await?;
+        for seen in observations {
+            sqlx::query(
+                "UPDATE instances SET cloud_id = ?, state = ?, public_ip = ?, private_ip = ?, \
+                 updated_at = ? \
+                 WHERE id = ? AND (cloud_id IS NOT ? OR state <> ? OR public_ip IS NOT ? \
+                                   OR private_ip IS NOT ?)",
+            )
+            .bind(&seen.cloud_id)
+            .bind(seen.state.as_str())
+            .bind(&seen.public_ip)
+            .bind(&seen.private_ip)
+            .bind(now)
+            .bind(&seen.instance_id)
+            .bind(&seen.cloud_id)
+            .bind(seen.state.as_str())
+            .bind(&seen.public_ip)
+            .bind(&seen.private_ip)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn counts(&self) -> Result<Counts, StorageError> {
+        let instances: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM instances GROUP BY state")
+                .fetch_all(&self.pool)
+                .await?;
+        let jobs: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(Counts {
+            instances_by_state: instances.into_iter().collect(),
+            jobs_by_status: jobs.into_iter().collect(),
+        })
+    }
+}
+
+fn select_by_ids(ids: &[String]) -> QueryBuilder<'_, Sqlite> {
+    let mut query = QueryBuilder::<Sqlite>::new("SELECT * FROM instances WHERE id IN (");
+    let mut list = query.separated(", ");
+    for id in ids {
+        list.push_bind(id);
+    }
+    query.push(") ORDER BY id");
+    query
+}
+
+async fn insert_job(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    job: &NewJob,
+) -> Result<(), StorageError> {
+    let now = now_millis();
+    sqlx::query(
+        "INSERT INTO jobs (id, kind, status, payload, attempts, max_attempts, run_at, \
+         created_at, updated_at) VALUES (?, ?, 'queued', ?, 0, ?, ?, ?, ?)",
+    )
+    .bind(&job.id)
+    .bind(job.kind.as_str())
+    .bind(job.payload.to_string())
+    .bind(job.max_attempts)
+    .bind(now)
+    .bind(now)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn link_instance(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    job_id: &str,
+    instance_id: &str,
+) -> Result<(), StorageError> {
+    sqlx::query("INSERT INTO job_instances (job_id, instance_id) VALUES (?, ?)")
+        .bind(job_id)
+        .bind(instance_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,243 @@
+//! `spawn_app()` and `TestApp`: a running corral with an HTTP client, one method per endpoint,
+//! plus direct views of the emulator (`moto_*`) to check what really happened in the cloud.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
+use corral::config::Settings;
+use corral::startup::Application;
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+/// An AMI moto knows in every region: Amazon Linux 2, x86_64, owned by Amazon.
+pub const AMI_X86: &str = "ami-04681a1dbd79675a5";
+/// An AMI moto knows in every region: Amazon Linux 2022, arm64, owned by Amazon.
+pub const AMI_ARM: &str = "ami-0e9271c829888680e";
+/// An AMI moto knows whose owner the free-tier policy does not allow (SUSE).
+pub const AMI_OTHER_OWNER: &str = "ami-35e92e4c";
+
+pub fn moto_url() -> String {
+    std::env::var("CORRAL_TEST_MOTO_URL").expect(
+        "CORRAL_TEST_MOTO_URL is not set: run the suite with scripts/test, which starts the moto \
+         EC2 emulator, or start one with scripts/moto and export its URL",
+    )
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub ec2: aws_sdk_ec2::Client,
+    shutdown: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Starts corral on a free port with a fresh database, in a fresh emulator account.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    corral::telemetry::init(if std::env::var("TEST_LOG").is_ok() { "info" } else { "off" });
+    let dir = tempfile::tempdir().unwrap();
+    let (key_id, secret) = new_moto_account().await;
+    let mut settings = Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: format!("sqlite://{}", dir.path().join("corral.db").display()),
+        ..Settings::default()
+    };
+    settings.aws.endpoint_url = Some(moto_url());
+    settings.aws.access_key_id = Some(key_id.clone());
+    settings.aws.secret_access_key = Some(secret.clone());
+    settings.jobs.poll_interval_ms = 100;
+    settings.jobs.state_poll_initial_ms = 50;
+    settings.jobs.state_poll_max_ms = 500;
+    settings.jobs.retry_base_delay_ms = 50;
+    configure(&mut settings);
+    let app = Application::build(settings).await.expect("corral builds");
+    let address = format!("http://{}", app.local_addr());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(app.run_until_stopped(shutdown.clone()));
+
+    let ec2_config = aws_sdk_ec2::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(moto_url())
+        .credentials_provider(Credentials::new(key_id, secret, None, None, "test"))
+        .build();
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        ec2: aws_sdk_ec2::Client::from_conf(ec2_config),
+        shutdown,
+        _dir: dir,
+    }
+}
+
+/// Creates an IAM user with an access key in a new emulator account; moto routes every call
+/// signed with that key to that account, so tests never see each other's instances.
+async fn new_moto_account() -> (String, String) {
+    let account: u64 = 100_000_000_000 + (uuid::Uuid::new_v4().as_u128() % 899_999_999_999) as u64;
+    let client = reqwest::Client::new();
+    let call = |body: &'static str| {
+        client
+            .post(moto_url())
+            .header("x-moto-account-id", account.to_string())
+            .header(
+                "Authorization",
+                "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20260101/us-east-1/iam/aws4_request, \
+                 SignedHeaders=host, Signature=0",
+            )
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    let created = call("Action=CreateUser&UserName=corral&Version=2010-05-08").await.unwrap();
+    assert!(created.status().is_success(), "moto CreateUser: {}", created.text().await.unwrap());
+    let key = call("Action=CreateAccessKey&UserName=corral&Version=2010-05-08")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    (xml_value(&key, "AccessKeyId"), xml_value(&key, "SecretAccessKey"))
+}
+
+fn xml_value(xml: &str, element: &str) -> String {
+    let open = format!("<{element}>");
+    let start = xml.find(&open).unwrap_or_else(|| panic!("no {element} in {xml}")) + open.len();
+    let end = xml[start..].find('<').unwrap() + start;
+    xml[start..end].to_string()
+}
+
+/// A valid create request for one t3.micro.
+pub fn create_body(name: &str) -> Value {
+    json!({ "name": name, "ami": AMI_X86, "instance_type": "t3.micro" })
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn post_instances(&self, body: &Value, query: &str) -> Response {
+        self.client
+            .post(self.url(&format!("/v1/instances{query}")))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post_raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> Response {
+        self.client
+            .post(self.url(path))
+            .header("Content-Type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get_instances(&self, query: &str) -> Response {
+        self.get(&format!("/v1/instances{query}")).await
+    }
+
+    pub async fn get_instance(&self, id: &str) -> Response {
+        self.get(&format!("/v1/instances/{id}")).await
+    }
+
+    /// `start`, `stop` or `reboot` by POST, `terminate` by DELETE.
+    pub async fn act(&self, id: &str, action: &str, query: &str) -> Response {
+        let request = if action == "terminate" {
+            self.client.delete(self.url(&format!("/v1/instances/{id}{query}")))
+        } else {
+            self.client.post(self.url(&format!("/v1/instances/{id}/{action}{query}")))
+        };
+        request.send().await.unwrap()
+    }
+
+    pub async fn post_bulk_action(&self, body: &Value, query: &str) -> Response {
+        self.client
+            .post(self.url(&format!("/v1/instances/actions{query}")))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get_job(&self, id: &str) -> Response {
+        self.get(&format!("/v1/jobs/{id}")).await
+    }
+
+    pub async fn get_jobs(&self, query: &str) -> Response {
+        self.get(&format!("/v1/jobs{query}")).await
+    }
+
+    /// Polls a job until it has finished, for tests that did not pass `?wait=`.
+    pub async fn wait_for_job(&self, id: &str) -> Value {
+        for _ in 0..300 {
+            let job: Value = self.get_job(id).await.json().await.unwrap();
+            if job["status"] == "succeeded" || job["status"] == "failed" {
+                return job;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("job {id} did not finish in 30 s");
+    }
+
+    /// Creates instances and waits for the job; panics unless it succeeded.
+    pub async fn create_running(&self, body: &Value) -> Value {
+        let response = self.post_instances(body, "?wait=30").await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let job: Value = response.json().await.unwrap();
+        assert_eq!(job["status"], "succeeded", "{job}");
+        job
+    }
+
+    /// Every instance in the emulator account, by EC2 id.
+    pub async fn moto_instances(&self) -> BTreeMap<String, aws_sdk_ec2::types::Instance> {
+        let output = self.ec2.describe_instances().send().await.unwrap();
+        output
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .map(|i| (i.instance_id().unwrap().to_string(), i.clone()))
+            .collect()
+    }
+
+    pub async fn moto_state(&self, cloud_id: &str) -> String {
+        let instances = self.moto_instances().await;
+        instances[cloud_id].state().unwrap().name().unwrap().as_str().to_string()
+    }
+}
+
+pub fn tags_of(instance: &aws_sdk_ec2::types::Instance) -> BTreeMap<String, String> {
+    instance
+        .tags()
+        .iter()
+        .map(|t| (t.key().unwrap().to_string(), t.value().unwrap().to_string()))
+        .collect()
+}
+
+/// Asserts a problem-details answer and returns its body.
+pub async fn assert_problem(response: Response, status: StatusCode) -> Value {
+    assert_eq!(response.status(), status);
+    let content_type = response.headers()["content-type"].to_str().unwrap().to_string();
+    assert_eq!(content_type, "application/problem+json");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], status.as_u16());
+    assert!(body["title"].is_string() && body["detail"].is_string() && body["type"].is_string());
+    body
+}

@@ -1,0 +1,10 @@
+//! corral's integration tests: one binary, one module per area. Every test starts its own
+//! corral (`helpers::spawn_app`) on a fresh SQLite file, against the moto EC2 emulator that
+//! `scripts/test` starts once per run, in an emulator account of its own.
+
+mod errors;
+mod health;
+mod helpers;
+mod instances;
+mod jobs;
+mod policy;
