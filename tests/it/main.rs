@@ -8,3 +8,4 @@ mod helpers;
 mod instances;
 mod jobs;
 mod policy;
+mod tidy;
