@@ -84,17 +84,15 @@ pub trait Provider: Send + Sync + 'static {
     /// A short human description of where calls go, for logs and `/status`.
     fn describe_endpoint(&self) -> String;
 
-    async fn describe_image(
-        &self,
-        region: &str,
-        ami: &str,
-    ) -> Result<Option<ImageFacts>, CloudError>;
+    /// Facts about an AMI; `Rejected` with the cloud's message when it does not exist.
+    async fn describe_image(&self, region: &str, ami: &str) -> Result<ImageFacts, CloudError>;
 
+    /// Facts about an instance type; `Rejected` when the region does not offer it.
     async fn describe_instance_type(
         &self,
         region: &str,
         instance_type: &str,
-    ) -> Result<Option<InstanceTypeFacts>, CloudError>;
+    ) -> Result<InstanceTypeFacts, CloudError>;
 
     /// Every instance, in any state, carrying tag `key` with `value`.
     async fn find_tagged(

@@ -95,57 +95,39 @@ impl Provider for AwsProvider {
         }
     }
 
-    async fn describe_image(
-        &self,
-        region: &str,
-        ami: &str,
-    ) -> Result<Option<ImageFacts>, CloudError> {
-        let result = self.client(region).describe_images().image_ids(ami).send().await;
-        let output = match result {
-            Ok(output) => output,
-            Err(err) => {
-                let err = classify(err);
-                if let CloudError::Rejected { code, .. } = &err
-                    && code.starts_with("InvalidAMIID")
-                {
-                    return Ok(None);
-                }
-                return Err(err);
-            }
-        };
-        Ok(output.images().first().map(|image| ImageFacts {
+    async fn describe_image(&self, region: &str, ami: &str) -> Result<ImageFacts, CloudError> {
+        let output =
+            self.client(region).describe_images().image_ids(ami).send().await.map_err(classify)?;
+        let image = output.images().first().ok_or_else(|| CloudError::Rejected {
+            code: "InvalidAMIID.NotFound".to_string(),
+            message: format!("The image id '[{ami}]' does not exist"),
+        })?;
+        Ok(ImageFacts {
             id: image.image_id().unwrap_or(ami).to_string(),
             owner_id: image.owner_id().unwrap_or_default().to_string(),
             owner_alias: image.image_owner_alias().map(str::to_string),
             architecture: image.architecture().map(|a| a.as_str().to_string()).unwrap_or_default(),
             root_device_name: image.root_device_name().map(str::to_string),
-        }))
+        })
     }
 
     async fn describe_instance_type(
         &self,
         region: &str,
         instance_type: &str,
-    ) -> Result<Option<InstanceTypeFacts>, CloudError> {
-        let result = self
+    ) -> Result<InstanceTypeFacts, CloudError> {
+        let output = self
             .client(region)
             .describe_instance_types()
             .instance_types(InstanceType::from(instance_type))
             .send()
-            .await;
-        let output = match result {
-            Ok(output) => output,
-            Err(err) => {
-                let err = classify(err);
-                if let CloudError::Rejected { code, .. } = &err
-                    && code.starts_with("InvalidInstanceType")
-                {
-                    return Ok(None);
-                }
-                return Err(err);
-            }
-        };
-        Ok(output.instance_types().first().map(|info| InstanceTypeFacts {
+            .await
+            .map_err(classify)?;
+        let info = output.instance_types().first().ok_or_else(|| CloudError::Rejected {
+            code: "InvalidInstanceType".to_string(),
+            message: format!("The instance type '{instance_type}' is not offered in {region}"),
+        })?;
+        Ok(InstanceTypeFacts {
             name: instance_type.to_string(),
             architectures: info
                 .processor_info()
@@ -155,7 +137,7 @@ impl Provider for AwsProvider {
                 .unwrap_or_default(),
             vcpus: info.v_cpu_info().and_then(|v| v.default_v_cpus()).unwrap_or(0),
             burstable: info.burstable_performance_supported().unwrap_or(false),
-        }))
+        })
     }
 
     async fn find_tagged(

@@ -2,7 +2,7 @@
 //!
 //! Policy checks need the architecture and owner of an AMI and the architectures of an instance
 //! type for every create job; both change rarely, so they are looked up once per region and kept
-//! for `ttl`. Misses are not cached: an AMI that does not exist yet may exist in a minute.
+//! for `ttl`. Errors are not cached: an AMI that does not exist yet may exist in a minute.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -30,15 +30,13 @@ impl Catalog {
         }
     }
 
-    pub async fn image(&self, region: &str, ami: &str) -> Result<Option<ImageFacts>, CloudError> {
+    pub async fn image(&self, region: &str, ami: &str) -> Result<ImageFacts, CloudError> {
         let key = (region.to_string(), ami.to_string());
         if let Some(facts) = self.cached(&self.images, &key) {
-            return Ok(Some(facts));
+            return Ok(facts);
         }
         let facts = self.provider.describe_image(region, ami).await?;
-        if let Some(facts) = &facts {
-            self.images.lock().unwrap().insert(key, (Instant::now(), facts.clone()));
-        }
+        self.images.lock().unwrap().insert(key, (Instant::now(), facts.clone()));
         Ok(facts)
     }
 
@@ -46,15 +44,13 @@ impl Catalog {
         &self,
         region: &str,
         instance_type: &str,
-    ) -> Result<Option<InstanceTypeFacts>, CloudError> {
+    ) -> Result<InstanceTypeFacts, CloudError> {
         let key = (region.to_string(), instance_type.to_string());
         if let Some(facts) = self.cached(&self.instance_types, &key) {
-            return Ok(Some(facts));
+            return Ok(facts);
         }
         let facts = self.provider.describe_instance_type(region, instance_type).await?;
-        if let Some(facts) = &facts {
-            self.instance_types.lock().unwrap().insert(key, (Instant::now(), facts.clone()));
-        }
+        self.instance_types.lock().unwrap().insert(key, (Instant::now(), facts.clone()));
         Ok(facts)
     }
 

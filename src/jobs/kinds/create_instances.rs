@@ -78,19 +78,8 @@ async fn launch(
 ) -> Result<Vec<CloudInstance>, JobError> {
     let spec = &payload.spec;
     let region = spec.region.as_str();
-    let image = ctx.catalog.image(region, &spec.ami).await?.ok_or_else(|| {
-        JobError::Permanent(format!(
-            "InvalidAMIID.NotFound: the image id '{}' does not exist in {region}",
-            spec.ami
-        ))
-    })?;
-    let instance_type =
-        ctx.catalog.instance_type(region, &spec.instance_type).await?.ok_or_else(|| {
-            JobError::Permanent(format!(
-                "InvalidInstanceType: '{}' is not offered in {region}",
-                spec.instance_type
-            ))
-        })?;
+    let image = ctx.catalog.image(region, &spec.ami).await?;
+    let instance_type = ctx.catalog.instance_type(region, &spec.instance_type).await?;
     let violations = ctx.policy.check_image(spec, &image, &instance_type);
     if !violations.is_empty() {
         let messages: Vec<String> = violations.iter().map(|v| v.to_string()).collect();
