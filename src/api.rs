@@ -10,6 +10,7 @@ mod extract;
 mod health;
 mod instances;
 mod jobs;
+mod orphans;
 mod policy;
 
 use std::sync::Arc;
@@ -40,7 +41,11 @@ pub struct ApiContext {
 }
 
 pub fn router(ctx: ApiContext) -> Router {
-    let v1 = Router::new().merge(instances::router()).merge(jobs::router()).merge(policy::router());
+    let v1 = Router::new()
+        .merge(instances::router())
+        .merge(jobs::router())
+        .merge(orphans::router())
+        .merge(policy::router());
     Router::new()
         .nest("/v1", v1)
         .merge(health::router())

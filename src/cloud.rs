@@ -4,11 +4,15 @@
 //! - `aws` implements `Provider` with the official AWS SDK; it is the only module that imports
 //!   `aws_sdk_*`.
 //! - `Catalog` caches what rarely changes (AMI and instance-type facts) in front of a provider.
+//! - `DescribeBatcher` merges the state polls of all waiting jobs of a region into one call.
+//! - `limiter` holds the token buckets that keep a process inside EC2's request budget.
 //!
 //! Only jobs call a provider; API handlers never do.
 
 mod aws;
+mod batcher;
 mod catalog;
+mod limiter;
 
 use std::collections::BTreeMap;
 
@@ -17,6 +21,7 @@ use async_trait::async_trait;
 use crate::domain::{Action, CpuCredits, ImageFacts, InstanceState, InstanceTypeFacts};
 
 pub use aws::AwsProvider;
+pub use batcher::DescribeBatcher;
 pub use catalog::Catalog;
 
 /// Tag keys corral puts on every instance it launches.
@@ -31,6 +36,8 @@ pub struct CloudInstance {
     pub state: InstanceState,
     pub public_ip: Option<String>,
     pub private_ip: Option<String>,
+    pub ami: Option<String>,
+    pub instance_type: Option<String>,
     /// Position of the instance within the launch call that created it.
     pub launch_index: i64,
     pub tags: BTreeMap<String, String>,
@@ -115,6 +122,10 @@ pub trait Provider: Send + Sync + 'static {
         cloud_ids: &[String],
         tags: &BTreeMap<String, String>,
     ) -> Result<(), CloudError>;
+
+    /// Every instance, in any state, carrying a tag with key `key`, following every page.
+    async fn find_tag_key(&self, region: &str, key: &str)
+    -> Result<Vec<CloudInstance>, CloudError>;
 
     /// Describes the given instances; ids the cloud does not know are left out of the result.
     async fn describe(

@@ -4,6 +4,10 @@
 //! `--config` / `CORRAL_CONFIG`, then environment variables `CORRAL_<KEY>` with `__` between
 //! nested keys (`CORRAL_JOBS__CONCURRENCY=8`, `CORRAL_POLICY__MAX_COUNT=3`), then command-line
 //! flags. Unknown keys in the file are errors, so a typo never silently keeps a default.
+//!
+//! A few variables have short names that scripts rely on: `CORRAL_JOB_MAX_ATTEMPTS`
+//! (`jobs.max_attempts`), `CORRAL_JOB_RETRY_DELAY` (`jobs.retry_delay`, seconds) and
+//! `CORRAL_RECONCILE_INTERVAL` (`reconcile.interval`, seconds).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -18,7 +22,14 @@ use crate::domain::Policy;
 
 /// Top-level keys that environment variables may set; other `CORRAL_*` variables (client
 /// settings, test harness settings) are not part of the server's configuration.
-const ENV_KEYS: [&str; 5] = ["listen", "database_url", "aws", "jobs", "policy"];
+const ENV_KEYS: [&str; 6] = ["listen", "database_url", "aws", "jobs", "reconcile", "policy"];
+
+/// Short environment names and the keys they set.
+const ENV_ALIASES: [(&str, &str); 3] = [
+    ("job_max_attempts", "jobs__max_attempts"),
+    ("job_retry_delay", "jobs__retry_delay"),
+    ("reconcile_interval", "reconcile__interval"),
+];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -29,6 +40,7 @@ pub struct Settings {
     pub database_url: String,
     pub aws: AwsSettings,
     pub jobs: JobSettings,
+    pub reconcile: ReconcileSettings,
     pub policy: Policy,
 }
 
@@ -39,6 +51,7 @@ impl Default for Settings {
             database_url: "sqlite://./data/corral.db".to_string(),
             aws: AwsSettings::default(),
             jobs: JobSettings::default(),
+            reconcile: ReconcileSettings::default(),
             policy: Policy::free_tier(),
         }
     }
@@ -57,6 +70,37 @@ pub struct AwsSettings {
     pub call_timeout_secs: u64,
     /// How long AMI and instance-type facts are cached.
     pub catalog_ttl_secs: u64,
+    /// Client-side rate limits per region, sized like EC2's own token buckets.
+    pub rate_limits: RateLimits,
+}
+
+/// Token buckets (`burst` calls at once, `per_second` refill) per API class and region.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimits {
+    /// RunInstances and StartInstances.
+    pub launch: Bucket,
+    /// Other mutating calls: Stop, Reboot, Terminate, CreateTags.
+    pub mutate: Bucket,
+    /// Describe calls.
+    pub describe: Bucket,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bucket {
+    pub burst: f64,
+    pub per_second: f64,
+}
+
+impl Default for RateLimits {
+    fn default() -> RateLimits {
+        RateLimits {
+            launch: Bucket { burst: 5.0, per_second: 2.0 },
+            mutate: Bucket { burst: 50.0, per_second: 5.0 },
+            describe: Bucket { burst: 100.0, per_second: 20.0 },
+        }
+    }
 }
 
 impl Default for AwsSettings {
@@ -67,6 +111,7 @@ impl Default for AwsSettings {
             secret_access_key: None,
             call_timeout_secs: 30,
             catalog_ttl_secs: 3600,
+            rate_limits: RateLimits::default(),
         }
     }
 }
@@ -79,6 +124,7 @@ impl std::fmt::Debug for AwsSettings {
             .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "[redacted]"))
             .field("call_timeout_secs", &self.call_timeout_secs)
             .field("catalog_ttl_secs", &self.catalog_ttl_secs)
+            .field("rate_limits", &self.rate_limits)
             .finish()
     }
 }
@@ -90,9 +136,10 @@ pub struct JobSettings {
     pub concurrency: usize,
     /// Attempts before a job that keeps failing transiently is parked as `failed`.
     pub max_attempts: i64,
-    /// First retry delay; doubles with every attempt up to `retry_max_delay_ms`.
-    pub retry_base_delay_ms: u64,
-    pub retry_max_delay_ms: u64,
+    /// Seconds before the first retry (`CORRAL_JOB_RETRY_DELAY`); doubles with every attempt
+    /// up to `retry_max_delay`.
+    pub retry_delay: f64,
+    pub retry_max_delay: f64,
     /// How often idle workers look for due jobs when nothing wakes them.
     pub poll_interval_ms: u64,
     /// Lease on a claimed job; renewed while the job runs, so a dead worker's job is re-claimed.
@@ -109,8 +156,8 @@ impl Default for JobSettings {
         JobSettings {
             concurrency: 4,
             max_attempts: 3,
-            retry_base_delay_ms: 2_000,
-            retry_max_delay_ms: 300_000,
+            retry_delay: 2.0,
+            retry_max_delay: 300.0,
             poll_interval_ms: 1_000,
             lease_secs: 60,
             state_poll_initial_ms: 1_000,
@@ -122,14 +169,28 @@ impl Default for JobSettings {
 
 impl JobSettings {
     /// Delay before the attempt after `attempts` failed ones: base × 2^(attempts-1), capped.
-    pub fn retry_delay(&self, attempts: i64) -> Duration {
-        let exponent = attempts.clamp(1, 20) as u32 - 1;
-        let delay = self.retry_base_delay_ms.saturating_mul(1u64 << exponent);
-        Duration::from_millis(delay.min(self.retry_max_delay_ms))
+    pub fn backoff(&self, attempts: i64) -> Duration {
+        let exponent = attempts.clamp(1, 30) as i32 - 1;
+        let delay = (self.retry_delay * 2f64.powi(exponent)).min(self.retry_max_delay);
+        Duration::from_secs_f64(delay.max(0.0))
     }
 
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.lease_secs)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcileSettings {
+    /// Seconds between two reconcile passes (`CORRAL_RECONCILE_INTERVAL`); 0 turns the
+    /// periodic pass off (forced refreshes still work).
+    pub interval: f64,
+}
+
+impl Default for ReconcileSettings {
+    fn default() -> ReconcileSettings {
+        ReconcileSettings { interval: 60.0 }
     }
 }
 
@@ -142,8 +203,18 @@ impl Settings {
             figment = figment.merge(Toml::file_exact(path));
         }
         let env = Env::prefixed("CORRAL_")
+            .map(|key| {
+                match ENV_ALIASES.iter().find(|(alias, _)| key.as_str().eq_ignore_ascii_case(alias))
+                {
+                    Some((_, target)) => (*target).into(),
+                    None => key.into(),
+                }
+            })
             .split("__")
-            .filter(|key| ENV_KEYS.iter().any(|allowed| key.as_str().starts_with(allowed)));
+            .filter(|key| {
+                let key = key.as_str().to_ascii_lowercase();
+                ENV_KEYS.iter().any(|allowed| key.starts_with(allowed))
+            });
         let settings: Settings = figment.merge(env).extract().context("invalid configuration")?;
         settings.validate()?;
         Ok(settings)
@@ -159,6 +230,29 @@ impl Settings {
         }
         if self.jobs.lease_secs < 3 {
             problems.push("jobs.lease_secs: must be at least 3".to_string());
+        }
+        let (delay, max_delay) = (self.jobs.retry_delay, self.jobs.retry_max_delay);
+        if !delay.is_finite() || !max_delay.is_finite() || delay < 0.0 || max_delay < delay {
+            problems.push(
+                "jobs.retry_delay: must be at least 0 and at most jobs.retry_max_delay".to_string(),
+            );
+        }
+        if !self.reconcile.interval.is_finite() || self.reconcile.interval < 0.0 {
+            problems.push("reconcile.interval: must be at least 0 seconds".to_string());
+        }
+        let limits = self.aws.rate_limits;
+        for (name, bucket) in
+            [("launch", limits.launch), ("mutate", limits.mutate), ("describe", limits.describe)]
+        {
+            if !bucket.burst.is_finite()
+                || bucket.burst < 1.0
+                || !bucket.per_second.is_finite()
+                || bucket.per_second <= 0.0
+            {
+                problems.push(format!(
+                    "aws.rate_limits.{name}: burst must be at least 1 and per_second above 0"
+                ));
+            }
         }
         anyhow::ensure!(problems.is_empty(), "invalid configuration:\n  {}", problems.join("\n  "));
         Ok(())
@@ -200,13 +294,27 @@ mod tests {
     }
 
     #[test]
-    fn retry_delay_doubles_and_is_capped() {
-        let jobs = JobSettings {
-            retry_base_delay_ms: 100,
-            retry_max_delay_ms: 350,
-            ..JobSettings::default()
-        };
-        let delays: Vec<u128> = (1..=4).map(|n| jobs.retry_delay(n).as_millis()).collect();
+    fn backoff_doubles_and_is_capped() {
+        let jobs =
+            JobSettings { retry_delay: 0.1, retry_max_delay: 0.35, ..JobSettings::default() };
+        let delays: Vec<u128> = (1..=4).map(|n| jobs.backoff(n).as_millis()).collect();
         assert_eq!(delays, [100, 200, 350, 350]);
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err, reason = "figment's Jail fixes the closure's error type")]
+    fn short_environment_names_set_their_keys() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CORRAL_JOB_MAX_ATTEMPTS", "7");
+            jail.set_env("CORRAL_JOB_RETRY_DELAY", "0.5");
+            jail.set_env("CORRAL_RECONCILE_INTERVAL", "15");
+            jail.set_env("CORRAL_JOBS__CONCURRENCY", "2");
+            let settings = Settings::load(None).map_err(|err| format!("{err:#}"))?;
+            assert_eq!(settings.jobs.max_attempts, 7);
+            assert_eq!(settings.jobs.retry_delay, 0.5);
+            assert_eq!(settings.reconcile.interval, 15.0);
+            assert_eq!(settings.jobs.concurrency, 2);
+            Ok(())
+        });
     }
 }

@@ -7,11 +7,15 @@
 //!   turns each result into succeeded / retry-with-backoff / failed.
 //! - `kinds` holds one module per job kind. Each is a reconciler: it observes the cloud, takes the
 //!   next step, records what the cloud reported, and is safe to run again after any crash.
+//!   Every step is written to the job's history (`JobRun::step`).
+//! - `reconciler` periodically compares every live instance with the cloud: state and IPs,
+//!   drift, instances gone missing, and orphans (tagged by corral but unknown to it).
 //!
 //! Enqueueing is not here: a job row is written by `storage` in the same transaction as the
 //! domain change that needs it.
 
 mod kinds;
+mod reconciler;
 mod worker;
 
 use std::sync::Arc;
@@ -19,12 +23,13 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, broadcast};
 
-use crate::cloud::{Catalog, CloudError, Provider};
+use crate::cloud::{Catalog, CloudError, DescribeBatcher, Provider};
 use crate::config::JobSettings;
 use crate::domain::Policy;
 use crate::storage::{JobView, StorageError, Store};
 
 pub use kinds::CreatePayload;
+pub use reconciler::{reconcile_all, run_reconciler};
 pub use worker::run_workers;
 
 /// What a job body needs: the database, the cloud, and the rules.
@@ -32,6 +37,8 @@ pub struct JobContext {
     pub store: Store,
     pub provider: Arc<dyn Provider>,
     pub catalog: Catalog,
+    /// State polls go through here so that jobs waiting in one region share calls.
+    pub describer: DescribeBatcher,
     pub policy: Policy,
     pub settings: JobSettings,
 }
@@ -84,6 +91,27 @@ impl Queue {
     fn announce_finished(&self, id: &str) {
         // Nobody waiting is fine.
         let _ = self.finished.send(id.to_string());
+    }
+}
+
+/// One attempt of one job, as seen by the job's body.
+pub struct JobRun<'a> {
+    pub ctx: &'a JobContext,
+    pub job: &'a JobView,
+}
+
+impl JobRun<'_> {
+    /// Records a step in the job's history. History is for people: failing to write it is
+    /// logged, not fatal.
+    pub async fn step(&self, message: impl AsRef<str>) {
+        let message = message.as_ref();
+        tracing::info!(job.id = %self.job.job.id, "{message}");
+        let job = &self.job.job;
+        if let Err(err) =
+            self.ctx.store.append_job_event(&job.id, job.attempts, "step", message).await
+        {
+            tracing::warn!(error = ?err, "recording a job step failed");
+        }
     }
 }
 

@@ -11,8 +11,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiContext};
-use crate::cloud::{AwsProvider, Catalog, Provider};
-use crate::config::Settings;
+use crate::cloud::{AwsProvider, Catalog, DescribeBatcher, Provider};
+use crate::config::{ReconcileSettings, Settings};
 use crate::jobs::{self, JobContext, Queue};
 use crate::storage::Store;
 
@@ -21,6 +21,7 @@ pub struct Application {
     local_addr: SocketAddr,
     api: ApiContext,
     jobs: Arc<JobContext>,
+    reconcile: ReconcileSettings,
 }
 
 impl Application {
@@ -62,14 +63,16 @@ impl Application {
             started_at: Instant::now(),
             cloud_endpoint: provider.describe_endpoint().into(),
         };
+        let describer = DescribeBatcher::new(provider.clone(), Duration::from_millis(50));
         let jobs = Arc::new(JobContext {
             store,
             provider,
             catalog,
+            describer,
             policy: settings.policy,
             settings: settings.jobs,
         });
-        Ok(Application { listener, local_addr, api, jobs })
+        Ok(Application { listener, local_addr, api, jobs, reconcile: settings.reconcile })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -88,6 +91,11 @@ impl Application {
             self.api.queue.clone(),
             shutdown.clone(),
         ));
+        let reconciler = tokio::spawn(jobs::run_reconciler(
+            self.jobs.clone(),
+            Duration::from_secs_f64(self.reconcile.interval),
+            shutdown.clone(),
+        ));
         let router = api::router(self.api);
         tracing::info!(address = %self.local_addr, "corral is listening");
         let server = axum::serve(self.listener, router)
@@ -95,6 +103,7 @@ impl Application {
         let served = server.await.context("HTTP server failed");
         shutdown.cancel();
         workers.await.context("job workers panicked")?;
+        reconciler.await.context("the reconciler panicked")?;
         served
     }
 }

@@ -14,6 +14,9 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{Action, InstanceState, JobKind, JobStatus, StateConflict};
 
+/// How long an `Idempotency-Key` is remembered.
+pub const IDEMPOTENCY_KEY_TTL_MS: Millis = 24 * 3600 * 1000;
+
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +123,84 @@ pub enum JobOutcome {
     },
 }
 
+/// One step, error or outcome in the life of a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobEvent {
+    pub seq: i64,
+    pub at: Millis,
+    pub attempt: i64,
+    /// `step`, `error` or `outcome`.
+    pub kind: String,
+    pub message: String,
+}
+
+/// A client's `Idempotency-Key` and the fingerprint of the request it came with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub fingerprint: String,
+}
+
+/// What happened to a request that asked to store a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    Stored,
+    /// The idempotency key was seen before with the same request: this is its job.
+    Replay {
+        job_id: String,
+    },
+    /// The idempotency key was seen before with a different request.
+    KeyMismatch,
+    /// Some instances cannot take the action now; nothing was stored.
+    Conflicts(Vec<StateConflict>),
+}
+
+/// A change the reconciler found that corral did not make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drift {
+    pub instance_id: String,
+    pub field: String,
+    pub old_value: Option<String>,
+    pub new_value: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriftRecord {
+    pub id: String,
+    pub instance_id: String,
+    pub at: Millis,
+    pub field: String,
+    pub old_value: Option<String>,
+    pub new_value: Option<String>,
+}
+
+/// An instance tagged by corral that corral has no record of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrphanRecord {
+    pub cloud_id: String,
+    pub region: String,
+    pub state: InstanceState,
+    pub ami: Option<String>,
+    pub instance_type: Option<String>,
+    pub public_ip: Option<String>,
+    pub private_ip: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    pub first_seen: Millis,
+    pub last_seen: Millis,
+}
+
+/// Everything one reconcile pass over one region found, written at once.
+#[derive(Debug, Clone, Default)]
+pub struct Reconciliation {
+    pub observations: Vec<Observation>,
+    pub drift: Vec<Drift>,
+    /// Instances corral knows that the cloud does not.
+    pub missing: Vec<String>,
+    /// The orphans of the region, replacing those recorded before; `None` leaves them as they
+    /// are (a refresh of single instances does not scan for orphans).
+    pub orphans: Option<(String, Vec<OrphanRecord>)>,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct InstanceFilter {
     pub state: Option<InstanceState>,
@@ -173,24 +254,103 @@ impl Store {
         self.backend.ping().await
     }
 
-    /// Stores the desired instances and the job that creates them, atomically.
+    /// Stores the desired instances and the job that creates them, atomically, unless `key`
+    /// was used before.
     pub async fn insert_create_job(
         &self,
         job: &NewJob,
         instances: &[InstanceRecord],
-    ) -> Result<(), StorageError> {
-        self.backend.insert_create_job(job, instances).await
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Admission, StorageError> {
+        self.backend.insert_create_job(job, instances, key).await
     }
 
-    /// Stores a lifecycle job for `instance_ids` if every instance is idle and in a state the
-    /// action is allowed from; otherwise stores nothing and returns why not, per instance.
-    pub async fn insert_action_job(
+    /// Stores a job for `instance_ids`. With `action`, only if every instance is idle and in a
+    /// state the action is allowed from, and the job then owns them until it ends; otherwise
+    /// nothing is stored and the conflicts are returned, per instance. Without `action` (a
+    /// refresh) the instances are linked to the job but not owned by it.
+    pub async fn insert_instances_job(
         &self,
         job: &NewJob,
-        action: Action,
+        action: Option<Action>,
         instance_ids: &[String],
-    ) -> Result<Result<(), Vec<StateConflict>>, StorageError> {
-        self.backend.insert_action_job(job, action, instance_ids).await
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Admission, StorageError> {
+        self.backend.insert_instances_job(job, action, instance_ids, key).await
+    }
+
+    /// The fingerprint and job of an unexpired idempotency key.
+    pub async fn find_idempotency_key(
+        &self,
+        key: &str,
+    ) -> Result<Option<(String, String)>, StorageError> {
+        self.backend.find_idempotency_key(key, now_millis() - IDEMPOTENCY_KEY_TTL_MS).await
+    }
+
+    /// Appends to a job's history.
+    pub async fn append_job_event(
+        &self,
+        job_id: &str,
+        attempt: i64,
+        kind: &str,
+        message: &str,
+    ) -> Result<(), StorageError> {
+        self.backend.append_job_event(job_id, attempt, kind, message).await
+    }
+
+    /// A job's history after event `after` (0 for all of it).
+    pub async fn job_events(
+        &self,
+        job_id: &str,
+        after: i64,
+    ) -> Result<Vec<JobEvent>, StorageError> {
+        self.backend.job_events(job_id, after).await
+    }
+
+    /// Instances with a cloud id that are not terminated, grouped by region.
+    pub async fn live_instances(
+        &self,
+    ) -> Result<BTreeMap<String, Vec<InstanceRecord>>, StorageError> {
+        let mut by_region: BTreeMap<String, Vec<InstanceRecord>> = BTreeMap::new();
+        for instance in self.backend.live_instances().await? {
+            by_region.entry(instance.region.clone()).or_default().push(instance);
+        }
+        Ok(by_region)
+    }
+
+    /// Ids of jobs that are queued or running.
+    pub async fn unfinished_job_ids(&self) -> Result<Vec<String>, StorageError> {
+        self.backend.unfinished_job_ids().await
+    }
+
+    /// Which of `cloud_ids` corral has a record of, in any state.
+    pub async fn known_cloud_ids(&self, cloud_ids: &[String]) -> Result<Vec<String>, StorageError> {
+        self.backend.known_cloud_ids(cloud_ids).await
+    }
+
+    pub async fn record_reconciliation(
+        &self,
+        reconciliation: &Reconciliation,
+    ) -> Result<(), StorageError> {
+        self.backend.record_reconciliation(reconciliation).await
+    }
+
+    pub async fn list_orphans(&self) -> Result<Vec<OrphanRecord>, StorageError> {
+        self.backend.list_orphans().await
+    }
+
+    /// Turns an orphan into an instance record, atomically; `None` if it is no longer an orphan.
+    pub async fn adopt_orphan(
+        &self,
+        cloud_id: &str,
+        instance: &InstanceRecord,
+    ) -> Result<Option<InstanceRecord>, StorageError> {
+        self.backend.adopt_orphan(cloud_id, instance).await
+    }
+
+    /// Drift found on an instance, newest first.
+    pub async fn drift_of(&self, instance_id: &str) -> Result<Vec<DriftRecord>, StorageError> {
+        self.backend.drift_of(instance_id).await
     }
 
     /// Looks an instance up by corral id or cloud id.

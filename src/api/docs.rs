@@ -9,7 +9,7 @@ use axum::routing::get;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::api::{error, health, instances, jobs, policy};
+use crate::api::{error, health, instances, jobs, orphans, policy};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -23,8 +23,14 @@ use crate::api::{error, health, instances, jobs, policy};
         instances::reboot_instance,
         instances::terminate_instance,
         instances::act_on_instances,
+        instances::refresh_instance,
+        instances::list_drift,
         jobs::get_job,
         jobs::list_jobs,
+        jobs::get_job_events,
+        orphans::list_orphans,
+        orphans::adopt_orphan,
+        orphans::terminate_orphan,
         policy::get_policy,
         health::get_health,
         health::get_ready,
@@ -34,6 +40,7 @@ use crate::api::{error, health, instances, jobs, policy};
     tags(
         (name = "instances", description = "Instances and their lifecycle"),
         (name = "jobs", description = "Durable jobs behind every change"),
+        (name = "orphans", description = "Instances tagged by corral that it does not know"),
         (name = "policy", description = "Guardrails in force"),
         (name = "health", description = "Liveness, readiness and status"),
     )

@@ -2,11 +2,12 @@
 //!
 //! Every mutating route stores its job in the same transaction as the change it records and
 //! answers `202` with the job; `?wait=SECONDS` (up to 60) holds the answer until the job ends.
+//! An `Idempotency-Key` header makes a retried request return the job of the first one.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -14,19 +15,24 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::api::extract::{QueryParams, ValidJson, encode_cursor, page_param, wait_param};
+use crate::api::extract::{
+    IdempotencyHeader, QueryParams, ValidJson, encode_cursor, page_param, wait_param,
+};
 use crate::api::jobs::{JobBody, job_accepted};
 use crate::api::{ApiContext, ApiError, FieldError};
 use crate::domain::{Action, CreateRequest, InstanceState, JobKind};
 use crate::jobs::CreatePayload;
-use crate::storage::{InstanceFilter, InstanceRecord, JobView, NewJob, now_millis, to_datetime};
+use crate::storage::{
+    Admission, IdempotencyKey, InstanceFilter, InstanceRecord, JobView, NewJob, now_millis,
+    to_datetime,
+};
 
 /// Names `?backend=` accepts: `aws`, and `awscli`, its older name.
 const BACKENDS: [&str; 2] = ["aws", "awscli"];
 /// Most ids one bulk action may name.
 const MAX_BULK_IDS: usize = 1000;
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateInstancesBody {
     /// Name of the instance; for several, use `name_prefix`.
@@ -53,7 +59,7 @@ pub struct CreateInstancesBody {
     pub namespace: Option<String>,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkActionBody {
     /// `start`, `stop`, `reboot` or `terminate`.
@@ -125,6 +131,8 @@ pub fn router() -> Router<ApiContext> {
         .route("/instances/{id}/start", post(start_instance))
         .route("/instances/{id}/stop", post(stop_instance))
         .route("/instances/{id}/reboot", post(reboot_instance))
+        .route("/instances/{id}/refresh", post(refresh_instance))
+        .route("/instances/{id}/drift", get(list_drift))
 }
 
 /// Creates `count` instances as one job, after checking the request against the policy.
@@ -144,6 +152,7 @@ pub fn router() -> Router<ApiContext> {
 pub async fn create_instances(
     State(ctx): State<ApiContext>,
     params: QueryParams,
+    idempotency: IdempotencyHeader,
     ValidJson(body): ValidJson<CreateInstancesBody>,
 ) -> Result<Response, ApiError> {
     params.allow_only(&["wait", "backend"])?;
@@ -154,6 +163,11 @@ pub async fn create_instances(
             "backend",
             format!("unknown backend '{backend}'; allowed: {}", BACKENDS.join(", ")),
         ));
+    }
+    let fingerprinted = serde_json::json!({ "backend": backend, "body": &body });
+    let key = idempotency.with_request("POST", "/v1/instances", Some(&fingerprinted));
+    if let Some(replay) = replay(&ctx, key.as_ref(), wait, StatusCode::CREATED).await? {
+        return Ok(replay);
     }
     let request = CreateRequest {
         name: body.name,
@@ -211,9 +225,8 @@ pub async fn create_instances(
         payload: serde_json::to_value(&payload).expect("payload serializes"),
         max_attempts: ctx.max_attempts,
     };
-    ctx.store.insert_create_job(&job, &instances).await?;
-    ctx.queue.wake_workers();
-    respond_with_job(&ctx, &job.id, wait, StatusCode::CREATED).await
+    let admission = ctx.store.insert_create_job(&job, &instances, key.as_ref()).await?;
+    admitted(&ctx, admission, &job.id, wait, StatusCode::CREATED).await
 }
 
 /// Instances, newest first, filtered by state, namespace, name and tags.
@@ -281,10 +294,13 @@ macro_rules! single_action {
             State(ctx): State<ApiContext>,
             Path(id): Path<String>,
             params: QueryParams,
+            idempotency: IdempotencyHeader,
         ) -> Result<Response, ApiError> {
             params.allow_only(&["wait"])?;
             let wait = wait_param(&params)?;
-            enqueue_action(&ctx, $action, vec![id], wait).await
+            let path = format!("/v1/instances/{id}/{}", $action.as_str());
+            let key = idempotency.with_request("POST", &path, None);
+            enqueue_instances_job(&ctx, Some($action), vec![id], wait, key).await
         }
     };
 }
@@ -332,10 +348,13 @@ single_action!(
 pub async fn act_on_instances(
     State(ctx): State<ApiContext>,
     params: QueryParams,
+    idempotency: IdempotencyHeader,
     ValidJson(body): ValidJson<BulkActionBody>,
 ) -> Result<Response, ApiError> {
     params.allow_only(&["wait"])?;
     let wait = wait_param(&params)?;
+    let fingerprinted = serde_json::to_value(&body).expect("body serializes");
+    let key = idempotency.with_request("POST", "/v1/instances/actions", Some(&fingerprinted));
     let action: Action = body
         .action
         .parse()
@@ -346,16 +365,86 @@ pub async fn act_on_instances(
             format!("must list 1 to {MAX_BULK_IDS} instance ids"),
         )]));
     }
-    enqueue_action(&ctx, action, body.ids, wait).await
+    enqueue_instances_job(&ctx, Some(action), body.ids, wait, key).await
 }
 
-/// Resolves ids (corral or cloud), then stores the job if every instance can take the action.
-async fn enqueue_action(
+/// Describes an instance again and records what the cloud reports, noting drift.
+#[utoipa::path(post, path = "/v1/instances/{id}/refresh", tag = "instances", operation_id = "refresh_instance",
+    params(
+        ("id" = String, Path, description = "corral id or EC2 instance id (i-…)"),
+        ("wait" = Option<i64>, Query, description = "Seconds (up to 60) to wait for the job to finish"),
+    ),
+    responses(
+        (status = 200, description = "The job finished within `wait`", body = JobBody),
+        (status = 202, description = "The job is queued or running", body = JobBody),
+        (status = 404, body = crate::api::Problem),
+    ))]
+pub async fn refresh_instance(
+    State(ctx): State<ApiContext>,
+    Path(id): Path<String>,
+    params: QueryParams,
+    idempotency: IdempotencyHeader,
+) -> Result<Response, ApiError> {
+    params.allow_only(&["wait"])?;
+    let wait = wait_param(&params)?;
+    let key = idempotency.with_request("POST", &format!("/v1/instances/{id}/refresh"), None);
+    enqueue_instances_job(&ctx, None, vec![id], wait, key).await
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DriftBody {
+    pub id: String,
+    pub instance_id: String,
+    pub at: DateTime<Utc>,
+    /// What changed, e.g. `state`.
+    pub field: String,
+    pub old_value: Option<String>,
+    pub new_value: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DriftList {
+    pub items: Vec<DriftBody>,
+}
+
+/// Changes found on an instance that corral did not make, newest first.
+#[utoipa::path(get, path = "/v1/instances/{id}/drift", tag = "instances", operation_id = "list_drift",
+    params(("id" = String, Path, description = "corral id or EC2 instance id (i-…)")),
+    responses((status = 200, body = DriftList), (status = 404, body = crate::api::Problem)))]
+pub async fn list_drift(
+    State(ctx): State<ApiContext>,
+    Path(id): Path<String>,
+) -> Result<Json<DriftList>, ApiError> {
+    let instance = ctx.store.find_instance(&id).await?.ok_or_else(|| instance_not_found(&id))?;
+    let items = ctx
+        .store
+        .drift_of(&instance.id)
+        .await?
+        .into_iter()
+        .map(|drift| DriftBody {
+            id: drift.id,
+            instance_id: drift.instance_id,
+            at: to_datetime(drift.at),
+            field: drift.field,
+            old_value: drift.old_value,
+            new_value: drift.new_value,
+        })
+        .collect();
+    Ok(Json(DriftList { items }))
+}
+
+/// Resolves ids (corral or cloud), then stores the job: for an action, only if every instance
+/// can take it; without one, a refresh.
+pub async fn enqueue_instances_job(
     ctx: &ApiContext,
-    action: Action,
+    action: Option<Action>,
     ids: Vec<String>,
     wait: Option<std::time::Duration>,
+    key: Option<IdempotencyKey>,
 ) -> Result<Response, ApiError> {
+    if let Some(replay) = replay(ctx, key.as_ref(), wait, StatusCode::OK).await? {
+        return Ok(replay);
+    }
     let requested: BTreeSet<String> = ids.into_iter().collect();
     let requested: Vec<String> = requested.into_iter().collect();
     let found = ctx.store.find_instances(&requested).await?;
@@ -374,22 +463,70 @@ async fn enqueue_action(
         found.iter().map(|i| i.id.clone()).collect::<BTreeSet<_>>().into_iter().collect();
     let job = NewJob {
         id: new_id(),
-        kind: JobKind::for_action(action),
-        payload: serde_json::json!({ "action": action.as_str() }),
+        kind: action.map_or(JobKind::RefreshInstances, JobKind::for_action),
+        payload: serde_json::json!({}),
         max_attempts: ctx.max_attempts,
     };
-    if let Err(conflicts) = ctx.store.insert_action_job(&job, action, &instance_ids).await? {
-        let errors: Vec<FieldError> =
-            conflicts.into_iter().map(|c| FieldError::new(c.instance_id, c.reason)).collect();
-        let detail = match errors.as_slice() {
-            [only] => only.message.clone(),
-            [] => "the instances changed while the request was handled; retry".to_string(),
-            _ => format!("{} instances cannot take the action {action} now", errors.len()),
-        };
-        return Err(ApiError::Conflict { detail, errors });
+    let admission =
+        ctx.store.insert_instances_job(&job, action, &instance_ids, key.as_ref()).await?;
+    admitted(ctx, admission, &job.id, wait, StatusCode::OK).await
+}
+
+/// The answer to a request whose job the store admitted, replayed, or refused.
+async fn admitted(
+    ctx: &ApiContext,
+    admission: Admission,
+    job_id: &str,
+    wait: Option<std::time::Duration>,
+    finished_status: StatusCode,
+) -> Result<Response, ApiError> {
+    match admission {
+        Admission::Stored => {
+            ctx.queue.wake_workers();
+            respond_with_job(ctx, job_id, wait, finished_status).await
+        }
+        Admission::Replay { job_id } => {
+            let mut response = respond_with_job(ctx, &job_id, wait, finished_status).await?;
+            response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+            Ok(response)
+        }
+        Admission::KeyMismatch => Err(key_mismatch()),
+        Admission::Conflicts(conflicts) => {
+            let errors: Vec<FieldError> =
+                conflicts.into_iter().map(|c| FieldError::new(c.instance_id, c.reason)).collect();
+            let detail = match errors.as_slice() {
+                [only] => only.message.clone(),
+                [] => "the instances changed while the request was handled; retry".to_string(),
+                _ => format!("{} instances cannot take the action now", errors.len()),
+            };
+            Err(ApiError::Conflict { detail, errors })
+        }
     }
-    ctx.queue.wake_workers();
-    respond_with_job(ctx, &job.id, wait, StatusCode::OK).await
+}
+
+/// For a key seen before: the original job (same request) or a 422 (different request).
+async fn replay(
+    ctx: &ApiContext,
+    key: Option<&IdempotencyKey>,
+    wait: Option<std::time::Duration>,
+    finished_status: StatusCode,
+) -> Result<Option<Response>, ApiError> {
+    let Some(key) = key else { return Ok(None) };
+    let Some((fingerprint, job_id)) = ctx.store.find_idempotency_key(&key.key).await? else {
+        return Ok(None);
+    };
+    if fingerprint != key.fingerprint {
+        return Err(key_mismatch());
+    }
+    let admission = Admission::Replay { job_id: job_id.clone() };
+    admitted(ctx, admission, &job_id, wait, finished_status).await.map(Some)
+}
+
+fn key_mismatch() -> ApiError {
+    ApiError::Validation(vec![FieldError::new(
+        "Idempotency-Key",
+        "this key was already used with a different request; use a new key for a new request",
+    )])
 }
 
 async fn respond_with_job(

@@ -1,7 +1,12 @@
 //! `/v1/jobs`: the durable jobs behind every mutating request, and the wire form of a job.
 
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Duration;
+
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -12,7 +17,7 @@ use utoipa::ToSchema;
 use crate::api::extract::{QueryParams, encode_cursor, page_param};
 use crate::api::{ApiContext, ApiError};
 use crate::domain::JobStatus;
-use crate::storage::{InstanceRecord, JobView, to_datetime};
+use crate::storage::{InstanceRecord, JobEvent, JobView, to_datetime};
 
 #[derive(Serialize, ToSchema)]
 pub struct JobBody {
@@ -93,7 +98,120 @@ pub fn job_accepted(view: &JobView, finished_status: StatusCode) -> Response {
 }
 
 pub fn router() -> Router<ApiContext> {
-    Router::new().route("/jobs", get(list_jobs)).route("/jobs/{id}", get(get_job))
+    Router::new()
+        .route("/jobs", get(list_jobs))
+        .route("/jobs/{id}", get(get_job))
+        .route("/jobs/{id}/events", get(get_job_events))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct JobEventBody {
+    /// Position in the job's history, from 1; also the SSE event id.
+    pub seq: i64,
+    pub at: DateTime<Utc>,
+    pub attempt: i64,
+    /// `step`, `error` or `outcome`.
+    pub kind: String,
+    pub message: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct JobEventList {
+    pub items: Vec<JobEventBody>,
+}
+
+impl From<JobEvent> for JobEventBody {
+    fn from(event: JobEvent) -> JobEventBody {
+        JobEventBody {
+            seq: event.seq,
+            at: to_datetime(event.at),
+            attempt: event.attempt,
+            kind: event.kind,
+            message: event.message,
+        }
+    }
+}
+
+/// A job's history: every step with its time, and every attempt's error. With
+/// `Accept: text/event-stream` the history is streamed as server-sent events (event type =
+/// `kind`, id = `seq`; `Last-Event-ID` resumes) until the job ends, then an `end` event carries
+/// the job.
+#[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs", operation_id = "get_job_events",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The history as JSON, or as an event stream", body = JobEventList),
+        (status = 404, body = crate::api::Problem),
+    ))]
+pub async fn get_job_events(
+    State(ctx): State<ApiContext>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    ctx.store.get_job(&id).await?.ok_or_else(|| job_not_found(&id))?;
+    let wants_stream = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/event-stream"));
+    if !wants_stream {
+        let items =
+            ctx.store.job_events(&id, 0).await?.into_iter().map(JobEventBody::from).collect();
+        return Ok(Json(JobEventList { items }).into_response());
+    }
+    let after = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok())
+        .unwrap_or(0);
+    Ok(Sse::new(event_stream(ctx, id, after)).keep_alive(KeepAlive::default()).into_response())
+}
+
+struct StreamState {
+    ctx: ApiContext,
+    job_id: String,
+    after: i64,
+    buffered: VecDeque<Event>,
+    ended: bool,
+}
+
+/// Polls the job's history; waits on the in-process finish signal between polls.
+fn event_stream(
+    ctx: ApiContext,
+    job_id: String,
+    after: i64,
+) -> impl futures_util::Stream<Item = Result<Event, Infallible>> {
+    let state = StreamState { ctx, job_id, after, buffered: VecDeque::new(), ended: false };
+    futures_util::stream::unfold(state, |mut state| async move {
+        loop {
+            if let Some(event) = state.buffered.pop_front() {
+                return Some((Ok(event), state));
+            }
+            if state.ended {
+                return None;
+            }
+            let Ok(view) = state.ctx.store.get_job(&state.job_id).await else { return None };
+            let view = view?;
+            let Ok(events) = state.ctx.store.job_events(&state.job_id, state.after).await else {
+                return None;
+            };
+            for event in events {
+                state.after = event.seq;
+                let id = event.seq.to_string();
+                let kind = event.kind.clone();
+                let body = JobEventBody::from(event);
+                let data = serde_json::to_string(&body).expect("event serializes");
+                state.buffered.push_back(Event::default().id(id).event(kind).data(data));
+            }
+            if view.job.status.is_finished() {
+                let data = serde_json::to_string(&JobBody::from(&view)).expect("job serializes");
+                state.buffered.push_back(Event::default().event("end").data(data));
+                state.ended = true;
+                continue;
+            }
+            if state.buffered.is_empty() {
+                let _ = state.ctx.queue.wait_for(&state.job_id, Duration::from_millis(500)).await;
+            }
+        }
+    })
 }
 
 /// One job, with the instances it touches.

@@ -22,6 +22,7 @@ use aws_sdk_ec2::types::{
 };
 use base64::Engine;
 
+use crate::cloud::limiter::{ApiClass, RateLimiter};
 use crate::cloud::{CloudError, CloudInstance, LaunchRequest, Provider};
 use crate::config::AwsSettings;
 use crate::domain::{Action, CpuCredits, ImageFacts, InstanceState, InstanceTypeFacts};
@@ -32,6 +33,8 @@ const DESCRIBE_BATCH: usize = 1000;
 pub struct AwsProvider {
     sdk_config: aws_config::SdkConfig,
     clients: Mutex<HashMap<String, Client>>,
+    /// One budget for every call of this process; the credentials name one account.
+    limiter: RateLimiter,
 }
 
 impl AwsProvider {
@@ -51,7 +54,11 @@ impl AwsProvider {
             let credentials = Credentials::new(key_id, secret, None, None, "corral-config");
             loader = loader.credentials_provider(credentials);
         }
-        AwsProvider { sdk_config: loader.load().await, clients: Mutex::new(HashMap::new()) }
+        AwsProvider {
+            sdk_config: loader.load().await,
+            clients: Mutex::new(HashMap::new()),
+            limiter: RateLimiter::new(settings.rate_limits),
+        }
     }
 
     /// The emulator or custom endpoint calls go to, if not AWS itself.
@@ -70,6 +77,58 @@ impl AwsProvider {
             }
             None => false,
         }
+    }
+
+    /// Makes one call under the rate limit, and slows the bucket down if the cloud throttles.
+    async fn send<T, E, R>(
+        &self,
+        region: &str,
+        class: ApiClass,
+        call: impl std::future::Future<Output = Result<T, SdkError<E, R>>>,
+    ) -> Result<T, CloudError>
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug + Send + Sync + 'static,
+    {
+        self.limiter.acquire(region, class).await;
+        call.await.map_err(|err| self.classify(region, class, err))
+    }
+
+    fn classify<E, R>(&self, region: &str, class: ApiClass, err: SdkError<E, R>) -> CloudError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug + Send + Sync + 'static,
+    {
+        let err = classify(err);
+        if matches!(err, CloudError::Throttled { .. }) {
+            self.limiter.slow_down(region, class);
+        }
+        err
+    }
+
+    /// Every instance matching `filter`, in pages of 1000.
+    async fn describe_filtered(
+        &self,
+        region: &str,
+        filter: Filter,
+    ) -> Result<Vec<CloudInstance>, CloudError> {
+        let mut pages = self
+            .client(region)
+            .describe_instances()
+            .filters(filter)
+            .max_results(1000)
+            .into_paginator()
+            .send();
+        let mut found = Vec::new();
+        loop {
+            self.limiter.acquire(region, ApiClass::Describe).await;
+            let Some(page) = pages.next().await else { break };
+            let page = page.map_err(|err| self.classify(region, ApiClass::Describe, err))?;
+            for reservation in page.reservations() {
+                found.extend(reservation.instances().iter().filter_map(to_cloud_instance));
+            }
+        }
+        Ok(found)
     }
 
     fn client(&self, region: &str) -> Client {
@@ -96,8 +155,8 @@ impl Provider for AwsProvider {
     }
 
     async fn describe_image(&self, region: &str, ami: &str) -> Result<ImageFacts, CloudError> {
-        let output =
-            self.client(region).describe_images().image_ids(ami).send().await.map_err(classify)?;
+        let call = self.client(region).describe_images().image_ids(ami).send();
+        let output = self.send(region, ApiClass::Describe, call).await?;
         let image = output.images().first().ok_or_else(|| CloudError::Rejected {
             code: "InvalidAMIID.NotFound".to_string(),
             message: format!("The image id '[{ami}]' does not exist"),
@@ -116,13 +175,12 @@ impl Provider for AwsProvider {
         region: &str,
         instance_type: &str,
     ) -> Result<InstanceTypeFacts, CloudError> {
-        let output = self
+        let call = self
             .client(region)
             .describe_instance_types()
             .instance_types(InstanceType::from(instance_type))
-            .send()
-            .await
-            .map_err(classify)?;
+            .send();
+        let output = self.send(region, ApiClass::Describe, call).await?;
         let info = output.instance_types().first().ok_or_else(|| CloudError::Rejected {
             code: "InvalidInstanceType".to_string(),
             message: format!("The instance type '{instance_type}' is not offered in {region}"),
@@ -147,21 +205,16 @@ impl Provider for AwsProvider {
         value: &str,
     ) -> Result<Vec<CloudInstance>, CloudError> {
         let filter = Filter::builder().name(format!("tag:{key}")).values(value).build();
-        let mut pages = self
-            .client(region)
-            .describe_instances()
-            .filters(filter)
-            .max_results(1000)
-            .into_paginator()
-            .send();
-        let mut found = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(classify)?;
-            for reservation in page.reservations() {
-                found.extend(reservation.instances().iter().filter_map(to_cloud_instance));
-            }
-        }
-        Ok(found)
+        self.describe_filtered(region, filter).await
+    }
+
+    async fn find_tag_key(
+        &self,
+        region: &str,
+        key: &str,
+    ) -> Result<Vec<CloudInstance>, CloudError> {
+        let filter = Filter::builder().name("tag-key").values(key).build();
+        self.describe_filtered(region, filter).await
     }
 
     async fn launch(
@@ -213,7 +266,7 @@ impl Provider for AwsProvider {
                 CreditSpecificationRequest::builder().cpu_credits(credits).build(),
             );
         }
-        let output = call.send().await.map_err(classify)?;
+        let output = self.send(region, ApiClass::Launch, call.send()).await?;
         Ok(output.instances().iter().filter_map(to_cloud_instance).collect())
     }
 
@@ -225,13 +278,13 @@ impl Provider for AwsProvider {
     ) -> Result<(), CloudError> {
         let tags: Vec<Tag> =
             tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect();
-        self.client(region)
+        let call = self
+            .client(region)
             .create_tags()
             .set_resources(Some(cloud_ids.to_vec()))
             .set_tags(Some(tags))
-            .send()
-            .await
-            .map_err(classify)?;
+            .send();
+        self.send(region, ApiClass::Mutate, call).await?;
         Ok(())
     }
 
@@ -243,16 +296,48 @@ impl Provider for AwsProvider {
         let client = self.client(region);
         let mut found = Vec::with_capacity(cloud_ids.len());
         for batch in cloud_ids.chunks(DESCRIBE_BATCH) {
-            let mut pages = client
-                .describe_instances()
-                .set_instance_ids(Some(batch.to_vec()))
-                .into_paginator()
-                .send();
-            while let Some(page) = pages.next().await {
-                let page = page.map_err(classify)?;
-                for reservation in page.reservations() {
-                    found.extend(reservation.instances().iter().filter_map(to_cloud_instance));
+            let mut batch = batch.to_vec();
+            // EC2 refuses the whole call when one id is unknown, naming the unknown ids: drop
+            // them and ask again.
+            loop {
+                if batch.is_empty() {
+                    break;
                 }
+                let mut pages = client
+                    .describe_instances()
+                    .set_instance_ids(Some(batch.clone()))
+                    .into_paginator()
+                    .send();
+                let mut batch_found = Vec::new();
+                let mut unknown = Vec::new();
+                loop {
+                    self.limiter.acquire(region, ApiClass::Describe).await;
+                    let Some(page) = pages.next().await else { break };
+                    match page.map_err(|err| self.classify(region, ApiClass::Describe, err)) {
+                        Ok(page) => {
+                            for reservation in page.reservations() {
+                                batch_found.extend(
+                                    reservation.instances().iter().filter_map(to_cloud_instance),
+                                );
+                            }
+                        }
+                        Err(CloudError::Rejected { code, message })
+                            if code.starts_with("InvalidInstanceID") =>
+                        {
+                            unknown = instance_ids_in(&message);
+                            if unknown.is_empty() {
+                                return Err(CloudError::Rejected { code, message });
+                            }
+                            break;
+                        }
+                        Err(err) => return Err(err),
+                    }
+                }
+                if unknown.is_empty() {
+                    found.extend(batch_found);
+                    break;
+                }
+                batch.retain(|id| !unknown.contains(id));
             }
         }
         Ok(found)
@@ -268,25 +353,34 @@ impl Provider for AwsProvider {
         let ids = Some(cloud_ids.to_vec());
         match action {
             Action::Start => {
-                client.start_instances().set_instance_ids(ids).send().await.map_err(classify)?;
+                let call = client.start_instances().set_instance_ids(ids).send();
+                self.send(region, ApiClass::Launch, call).await?;
             }
             Action::Stop => {
-                client.stop_instances().set_instance_ids(ids).send().await.map_err(classify)?;
+                let call = client.stop_instances().set_instance_ids(ids).send();
+                self.send(region, ApiClass::Mutate, call).await?;
             }
             Action::Reboot => {
-                client.reboot_instances().set_instance_ids(ids).send().await.map_err(classify)?;
+                let call = client.reboot_instances().set_instance_ids(ids).send();
+                self.send(region, ApiClass::Mutate, call).await?;
             }
             Action::Terminate => {
-                client
-                    .terminate_instances()
-                    .set_instance_ids(ids)
-                    .send()
-                    .await
-                    .map_err(classify)?;
+                let call = client.terminate_instances().set_instance_ids(ids).send();
+                self.send(region, ApiClass::Mutate, call).await?;
             }
         }
         Ok(())
     }
+}
+
+/// The instance ids named in an EC2 error message such as
+/// "The instance IDs 'i-1, i-2' do not exist".
+fn instance_ids_in(message: &str) -> Vec<String> {
+    message
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .filter(|word| word.starts_with("i-") && word.len() > 2)
+        .map(str::to_string)
+        .collect()
 }
 
 fn to_cloud_instance(instance: &Instance) -> Option<CloudInstance> {
@@ -298,6 +392,8 @@ fn to_cloud_instance(instance: &Instance) -> Option<CloudInstance> {
         state,
         public_ip: instance.public_ip_address().map(str::to_string),
         private_ip: instance.private_ip_address().map(str::to_string),
+        ami: instance.image_id().map(str::to_string),
+        instance_type: instance.instance_type().map(|t| t.as_str().to_string()),
         launch_index: instance.ami_launch_index().unwrap_or(0).into(),
         tags: instance
             .tags()

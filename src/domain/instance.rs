@@ -1,8 +1,9 @@
 //! Instance states and the actions that move an instance between them.
 //!
 //! `InstanceState` mirrors EC2's lifecycle plus two states that exist only in corral:
-//! `provisioning` (stored, launch not yet confirmed by the cloud) and `failed` (the launch was
-//! refused, so no cloud instance exists). States are only ever set from what the cloud reports.
+//! `provisioning` (stored, launch not yet confirmed by the cloud), `failed` (the launch was
+//! refused, so no cloud instance exists) and `missing` (the cloud no longer knows the instance;
+//! the record stays). States are only ever set from what the cloud reports.
 
 use std::fmt;
 use std::str::FromStr;
@@ -20,10 +21,11 @@ pub enum InstanceState {
     ShuttingDown,
     Terminated,
     Failed,
+    Missing,
 }
 
 impl InstanceState {
-    pub const ALL: [InstanceState; 8] = [
+    pub const ALL: [InstanceState; 9] = [
         InstanceState::Provisioning,
         InstanceState::Pending,
         InstanceState::Running,
@@ -32,6 +34,7 @@ impl InstanceState {
         InstanceState::ShuttingDown,
         InstanceState::Terminated,
         InstanceState::Failed,
+        InstanceState::Missing,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -44,6 +47,7 @@ impl InstanceState {
             InstanceState::ShuttingDown => "shutting-down",
             InstanceState::Terminated => "terminated",
             InstanceState::Failed => "failed",
+            InstanceState::Missing => "missing",
         }
     }
 
@@ -175,6 +179,7 @@ mod tests {
             (InstanceState::ShuttingDown, ""),
             (InstanceState::Terminated, ""),
             (InstanceState::Failed, ""),
+            (InstanceState::Missing, ""),
         ];
         for (state, expected) in table {
             let allowed: Vec<&str> = Action::ALL

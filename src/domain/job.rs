@@ -12,15 +12,17 @@ pub enum JobKind {
     StopInstances,
     RebootInstances,
     TerminateInstances,
+    RefreshInstances,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 5] = [
+    pub const ALL: [JobKind; 6] = [
         JobKind::CreateInstances,
         JobKind::StartInstances,
         JobKind::StopInstances,
         JobKind::RebootInstances,
         JobKind::TerminateInstances,
+        JobKind::RefreshInstances,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -30,6 +32,7 @@ impl JobKind {
             JobKind::StopInstances => "stop_instances",
             JobKind::RebootInstances => "reboot_instances",
             JobKind::TerminateInstances => "terminate_instances",
+            JobKind::RefreshInstances => "refresh_instances",
         }
     }
 
@@ -42,10 +45,10 @@ impl JobKind {
         }
     }
 
-    /// The lifecycle action this job applies, `None` for creation.
+    /// The lifecycle action this job applies, `None` for creation and refresh.
     pub fn action(self) -> Option<Action> {
         match self {
-            JobKind::CreateInstances => None,
+            JobKind::CreateInstances | JobKind::RefreshInstances => None,
             JobKind::StartInstances => Some(Action::Start),
             JobKind::StopInstances => Some(Action::Stop),
             JobKind::RebootInstances => Some(Action::Reboot),

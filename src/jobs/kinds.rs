@@ -6,24 +6,28 @@
 
 mod change_state;
 mod create_instances;
+mod refresh;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::cloud::CloudInstance;
 use crate::domain::{InstanceState, JobKind};
-use crate::jobs::{JobContext, JobError};
-use crate::storage::{InstanceRecord, JobView, Observation};
+use crate::jobs::{JobError, JobRun};
+use crate::storage::{InstanceRecord, Observation};
 
 pub use create_instances::CreatePayload;
 
-/// Runs one attempt of `job`.
-pub async fn run(ctx: &JobContext, job: &JobView) -> Result<(), JobError> {
-    match job.job.kind {
-        JobKind::CreateInstances => create_instances::run(ctx, job).await,
+pub use refresh::refresh_region;
+
+/// Runs one attempt of a job.
+pub async fn run(run: &JobRun<'_>) -> Result<(), JobError> {
+    match run.job.job.kind {
+        JobKind::CreateInstances => create_instances::run(run).await,
+        JobKind::RefreshInstances => refresh::run(run).await,
         kind => {
-            let action = kind.action().expect("every kind but creation is an action");
-            change_state::run(ctx, job, action).await
+            let action = kind.action().expect("every other kind is an action");
+            change_state::run(run, action).await
         }
     }
 }
@@ -41,12 +45,13 @@ fn observation(instance: &InstanceRecord, seen: &CloudInstance) -> Observation {
 /// Describes `instances` (all in `region`) and records what the cloud reports; instances the
 /// cloud does not know are left out of the result.
 async fn observe(
-    ctx: &JobContext,
+    run: &JobRun<'_>,
     region: &str,
     instances: &[InstanceRecord],
 ) -> Result<Vec<Observation>, JobError> {
+    let ctx = run.ctx;
     let cloud_ids: Vec<String> = instances.iter().filter_map(|i| i.cloud_id.clone()).collect();
-    let seen = ctx.provider.describe(region, &cloud_ids).await?;
+    let seen = ctx.describer.describe(region, &cloud_ids).await?;
     let observations: Vec<Observation> = instances
         .iter()
         .filter_map(|instance| {
@@ -61,19 +66,21 @@ async fn observe(
 /// Polls the cloud, with growing pauses, until every instance of `instances` (all in `region`,
 /// all with a cloud id) is in `target`; records every observation on the way.
 async fn wait_for_state(
-    ctx: &JobContext,
+    run: &JobRun<'_>,
     region: &str,
     instances: &[InstanceRecord],
     target: InstanceState,
 ) -> Result<(), JobError> {
+    let ctx = run.ctx;
     let settings = &ctx.settings;
+    run.step(format!("waiting for {} instance(s) to be {target}", instances.len())).await;
     let deadline =
         tokio::time::Instant::now() + Duration::from_secs(settings.state_wait_timeout_secs);
     let mut pause = Duration::from_millis(settings.state_poll_initial_ms);
     let cloud_ids: Vec<String> = instances.iter().filter_map(|i| i.cloud_id.clone()).collect();
     loop {
         let seen: HashMap<String, CloudInstance> = ctx
-            .provider
+            .describer
             .describe(region, &cloud_ids)
             .await?
             .into_iter()
@@ -109,6 +116,19 @@ async fn wait_for_state(
         }
         ctx.store.record_observations(&observations).await?;
         if waiting.is_empty() {
+            let report: Vec<String> = observations
+                .iter()
+                .map(|seen| {
+                    let ip = seen.public_ip.as_deref().or(seen.private_ip.as_deref());
+                    format!(
+                        "{} {}{}",
+                        seen.cloud_id,
+                        seen.state,
+                        ip.map(|ip| format!(" at {ip}")).unwrap_or_default()
+                    )
+                })
+                .collect();
+            run.step(format!("all {target}: {}", report.join(", "))).await;
             return Ok(());
         }
         if tokio::time::Instant::now() + pause > deadline {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::jobs::{JobContext, JobError, Queue, kinds};
+use crate::jobs::{JobContext, JobError, JobRun, Queue, kinds};
 use crate::storage::{JobOutcome, JobView, Millis, now_millis};
 
 /// How long running jobs may take to finish once shutdown starts before they are handed back.
@@ -37,6 +37,12 @@ struct Worker {
 }
 
 impl Worker {
+    async fn event(&self, job_id: &str, attempt: i64, kind: &str, message: &str) {
+        if let Err(err) = self.ctx.store.append_job_event(job_id, attempt, kind, message).await {
+            tracing::warn!(error = ?err, "recording a job event failed");
+        }
+    }
+
     async fn run(self) {
         let poll = Duration::from_millis(self.ctx.settings.poll_interval_ms);
         while !self.shutdown.is_cancelled() {
@@ -64,14 +70,21 @@ impl Worker {
 
     #[tracing::instrument(skip_all, fields(job.id = %job.job.id, job.kind = %job.job.kind, job.attempt = job.job.attempts))]
     async fn run_job(&self, job: JobView) {
-        tracing::info!("job started");
         let job_id = job.job.id.clone();
         let attempts = job.job.attempts;
         let max_attempts = job.job.max_attempts;
+        self.event(
+            &job_id,
+            attempts,
+            "step",
+            &format!("attempt {attempts} of {max_attempts} started"),
+        )
+        .await;
         let ctx = self.ctx.clone();
         // A spawned task isolates panics: they surface as a `JoinError` instead of killing the
         // worker.
-        let mut body = tokio::spawn(async move { kinds::run(&ctx, &job).await });
+        let mut body =
+            tokio::spawn(async move { kinds::run(&JobRun { ctx: &ctx, job: &job }).await });
         let renew_every = self.ctx.settings.lease() / 3;
         let mut grace: Option<tokio::time::Instant> = None;
         let result = loop {
@@ -118,7 +131,7 @@ impl Worker {
                 JobOutcome::Failed { error: format!("gave up after {attempts} attempts: {error}") }
             }
             Some(Err(JobError::Retryable(error))) => {
-                let delay = self.ctx.settings.retry_delay(attempts);
+                let delay = self.ctx.settings.backoff(attempts);
                 JobOutcome::Retry { error, run_at: now_millis() + delay.as_millis() as Millis }
             }
         };

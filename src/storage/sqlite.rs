@@ -13,8 +13,9 @@ use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
 use crate::domain::{Action, StateConflict};
 use crate::storage::{
-    Counts, InstanceFilter, InstanceRecord, JobOutcome, JobRecord, JobStatus, Millis, NewJob,
-    Observation, PageRequest, StorageError, now_millis,
+    Admission, Counts, DriftRecord, IdempotencyKey, InstanceFilter, InstanceRecord, JobEvent,
+    JobOutcome, JobRecord, JobStatus, Millis, NewJob, Observation, OrphanRecord, PageRequest,
+    Reconciliation, StorageError, now_millis,
 };
 
 #[derive(Clone)]
@@ -112,6 +113,50 @@ impl TryFrom<JobRow> for JobRecord {
     }
 }
 
+#[derive(sqlx::FromRow)]
+struct DriftRow {
+    id: String,
+    instance_id: String,
+    at: i64,
+    field: String,
+    old_value: Option<String>,
+    new_value: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct OrphanRow {
+    cloud_id: String,
+    region: String,
+    state: String,
+    ami: Option<String>,
+    instance_type: Option<String>,
+    public_ip: Option<String>,
+    private_ip: Option<String>,
+    tags: String,
+    first_seen: i64,
+    last_seen: i64,
+}
+
+impl TryFrom<OrphanRow> for OrphanRecord {
+    type Error = StorageError;
+
+    fn try_from(row: OrphanRow) -> Result<Self, Self::Error> {
+        Ok(OrphanRecord {
+            state: row.state.parse().map_err(StorageError::Corrupt)?,
+            tags: serde_json::from_str(&row.tags)
+                .map_err(|err| StorageError::Corrupt(format!("tags of {}: {err}", row.cloud_id)))?,
+            cloud_id: row.cloud_id,
+            region: row.region,
+            ami: row.ami,
+            instance_type: row.instance_type,
+            public_ip: row.public_ip,
+            private_ip: row.private_ip,
+            first_seen: row.first_seen,
+            last_seen: row.last_seen,
+        })
+    }
+}
+
 fn convert<R, T: TryFrom<R, Error = StorageError>>(rows: Vec<R>) -> Result<Vec<T>, StorageError> {
     rows.into_iter().map(T::try_from).collect()
 }
@@ -155,89 +200,292 @@ impl SqliteStore {
         &self,
         job: &NewJob,
         instances: &[InstanceRecord],
-    ) -> Result<(), StorageError> {
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Admission, StorageError> {
         let mut tx = self.pool.begin().await?;
+        if let Some(key) = key
+            && let Some(known) = claim_idempotency_key(&mut tx, key, &job.id).await?
+        {
+            tx.rollback().await?;
+            return Ok(known);
+        }
         insert_job(&mut tx, job).await?;
         for instance in instances {
-            let tags = serde_json::to_string(&instance.tags).expect("tags serialize");
-            sqlx::query(
-                "INSERT INTO instances (id, cloud_id, name, namespace, region, ami, instance_type, \
-                 storage_gb, state, public_ip, private_ip, key_name, tags, backend, launch_index, \
-                 created_by_job, active_job_id, created_at, updated_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&instance.id)
-            .bind(&instance.cloud_id)
-            .bind(&instance.name)
-            .bind(&instance.namespace)
-            .bind(&instance.region)
-            .bind(&instance.ami)
-            .bind(&instance.instance_type)
-            .bind(instance.storage_gb)
-            .bind(instance.state.as_str())
-            .bind(&instance.public_ip)
-            .bind(&instance.private_ip)
-            .bind(&instance.key_name)
-            .bind(tags)
-            .bind(&instance.backend)
-            .bind(instance.launch_index)
-            .bind(&instance.created_by_job)
-            .bind(&instance.active_job_id)
-            .bind(instance.created_at)
-            .bind(instance.updated_at)
-            .execute(&mut *tx)
-            .await?;
+            insert_instance(&mut tx, instance).await?;
             link_instance(&mut tx, &job.id, &instance.id).await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(Admission::Stored)
     }
 
-    pub async fn insert_action_job(
+    pub async fn insert_instances_job(
         &self,
         job: &NewJob,
-        action: Action,
+        action: Option<Action>,
         instance_ids: &[String],
-    ) -> Result<Result<(), Vec<StateConflict>>, StorageError> {
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Admission, StorageError> {
         let mut tx = self.pool.begin().await?;
-        // Take the instances first: only idle instances in an allowed state are taken, so two
-        // concurrent requests cannot both act on one instance.
-        let mut update = QueryBuilder::<Sqlite>::new("UPDATE instances SET active_job_id = ");
-        update.push_bind(&job.id).push(", updated_at = ").push_bind(now_millis());
-        update.push(" WHERE active_job_id IS NULL AND state IN (");
-        let mut states = update.separated(", ");
-        for state in action.allowed_from() {
-            states.push_bind(state.as_str());
-        }
-        update.push(") AND id IN (");
-        let mut ids = update.separated(", ");
-        for id in instance_ids {
-            ids.push_bind(id);
-        }
-        update.push(")");
-        let taken = update.build().execute(&mut *tx).await?.rows_affected();
-        if taken as usize != instance_ids.len() {
+        if let Some(key) = key
+            && let Some(known) = claim_idempotency_key(&mut tx, key, &job.id).await?
+        {
             tx.rollback().await?;
-            let rows: Vec<InstanceRow> =
-                select_by_ids(instance_ids).build_query_as().fetch_all(&self.pool).await?;
-            let conflicts = convert::<_, InstanceRecord>(rows)?
-                .into_iter()
-                .filter_map(|instance| {
-                    let reason = match &instance.active_job_id {
-                        Some(busy) => format!("busy with job {busy}; retry when it has finished"),
-                        None => action.conflict(instance.state)?,
-                    };
-                    Some(StateConflict { instance_id: instance.id, reason })
-                })
-                .collect();
-            return Ok(Err(conflicts));
+            return Ok(known);
+        }
+        if let Some(action) = action {
+            // Take the instances first: only idle instances in an allowed state are taken, so
+            // two concurrent requests cannot both act on one instance.
+            let mut update = QueryBuilder::<Sqlite>::new("UPDATE instances SET active_job_id = ");
+            update.push_bind(&job.id).push(", updated_at = ").push_bind(now_millis());
+            update.push(" WHERE active_job_id IS NULL AND state IN (");
+            let mut states = update.separated(", ");
+            for state in action.allowed_from() {
+                states.push_bind(state.as_str());
+            }
+            update.push(") AND id IN (");
+            let mut ids = update.separated(", ");
+            for id in instance_ids {
+                ids.push_bind(id);
+            }
+            update.push(")");
+            let taken = update.build().execute(&mut *tx).await?.rows_affected();
+            if taken as usize != instance_ids.len() {
+                tx.rollback().await?;
+                let rows: Vec<InstanceRow> =
+                    select_by_ids(instance_ids).build_query_as().fetch_all(&self.pool).await?;
+                let conflicts = convert::<_, InstanceRecord>(rows)?
+                    .into_iter()
+                    .filter_map(|instance| {
+                        let reason = match &instance.active_job_id {
+                            Some(busy) => {
+                                format!("busy with job {busy}; retry when it has finished")
+                            }
+                            None => action.conflict(instance.state)?,
+                        };
+                        Some(StateConflict { instance_id: instance.id, reason })
+                    })
+                    .collect();
+                return Ok(Admission::Conflicts(conflicts));
+            }
         }
         insert_job(&mut tx, job).await?;
         for id in instance_ids {
             link_instance(&mut tx, &job.id, id).await?;
         }
         tx.commit().await?;
-        Ok(Ok(()))
+        Ok(Admission::Stored)
+    }
+
+    pub async fn find_idempotency_key(
+        &self,
+        key: &str,
+        not_before: Millis,
+    ) -> Result<Option<(String, String)>, StorageError> {
+        let row: Option<(String, String)> = sqlx::query_as(
+            "SELECT fingerprint, job_id FROM idempotency_keys WHERE key = ? AND created_at >= ?",
+        )
+        .bind(key)
+        .bind(not_before)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row)
+    }
+
+    pub async fn append_job_event(
+        &self,
+        job_id: &str,
+        attempt: i64,
+        kind: &str,
+        message: &str,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "INSERT INTO job_events (job_id, seq, at, attempt, kind, message) \
+             SELECT ?1, COALESCE(MAX(seq), 0) + 1, ?2, ?3, ?4, ?5 FROM job_events WHERE job_id = ?1",
+        )
+        .bind(job_id)
+        .bind(now_millis())
+        .bind(attempt)
+        .bind(kind)
+        .bind(message)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn job_events(
+        &self,
+        job_id: &str,
+        after: i64,
+    ) -> Result<Vec<JobEvent>, StorageError> {
+        let rows: Vec<(i64, i64, i64, String, String)> = sqlx::query_as(
+            "SELECT seq, at, attempt, kind, message FROM job_events \
+             WHERE job_id = ? AND seq > ? ORDER BY seq",
+        )
+        .bind(job_id)
+        .bind(after)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(seq, at, attempt, kind, message)| JobEvent { seq, at, attempt, kind, message })
+            .collect())
+    }
+
+    pub async fn live_instances(&self) -> Result<Vec<InstanceRecord>, StorageError> {
+        let rows: Vec<InstanceRow> = sqlx::query_as(
+            "SELECT * FROM instances WHERE cloud_id IS NOT NULL AND state <> 'terminated' \
+             ORDER BY region, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        convert(rows)
+    }
+
+    pub async fn unfinished_job_ids(&self) -> Result<Vec<String>, StorageError> {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT id FROM jobs WHERE status IN ('queued', 'running')")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    pub async fn known_cloud_ids(&self, cloud_ids: &[String]) -> Result<Vec<String>, StorageError> {
+        let mut known = Vec::new();
+        // Stay far below SQLite's limit on bound parameters.
+        for chunk in cloud_ids.chunks(500) {
+            let mut query =
+                QueryBuilder::<Sqlite>::new("SELECT cloud_id FROM instances WHERE cloud_id IN (");
+            let mut list = query.separated(", ");
+            for id in chunk {
+                list.push_bind(id);
+            }
+            query.push(")");
+            let rows: Vec<(String,)> = query.build_query_as().fetch_all(&self.pool).await?;
+            known.extend(rows.into_iter().map(|(id,)| id));
+        }
+        Ok(known)
+    }
+
+    pub async fn record_reconciliation(
+        &self,
+        reconciliation: &Reconciliation,
+    ) -> Result<(), StorageError> {
+        let now = now_millis();
+        let mut tx = self.pool.begin().await?;
+        for seen in &reconciliation.observations {
+            update_observed(&mut tx, seen, now).await?;
+        }
+        for id in &reconciliation.missing {
+            sqlx::query(
+                "UPDATE instances SET state = 'missing', public_ip = NULL, updated_at = ? \
+                 WHERE id = ? AND state <> 'missing'",
+            )
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for drift in &reconciliation.drift {
+            sqlx::query(
+                "INSERT INTO drift_events (id, instance_id, at, field, old_value, new_value) \
+                 VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(uuid::Uuid::now_v7().to_string())
+            .bind(&drift.instance_id)
+            .bind(now)
+            .bind(&drift.field)
+            .bind(&drift.old_value)
+            .bind(&drift.new_value)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some((region, orphans)) = &reconciliation.orphans {
+            let mut keep = Vec::new();
+            for orphan in orphans {
+                keep.push(orphan.cloud_id.clone());
+                sqlx::query(
+                    "INSERT INTO orphans (cloud_id, region, state, ami, instance_type, public_ip, \
+                     private_ip, tags, first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                     ON CONFLICT (cloud_id) DO UPDATE SET state = excluded.state, \
+                     public_ip = excluded.public_ip, private_ip = excluded.private_ip, \
+                     tags = excluded.tags, last_seen = excluded.last_seen",
+                )
+                .bind(&orphan.cloud_id)
+                .bind(region)
+                .bind(orphan.state.as_str())
+                .bind(&orphan.ami)
+                .bind(&orphan.instance_type)
+                .bind(&orphan.public_ip)
+                .bind(&orphan.private_ip)
+                .bind(serde_json::to_string(&orphan.tags).expect("tags serialize"))
+                .bind(now)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            let mut delete = QueryBuilder::<Sqlite>::new("DELETE FROM orphans WHERE region = ");
+            delete.push_bind(region);
+            if !keep.is_empty() {
+                delete.push(" AND cloud_id NOT IN (");
+                let mut list = delete.separated(", ");
+                for id in &keep {
+                    list.push_bind(id);
+                }
+                delete.push(")");
+            }
+            delete.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn list_orphans(&self) -> Result<Vec<OrphanRecord>, StorageError> {
+        let rows: Vec<OrphanRow> =
+            sqlx::query_as("SELECT * FROM orphans ORDER BY region, cloud_id")
+                .fetch_all(&self.pool)
+                .await?;
+        convert(rows)
+    }
+
+    pub async fn adopt_orphan(
+        &self,
+        cloud_id: &str,
+        instance: &InstanceRecord,
+    ) -> Result<Option<InstanceRecord>, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query("DELETE FROM orphans WHERE cloud_id = ?")
+            .bind(cloud_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted != 1 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        insert_instance(&mut tx, instance).await?;
+        tx.commit().await?;
+        Ok(Some(instance.clone()))
+    }
+
+    pub async fn drift_of(&self, instance_id: &str) -> Result<Vec<DriftRecord>, StorageError> {
+        let rows: Vec<DriftRow> = sqlx::query_as(
+            "SELECT id, instance_id, at, field, old_value, new_value FROM drift_events \
+                 WHERE instance_id = ? ORDER BY id DESC",
+        )
+        .bind(instance_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| DriftRecord {
+                id: row.id,
+                instance_id: row.instance_id,
+                at: row.at,
+                field: row.field,
+                old_value: row.old_value,
+                new_value: row.new_value,
+            })
+            .collect())
     }
 
     pub async fn find_instances(
@@ -457,24 +705,7 @@ impl SqliteStore {
         let now = now_millis();
         let mut tx = self.pool.begin().await?;
         for seen in observations {
-            sqlx::query(
-                "UPDATE instances SET cloud_id = ?, state = ?, public_ip = ?, private_ip = ?, \
-                 updated_at = ? \
-                 WHERE id = ? AND (cloud_id IS NOT ? OR state <> ? OR public_ip IS NOT ? \
-                                   OR private_ip IS NOT ?)",
-            )
-            .bind(&seen.cloud_id)
-            .bind(seen.state.as_str())
-            .bind(&seen.public_ip)
-            .bind(&seen.private_ip)
-            .bind(now)
-            .bind(&seen.instance_id)
-            .bind(&seen.cloud_id)
-            .bind(seen.state.as_str())
-            .bind(&seen.public_ip)
-            .bind(&seen.private_ip)
-            .execute(&mut *tx)
-            .await?;
+            update_observed(&mut tx, seen, now).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -504,6 +735,106 @@ fn select_by_ids(ids: &[String]) -> QueryBuilder<'_, Sqlite> {
     }
     query.push(") ORDER BY id");
     query
+}
+
+async fn insert_instance(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    instance: &InstanceRecord,
+) -> Result<(), StorageError> {
+    let tags = serde_json::to_string(&instance.tags).expect("tags serialize");
+    sqlx::query(
+        "INSERT INTO instances (id, cloud_id, name, namespace, region, ami, instance_type, \
+             storage_gb, state, public_ip, private_ip, key_name, tags, backend, launch_index, \
+             created_by_job, active_job_id, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&instance.id)
+    .bind(&instance.cloud_id)
+    .bind(&instance.name)
+    .bind(&instance.namespace)
+    .bind(&instance.region)
+    .bind(&instance.ami)
+    .bind(&instance.instance_type)
+    .bind(instance.storage_gb)
+    .bind(instance.state.as_str())
+    .bind(&instance.public_ip)
+    .bind(&instance.private_ip)
+    .bind(&instance.key_name)
+    .bind(tags)
+    .bind(&instance.backend)
+    .bind(instance.launch_index)
+    .bind(&instance.created_by_job)
+    .bind(&instance.active_job_id)
+    .bind(instance.created_at)
+    .bind(instance.updated_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn update_observed(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    seen: &Observation,
+    now: Millis,
+) -> Result<(), StorageError> {
+    sqlx::query(
+        "UPDATE instances SET cloud_id = ?, state = ?, public_ip = ?, private_ip = ?, \
+             updated_at = ? \
+             WHERE id = ? AND (cloud_id IS NOT ? OR state <> ? OR public_ip IS NOT ? \
+                               OR private_ip IS NOT ?)",
+    )
+    .bind(&seen.cloud_id)
+    .bind(seen.state.as_str())
+    .bind(&seen.public_ip)
+    .bind(&seen.private_ip)
+    .bind(now)
+    .bind(&seen.instance_id)
+    .bind(&seen.cloud_id)
+    .bind(seen.state.as_str())
+    .bind(&seen.public_ip)
+    .bind(&seen.private_ip)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Records `key` for `job_id`, or returns what an earlier use of the key means. An expired key
+/// is replaced.
+async fn claim_idempotency_key(
+    tx: &mut sqlx::Transaction<'_, Sqlite>,
+    key: &IdempotencyKey,
+    job_id: &str,
+) -> Result<Option<Admission>, StorageError> {
+    let now = now_millis();
+    sqlx::query("DELETE FROM idempotency_keys WHERE key = ? AND created_at < ?")
+        .bind(&key.key)
+        .bind(now - crate::storage::IDEMPOTENCY_KEY_TTL_MS)
+        .execute(&mut **tx)
+        .await?;
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_keys (key, fingerprint, job_id, created_at) VALUES (?, ?, ?, ?) \
+         ON CONFLICT (key) DO NOTHING",
+    )
+    .bind(&key.key)
+    .bind(&key.fingerprint)
+    .bind(job_id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if inserted == 1 {
+        return Ok(None);
+    }
+    let (fingerprint, job_id): (String, String) =
+        sqlx::query_as("SELECT fingerprint, job_id FROM idempotency_keys WHERE key = ?")
+            .bind(&key.key)
+            .fetch_one(&mut **tx)
+            .await?;
+    Ok(Some(if fingerprint == key.fingerprint {
+        Admission::Replay { job_id }
+    } else {
+        Admission::KeyMismatch
+    }))
 }
 
 async fn insert_job(

@@ -59,7 +59,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     settings.jobs.poll_interval_ms = 100;
     settings.jobs.state_poll_initial_ms = 50;
     settings.jobs.state_poll_max_ms = 500;
-    settings.jobs.retry_base_delay_ms = 50;
+    settings.jobs.retry_delay = 0.05;
     configure(&mut settings);
     let app = Application::build(settings).await.expect("corral builds");
     let address = format!("http://{}", app.local_addr());

@@ -60,7 +60,7 @@ async fn transient_cloud_failures_are_retried_then_the_job_fails_and_says_why() 
 async fn wait_returns_202_when_the_job_outlasts_it() {
     let app = spawn_app_with(|settings| {
         settings.aws.endpoint_url = Some("http://127.0.0.1:9".to_string());
-        settings.jobs.retry_base_delay_ms = 600_000;
+        settings.jobs.retry_delay = 600.0;
     })
     .await;
 

@@ -8,10 +8,11 @@ use std::collections::BTreeMap;
 
 use crate::domain::Action;
 use crate::jobs::kinds::{observe, wait_for_state};
-use crate::jobs::{JobContext, JobError};
-use crate::storage::{InstanceRecord, JobView};
+use crate::jobs::{JobError, JobRun};
+use crate::storage::InstanceRecord;
 
-pub async fn run(ctx: &JobContext, job: &JobView, action: Action) -> Result<(), JobError> {
+pub async fn run(run: &JobRun<'_>, action: Action) -> Result<(), JobError> {
+    let job = run.job;
     let mut by_region: BTreeMap<&str, Vec<InstanceRecord>> = BTreeMap::new();
     for instance in &job.instances {
         if instance.cloud_id.is_none() {
@@ -23,7 +24,7 @@ pub async fn run(ctx: &JobContext, job: &JobView, action: Action) -> Result<(), 
         by_region.entry(instance.region.as_str()).or_default().push(instance.clone());
     }
     for (region, instances) in by_region {
-        let observations = observe(ctx, region, &instances).await?;
+        let observations = observe(run, region, &instances).await?;
         if let Some(missing) = instances
             .iter()
             .find(|instance| !observations.iter().any(|seen| seen.instance_id == instance.id))
@@ -39,14 +40,17 @@ pub async fn run(ctx: &JobContext, job: &JobView, action: Action) -> Result<(), 
             .filter(|seen| Some(seen.state) != action.target_state())
             .map(|seen| seen.cloud_id.clone())
             .collect();
-        if !pending.is_empty() {
-            ctx.provider.apply(region, action, &pending).await?;
+        if pending.is_empty() {
+            run.step(format!("{region}: every instance is already done")).await;
+        } else {
+            run.step(format!("{region}: {action} {}", pending.join(", "))).await;
+            run.ctx.provider.apply(region, action, &pending).await?;
         }
         match action.target_state() {
-            Some(target) => wait_for_state(ctx, region, &instances, target).await?,
+            Some(target) => wait_for_state(run, region, &instances, target).await?,
             None => {
                 // A reboot keeps the state; record what the cloud reports after it.
-                observe(ctx, region, &instances).await?;
+                observe(run, region, &instances).await?;
             }
         }
     }

@@ -2,9 +2,14 @@
 //! the cloud reports them running.
 //!
 //! Steps, each safe to repeat:
-//! 1. adopt: find instances an earlier attempt launched (tag `corral:job-id`) and record them;
+//! 1. adopt: find instances an earlier attempt launched (tag `corral:job-id`, in any state) and
+//!    record them;
 //! 2. launch: if none exist, check the cloud-dependent policy rules (AMI owner, architecture),
-//!    then call RunInstances once for all of them with the ClientToken persisted at enqueue time;
+//!    then call RunInstances once for all of them with the ClientToken persisted at enqueue time.
+//!    EC2 answers a repeated token with the instances of the first call, so a launch whose answer
+//!    was lost is not repeated; its two refusals of a token are final: `IdempotentParameterMismatch`
+//!    (the token was used for a different launch) and `IdempotentInstanceTerminated` (the first
+//!    launch's instances are gone). Neither is guessed around: the job fails and says so;
 //! 3. tag each instance with its own `Name` and `corral:instance-id` (several per call only);
 //! 4. wait for `running` and record state and IPs as the cloud reports them.
 
@@ -12,10 +17,11 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cloud::CloudError;
 use crate::cloud::{CloudInstance, LaunchRequest, TAG_INSTANCE_ID, TAG_JOB_ID, TAG_NAMESPACE};
 use crate::domain::{InstanceState, LaunchSpec};
 use crate::jobs::kinds::{observation, wait_for_state};
-use crate::jobs::{JobContext, JobError};
+use crate::jobs::{JobContext, JobError, JobRun};
 use crate::storage::{InstanceRecord, JobView};
 
 /// Arguments of a `create_instances` job, stored with it at enqueue time.
@@ -26,7 +32,8 @@ pub struct CreatePayload {
     pub client_token: String,
 }
 
-pub async fn run(ctx: &JobContext, job: &JobView) -> Result<(), JobError> {
+pub async fn run(run: &JobRun<'_>) -> Result<(), JobError> {
+    let (ctx, job) = (run.ctx, run.job);
     let payload: CreatePayload = serde_json::from_value(job.job.payload.clone())
         .map_err(|err| JobError::Permanent(format!("unreadable job payload: {err}")))?;
     let spec = &payload.spec;
@@ -36,13 +43,17 @@ pub async fn run(ctx: &JobContext, job: &JobView) -> Result<(), JobError> {
 
     let mut known_tags: HashMap<String, BTreeMap<String, String>> = HashMap::new();
     if instances.iter().any(|instance| instance.cloud_id.is_none()) {
-        let found = ctx.provider.find_tagged(region, TAG_JOB_ID, &job.job.id).await?;
-        let launched: Vec<CloudInstance> =
-            found.into_iter().filter(|i| i.state != InstanceState::Terminated).collect();
+        let launched = ctx.provider.find_tagged(region, TAG_JOB_ID, &job.job.id).await?;
         if launched.is_empty() {
-            let launched = launch(ctx, job, &payload, instances.len()).await?;
+            let launched = launch(run, &payload, instances.len()).await?;
             adopt(ctx, &mut instances, launched, &mut known_tags).await?;
         } else if launched.len() == instances.len() {
+            run.step(format!(
+                "found the {} instance(s) an earlier attempt launched: {}",
+                launched.len(),
+                launched.iter().map(|i| i.cloud_id.as_str()).collect::<Vec<_>>().join(", ")
+            ))
+            .await;
             adopt(ctx, &mut instances, launched, &mut known_tags).await?;
         } else {
             return Err(JobError::Retryable(format!(
@@ -55,6 +66,7 @@ pub async fn run(ctx: &JobContext, job: &JobView) -> Result<(), JobError> {
     }
 
     if instances.len() > 1 {
+        let mut tagged = 0;
         for instance in &instances {
             let cloud_id = instance.cloud_id.clone().expect("adopted instances have cloud ids");
             let wanted = own_tags(instance);
@@ -63,19 +75,23 @@ pub async fn run(ctx: &JobContext, job: &JobView) -> Result<(), JobError> {
                 continue;
             }
             ctx.provider.tag(region, &[cloud_id], &wanted).await?;
+            tagged += 1;
+        }
+        if tagged > 0 {
+            run.step(format!("tagged {tagged} instance(s) with their names and corral ids")).await;
         }
     }
 
-    wait_for_state(ctx, region, &instances, InstanceState::Running).await
+    wait_for_state(run, region, &instances, InstanceState::Running).await
 }
 
 /// Checks the cloud-dependent policy rules, then launches `count` instances in one call.
 async fn launch(
-    ctx: &JobContext,
-    job: &JobView,
+    run: &JobRun<'_>,
     payload: &CreatePayload,
     count: usize,
 ) -> Result<Vec<CloudInstance>, JobError> {
+    let (ctx, job): (&JobContext, &JobView) = (run.ctx, run.job);
     let spec = &payload.spec;
     let region = spec.region.as_str();
     let image = ctx.catalog.image(region, &spec.ami).await?;
@@ -105,7 +121,31 @@ async fn launch(
         cpu_credits: instance_type.burstable.then_some(spec.cpu_credits),
         tags,
     };
-    let launched = ctx.provider.launch(region, &request).await?;
+    run.step(format!(
+        "launching {count} {} instance(s) from {} in {region} (ClientToken {})",
+        spec.instance_type, spec.ami, payload.client_token
+    ))
+    .await;
+    let launched = match ctx.provider.launch(region, &request).await {
+        Ok(launched) => launched,
+        Err(CloudError::Rejected { code, message })
+            if code == "IdempotentParameterMismatch" || code == "IdempotentInstanceTerminated" =>
+        {
+            return Err(JobError::Permanent(format!(
+                "{code}: {message}; an earlier launch with this job's ClientToken exists but its \
+                 instances cannot be found by their corral:job-id tag, so the outcome of the launch \
+                 is unknown and the job stops rather than launch again; look for instances tagged \
+                 corral:job-id={} (GET /v1/orphans)",
+                job.job.id
+            )));
+        }
+        Err(err) => return Err(err.into()),
+    };
+    run.step(format!(
+        "launched {}",
+        launched.iter().map(|i| i.cloud_id.as_str()).collect::<Vec<_>>().join(", ")
+    ))
+    .await;
     if launched.len() != count {
         return Err(JobError::Permanent(format!(
             "the cloud launched {} instances instead of {count}: {}",

@@ -1,0 +1,150 @@
+//! `/v1/orphans`: instances tagged by corral that corral has no record of, as the reconciler last
+//! saw them, and the two ways to resolve one: adopt it, or adopt and terminate it.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::api::extract::{IdempotencyHeader, QueryParams, wait_param};
+use crate::api::instances::{InstanceBody, enqueue_instances_job};
+use crate::api::{ApiContext, ApiError};
+use crate::cloud::{TAG_JOB_ID, TAG_NAMESPACE};
+use crate::domain::Action;
+use crate::storage::{InstanceRecord, OrphanRecord, now_millis, to_datetime};
+
+#[derive(Serialize, ToSchema)]
+pub struct OrphanBody {
+    /// EC2 instance id.
+    pub cloud_id: String,
+    pub region: String,
+    pub state: String,
+    pub name: Option<String>,
+    pub namespace: Option<String>,
+    /// The corral job that launched it, from its `corral:job-id` tag.
+    pub job_id: Option<String>,
+    pub ami: Option<String>,
+    pub instance_type: Option<String>,
+    pub public_ip: Option<String>,
+    pub private_ip: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    pub first_seen_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OrphanList {
+    pub items: Vec<OrphanBody>,
+}
+
+impl From<&OrphanRecord> for OrphanBody {
+    fn from(orphan: &OrphanRecord) -> OrphanBody {
+        OrphanBody {
+            cloud_id: orphan.cloud_id.clone(),
+            region: orphan.region.clone(),
+            state: orphan.state.to_string(),
+            name: orphan.tags.get("Name").cloned(),
+            namespace: orphan.tags.get(TAG_NAMESPACE).cloned(),
+            job_id: orphan.tags.get(TAG_JOB_ID).cloned(),
+            ami: orphan.ami.clone(),
+            instance_type: orphan.instance_type.clone(),
+            public_ip: orphan.public_ip.clone(),
+            private_ip: orphan.private_ip.clone(),
+            tags: orphan.tags.clone(),
+            first_seen_at: to_datetime(orphan.first_seen),
+            last_seen_at: to_datetime(orphan.last_seen),
+        }
+    }
+}
+
+pub fn router() -> Router<ApiContext> {
+    Router::new()
+        .route("/orphans", get(list_orphans))
+        .route("/orphans/{cloud_id}/adopt", post(adopt_orphan))
+        .route("/orphans/{cloud_id}/terminate", post(terminate_orphan))
+}
+
+/// Instances tagged `corral:*` that corral does not know, as of the last reconcile pass.
+#[utoipa::path(get, path = "/v1/orphans", tag = "orphans", operation_id = "list_orphans",
+    responses((status = 200, body = OrphanList)))]
+pub async fn list_orphans(State(ctx): State<ApiContext>) -> Result<Json<OrphanList>, ApiError> {
+    let items = ctx.store.list_orphans().await?.iter().map(OrphanBody::from).collect();
+    Ok(Json(OrphanList { items }))
+}
+
+/// Makes corral manage an orphan: it gets an instance record, refreshed by the reconciler.
+#[utoipa::path(post, path = "/v1/orphans/{cloud_id}/adopt", tag = "orphans", operation_id = "adopt_orphan",
+    params(("cloud_id" = String, Path, description = "EC2 instance id")),
+    responses((status = 201, body = InstanceBody), (status = 404, body = crate::api::Problem)))]
+pub async fn adopt_orphan(
+    State(ctx): State<ApiContext>,
+    Path(cloud_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let instance = adopt(&ctx, &cloud_id).await?;
+    Ok((StatusCode::CREATED, Json(InstanceBody::from(&instance))).into_response())
+}
+
+/// Adopts an orphan and terminates it, as one job.
+#[utoipa::path(post, path = "/v1/orphans/{cloud_id}/terminate", tag = "orphans", operation_id = "terminate_orphan",
+    params(
+        ("cloud_id" = String, Path, description = "EC2 instance id"),
+        ("wait" = Option<i64>, Query, description = "Seconds (up to 60) to wait for the job to finish"),
+    ),
+    responses(
+        (status = 200, description = "The job finished within `wait`", body = crate::api::jobs::JobBody),
+        (status = 202, description = "The job is queued or running", body = crate::api::jobs::JobBody),
+        (status = 404, body = crate::api::Problem),
+    ))]
+pub async fn terminate_orphan(
+    State(ctx): State<ApiContext>,
+    Path(cloud_id): Path<String>,
+    params: QueryParams,
+    idempotency: IdempotencyHeader,
+) -> Result<Response, ApiError> {
+    params.allow_only(&["wait"])?;
+    let wait = wait_param(&params)?;
+    let instance = adopt(&ctx, &cloud_id).await?;
+    let key = idempotency.with_request("POST", &format!("/v1/orphans/{cloud_id}/terminate"), None);
+    enqueue_instances_job(&ctx, Some(Action::Terminate), vec![instance.id], wait, key).await
+}
+
+async fn adopt(ctx: &ApiContext, cloud_id: &str) -> Result<InstanceRecord, ApiError> {
+    let not_found = || ApiError::NotFound(format!("no orphan with cloud id '{cloud_id}'"));
+    let orphans = ctx.store.list_orphans().await?;
+    let orphan = orphans.iter().find(|o| o.cloud_id == cloud_id).ok_or_else(not_found)?;
+    let now = now_millis();
+    let mut tags = orphan.tags.clone();
+    let name = tags.remove("Name").unwrap_or_else(|| orphan.cloud_id.clone());
+    let namespace = tags.get(TAG_NAMESPACE).cloned().unwrap_or_else(|| "default".to_string());
+    let created_by_job = tags.get(TAG_JOB_ID).cloned().unwrap_or_default();
+    tags.retain(|key, _| !key.starts_with("corral:") && !key.starts_with("aws:"));
+    let instance = InstanceRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        cloud_id: Some(orphan.cloud_id.clone()),
+        name,
+        namespace,
+        region: orphan.region.clone(),
+        ami: orphan.ami.clone().unwrap_or_default(),
+        instance_type: orphan.instance_type.clone().unwrap_or_default(),
+        // The scan does not read volumes; 0 means unknown.
+        storage_gb: 0,
+        state: orphan.state,
+        public_ip: orphan.public_ip.clone(),
+        private_ip: orphan.private_ip.clone(),
+        key_name: None,
+        tags,
+        backend: "aws".to_string(),
+        launch_index: 0,
+        created_by_job,
+        active_job_id: None,
+        created_at: now,
+        updated_at: now,
+    };
+    ctx.store.adopt_orphan(cloud_id, &instance).await?.ok_or_else(not_found)
+}

@@ -1,0 +1,112 @@
+//! `refresh_instances`, and the comparison the periodic reconciler shares with it: describe
+//! instances, record what the cloud reports, and note what changed behind corral's back.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::cloud::{CloudInstance, TAG_JOB_ID};
+use crate::domain::InstanceState;
+use crate::jobs::kinds::observation;
+use crate::jobs::{JobContext, JobError, JobRun};
+use crate::storage::{Drift, InstanceRecord, OrphanRecord, Reconciliation, now_millis};
+
+pub async fn run(run: &JobRun<'_>) -> Result<(), JobError> {
+    let mut by_region: BTreeMap<&str, Vec<InstanceRecord>> = BTreeMap::new();
+    for instance in run.job.instances.iter().filter(|i| i.cloud_id.is_some()) {
+        by_region.entry(instance.region.as_str()).or_default().push(instance.clone());
+    }
+    for (region, instances) in by_region {
+        let outcome = refresh_region(run.ctx, region, &instances, None).await?;
+        run.step(format!(
+            "{region}: refreshed {} instance(s); {} drifted, {} missing",
+            instances.len(),
+            outcome.drift.len(),
+            outcome.missing.len()
+        ))
+        .await;
+    }
+    Ok(())
+}
+
+/// Compares `known` (instances of `region` with a cloud id) with the cloud and records the
+/// result. With `unfinished_jobs`, also scans the region for orphans: non-terminated instances
+/// tagged `corral:job-id` that corral has no record of, leaving out those of jobs still running
+/// (their launch may not be recorded yet).
+pub async fn refresh_region(
+    ctx: &JobContext,
+    region: &str,
+    known: &[InstanceRecord],
+    unfinished_jobs: Option<&HashSet<String>>,
+) -> Result<Reconciliation, JobError> {
+    let mut seen: HashMap<String, CloudInstance> = HashMap::new();
+    if unfinished_jobs.is_some() {
+        for instance in ctx.provider.find_tag_key(region, TAG_JOB_ID).await? {
+            seen.insert(instance.cloud_id.clone(), instance);
+        }
+    }
+    let unseen: Vec<String> = known
+        .iter()
+        .filter_map(|i| i.cloud_id.clone())
+        .filter(|id| !seen.contains_key(id))
+        .collect();
+    if !unseen.is_empty() {
+        for instance in ctx.provider.describe(region, &unseen).await? {
+            seen.insert(instance.cloud_id.clone(), instance);
+        }
+    }
+
+    let mut reconciliation = Reconciliation::default();
+    for instance in known {
+        let cloud_id = instance.cloud_id.as_deref().unwrap_or_default();
+        let (new_state, cloud) = match seen.get(cloud_id) {
+            Some(cloud) => (cloud.state, Some(cloud)),
+            None => (InstanceState::Missing, None),
+        };
+        // A job that owns the instance expects its state to change; anything else is drift.
+        if new_state != instance.state && instance.active_job_id.is_none() {
+            reconciliation.drift.push(Drift {
+                instance_id: instance.id.clone(),
+                field: "state".to_string(),
+                old_value: Some(instance.state.to_string()),
+                new_value: Some(new_state.to_string()),
+            });
+        }
+        match cloud {
+            Some(cloud) => reconciliation.observations.push(observation(instance, cloud)),
+            None => reconciliation.missing.push(instance.id.clone()),
+        }
+    }
+
+    if let Some(unfinished_jobs) = unfinished_jobs {
+        let candidates: Vec<&CloudInstance> = seen
+            .values()
+            .filter(|cloud| cloud.state != InstanceState::Terminated)
+            .filter(|cloud| {
+                cloud.tags.get(TAG_JOB_ID).is_some_and(|job| !unfinished_jobs.contains(job))
+            })
+            .filter(|cloud| !known.iter().any(|i| i.cloud_id.as_deref() == Some(&cloud.cloud_id)))
+            .collect();
+        let ids: Vec<String> = candidates.iter().map(|c| c.cloud_id.clone()).collect();
+        let recorded: HashSet<String> =
+            ctx.store.known_cloud_ids(&ids).await?.into_iter().collect();
+        let now = now_millis();
+        let orphans = candidates
+            .into_iter()
+            .filter(|cloud| !recorded.contains(&cloud.cloud_id))
+            .map(|cloud| OrphanRecord {
+                cloud_id: cloud.cloud_id.clone(),
+                region: region.to_string(),
+                state: cloud.state,
+                ami: cloud.ami.clone(),
+                instance_type: cloud.instance_type.clone(),
+                public_ip: cloud.public_ip.clone(),
+                private_ip: cloud.private_ip.clone(),
+                tags: cloud.tags.clone(),
+                first_seen: now,
+                last_seen: now,
+            })
+            .collect();
+        reconciliation.orphans = Some((region.to_string(), orphans));
+    }
+    ctx.store.record_reconciliation(&reconciliation).await?;
+    Ok(reconciliation)
+}
