@@ -31,6 +31,7 @@ use crate::api::{error, health, instances, jobs, orphans, policy};
         orphans::list_orphans,
         orphans::adopt_orphan,
         orphans::terminate_orphan,
+        orphans::reconcile_now,
         policy::get_policy,
         health::get_health,
         health::get_ready,

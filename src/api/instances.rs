@@ -300,7 +300,7 @@ macro_rules! single_action {
             let wait = wait_param(&params)?;
             let path = format!("/v1/instances/{id}/{}", $action.as_str());
             let key = idempotency.with_request("POST", &path, None);
-            enqueue_instances_job(&ctx, Some($action), vec![id], wait, key).await
+            enqueue_instances_job(&ctx, JobKind::for_action($action), vec![id], wait, key).await
         }
     };
 }
@@ -365,7 +365,7 @@ pub async fn act_on_instances(
             format!("must list 1 to {MAX_BULK_IDS} instance ids"),
         )]));
     }
-    enqueue_instances_job(&ctx, Some(action), body.ids, wait, key).await
+    enqueue_instances_job(&ctx, JobKind::for_action(action), body.ids, wait, key).await
 }
 
 /// Describes an instance again and records what the cloud reports, noting drift.
@@ -388,7 +388,7 @@ pub async fn refresh_instance(
     params.allow_only(&["wait"])?;
     let wait = wait_param(&params)?;
     let key = idempotency.with_request("POST", &format!("/v1/instances/{id}/refresh"), None);
-    enqueue_instances_job(&ctx, None, vec![id], wait, key).await
+    enqueue_instances_job(&ctx, JobKind::RefreshInstances, vec![id], wait, key).await
 }
 
 #[derive(Serialize, ToSchema)]
@@ -433,11 +433,11 @@ pub async fn list_drift(
     Ok(Json(DriftList { items }))
 }
 
-/// Resolves ids (corral or cloud), then stores the job: for an action, only if every instance
-/// can take it; without one, a refresh.
+/// Resolves ids (corral or cloud), then stores a job of `kind` for them: for an action, only if
+/// every instance can take it.
 pub async fn enqueue_instances_job(
     ctx: &ApiContext,
-    action: Option<Action>,
+    kind: JobKind,
     ids: Vec<String>,
     wait: Option<std::time::Duration>,
     key: Option<IdempotencyKey>,
@@ -463,12 +463,12 @@ pub async fn enqueue_instances_job(
         found.iter().map(|i| i.id.clone()).collect::<BTreeSet<_>>().into_iter().collect();
     let job = NewJob {
         id: new_id(),
-        kind: action.map_or(JobKind::RefreshInstances, JobKind::for_action),
+        kind,
         payload: serde_json::json!({}),
         max_attempts: ctx.max_attempts,
     };
     let admission =
-        ctx.store.insert_instances_job(&job, action, &instance_ids, key.as_ref()).await?;
+        ctx.store.insert_instances_job(&job, kind.action(), &instance_ids, key.as_ref()).await?;
     admitted(ctx, admission, &job.id, wait, StatusCode::OK).await
 }
 

@@ -1,5 +1,6 @@
 //! `/v1/orphans`: instances tagged by corral that corral has no record of, as the reconciler last
 //! saw them, and the two ways to resolve one: adopt it, or adopt and terminate it.
+//! `POST /v1/reconcile` runs a reconcile pass now, as a job.
 
 use std::collections::BTreeMap;
 
@@ -16,7 +17,7 @@ use crate::api::extract::{IdempotencyHeader, QueryParams, wait_param};
 use crate::api::instances::{InstanceBody, enqueue_instances_job};
 use crate::api::{ApiContext, ApiError};
 use crate::cloud::{TAG_JOB_ID, TAG_NAMESPACE};
-use crate::domain::Action;
+use crate::domain::JobKind;
 use crate::storage::{InstanceRecord, OrphanRecord, now_millis, to_datetime};
 
 #[derive(Serialize, ToSchema)]
@@ -68,6 +69,26 @@ pub fn router() -> Router<ApiContext> {
         .route("/orphans", get(list_orphans))
         .route("/orphans/{cloud_id}/adopt", post(adopt_orphan))
         .route("/orphans/{cloud_id}/terminate", post(terminate_orphan))
+        .route("/reconcile", post(reconcile_now))
+}
+
+/// Runs a reconcile pass over every instance now, as a job: state and IPs refreshed, drift and
+/// missing instances recorded, orphans listed.
+#[utoipa::path(post, path = "/v1/reconcile", tag = "orphans", operation_id = "reconcile_now",
+    params(("wait" = Option<i64>, Query, description = "Seconds (up to 60) to wait for the job to finish")),
+    responses(
+        (status = 200, description = "The job finished within `wait`", body = crate::api::jobs::JobBody),
+        (status = 202, description = "The job is queued or running", body = crate::api::jobs::JobBody),
+    ))]
+pub async fn reconcile_now(
+    State(ctx): State<ApiContext>,
+    params: QueryParams,
+    idempotency: IdempotencyHeader,
+) -> Result<Response, ApiError> {
+    params.allow_only(&["wait"])?;
+    let wait = wait_param(&params)?;
+    let key = idempotency.with_request("POST", "/v1/reconcile", None);
+    enqueue_instances_job(&ctx, JobKind::Reconcile, Vec::new(), wait, key).await
 }
 
 /// Instances tagged `corral:*` that corral does not know, as of the last reconcile pass.
@@ -111,7 +132,7 @@ pub async fn terminate_orphan(
     let wait = wait_param(&params)?;
     let instance = adopt(&ctx, &cloud_id).await?;
     let key = idempotency.with_request("POST", &format!("/v1/orphans/{cloud_id}/terminate"), None);
-    enqueue_instances_job(&ctx, Some(Action::Terminate), vec![instance.id], wait, key).await
+    enqueue_instances_job(&ctx, JobKind::TerminateInstances, vec![instance.id], wait, key).await
 }
 
 async fn adopt(ctx: &ApiContext, cloud_id: &str) -> Result<InstanceRecord, ApiError> {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_config::BehaviorVersion;
 use aws_config::meta::region::RegionProviderChain;
+use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_ec2::Client;
 use aws_sdk_ec2::config::{Credentials, Region};
@@ -266,7 +267,16 @@ impl Provider for AwsProvider {
                 CreditSpecificationRequest::builder().cpu_credits(credits).build(),
             );
         }
-        let output = self.send(region, ApiClass::Launch, call.send()).await?;
+        // No SDK-level retry for launches: a retried call whose first answer was lost would launch
+        // again wherever the ClientToken is not honoured (emulators). The job retries instead,
+        // after looking for what the lost call launched.
+        let call = call
+            .customize()
+            .config_override(
+                aws_sdk_ec2::config::Builder::default().retry_config(RetryConfig::disabled()),
+            )
+            .send();
+        let output = self.send(region, ApiClass::Launch, call).await?;
         Ok(output.instances().iter().filter_map(to_cloud_instance).collect())
     }
 

@@ -13,16 +13,18 @@ pub enum JobKind {
     RebootInstances,
     TerminateInstances,
     RefreshInstances,
+    Reconcile,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 6] = [
+    pub const ALL: [JobKind; 7] = [
         JobKind::CreateInstances,
         JobKind::StartInstances,
         JobKind::StopInstances,
         JobKind::RebootInstances,
         JobKind::TerminateInstances,
         JobKind::RefreshInstances,
+        JobKind::Reconcile,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -33,6 +35,7 @@ impl JobKind {
             JobKind::RebootInstances => "reboot_instances",
             JobKind::TerminateInstances => "terminate_instances",
             JobKind::RefreshInstances => "refresh_instances",
+            JobKind::Reconcile => "reconcile",
         }
     }
 
@@ -48,7 +51,7 @@ impl JobKind {
     /// The lifecycle action this job applies, `None` for creation and refresh.
     pub fn action(self) -> Option<Action> {
         match self {
-            JobKind::CreateInstances | JobKind::RefreshInstances => None,
+            JobKind::CreateInstances | JobKind::RefreshInstances | JobKind::Reconcile => None,
             JobKind::StartInstances => Some(Action::Start),
             JobKind::StopInstances => Some(Action::Stop),
             JobKind::RebootInstances => Some(Action::Reboot),

@@ -25,6 +25,15 @@ pub async fn run(run: &JobRun<'_>) -> Result<(), JobError> {
     match run.job.job.kind {
         JobKind::CreateInstances => create_instances::run(run).await,
         JobKind::RefreshInstances => refresh::run(run).await,
+        JobKind::Reconcile => {
+            let summary = crate::jobs::reconcile_all(run.ctx).await?;
+            run.step(format!(
+                "reconciled {} instance(s): {} drifted, {} missing, {} orphan(s)",
+                summary.instances, summary.drifted, summary.missing, summary.orphans
+            ))
+            .await;
+            Ok(())
+        }
         kind => {
             let action = kind.action().expect("every other kind is an action");
             change_state::run(run, action).await

@@ -136,10 +136,20 @@ impl Worker {
             }
         };
         match &outcome {
-            JobOutcome::Succeeded => tracing::info!("job succeeded"),
-            JobOutcome::Failed { error } => tracing::warn!(%error, "job failed"),
-            JobOutcome::Retry { error, .. } => {
-                tracing::warn!(%error, "job attempt failed; will retry")
+            JobOutcome::Succeeded => {
+                tracing::info!("job succeeded");
+                self.event(&job_id, attempts, "outcome", "succeeded").await;
+            }
+            JobOutcome::Failed { error } => {
+                tracing::warn!(%error, "job failed");
+                self.event(&job_id, attempts, "error", error).await;
+                self.event(&job_id, attempts, "outcome", "failed").await;
+            }
+            JobOutcome::Retry { error, run_at } => {
+                tracing::warn!(%error, "job attempt failed; will retry");
+                let delay = (run_at - now_millis()).max(0) as f64 / 1000.0;
+                let message = format!("{error}; retrying in {delay:.1}s");
+                self.event(&job_id, attempts, "error", &message).await;
             }
         }
         match self.ctx.store.finish_job(&job_id, &self.id, &outcome).await {

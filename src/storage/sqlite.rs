@@ -203,13 +203,14 @@ impl SqliteStore {
         key: Option<&IdempotencyKey>,
     ) -> Result<Admission, StorageError> {
         let mut tx = self.pool.begin().await?;
+        // The job first: the key refers to it. A key seen before rolls everything back.
+        insert_job(&mut tx, job).await?;
         if let Some(key) = key
             && let Some(known) = claim_idempotency_key(&mut tx, key, &job.id).await?
         {
             tx.rollback().await?;
             return Ok(known);
         }
-        insert_job(&mut tx, job).await?;
         for instance in instances {
             insert_instance(&mut tx, instance).await?;
             link_instance(&mut tx, &job.id, &instance.id).await?;
@@ -226,6 +227,8 @@ impl SqliteStore {
         key: Option<&IdempotencyKey>,
     ) -> Result<Admission, StorageError> {
         let mut tx = self.pool.begin().await?;
+        // The job first: the key refers to it. A key seen before rolls everything back.
+        insert_job(&mut tx, job).await?;
         if let Some(key) = key
             && let Some(known) = claim_idempotency_key(&mut tx, key, &job.id).await?
         {
@@ -268,7 +271,6 @@ impl SqliteStore {
                 return Ok(Admission::Conflicts(conflicts));
             }
         }
-        insert_job(&mut tx, job).await?;
         for id in instance_ids {
             link_instance(&mut tx, &job.id, id).await?;
         }

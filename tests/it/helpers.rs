@@ -27,6 +27,8 @@ pub fn moto_url() -> String {
 
 pub struct TestApp {
     pub address: String,
+    /// The SQLite file, for `db_` helpers that arrange what the API cannot.
+    pub database_url: String,
     pub client: reqwest::Client,
     pub ec2: aws_sdk_ec2::Client,
     shutdown: CancellationToken,
@@ -60,7 +62,13 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     settings.jobs.state_poll_initial_ms = 50;
     settings.jobs.state_poll_max_ms = 500;
     settings.jobs.retry_delay = 0.05;
+    // Tests measure behaviour, not EC2's budget: the limiter has unit tests of its own.
+    let fast = corral::config::Bucket { burst: 1000.0, per_second: 1000.0 };
+    settings.aws.rate_limits =
+        corral::config::RateLimits { launch: fast, mutate: fast, describe: fast };
+    settings.reconcile.interval = 0.0;
     configure(&mut settings);
+    let database_url = settings.database_url.clone();
     let app = Application::build(settings).await.expect("corral builds");
     let address = format!("http://{}", app.local_addr());
     let shutdown = CancellationToken::new();
@@ -74,6 +82,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         .build();
     TestApp {
         address,
+        database_url,
         client: reqwest::Client::new(),
         ec2: aws_sdk_ec2::Client::from_conf(ec2_config),
         shutdown,
@@ -83,7 +92,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
 
 /// Creates an IAM user with an access key in a new emulator account; moto routes every call
 /// signed with that key to that account, so tests never see each other's instances.
-async fn new_moto_account() -> (String, String) {
+pub async fn new_moto_account() -> (String, String) {
     let account: u64 = 100_000_000_000 + (uuid::Uuid::new_v4().as_u128() % 899_999_999_999) as u64;
     let client = reqwest::Client::new();
     let call = |body: &'static str| {
@@ -129,6 +138,41 @@ impl TestApp {
 
     pub async fn get(&self, path: &str) -> Response {
         self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &Value,
+        idempotency_key: Option<&str>,
+    ) -> Response {
+        let mut request = self.client.post(self.url(path)).json(body);
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        request.send().await.unwrap()
+    }
+
+    pub async fn post_empty(&self, path: &str) -> Response {
+        self.client.post(self.url(path)).send().await.unwrap()
+    }
+
+    /// Runs a reconcile pass now and waits for it.
+    pub async fn reconcile(&self) -> Value {
+        let job: Value = self.post_empty("/v1/reconcile?wait=60").await.json().await.unwrap();
+        assert_eq!(job["status"], "succeeded", "{job}");
+        job
+    }
+
+    /// Points a stored instance at a cloud id the cloud has never heard of, as if the instance
+    /// had vanished.
+    pub async fn db_forget_cloud_instance(&self, instance_id: &str) {
+        let pool = sqlx::SqlitePool::connect(&self.database_url).await.unwrap();
+        sqlx::query("UPDATE instances SET cloud_id = 'i-0000000000deadbee' WHERE id = ?")
+            .bind(instance_id)
+            .execute(&pool)
+            .await
+            .unwrap();
     }
 
     pub async fn post_instances(&self, body: &Value, query: &str) -> Response {
@@ -187,14 +231,14 @@ impl TestApp {
 
     /// Polls a job until it has finished, for tests that did not pass `?wait=`.
     pub async fn wait_for_job(&self, id: &str) -> Value {
-        for _ in 0..300 {
+        for _ in 0..1200 {
             let job: Value = self.get_job(id).await.json().await.unwrap();
             if job["status"] == "succeeded" || job["status"] == "failed" {
                 return job;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("job {id} did not finish in 30 s");
+        panic!("job {id} did not finish in 120 s");
     }
 
     /// Creates instances and waits for the job; panics unless it succeeded.

@@ -8,4 +8,7 @@ mod helpers;
 mod instances;
 mod jobs;
 mod policy;
+mod proxy;
+mod reconcile;
+mod resilience;
 mod tidy;
