@@ -74,20 +74,19 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let shutdown = CancellationToken::new();
     tokio::spawn(app.run_until_stopped(shutdown.clone()));
 
-    let ec2_config = aws_sdk_ec2::Config::builder()
+    let ec2 = ec2_client(&key_id, &secret);
+    TestApp { address, database_url, client: reqwest::Client::new(), ec2, shutdown, _dir: dir }
+}
+
+/// An EC2 client straight to the emulator (not through corral), in the account of `key_id`.
+pub fn ec2_client(key_id: &str, secret: &str) -> aws_sdk_ec2::Client {
+    let config = aws_sdk_ec2::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .endpoint_url(moto_url())
         .credentials_provider(Credentials::new(key_id, secret, None, None, "test"))
         .build();
-    TestApp {
-        address,
-        database_url,
-        client: reqwest::Client::new(),
-        ec2: aws_sdk_ec2::Client::from_conf(ec2_config),
-        shutdown,
-        _dir: dir,
-    }
+    aws_sdk_ec2::Client::from_conf(config)
 }
 
 /// Creates an IAM user with an access key in a new emulator account; moto routes every call

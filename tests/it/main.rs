@@ -2,6 +2,7 @@
 //! corral (`helpers::spawn_app`) on a fresh SQLite file, against the moto EC2 emulator that
 //! `scripts/test` starts once per run, in an emulator account of its own.
 
+mod crash;
 mod errors;
 mod health;
 mod helpers;

@@ -1,0 +1,234 @@
+//! kill -9 of the serving process at random points while creates, stops and terminates are in
+//! flight, then restart: every job ends, every desired instance exists exactly once in the cloud,
+//! and no instance tagged by corral is unknown to it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{AMI_X86, moto_url, new_moto_account, tags_of};
+
+/// Kept small so that the test runs in well under a minute or two.
+const TRIALS: usize = 5;
+const CREATES: usize = 50;
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Starts `corral serve` on a free port and waits until it answers.
+    async fn start(database: &str, key: &str, secret: &str) -> Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(env!("CARGO_BIN_EXE_corral"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--database", database])
+            .env("AWS_ENDPOINT_URL", moto_url())
+            .env("AWS_ACCESS_KEY_ID", key)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .env("AWS_REGION", "us-east-1")
+            .env("CORRAL_JOBS__LEASE_SECS", "3")
+            .env("CORRAL_JOB_RETRY_DELAY", "0.1")
+            .env("CORRAL_JOB_MAX_ATTEMPTS", "20")
+            .env("CORRAL_JOBS__POLL_INTERVAL_MS", "100")
+            .env("CORRAL_JOBS__STATE_POLL_INITIAL_MS", "50")
+            .env("CORRAL_JOBS__STATE_POLL_MAX_MS", "500")
+            .env("CORRAL_RECONCILE_INTERVAL", "0")
+            .env("CORRAL_AWS__RATE_LIMITS__LAUNCH__BURST", "1000")
+            .env("CORRAL_AWS__RATE_LIMITS__LAUNCH__PER_SECOND", "1000")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = Server { child, url: format!("http://127.0.0.1:{port}") };
+        for _ in 0..200 {
+            if reqwest::get(format!("{}/health", server.url)).await.is_ok() {
+                return server;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("corral did not start");
+    }
+
+    /// SIGKILL: no shutdown, no cleanup.
+    fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+fn random_ms(min: u64, max: u64) -> Duration {
+    Duration::from_millis(min + (uuid::Uuid::new_v4().as_u128() % (max - min) as u128) as u64)
+}
+
+/// One request of the workload: method, path, body, and its idempotency key.
+type Request = (reqwest::Method, String, Option<Value>, String);
+
+fn send_all(url: &str, requests: &[Request]) -> Vec<tokio::task::JoinHandle<Option<(u16, Value)>>> {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    requests
+        .iter()
+        .cloned()
+        .map(|(method, path, body, key)| {
+            let request =
+                client.request(method, format!("{url}{path}")).header("Idempotency-Key", key);
+            let request = match body {
+                Some(body) => request.json(&body),
+                None => request,
+            };
+            tokio::spawn(async move {
+                let response = request.send().await.ok()?;
+                let status = response.status().as_u16();
+                Some((status, response.json().await.ok()?))
+            })
+        })
+        .collect()
+}
+
+async fn all_pages(client: &reqwest::Client, url: &str) -> Vec<Value> {
+    let mut items = Vec::new();
+    let mut next = format!("{url}?limit=100");
+    loop {
+        let page: Value = client.get(&next).send().await.unwrap().json().await.unwrap();
+        items.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(cursor) => next = format!("{url}?limit=100&cursor={cursor}"),
+            None => return items,
+        }
+    }
+}
+
+#[tokio::test]
+async fn kill_9_mid_work_then_restart_loses_and_duplicates_nothing() {
+    for trial in 1..=TRIALS {
+        // Arrange: a server with four running instances to stop and terminate.
+        let (key, secret) = new_moto_account().await;
+        let dir = tempfile::tempdir().unwrap();
+        let database = format!("sqlite://{}", dir.path().join("corral.db").display());
+        let client = reqwest::Client::new();
+        let server = Server::start(&database, &key, &secret).await;
+        let base: Value = client
+            .post(format!("{}/v1/instances?wait=30", server.url))
+            .json(&json!({ "name_prefix": "base", "count": 4, "ami": AMI_X86, "instance_type": "t3.micro" }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(base["status"], "succeeded", "{base}");
+        let base_ids: Vec<String> = base["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_string())
+            .collect();
+        let mut workload: Vec<Request> = (0..CREATES)
+            .map(|n| {
+                let body = json!({ "name": format!("crash-{n}"), "ami": AMI_X86, "instance_type": "t3.micro" });
+                (reqwest::Method::POST, "/v1/instances".to_string(), Some(body), format!("create-{n}"))
+            })
+            .collect();
+        for id in &base_ids[..2] {
+            workload.push((
+                reqwest::Method::POST,
+                format!("/v1/instances/{id}/stop"),
+                None,
+                format!("stop-{id}"),
+            ));
+        }
+        for id in &base_ids[2..] {
+            workload.push((
+                reqwest::Method::DELETE,
+                format!("/v1/instances/{id}"),
+                None,
+                format!("terminate-{id}"),
+            ));
+        }
+
+        // Act: send everything, kill -9 at a random point, twice, then restart and send it all
+        // again (the idempotency keys make resent requests return the jobs already stored).
+        let mut server = server;
+        for (low, high) in [(20, 400), (100, 1200)] {
+            let _in_flight = send_all(&server.url, &workload);
+            tokio::time::sleep(random_ms(low, high)).await;
+            server.kill_9();
+            server = Server::start(&database, &key, &secret).await;
+        }
+        for answer in send_all(&server.url, &workload) {
+            let (status, body) = answer.await.unwrap().expect("the restarted server answers");
+            assert!([200, 201, 202].contains(&status), "trial {trial}: {status} {body}");
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let queued = all_pages(&client, &format!("{}/v1/jobs", server.url)).await;
+            let unfinished = queued
+                .iter()
+                .filter(|j| j["status"] == "queued" || j["status"] == "running")
+                .count();
+            if unfinished == 0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "trial {trial}: {unfinished} jobs stuck"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+
+        // Assert
+        let jobs = all_pages(&client, &format!("{}/v1/jobs", server.url)).await;
+        assert_eq!(jobs.len(), 1 + CREATES + 4, "trial {trial}: one job per request");
+        for job in &jobs {
+            assert_eq!(job["status"], "succeeded", "trial {trial}: {job}");
+        }
+        let resumed = jobs.iter().filter(|j| j["attempts"].as_i64().unwrap() > 1).count();
+        eprintln!("trial {trial}: {} jobs, {resumed} resumed after a kill", jobs.len());
+        let instances = all_pages(&client, &format!("{}/v1/instances", server.url)).await;
+        assert_eq!(instances.len(), 4 + CREATES, "trial {trial}: one record per desired instance");
+        let known: BTreeMap<String, String> = instances
+            .iter()
+            .map(|i| {
+                (
+                    i["cloud_id"].as_str().expect("launched").to_string(),
+                    i["id"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+
+        let ec2 = crate::helpers::ec2_client(&key, &secret);
+        let mut in_cloud: BTreeMap<String, String> = BTreeMap::new();
+        let mut pages = ec2.describe_instances().into_paginator().send();
+        while let Some(page) = pages.next().await {
+            for instance in page.unwrap().reservations().iter().flat_map(|r| r.instances()) {
+                let corral_id =
+                    tags_of(instance).get("corral:instance-id").cloned().unwrap_or_default();
+                in_cloud.insert(instance.instance_id().unwrap().to_string(), corral_id);
+            }
+        }
+        assert_eq!(in_cloud.len(), 4 + CREATES, "trial {trial}: no duplicate launched");
+        assert_eq!(
+            in_cloud, known,
+            "trial {trial}: every cloud instance is corral's, tagged with its id"
+        );
+        let distinct: BTreeSet<&String> = in_cloud.values().collect();
+        assert_eq!(distinct.len(), in_cloud.len());
+        for (idx, expected) in
+            [(0, "stopped"), (1, "stopped"), (2, "terminated"), (3, "terminated")]
+        {
+            let instance = instances.iter().find(|i| i["id"] == base_ids[idx].as_str()).unwrap();
+            assert_eq!(instance["state"], expected, "trial {trial}");
+        }
+        server.kill_9();
+    }
+}
