@@ -12,6 +12,8 @@
 mod aws;
 mod batcher;
 mod catalog;
+#[cfg(test)]
+pub mod fake;
 mod limiter;
 
 use std::collections::BTreeMap;

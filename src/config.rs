@@ -144,6 +144,8 @@ pub struct JobSettings {
     pub poll_interval_ms: u64,
     /// Lease on a claimed job; renewed while the job runs, so a dead worker's job is re-claimed.
     pub lease_secs: u64,
+    /// At shutdown, how long running jobs may take to finish before they are handed back.
+    pub shutdown_grace_secs: f64,
     /// First pause between state polls of a waiting job; doubles up to `state_poll_max_ms`.
     pub state_poll_initial_ms: u64,
     pub state_poll_max_ms: u64,
@@ -160,6 +162,7 @@ impl Default for JobSettings {
             retry_max_delay: 300.0,
             poll_interval_ms: 1_000,
             lease_secs: 60,
+            shutdown_grace_secs: 10.0,
             state_poll_initial_ms: 1_000,
             state_poll_max_ms: 10_000,
             state_wait_timeout_secs: 600,
@@ -227,6 +230,9 @@ impl Settings {
         }
         if self.jobs.max_attempts < 1 {
             problems.push("jobs.max_attempts: must be at least 1".to_string());
+        }
+        if !self.jobs.shutdown_grace_secs.is_finite() || self.jobs.shutdown_grace_secs < 0.0 {
+            problems.push("jobs.shutdown_grace_secs: must be at least 0".to_string());
         }
         if self.jobs.lease_secs < 3 {
             problems.push("jobs.lease_secs: must be at least 3".to_string());

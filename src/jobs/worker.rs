@@ -9,9 +9,6 @@ use tokio_util::sync::CancellationToken;
 use crate::jobs::{JobContext, JobError, JobRun, Queue, kinds};
 use crate::storage::{JobOutcome, JobView, Millis, now_millis};
 
-/// How long running jobs may take to finish once shutdown starts before they are handed back.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
 /// Runs `ctx.settings.concurrency` workers until `shutdown` is cancelled, then lets running jobs
 /// finish for a grace period and hands back the rest.
 pub async fn run_workers(ctx: Arc<JobContext>, queue: Queue, shutdown: CancellationToken) {
@@ -112,7 +109,7 @@ impl Worker {
                     }
                 }
                 _ = self.shutdown.cancelled(), if grace.is_none() => {
-                    grace = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
+                    grace = Some(tokio::time::Instant::now() + Duration::from_secs_f64(self.ctx.settings.shutdown_grace_secs));
                 }
                 _ = grace_over => {
                     body.abort();

@@ -29,10 +29,14 @@ impl Drop for Server {
 impl Server {
     /// Starts `corral serve` on a free port and waits until it answers.
     async fn start(database: &str, key: &str, secret: &str) -> Server {
+        Server::start_against(&moto_url(), database, key, secret).await
+    }
+
+    async fn start_against(endpoint: &str, database: &str, key: &str, secret: &str) -> Server {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new(env!("CARGO_BIN_EXE_corral"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--database", database])
-            .env("AWS_ENDPOINT_URL", moto_url())
+            .env("AWS_ENDPOINT_URL", endpoint)
             .env("AWS_ACCESS_KEY_ID", key)
             .env("AWS_SECRET_ACCESS_KEY", secret)
             .env("AWS_REGION", "us-east-1")
@@ -45,6 +49,7 @@ impl Server {
             .env("CORRAL_RECONCILE_INTERVAL", "0")
             .env("CORRAL_AWS__RATE_LIMITS__LAUNCH__BURST", "1000")
             .env("CORRAL_AWS__RATE_LIMITS__LAUNCH__PER_SECOND", "1000")
+            .env("CORRAL_JOBS__SHUTDOWN_GRACE_SECS", "1")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -58,6 +63,17 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("corral did not start");
+    }
+
+    /// SIGTERM, then waits for the process to exit; returns how long that took.
+    fn terminate(mut self) -> Duration {
+        let started = std::time::Instant::now();
+        let status =
+            Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let exit = self.child.wait().unwrap();
+        assert!(exit.success(), "corral exits cleanly on SIGTERM: {exit:?}");
+        started.elapsed()
     }
 
     /// SIGKILL: no shutdown, no cleanup.
@@ -231,4 +247,65 @@ async fn kill_9_mid_work_then_restart_loses_and_duplicates_nothing() {
         }
         server.kill_9();
     }
+}
+
+#[tokio::test]
+async fn sigterm_hands_unfinished_jobs_back_and_they_finish_after_a_restart() {
+    // Arrange: every cloud call takes 700 ms, so jobs are mid-flight when SIGTERM arrives.
+    let (key, secret) = new_moto_account().await;
+    let proxy = crate::proxy::FaultProxy::start(moto_url(), 0.0).await;
+    proxy.set_delay(Duration::from_millis(700));
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("sqlite://{}", dir.path().join("corral.db").display());
+    let server = Server::start_against(&proxy.url, &database, &key, &secret).await;
+    let client = reqwest::Client::new();
+    for n in 0..6 {
+        let body =
+            json!({ "name": format!("graceful-{n}"), "ami": AMI_X86, "instance_type": "t3.micro" });
+        let response =
+            client.post(format!("{}/v1/instances", server.url)).json(&body).send().await.unwrap();
+        assert_eq!(response.status(), 202);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Act
+    let took = server.terminate();
+
+    // Assert: out within the grace period; after a restart every job ends, once.
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?} with a 1 s grace period");
+    proxy.set_delay(Duration::ZERO);
+    let server = Server::start_against(&proxy.url, &database, &key, &secret).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let jobs = loop {
+        let jobs = all_pages(&client, &format!("{}/v1/jobs", server.url)).await;
+        if jobs.iter().all(|j| j["status"] == "succeeded" || j["status"] == "failed") {
+            break jobs;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "jobs stuck: {jobs:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(jobs.len(), 6);
+    assert!(jobs.iter().all(|j| j["status"] == "succeeded"), "{jobs:?}");
+    let mut handed_back = 0;
+    for job in &jobs {
+        let events: Value = client
+            .get(format!("{}/v1/jobs/{}/events", server.url, job["id"].as_str().unwrap()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let messages = events["items"].as_array().unwrap();
+        handed_back += messages
+            .iter()
+            .filter(|e| e["message"].as_str().unwrap().starts_with("handed back at shutdown"))
+            .count();
+    }
+    assert!(handed_back > 0, "some jobs were mid-flight and handed back");
+    eprintln!("{handed_back} of 6 jobs handed back at shutdown, all finished after the restart");
+    let ec2 = crate::helpers::ec2_client(&key, &secret);
+    let output = ec2.describe_instances().send().await.unwrap();
+    let launched: usize = output.reservations().iter().map(|r| r.instances().len()).sum();
+    assert_eq!(launched, 6, "no duplicates after a graceful restart");
 }

@@ -21,6 +21,8 @@ struct State {
     client: reqwest::Client,
     /// Share of calls that fail, in thousandths.
     fault_permille: AtomicU32,
+    /// Added to every call, in milliseconds.
+    delay_ms: AtomicU32,
     calls: Mutex<BTreeMap<String, u64>>,
     faults: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -45,6 +47,7 @@ impl FaultProxy {
             upstream,
             client: reqwest::Client::new(),
             fault_permille: AtomicU32::new((fault_rate * 1000.0) as u32),
+            delay_ms: AtomicU32::new(0),
             calls: Mutex::default(),
             faults: Mutex::default(),
         });
@@ -74,6 +77,11 @@ impl FaultProxy {
 
     pub fn reset_calls(&self) {
         self.state.calls.lock().unwrap().clear();
+    }
+
+    /// Slows every call down by `delay`.
+    pub fn set_delay(&self, delay: Duration) {
+        self.state.delay_ms.store(delay.as_millis() as u32, Ordering::SeqCst);
     }
 
     /// Faults injected so far, per kind.

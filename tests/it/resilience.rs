@@ -177,3 +177,31 @@ async fn a_reconcile_pass_over_2500_instances_takes_at_most_3_describe_calls() {
     );
     eprintln!("reconcile pass over 2500 instances: {:?}", proxy.calls());
 }
+
+#[tokio::test]
+async fn jobs_waiting_in_one_region_share_their_state_polls() {
+    let proxy = FaultProxy::start(moto_url(), 0.0).await;
+    let app = spawn_app_with(|settings| {
+        settings.aws.endpoint_url = Some(proxy.url.clone());
+        settings.jobs.concurrency = 10;
+    })
+    .await;
+    // Warm the AMI and instance-type cache so that only the jobs' own calls are counted.
+    app.create_running(&create_body("warm")).await;
+    proxy.reset_calls();
+
+    let creates = (0..10).map(|n| {
+        let body = create_body(&format!("shared-{n}"));
+        let app = &app;
+        async move { app.post_instances(&body, "?wait=30").await.json::<Value>().await.unwrap() }
+    });
+    let jobs = futures_util::future::join_all(creates).await;
+
+    assert!(jobs.iter().all(|j| j["status"] == "succeeded"));
+    assert_eq!(proxy.calls_of("RunInstances"), 10);
+    // Each job looks its instances up by tag once (10 calls); the waits are batched, where one
+    // poll loop per job would make 10 more.
+    let describes = proxy.calls_of("DescribeInstances");
+    assert!(describes < 18, "{describes} DescribeInstances calls: {:?}", proxy.calls());
+    eprintln!("10 concurrent creates: {:?}", proxy.calls());
+}

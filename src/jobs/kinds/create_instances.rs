@@ -200,3 +200,186 @@ fn own_tags(instance: &InstanceRecord) -> BTreeMap<String, String> {
         (TAG_INSTANCE_ID.to_string(), instance.id.clone()),
     ])
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::cloud::fake::FakeProvider;
+    use crate::cloud::{Catalog, DescribeBatcher};
+    use crate::config::JobSettings;
+    use crate::domain::{CreateRequest, JobKind, Policy};
+    use crate::storage::{NewJob, Store, now_millis};
+
+    struct Harness {
+        ctx: JobContext,
+        fake: Arc<FakeProvider>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn harness(fake: FakeProvider) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("t.db").display()))
+            .await
+            .unwrap();
+        let fake = Arc::new(fake);
+        let provider: Arc<dyn crate::cloud::Provider> = fake.clone();
+        let settings = JobSettings {
+            state_poll_initial_ms: 1,
+            state_poll_max_ms: 5,
+            ..JobSettings::default()
+        };
+        let ctx = JobContext {
+            store,
+            catalog: Catalog::new(provider.clone(), Duration::from_secs(60)),
+            describer: DescribeBatcher::new(provider.clone(), Duration::ZERO),
+            provider,
+            policy: Policy::free_tier(),
+            settings,
+        };
+        Harness { ctx, fake, _dir: dir }
+    }
+
+    /// Stores a create job for `count` instances and claims it, as a worker would.
+    async fn claimed_job(ctx: &JobContext, count: i64) -> JobView {
+        let request = CreateRequest {
+            name_prefix: Some("unit".into()),
+            count: Some(count),
+            ami: Some("ami-12345678".into()),
+            instance_type: Some("t3.micro".into()),
+            ..CreateRequest::default()
+        };
+        let spec = ctx.policy.check_request(&request).unwrap();
+        let job_id = uuid::Uuid::now_v7().to_string();
+        let now = now_millis();
+        let instances: Vec<InstanceRecord> = spec
+            .names
+            .iter()
+            .enumerate()
+            .map(|(idx, name)| InstanceRecord {
+                id: uuid::Uuid::now_v7().to_string(),
+                cloud_id: None,
+                name: name.clone(),
+                namespace: spec.namespace.clone(),
+                region: spec.region.clone(),
+                ami: spec.ami.clone(),
+                instance_type: spec.instance_type.clone(),
+                storage_gb: spec.storage_gb,
+                state: InstanceState::Provisioning,
+                public_ip: None,
+                private_ip: None,
+                key_name: None,
+                tags: BTreeMap::new(),
+                backend: "aws".into(),
+                launch_index: idx as i64,
+                created_by_job: job_id.clone(),
+                active_job_id: Some(job_id.clone()),
+                created_at: now,
+                updated_at: now,
+            })
+            .collect();
+        let payload = CreatePayload { spec, client_token: "token-1".into() };
+        let job = NewJob {
+            id: job_id,
+            kind: JobKind::CreateInstances,
+            payload: serde_json::to_value(&payload).unwrap(),
+            max_attempts: 3,
+        };
+        ctx.store.insert_create_job(&job, &instances, None).await.unwrap();
+        ctx.store.claim_job("unit-worker", now_millis() + 60_000).await.unwrap().unwrap()
+    }
+
+    #[tokio::test]
+    async fn slow_pending_and_late_visibility_are_waited_out() {
+        let fake = FakeProvider::default();
+        {
+            let mut state = fake.state.lock().unwrap();
+            state.pending_polls = 3;
+            state.invisible_polls = 2;
+        }
+        let h = harness(fake).await;
+        let job = claimed_job(&h.ctx, 2).await;
+
+        run(&JobRun { ctx: &h.ctx, job: &job }).await.unwrap();
+
+        let view = h.ctx.store.get_job(&job.job.id).await.unwrap().unwrap();
+        for instance in &view.instances {
+            assert_eq!(instance.state, InstanceState::Running);
+            assert_eq!(instance.public_ip.as_deref(), Some("203.0.113.10"));
+        }
+        assert_eq!(h.fake.calls("launch"), 1);
+        // Two polls without the instances, three while pending, one running.
+        assert_eq!(h.fake.calls("describe"), 6);
+    }
+
+    #[tokio::test]
+    async fn a_resumed_job_adopts_what_an_earlier_attempt_launched() {
+        let h = harness(FakeProvider::default()).await;
+        let job = claimed_job(&h.ctx, 2).await;
+        for (idx, instance) in job.instances.iter().enumerate() {
+            h.fake.insert(CloudInstance {
+                cloud_id: format!("i-earlier{idx}"),
+                state: InstanceState::Running,
+                public_ip: None,
+                private_ip: None,
+                ami: None,
+                instance_type: None,
+                launch_index: idx as i64,
+                tags: BTreeMap::from([
+                    (TAG_JOB_ID.to_string(), job.job.id.clone()),
+                    (TAG_INSTANCE_ID.to_string(), instance.id.clone()),
+                ]),
+                state_reason: None,
+            });
+        }
+
+        run(&JobRun { ctx: &h.ctx, job: &job }).await.unwrap();
+
+        assert_eq!(h.fake.calls("launch"), 0, "nothing is launched twice");
+        let view = h.ctx.store.get_job(&job.job.id).await.unwrap().unwrap();
+        let cloud_ids: Vec<_> =
+            view.instances.iter().map(|i| i.cloud_id.clone().unwrap()).collect();
+        assert_eq!(cloud_ids, ["i-earlier0", "i-earlier1"]);
+    }
+
+    #[tokio::test]
+    async fn a_refused_client_token_stops_the_job_instead_of_guessing() {
+        for code in ["IdempotentParameterMismatch", "IdempotentInstanceTerminated"] {
+            let fake = FakeProvider::default();
+            fake.state.lock().unwrap().launch_error =
+                Some(CloudError::Rejected { code: code.into(), message: "token reused".into() });
+            let h = harness(fake).await;
+            let job = claimed_job(&h.ctx, 1).await;
+
+            let err = run(&JobRun { ctx: &h.ctx, job: &job }).await.unwrap_err();
+
+            let JobError::Permanent(message) = err else { panic!("{code} must be permanent") };
+            assert!(message.starts_with(&format!("{code}: token reused")), "{message}");
+            assert!(message.contains("the outcome of the launch is unknown"), "{message}");
+        }
+    }
+
+    #[tokio::test]
+    async fn instances_found_partly_are_waited_for_not_relaunched() {
+        let h = harness(FakeProvider::default()).await;
+        let job = claimed_job(&h.ctx, 2).await;
+        h.fake.insert(CloudInstance {
+            cloud_id: "i-onlyone".into(),
+            state: InstanceState::Running,
+            public_ip: None,
+            private_ip: None,
+            ami: None,
+            instance_type: None,
+            launch_index: 0,
+            tags: BTreeMap::from([(TAG_JOB_ID.to_string(), job.job.id.clone())]),
+            state_reason: None,
+        });
+
+        let err = run(&JobRun { ctx: &h.ctx, job: &job }).await.unwrap_err();
+
+        assert!(matches!(err, JobError::Retryable(_)), "{err:?}");
+        assert_eq!(h.fake.calls("launch"), 0);
+    }
+}

@@ -1,0 +1,209 @@
+//! An in-memory `Provider` for unit tests of what the emulator cannot show: instances that stay
+//! `pending` for a while, instances that Describe does not return yet (eventual consistency),
+//! and refusals such as `IdempotentParameterMismatch`.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use crate::cloud::{CloudError, CloudInstance, LaunchRequest, Provider};
+use crate::domain::{Action, ImageFacts, InstanceState, InstanceTypeFacts};
+
+#[derive(Default)]
+pub struct FakeProvider {
+    pub state: Mutex<FakeState>,
+}
+
+#[derive(Default)]
+pub struct FakeState {
+    pub instances: BTreeMap<String, FakeInstance>,
+    /// Calls made, by name.
+    pub calls: BTreeMap<&'static str, u32>,
+    /// Launched instances stay `pending` for this many Describe calls.
+    pub pending_polls: u32,
+    /// Launched instances are missing from Describe for this many calls.
+    pub invisible_polls: u32,
+    /// The next launch fails with this error.
+    pub launch_error: Option<CloudError>,
+}
+
+pub struct FakeInstance {
+    pub cloud: CloudInstance,
+    pending_left: u32,
+    invisible_left: u32,
+}
+
+impl FakeProvider {
+    pub fn calls(&self, name: &str) -> u32 {
+        self.state.lock().unwrap().calls.get(name).copied().unwrap_or_default()
+    }
+
+    /// Puts an instance in the cloud as if an earlier launch had made it.
+    pub fn insert(&self, cloud: CloudInstance) {
+        let fake = FakeInstance { cloud, pending_left: 0, invisible_left: 0 };
+        self.state.lock().unwrap().instances.insert(fake.cloud.cloud_id.clone(), fake);
+    }
+
+    fn count(&self, name: &'static str) {
+        *self.state.lock().unwrap().calls.entry(name).or_default() += 1;
+    }
+}
+
+#[async_trait]
+impl Provider for FakeProvider {
+    fn describe_endpoint(&self) -> String {
+        "fake".to_string()
+    }
+
+    async fn describe_image(&self, _region: &str, ami: &str) -> Result<ImageFacts, CloudError> {
+        self.count("describe_image");
+        Ok(ImageFacts {
+            id: ami.to_string(),
+            owner_id: "137112412989".to_string(),
+            owner_alias: Some("amazon".to_string()),
+            architecture: "x86_64".to_string(),
+            root_device_name: Some("/dev/xvda".to_string()),
+        })
+    }
+
+    async fn describe_instance_type(
+        &self,
+        _region: &str,
+        instance_type: &str,
+    ) -> Result<InstanceTypeFacts, CloudError> {
+        self.count("describe_instance_type");
+        Ok(InstanceTypeFacts {
+            name: instance_type.to_string(),
+            architectures: vec!["x86_64".to_string()],
+            vcpus: 2,
+            burstable: true,
+        })
+    }
+
+    async fn find_tagged(
+        &self,
+        _region: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<CloudInstance>, CloudError> {
+        self.count("find_tagged");
+        let state = self.state.lock().unwrap();
+        Ok(state
+            .instances
+            .values()
+            .filter(|i| i.cloud.tags.get(key).map(String::as_str) == Some(value))
+            .map(|i| i.cloud.clone())
+            .collect())
+    }
+
+    async fn find_tag_key(
+        &self,
+        _region: &str,
+        key: &str,
+    ) -> Result<Vec<CloudInstance>, CloudError> {
+        self.count("find_tag_key");
+        let state = self.state.lock().unwrap();
+        Ok(state
+            .instances
+            .values()
+            .filter(|i| i.cloud.tags.contains_key(key))
+            .map(|i| i.cloud.clone())
+            .collect())
+    }
+
+    async fn launch(
+        &self,
+        _region: &str,
+        request: &LaunchRequest,
+    ) -> Result<Vec<CloudInstance>, CloudError> {
+        self.count("launch");
+        let mut state = self.state.lock().unwrap();
+        if let Some(err) = state.launch_error.take() {
+            return Err(err);
+        }
+        let mut launched = Vec::new();
+        for idx in 0..request.count {
+            let cloud = CloudInstance {
+                cloud_id: format!("i-{:017x}", state.instances.len() + 1),
+                state: InstanceState::Pending,
+                public_ip: None,
+                private_ip: Some(format!("10.0.0.{}", state.instances.len() + 1)),
+                ami: Some(request.ami.clone()),
+                instance_type: Some(request.instance_type.clone()),
+                launch_index: idx,
+                tags: request.tags.clone(),
+                state_reason: None,
+            };
+            let fake = FakeInstance {
+                cloud: cloud.clone(),
+                pending_left: state.pending_polls,
+                invisible_left: state.invisible_polls,
+            };
+            state.instances.insert(cloud.cloud_id.clone(), fake);
+            launched.push(cloud);
+        }
+        Ok(launched)
+    }
+
+    async fn tag(
+        &self,
+        _region: &str,
+        cloud_ids: &[String],
+        tags: &BTreeMap<String, String>,
+    ) -> Result<(), CloudError> {
+        self.count("tag");
+        let mut state = self.state.lock().unwrap();
+        for id in cloud_ids {
+            if let Some(instance) = state.instances.get_mut(id) {
+                instance.cloud.tags.extend(tags.clone());
+            }
+        }
+        Ok(())
+    }
+
+    async fn describe(
+        &self,
+        _region: &str,
+        cloud_ids: &[String],
+    ) -> Result<Vec<CloudInstance>, CloudError> {
+        self.count("describe");
+        let mut state = self.state.lock().unwrap();
+        let mut found = Vec::new();
+        for id in cloud_ids {
+            let Some(instance) = state.instances.get_mut(id) else { continue };
+            if instance.invisible_left > 0 {
+                instance.invisible_left -= 1;
+                continue;
+            }
+            if instance.cloud.state == InstanceState::Pending {
+                if instance.pending_left > 0 {
+                    instance.pending_left -= 1;
+                } else {
+                    instance.cloud.state = InstanceState::Running;
+                    instance.cloud.public_ip = Some("203.0.113.10".to_string());
+                }
+            }
+            found.push(instance.cloud.clone());
+        }
+        Ok(found)
+    }
+
+    async fn apply(
+        &self,
+        _region: &str,
+        action: Action,
+        cloud_ids: &[String],
+    ) -> Result<(), CloudError> {
+        self.count("apply");
+        let mut state = self.state.lock().unwrap();
+        for id in cloud_ids {
+            if let Some(instance) = state.instances.get_mut(id)
+                && let Some(target) = action.target_state()
+            {
+                instance.cloud.state = target;
+            }
+        }
+        Ok(())
+    }
+}
