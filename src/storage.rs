@@ -6,6 +6,8 @@
 //! integration suite. Times are stored as Unix milliseconds so that both dialects store and
 //! compare them the same way.
 
+mod rows;
+mod sql;
 mod sqlite;
 
 use std::collections::BTreeMap;

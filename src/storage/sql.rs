@@ -1,0 +1,717 @@
+//! The SQL of every storage operation, written once and instantiated per dialect by
+//! `sql_store!` (in `storage::sqlite` and `storage::postgres`).
+//!
+//! Queries use `$N` placeholders, which both SQLite and PostgreSQL accept, and SQL both dialects
+//! share; the few places where they differ ask `Dialect`. Write transactions write first (a
+//! conditional `UPDATE` or an `INSERT`) so that SQLite takes its write lock at once instead of
+//! upgrading a read lock later, which could fail with `SQLITE_BUSY` under contention.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    /// Appended to the sub-select that picks a job to claim.
+    pub fn row_lock(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+
+    /// Opens an `EXISTS` over the key/value pairs of `instances.tags`, ending with `tag.key = `.
+    pub fn tag_filter(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => {
+                " AND EXISTS (SELECT 1 FROM json_each(instances.tags) AS tag WHERE tag.key = "
+            }
+            Dialect::Postgres => {
+                " AND EXISTS (SELECT 1 FROM jsonb_each_text(instances.tags::jsonb) AS tag(key, value) \
+                 WHERE tag.key = "
+            }
+        }
+    }
+}
+
+/// Implements every storage operation for `$store` (a struct with a `pool` of database `$db`).
+macro_rules! sql_store {
+    ($store:ident, $db:ident, $dialect:expr) => {
+        impl $store {
+            pub async fn ping(&self) -> Result<(), StorageError> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            pub async fn insert_create_job(
+                &self,
+                job: &NewJob,
+                instances: &[InstanceRecord],
+                key: Option<&IdempotencyKey>,
+            ) -> Result<Admission, StorageError> {
+                let mut tx = self.pool.begin().await?;
+                // The job first: the key refers to it. A key seen before rolls everything back.
+                insert_job(&mut tx, job).await?;
+                if let Some(key) = key
+                    && let Some(known) = claim_idempotency_key(&mut tx, key, &job.id).await?
+                {
+                    tx.rollback().await?;
+                    return Ok(known);
+                }
+                for instance in instances {
+                    insert_instance(&mut tx, instance).await?;
+                    link_instance(&mut tx, &job.id, &instance.id).await?;
+                }
+                tx.commit().await?;
+                Ok(Admission::Stored)
+            }
+
+            pub async fn insert_instances_job(
+                &self,
+                job: &NewJob,
+                action: Option<Action>,
+                instance_ids: &[String],
+                key: Option<&IdempotencyKey>,
+            ) -> Result<Admission, StorageError> {
+                let mut tx = self.pool.begin().await?;
+                // The job first: the key refers to it. A key seen before rolls everything back.
+                insert_job(&mut tx, job).await?;
+                if let Some(key) = key
+                    && let Some(known) = claim_idempotency_key(&mut tx, key, &job.id).await?
+                {
+                    tx.rollback().await?;
+                    return Ok(known);
+                }
+                if let Some(action) = action {
+                    // Take the instances first: only idle instances in an allowed state are taken, so
+                    // two concurrent requests cannot both act on one instance.
+                    let mut update = QueryBuilder::<$db>::new("UPDATE instances SET active_job_id = ");
+                    update.push_bind(&job.id).push(", updated_at = ").push_bind(now_millis());
+                    update.push(" WHERE active_job_id IS NULL AND state IN (");
+                    let mut states = update.separated(", ");
+                    for state in action.allowed_from() {
+                        states.push_bind(state.as_str());
+                    }
+                    update.push(") AND id IN (");
+                    let mut ids = update.separated(", ");
+                    for id in instance_ids {
+                        ids.push_bind(id);
+                    }
+                    update.push(")");
+                    let taken = update.build().execute(&mut *tx).await?.rows_affected();
+                    if taken as usize != instance_ids.len() {
+                        tx.rollback().await?;
+                        let rows: Vec<InstanceRow> =
+                            select_by_ids(instance_ids).build_query_as().fetch_all(&self.pool).await?;
+                        let conflicts = convert::<_, InstanceRecord>(rows)?
+                            .into_iter()
+                            .filter_map(|instance| {
+                                let reason = match &instance.active_job_id {
+                                    Some(busy) => {
+                                        format!("busy with job {busy}; retry when it has finished")
+                                    }
+                                    None => action.conflict(instance.state)?,
+                                };
+                                Some(StateConflict { instance_id: instance.id, reason })
+                            })
+                            .collect();
+                        return Ok(Admission::Conflicts(conflicts));
+                    }
+                }
+                for id in instance_ids {
+                    link_instance(&mut tx, &job.id, id).await?;
+                }
+                tx.commit().await?;
+                Ok(Admission::Stored)
+            }
+
+            pub async fn find_idempotency_key(
+                &self,
+                key: &str,
+                not_before: Millis,
+            ) -> Result<Option<(String, String)>, StorageError> {
+                let row: Option<(String, String)> = sqlx::query_as(
+                    "SELECT fingerprint, job_id FROM idempotency_keys WHERE key = $1 AND created_at >= $2",
+                )
+                .bind(key)
+                .bind(not_before)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row)
+            }
+
+            pub async fn append_job_event(
+                &self,
+                job_id: &str,
+                attempt: i64,
+                kind: &str,
+                message: &str,
+            ) -> Result<(), StorageError> {
+                sqlx::query(
+                    "INSERT INTO job_events (job_id, seq, at, attempt, kind, message) \
+                     SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4, $5 FROM job_events WHERE job_id = $1",
+                )
+                .bind(job_id)
+                .bind(now_millis())
+                .bind(attempt)
+                .bind(kind)
+                .bind(message)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            pub async fn job_events(
+                &self,
+                job_id: &str,
+                after: i64,
+            ) -> Result<Vec<JobEvent>, StorageError> {
+                let rows: Vec<(i64, i64, i64, String, String)> = sqlx::query_as(
+                    "SELECT seq, at, attempt, kind, message FROM job_events \
+                     WHERE job_id = $1 AND seq > $2 ORDER BY seq",
+                )
+                .bind(job_id)
+                .bind(after)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(seq, at, attempt, kind, message)| JobEvent { seq, at, attempt, kind, message })
+                    .collect())
+            }
+
+            pub async fn live_instances(&self) -> Result<Vec<InstanceRecord>, StorageError> {
+                let rows: Vec<InstanceRow> = sqlx::query_as(
+                    "SELECT * FROM instances WHERE cloud_id IS NOT NULL AND state <> 'terminated' \
+                     ORDER BY region, id",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                convert(rows)
+            }
+
+            pub async fn unfinished_job_ids(&self) -> Result<Vec<String>, StorageError> {
+                let rows: Vec<(String,)> =
+                    sqlx::query_as("SELECT id FROM jobs WHERE status IN ('queued', 'running')")
+                        .fetch_all(&self.pool)
+                        .await?;
+                Ok(rows.into_iter().map(|(id,)| id).collect())
+            }
+
+            pub async fn known_cloud_ids(&self, cloud_ids: &[String]) -> Result<Vec<String>, StorageError> {
+                let mut known = Vec::new();
+                // Stay far below SQLite's limit on bound parameters.
+                for chunk in cloud_ids.chunks(500) {
+                    let mut query =
+                        QueryBuilder::<$db>::new("SELECT cloud_id FROM instances WHERE cloud_id IN (");
+                    let mut list = query.separated(", ");
+                    for id in chunk {
+                        list.push_bind(id);
+                    }
+                    query.push(")");
+                    let rows: Vec<(String,)> = query.build_query_as().fetch_all(&self.pool).await?;
+                    known.extend(rows.into_iter().map(|(id,)| id));
+                }
+                Ok(known)
+            }
+
+            pub async fn record_reconciliation(
+                &self,
+                reconciliation: &Reconciliation,
+            ) -> Result<(), StorageError> {
+                let now = now_millis();
+                let mut tx = self.pool.begin().await?;
+                for seen in &reconciliation.observations {
+                    update_observed(&mut tx, seen, now).await?;
+                }
+                for id in &reconciliation.missing {
+                    sqlx::query(
+                        "UPDATE instances SET state = 'missing', public_ip = NULL, updated_at = $1 \
+                         WHERE id = $2 AND state <> 'missing'",
+                    )
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                for drift in &reconciliation.drift {
+                    sqlx::query(
+                        "INSERT INTO drift_events (id, instance_id, at, field, old_value, new_value) \
+                         VALUES ($1, $2, $3, $4, $5, $6)",
+                    )
+                    .bind(uuid::Uuid::now_v7().to_string())
+                    .bind(&drift.instance_id)
+                    .bind(now)
+                    .bind(&drift.field)
+                    .bind(&drift.old_value)
+                    .bind(&drift.new_value)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                if let Some((region, orphans)) = &reconciliation.orphans {
+                    let mut keep = Vec::new();
+                    for orphan in orphans {
+                        keep.push(orphan.cloud_id.clone());
+                        sqlx::query(
+                            "INSERT INTO orphans (cloud_id, region, state, ami, instance_type, public_ip, \
+                             private_ip, tags, first_seen, last_seen) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                             ON CONFLICT (cloud_id) DO UPDATE SET state = excluded.state, \
+                             public_ip = excluded.public_ip, private_ip = excluded.private_ip, \
+                             tags = excluded.tags, last_seen = excluded.last_seen",
+                        )
+                        .bind(&orphan.cloud_id)
+                        .bind(region)
+                        .bind(orphan.state.as_str())
+                        .bind(&orphan.ami)
+                        .bind(&orphan.instance_type)
+                        .bind(&orphan.public_ip)
+                        .bind(&orphan.private_ip)
+                        .bind(serde_json::to_string(&orphan.tags).expect("tags serialize"))
+                        .bind(now)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    let mut delete = QueryBuilder::<$db>::new("DELETE FROM orphans WHERE region = ");
+                    delete.push_bind(region);
+                    if !keep.is_empty() {
+                        delete.push(" AND cloud_id NOT IN (");
+                        let mut list = delete.separated(", ");
+                        for id in &keep {
+                            list.push_bind(id);
+                        }
+                        delete.push(")");
+                    }
+                    delete.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            pub async fn list_orphans(&self) -> Result<Vec<OrphanRecord>, StorageError> {
+                let rows: Vec<OrphanRow> =
+                    sqlx::query_as("SELECT * FROM orphans ORDER BY region, cloud_id")
+                        .fetch_all(&self.pool)
+                        .await?;
+                convert(rows)
+            }
+
+            pub async fn adopt_orphan(
+                &self,
+                cloud_id: &str,
+                instance: &InstanceRecord,
+            ) -> Result<Option<InstanceRecord>, StorageError> {
+                let mut tx = self.pool.begin().await?;
+                let deleted = sqlx::query("DELETE FROM orphans WHERE cloud_id = $1")
+                    .bind(cloud_id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if deleted != 1 {
+                    tx.rollback().await?;
+                    return Ok(None);
+                }
+                insert_instance(&mut tx, instance).await?;
+                tx.commit().await?;
+                Ok(Some(instance.clone()))
+            }
+
+            pub async fn drift_of(&self, instance_id: &str) -> Result<Vec<DriftRecord>, StorageError> {
+                let rows: Vec<DriftRow> = sqlx::query_as(
+                    "SELECT id, instance_id, at, field, old_value, new_value FROM drift_events \
+                         WHERE instance_id = $1 ORDER BY id DESC",
+                )
+                .bind(instance_id)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.into_iter().map(DriftRecord::from).collect())
+            }
+
+            pub async fn find_instances(
+                &self,
+                ids: &[String],
+            ) -> Result<Vec<InstanceRecord>, StorageError> {
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut query = QueryBuilder::<$db>::new("SELECT * FROM instances WHERE id IN (");
+                let mut list = query.separated(", ");
+                for id in ids {
+                    list.push_bind(id);
+                }
+                query.push(") OR cloud_id IN (");
+                let mut list = query.separated(", ");
+                for id in ids {
+                    list.push_bind(id);
+                }
+                query.push(") ORDER BY id");
+                let rows: Vec<InstanceRow> = query.build_query_as().fetch_all(&self.pool).await?;
+                convert(rows)
+            }
+
+            pub async fn list_instances(
+                &self,
+                filter: &InstanceFilter,
+                page: &PageRequest,
+            ) -> Result<Vec<InstanceRecord>, StorageError> {
+                let mut query = QueryBuilder::<$db>::new("SELECT * FROM instances WHERE 1 = 1");
+                if let Some(state) = filter.state {
+                    query.push(" AND state = ").push_bind(state.as_str());
+                }
+                if let Some(namespace) = &filter.namespace {
+                    query.push(" AND namespace = ").push_bind(namespace);
+                }
+                if let Some(name) = &filter.name {
+                    query.push(" AND name = ").push_bind(name);
+                }
+                for (key, value) in &filter.tags {
+                    query.push(
+                        $dialect.tag_filter(),
+                    );
+                    query.push_bind(key).push(" AND tag.value = ").push_bind(value).push(")");
+                }
+                if let Some(after) = &page.after {
+                    query.push(" AND id < ").push_bind(after);
+                }
+                query.push(" ORDER BY id DESC LIMIT ").push_bind(page.limit + 1);
+                let rows: Vec<InstanceRow> = query.build_query_as().fetch_all(&self.pool).await?;
+                convert(rows)
+            }
+
+            pub async fn get_job(&self, id: &str) -> Result<Option<JobRecord>, StorageError> {
+                let row: Option<JobRow> =
+                    sqlx::query_as(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                row.map(JobRecord::try_from).transpose()
+            }
+
+            pub async fn list_jobs(
+                &self,
+                status: Option<JobStatus>,
+                page: &PageRequest,
+            ) -> Result<Vec<JobRecord>, StorageError> {
+                let mut query =
+                    QueryBuilder::<$db>::new(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1 = 1"));
+                if let Some(status) = status {
+                    query.push(" AND status = ").push_bind(status.as_str());
+                }
+                if let Some(after) = &page.after {
+                    query.push(" AND id < ").push_bind(after);
+                }
+                query.push(" ORDER BY id DESC LIMIT ").push_bind(page.limit + 1);
+                let rows: Vec<JobRow> = query.build_query_as().fetch_all(&self.pool).await?;
+                convert(rows)
+            }
+
+            pub async fn instances_of_jobs(
+                &self,
+                job_ids: &[String],
+            ) -> Result<Vec<(String, InstanceRecord)>, StorageError> {
+                if job_ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                #[derive(sqlx::FromRow)]
+                struct Row {
+                    job_id: String,
+                    #[sqlx(flatten)]
+                    instance: InstanceRow,
+                }
+                let mut query = QueryBuilder::<$db>::new(
+                    "SELECT job_instances.job_id, instances.* FROM job_instances \
+                     JOIN instances ON instances.id = job_instances.instance_id \
+                     WHERE job_instances.job_id IN (",
+                );
+                let mut list = query.separated(", ");
+                for id in job_ids {
+                    list.push_bind(id);
+                }
+                query.push(") ORDER BY instances.launch_index, instances.id");
+                let rows: Vec<Row> = query.build_query_as().fetch_all(&self.pool).await?;
+                rows.into_iter()
+                    .map(|row| Ok((row.job_id, InstanceRecord::try_from(row.instance)?)))
+                    .collect()
+            }
+
+            pub async fn claim_job(
+                &self,
+                worker: &str,
+                now: Millis,
+                lease_until: Millis,
+            ) -> Result<Option<JobRecord>, StorageError> {
+                // One statement. SQLite runs it under its single write lock; PostgreSQL locks the row it
+                // picks and skips rows other workers have locked. Either way no two workers claim a row.
+                let row: Option<JobRow> = sqlx::query_as(&format!(
+                    "UPDATE jobs SET status = 'running', locked_by = $1, lease_expires_at = $2, \
+                     attempts = attempts + 1, started_at = COALESCE(started_at, $3), updated_at = $3 \
+                     WHERE id = (SELECT id FROM jobs \
+                         WHERE (status = 'queued' AND run_at <= $3) \
+                            OR (status = 'running' AND lease_expires_at < $3) \
+                         ORDER BY run_at, id LIMIT 1{lock}) \
+                     RETURNING {JOB_COLUMNS}",
+                    lock = $dialect.row_lock()
+                ))
+                .bind(worker)
+                .bind(lease_until)
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(JobRecord::try_from).transpose()
+            }
+
+            pub async fn renew_lease(
+                &self,
+                job_id: &str,
+                worker: &str,
+                lease_until: Millis,
+            ) -> Result<bool, StorageError> {
+                let result = sqlx::query(
+                    "UPDATE jobs SET lease_expires_at = $1 \
+                     WHERE id = $2 AND locked_by = $3 AND status = 'running'",
+                )
+                .bind(lease_until)
+                .bind(job_id)
+                .bind(worker)
+                .execute(&self.pool)
+                .await?;
+                Ok(result.rows_affected() == 1)
+            }
+
+            pub async fn finish_job(
+                &self,
+                job_id: &str,
+                worker: &str,
+                outcome: &JobOutcome,
+            ) -> Result<bool, StorageError> {
+                let now = now_millis();
+                let mut tx = self.pool.begin().await?;
+                let (status, error, run_at, finished_at) = match outcome {
+                    JobOutcome::Succeeded => ("succeeded", None, None, Some(now)),
+                    JobOutcome::Failed { error } => ("failed", Some(error.as_str()), None, Some(now)),
+                    JobOutcome::Retry { error, run_at } => {
+                        ("queued", Some(error.as_str()), Some(*run_at), None)
+                    }
+                };
+                let result = sqlx::query(
+                    "UPDATE jobs SET status = $1, error = $2, run_at = COALESCE($3, run_at), \
+                     finished_at = $4, locked_by = NULL, lease_expires_at = NULL, updated_at = $5 \
+                     WHERE id = $6 AND locked_by = $7 AND status = 'running'",
+                )
+                .bind(status)
+                .bind(error)
+                .bind(run_at)
+                .bind(finished_at)
+                .bind(now)
+                .bind(job_id)
+                .bind(worker)
+                .execute(&mut *tx)
+                .await?;
+                if result.rows_affected() != 1 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                if finished_at.is_some() {
+                    if matches!(outcome, JobOutcome::Failed { .. }) {
+                        // Instances this job was creating that never reached the cloud did not launch.
+                        sqlx::query(
+                            "UPDATE instances SET state = 'failed', updated_at = $1 \
+                             WHERE created_by_job = $2 AND cloud_id IS NULL",
+                        )
+                        .bind(now)
+                        .bind(job_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    sqlx::query(
+                        "UPDATE instances SET active_job_id = NULL, updated_at = $1 WHERE active_job_id = $2",
+                    )
+                    .bind(now)
+                    .bind(job_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            pub async fn record_observations(
+                &self,
+                observations: &[Observation],
+            ) -> Result<(), StorageError> {
+                if observations.is_empty() {
+                    return Ok(());
+                }
+                let now = now_millis();
+                let mut tx = self.pool.begin().await?;
+                for seen in observations {
+                    update_observed(&mut tx, seen, now).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            pub async fn counts(&self) -> Result<Counts, StorageError> {
+                let instances: Vec<(String, i64)> =
+                    sqlx::query_as("SELECT state, COUNT(*) FROM instances GROUP BY state")
+                        .fetch_all(&self.pool)
+                        .await?;
+                let jobs: Vec<(String, i64)> =
+                    sqlx::query_as("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+                        .fetch_all(&self.pool)
+                        .await?;
+                Ok(Counts {
+                    instances_by_state: instances.into_iter().collect(),
+                    jobs_by_status: jobs.into_iter().collect(),
+                })
+            }
+        }
+
+        fn select_by_ids(ids: &[String]) -> QueryBuilder<'_, $db> {
+            let mut query = QueryBuilder::<$db>::new("SELECT * FROM instances WHERE id IN (");
+            let mut list = query.separated(", ");
+            for id in ids {
+                list.push_bind(id);
+            }
+            query.push(") ORDER BY id");
+            query
+        }
+
+        async fn insert_instance(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            instance: &InstanceRecord,
+        ) -> Result<(), StorageError> {
+            let tags = serde_json::to_string(&instance.tags).expect("tags serialize");
+            sqlx::query(
+                "INSERT INTO instances (id, cloud_id, name, namespace, region, ami, instance_type, \
+                     storage_gb, state, public_ip, private_ip, key_name, tags, backend, launch_index, \
+                     created_by_job, active_job_id, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+            )
+            .bind(&instance.id)
+            .bind(&instance.cloud_id)
+            .bind(&instance.name)
+            .bind(&instance.namespace)
+            .bind(&instance.region)
+            .bind(&instance.ami)
+            .bind(&instance.instance_type)
+            .bind(instance.storage_gb)
+            .bind(instance.state.as_str())
+            .bind(&instance.public_ip)
+            .bind(&instance.private_ip)
+            .bind(&instance.key_name)
+            .bind(tags)
+            .bind(&instance.backend)
+            .bind(instance.launch_index)
+            .bind(&instance.created_by_job)
+            .bind(&instance.active_job_id)
+            .bind(instance.created_at)
+            .bind(instance.updated_at)
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+
+        async fn update_observed(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            seen: &Observation,
+            now: Millis,
+        ) -> Result<(), StorageError> {
+            sqlx::query(
+                "UPDATE instances SET cloud_id = $1, state = $2, public_ip = $3, private_ip = $4, \
+                     updated_at = $5 \
+                     WHERE id = $6 AND (cloud_id IS DISTINCT FROM $7 OR state <> $8 OR public_ip IS DISTINCT FROM $9 \
+                                       OR private_ip IS DISTINCT FROM $10)",
+            )
+            .bind(&seen.cloud_id)
+            .bind(seen.state.as_str())
+            .bind(&seen.public_ip)
+            .bind(&seen.private_ip)
+            .bind(now)
+            .bind(&seen.instance_id)
+            .bind(&seen.cloud_id)
+            .bind(seen.state.as_str())
+            .bind(&seen.public_ip)
+            .bind(&seen.private_ip)
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+
+        /// Records `key` for `job_id`, or returns what an earlier use of the key means. An expired key
+        /// is replaced.
+        async fn claim_idempotency_key(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            key: &IdempotencyKey,
+            job_id: &str,
+        ) -> Result<Option<Admission>, StorageError> {
+            let now = now_millis();
+            sqlx::query("DELETE FROM idempotency_keys WHERE key = $1 AND created_at < $2")
+                .bind(&key.key)
+                .bind(now - crate::storage::IDEMPOTENCY_KEY_TTL_MS)
+                .execute(&mut **tx)
+                .await?;
+            let inserted = sqlx::query(
+                "INSERT INTO idempotency_keys (key, fingerprint, job_id, created_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (key) DO NOTHING",
+            )
+            .bind(&key.key)
+            .bind(&key.fingerprint)
+            .bind(job_id)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+            if inserted == 1 {
+                return Ok(None);
+            }
+            let (fingerprint, job_id): (String, String) =
+                sqlx::query_as("SELECT fingerprint, job_id FROM idempotency_keys WHERE key = $1")
+                    .bind(&key.key)
+                    .fetch_one(&mut **tx)
+                    .await?;
+            Ok(Some(if fingerprint == key.fingerprint {
+                Admission::Replay { job_id }
+            } else {
+                Admission::KeyMismatch
+            }))
+        }
+
+        async fn insert_job(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            job: &NewJob,
+        ) -> Result<(), StorageError> {
+            let now = now_millis();
+            sqlx::query(
+                "INSERT INTO jobs (id, kind, status, payload, attempts, max_attempts, run_at, \
+                 created_at, updated_at) VALUES ($1, $2, 'queued', $3, 0, $4, $5, $6, $7)",
+            )
+            .bind(&job.id)
+            .bind(job.kind.as_str())
+            .bind(job.payload.to_string())
+            .bind(job.max_attempts)
+            .bind(now)
+            .bind(now)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+
+        async fn link_instance(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            job_id: &str,
+            instance_id: &str,
+        ) -> Result<(), StorageError> {
+            sqlx::query("INSERT INTO job_instances (job_id, instance_id) VALUES ($1, $2)")
+                .bind(job_id)
+                .bind(instance_id)
+                .execute(&mut **tx)
+                .await?;
+            Ok(())
+        }
+    };
+}
+
+pub(crate) use sql_store;
