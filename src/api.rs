@@ -40,6 +40,11 @@ pub struct ApiContext {
     pub cloud_endpoint: Arc<str>,
 }
 
+/// `/health` and `/ready` only, for processes that run jobs but serve no API.
+pub fn health_router(ctx: ApiContext) -> Router {
+    health::router().with_state(ctx).layer(axum::middleware::from_fn(error::problem_responses))
+}
+
 pub fn router(ctx: ApiContext) -> Router {
     let v1 = Router::new()
         .merge(instances::router())

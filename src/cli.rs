@@ -42,6 +42,10 @@ pub enum Command {
         /// Address to listen on.
         #[arg(long, env = "CORRAL_LISTEN")]
         listen: Option<std::net::SocketAddr>,
+        /// api: the HTTP API only; worker: jobs and the reconciler (with /health and /ready);
+        /// all: both. Split roles need a shared PostgreSQL database.
+        #[arg(long, env = "CORRAL_ROLE", value_enum)]
+        role: Option<crate::config::Role>,
     },
     /// Applies database migrations and exits.
     Migrate {
@@ -62,10 +66,13 @@ impl ServerArgs {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { server, listen } => {
+        Command::Serve { server, listen, role } => {
             let mut settings = server.settings()?;
             if let Some(listen) = listen {
                 settings.listen = listen;
+            }
+            if let Some(role) = role {
+                settings.role = role;
             }
             let app = Application::build(settings).await?;
             let shutdown = CancellationToken::new();

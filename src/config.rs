@@ -22,7 +22,8 @@ use crate::domain::Policy;
 
 /// Top-level keys that environment variables may set; other `CORRAL_*` variables (client
 /// settings, test harness settings) are not part of the server's configuration.
-const ENV_KEYS: [&str; 6] = ["listen", "database_url", "aws", "jobs", "reconcile", "policy"];
+const ENV_KEYS: [&str; 7] =
+    ["listen", "database_url", "role", "aws", "jobs", "reconcile", "policy"];
 
 /// Short environment names and the keys they set.
 const ENV_ALIASES: [(&str, &str); 3] = [
@@ -38,6 +39,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// `sqlite://path` (`CORRAL_DATABASE_URL`); the file and its folder are created if missing.
     pub database_url: String,
+    /// What this process does (`CORRAL_ROLE`): serve the API, run jobs, or both.
+    pub role: Role,
     pub aws: AwsSettings,
     pub jobs: JobSettings,
     pub reconcile: ReconcileSettings,
@@ -49,11 +52,35 @@ impl Default for Settings {
         Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database_url: "sqlite://./data/corral.db".to_string(),
+            role: Role::All,
             aws: AwsSettings::default(),
             jobs: JobSettings::default(),
             reconcile: ReconcileSettings::default(),
             policy: Policy::free_tier(),
         }
+    }
+}
+
+/// Which parts of corral a process runs; API and worker processes can scale apart on a shared
+/// PostgreSQL database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The HTTP API only; jobs are run by worker processes.
+    Api,
+    /// Job workers and the reconciler, with `/health` and `/ready` only.
+    Worker,
+    /// Both.
+    All,
+}
+
+impl Role {
+    pub fn serves_api(self) -> bool {
+        matches!(self, Role::Api | Role::All)
+    }
+
+    pub fn runs_jobs(self) -> bool {
+        matches!(self, Role::Worker | Role::All)
     }
 }
 

@@ -88,6 +88,17 @@ impl Queue {
         }
     }
 
+    /// Relays what other processes sharing the database did: new jobs wake this process's
+    /// workers, finished jobs release its waiters.
+    pub async fn relay(&self, mut events: tokio::sync::mpsc::Receiver<crate::storage::StoreEvent>) {
+        while let Some(event) = events.recv().await {
+            match event {
+                crate::storage::StoreEvent::JobQueued(_) => self.wake_workers(),
+                crate::storage::StoreEvent::JobFinished(id) => self.announce_finished(&id),
+            }
+        }
+    }
+
     fn announce_finished(&self, id: &str) {
         // Nobody waiting is fine.
         let _ = self.finished.send(id.to_string());

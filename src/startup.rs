@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiContext};
 use crate::cloud::{AwsProvider, Catalog, DescribeBatcher, Provider};
-use crate::config::{ReconcileSettings, Settings};
+use crate::config::{ReconcileSettings, Role, Settings};
 use crate::jobs::{self, JobContext, Queue};
 use crate::storage::Store;
 
@@ -22,6 +22,7 @@ pub struct Application {
     api: ApiContext,
     jobs: Arc<JobContext>,
     reconcile: ReconcileSettings,
+    role: Role,
 }
 
 impl Application {
@@ -48,6 +49,12 @@ impl Application {
         provider: Arc<dyn Provider>,
     ) -> anyhow::Result<Application> {
         let store = Store::connect(&settings.database_url).await?;
+        anyhow::ensure!(
+            settings.role == Role::All || store.is_shared(),
+            "role '{:?}' needs a database shared with the other roles (postgres://…); with SQLite \
+             run one process with role all",
+            settings.role
+        );
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
@@ -72,7 +79,14 @@ impl Application {
             policy: settings.policy,
             settings: settings.jobs,
         });
-        Ok(Application { listener, local_addr, api, jobs, reconcile: settings.reconcile })
+        Ok(Application {
+            listener,
+            local_addr,
+            api,
+            jobs,
+            reconcile: settings.reconcile,
+            role: settings.role,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -86,24 +100,39 @@ impl Application {
     /// Serves HTTP and runs the workers until `shutdown` is cancelled; then stops accepting
     /// requests, lets workers finish or hand back their jobs, and returns.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let workers = tokio::spawn(jobs::run_workers(
-            self.jobs.clone(),
-            self.api.queue.clone(),
-            shutdown.clone(),
-        ));
-        let reconciler = tokio::spawn(jobs::run_reconciler(
-            self.jobs.clone(),
-            Duration::from_secs_f64(self.reconcile.interval),
-            shutdown.clone(),
-        ));
-        let router = api::router(self.api);
-        tracing::info!(address = %self.local_addr, "corral is listening");
+        let queue = self.api.queue.clone();
+        if let Some(events) = self.api.store.subscribe().await? {
+            let queue = queue.clone();
+            tokio::spawn(async move { queue.relay(events).await });
+        }
+        let mut background = Vec::new();
+        if self.role.runs_jobs() {
+            background.push(tokio::spawn(jobs::run_workers(
+                self.jobs.clone(),
+                queue.clone(),
+                shutdown.clone(),
+            )));
+            let holder = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
+            background.push(tokio::spawn(jobs::run_reconciler(
+                self.jobs.clone(),
+                Duration::from_secs_f64(self.reconcile.interval),
+                holder,
+                shutdown.clone(),
+            )));
+        }
+        let router = if self.role.serves_api() {
+            api::router(self.api)
+        } else {
+            api::health_router(self.api)
+        };
+        tracing::info!(address = %self.local_addr, role = ?self.role, "corral is listening");
         let server = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let served = server.await.context("HTTP server failed");
         shutdown.cancel();
-        workers.await.context("job workers panicked")?;
-        reconciler.await.context("the reconciler panicked")?;
+        for task in background {
+            task.await.context("a background task panicked")?;
+        }
         served
     }
 }

@@ -6,6 +6,7 @@
 //! integration suite. Times are stored as Unix milliseconds so that both dialects store and
 //! compare them the same way.
 
+mod postgres;
 mod rows;
 mod sql;
 mod sqlite;
@@ -19,7 +20,8 @@ use crate::domain::{Action, InstanceState, JobKind, JobStatus, StateConflict};
 /// How long an `Idempotency-Key` is remembered.
 pub const IDEMPOTENCY_KEY_TTL_MS: Millis = 24 * 3600 * 1000;
 
-pub use sqlite::SqliteStore;
+use postgres::PgStore;
+use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -32,7 +34,30 @@ pub enum StorageError {
 /// The database behind corral.
 #[derive(Clone)]
 pub struct Store {
-    backend: SqliteStore,
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+/// Calls the same method on whichever database is behind the store.
+macro_rules! dispatch {
+    ($store:expr, $method:ident($($arg:expr),*)) => {
+        match &$store.backend {
+            Backend::Sqlite(db) => db.$method($($arg),*).await,
+            Backend::Postgres(db) => db.$method($($arg),*).await,
+        }
+    };
+}
+
+/// Something another process did that this one may be waiting for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEvent {
+    JobQueued(String),
+    JobFinished(String),
 }
 
 /// Milliseconds since the Unix epoch.
@@ -243,17 +268,51 @@ pub struct Counts {
 }
 
 impl Store {
-    /// Opens the database at `url`, creating it if needed, and applies pending migrations.
+    /// Opens the database at `url` (`sqlite://PATH`, created if needed, or
+    /// `postgres://…`) and applies pending migrations.
     pub async fn connect(url: &str) -> anyhow::Result<Store> {
-        anyhow::ensure!(
-            url.starts_with("sqlite:"),
-            "unsupported database URL '{url}': expected sqlite://PATH"
-        );
-        Ok(Store { backend: SqliteStore::connect(url).await? })
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite(SqliteStore::connect(url).await?)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres(PgStore::connect(url).await?)
+        } else {
+            anyhow::bail!(
+                "unsupported database URL '{}': expected sqlite://PATH or postgres://…",
+                url.split('@').next_back().unwrap_or(url)
+            );
+        };
+        Ok(Store { backend })
+    }
+
+    /// Whether several processes may share this database.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// Events from other processes sharing the database; `None` for SQLite, which one process
+    /// owns.
+    pub async fn subscribe(
+        &self,
+    ) -> anyhow::Result<Option<tokio::sync::mpsc::Receiver<StoreEvent>>> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(None),
+            Backend::Postgres(db) => Ok(Some(db.subscribe().await?)),
+        }
+    }
+
+    /// Takes or renews the lease `name` for `holder` until `until`; false while another holder
+    /// has it.
+    pub async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        until: Millis,
+    ) -> Result<bool, StorageError> {
+        dispatch!(self, try_lease(name, holder, now_millis(), until))
     }
 
     pub async fn ping(&self) -> Result<(), StorageError> {
-        self.backend.ping().await
+        dispatch!(self, ping())
     }
 
     /// Stores the desired instances and the job that creates them, atomically, unless `key`
@@ -264,7 +323,7 @@ impl Store {
         instances: &[InstanceRecord],
         key: Option<&IdempotencyKey>,
     ) -> Result<Admission, StorageError> {
-        self.backend.insert_create_job(job, instances, key).await
+        dispatch!(self, insert_create_job(job, instances, key))
     }
 
     /// Stores a job for `instance_ids`. With `action`, only if every instance is idle and in a
@@ -278,7 +337,7 @@ impl Store {
         instance_ids: &[String],
         key: Option<&IdempotencyKey>,
     ) -> Result<Admission, StorageError> {
-        self.backend.insert_instances_job(job, action, instance_ids, key).await
+        dispatch!(self, insert_instances_job(job, action, instance_ids, key))
     }
 
     /// The fingerprint and job of an unexpired idempotency key.
@@ -286,7 +345,7 @@ impl Store {
         &self,
         key: &str,
     ) -> Result<Option<(String, String)>, StorageError> {
-        self.backend.find_idempotency_key(key, now_millis() - IDEMPOTENCY_KEY_TTL_MS).await
+        dispatch!(self, find_idempotency_key(key, now_millis() - IDEMPOTENCY_KEY_TTL_MS))
     }
 
     /// Appends to a job's history.
@@ -297,7 +356,7 @@ impl Store {
         kind: &str,
         message: &str,
     ) -> Result<(), StorageError> {
-        self.backend.append_job_event(job_id, attempt, kind, message).await
+        dispatch!(self, append_job_event(job_id, attempt, kind, message))
     }
 
     /// A job's history after event `after` (0 for all of it).
@@ -306,7 +365,7 @@ impl Store {
         job_id: &str,
         after: i64,
     ) -> Result<Vec<JobEvent>, StorageError> {
-        self.backend.job_events(job_id, after).await
+        dispatch!(self, job_events(job_id, after))
     }
 
     /// Instances with a cloud id that are not terminated, grouped by region.
@@ -314,7 +373,7 @@ impl Store {
         &self,
     ) -> Result<BTreeMap<String, Vec<InstanceRecord>>, StorageError> {
         let mut by_region: BTreeMap<String, Vec<InstanceRecord>> = BTreeMap::new();
-        for instance in self.backend.live_instances().await? {
+        for instance in dispatch!(self, live_instances())? {
             by_region.entry(instance.region.clone()).or_default().push(instance);
         }
         Ok(by_region)
@@ -322,23 +381,23 @@ impl Store {
 
     /// Ids of jobs that are queued or running.
     pub async fn unfinished_job_ids(&self) -> Result<Vec<String>, StorageError> {
-        self.backend.unfinished_job_ids().await
+        dispatch!(self, unfinished_job_ids())
     }
 
     /// Which of `cloud_ids` corral has a record of, in any state.
     pub async fn known_cloud_ids(&self, cloud_ids: &[String]) -> Result<Vec<String>, StorageError> {
-        self.backend.known_cloud_ids(cloud_ids).await
+        dispatch!(self, known_cloud_ids(cloud_ids))
     }
 
     pub async fn record_reconciliation(
         &self,
         reconciliation: &Reconciliation,
     ) -> Result<(), StorageError> {
-        self.backend.record_reconciliation(reconciliation).await
+        dispatch!(self, record_reconciliation(reconciliation))
     }
 
     pub async fn list_orphans(&self) -> Result<Vec<OrphanRecord>, StorageError> {
-        self.backend.list_orphans().await
+        dispatch!(self, list_orphans())
     }
 
     /// Turns an orphan into an instance record, atomically; `None` if it is no longer an orphan.
@@ -347,12 +406,12 @@ impl Store {
         cloud_id: &str,
         instance: &InstanceRecord,
     ) -> Result<Option<InstanceRecord>, StorageError> {
-        self.backend.adopt_orphan(cloud_id, instance).await
+        dispatch!(self, adopt_orphan(cloud_id, instance))
     }
 
     /// Drift found on an instance, newest first.
     pub async fn drift_of(&self, instance_id: &str) -> Result<Vec<DriftRecord>, StorageError> {
-        self.backend.drift_of(instance_id).await
+        dispatch!(self, drift_of(instance_id))
     }
 
     /// Looks an instance up by corral id or cloud id.
@@ -365,7 +424,7 @@ impl Store {
         &self,
         ids: &[String],
     ) -> Result<Vec<InstanceRecord>, StorageError> {
-        self.backend.find_instances(ids).await
+        dispatch!(self, find_instances(ids))
     }
 
     pub async fn list_instances(
@@ -373,12 +432,12 @@ impl Store {
         filter: &InstanceFilter,
         page: &PageRequest,
     ) -> Result<Page<InstanceRecord>, StorageError> {
-        let rows = self.backend.list_instances(filter, page).await?;
+        let rows = dispatch!(self, list_instances(filter, page))?;
         Ok(Page::from_rows(rows, page.limit, |row| &row.id))
     }
 
     pub async fn get_job(&self, id: &str) -> Result<Option<JobView>, StorageError> {
-        let Some(job) = self.backend.get_job(id).await? else { return Ok(None) };
+        let Some(job) = dispatch!(self, get_job(id))? else { return Ok(None) };
         let mut views = self.with_instances(vec![job]).await?;
         Ok(views.pop())
     }
@@ -388,7 +447,7 @@ impl Store {
         status: Option<JobStatus>,
         page: &PageRequest,
     ) -> Result<Page<JobView>, StorageError> {
-        let rows = self.backend.list_jobs(status, page).await?;
+        let rows = dispatch!(self, list_jobs(status, page))?;
         let Page { items, next_after } = Page::from_rows(rows, page.limit, |row| &row.id);
         Ok(Page { items: self.with_instances(items).await?, next_after })
     }
@@ -397,7 +456,7 @@ impl Store {
     async fn with_instances(&self, jobs: Vec<JobRecord>) -> Result<Vec<JobView>, StorageError> {
         let job_ids: Vec<String> = jobs.iter().map(|job| job.id.clone()).collect();
         let mut by_job: BTreeMap<String, Vec<InstanceRecord>> = BTreeMap::new();
-        for (job_id, instance) in self.backend.instances_of_jobs(&job_ids).await? {
+        for (job_id, instance) in dispatch!(self, instances_of_jobs(&job_ids))? {
             by_job.entry(job_id).or_default().push(instance);
         }
         Ok(jobs
@@ -415,7 +474,7 @@ impl Store {
         worker: &str,
         lease_until: Millis,
     ) -> Result<Option<JobView>, StorageError> {
-        let Some(job) = self.backend.claim_job(worker, now_millis(), lease_until).await? else {
+        let Some(job) = dispatch!(self, claim_job(worker, now_millis(), lease_until))? else {
             return Ok(None);
         };
         Ok(self.with_instances(vec![job]).await?.pop())
@@ -428,7 +487,7 @@ impl Store {
         worker: &str,
         lease_until: Millis,
     ) -> Result<bool, StorageError> {
-        self.backend.renew_lease(job_id, worker, lease_until).await
+        dispatch!(self, renew_lease(job_id, worker, lease_until))
     }
 
     /// Ends an attempt of a job `worker` holds; false (and no change) when the lease was lost.
@@ -438,7 +497,7 @@ impl Store {
         worker: &str,
         outcome: &JobOutcome,
     ) -> Result<bool, StorageError> {
-        self.backend.finish_job(job_id, worker, outcome).await
+        dispatch!(self, finish_job(job_id, worker, outcome))
     }
 
     /// Records what the cloud reported, including cloud ids of newly launched instances.
@@ -446,10 +505,10 @@ impl Store {
         &self,
         observations: &[Observation],
     ) -> Result<(), StorageError> {
-        self.backend.record_observations(observations).await
+        dispatch!(self, record_observations(observations))
     }
 
     pub async fn counts(&self) -> Result<Counts, StorageError> {
-        self.backend.counts().await
+        dispatch!(self, counts())
     }
 }

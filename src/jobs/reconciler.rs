@@ -11,9 +11,17 @@ use tokio_util::sync::CancellationToken;
 use crate::jobs::JobContext;
 use crate::jobs::JobError;
 use crate::jobs::kinds::refresh_region;
+use crate::storage::now_millis;
 
-/// Runs a pass every `interval` until `shutdown`; a zero interval turns the loop off.
-pub async fn run_reconciler(ctx: Arc<JobContext>, interval: Duration, shutdown: CancellationToken) {
+/// Runs a pass every `interval` until `shutdown`; a zero interval turns the loop off. Processes
+/// sharing a database take turns through the `reconciler` lease: one holds it while it keeps
+/// passing, another takes it over once it has expired (three intervals without a pass).
+pub async fn run_reconciler(
+    ctx: Arc<JobContext>,
+    interval: Duration,
+    holder: String,
+    shutdown: CancellationToken,
+) {
     if interval.is_zero() {
         return;
     }
@@ -21,6 +29,15 @@ pub async fn run_reconciler(ctx: Arc<JobContext>, interval: Duration, shutdown: 
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.cancelled() => return,
+        }
+        let until = now_millis() + 3 * interval.as_millis() as i64;
+        match ctx.store.try_lease("reconciler", &holder, until).await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(err) => {
+                tracing::warn!(error = ?err, "taking the reconciler lease failed");
+                continue;
+            }
         }
         match reconcile_all(&ctx).await {
             Ok(summary) => tracing::info!(

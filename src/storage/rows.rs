@@ -136,13 +136,14 @@ impl TryFrom<OrphanRow> for OrphanRecord {
     }
 }
 
-pub fn convert<R, T: TryFrom<R, Error = StorageError>>(rows: Vec<R>) -> Result<Vec<T>, StorageError> {
+pub fn convert<R, T: TryFrom<R, Error = StorageError>>(
+    rows: Vec<R>,
+) -> Result<Vec<T>, StorageError> {
     rows.into_iter().map(T::try_from).collect()
 }
 
 pub const JOB_COLUMNS: &str = "id, kind, status, payload, attempts, max_attempts, run_at, error, \
                            created_at, updated_at, started_at, finished_at";
-
 
 impl From<DriftRow> for DriftRecord {
     fn from(row: DriftRow) -> DriftRecord {

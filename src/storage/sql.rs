@@ -531,6 +531,12 @@ macro_rules! sql_store {
                     .bind(job_id)
                     .execute(&mut *tx)
                     .await?;
+                    if $dialect == Dialect::Postgres {
+                        sqlx::query("SELECT pg_notify('corral_job_finished', $1)")
+                            .bind(job_id)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
                 }
                 tx.commit().await?;
                 Ok(true)
@@ -550,6 +556,29 @@ macro_rules! sql_store {
                 }
                 tx.commit().await?;
                 Ok(())
+            }
+
+            pub async fn try_lease(
+                &self,
+                name: &str,
+                holder: &str,
+                now: Millis,
+                until: Millis,
+            ) -> Result<bool, StorageError> {
+                let taken = sqlx::query(
+                    "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+                     expires_at = excluded.expires_at \
+                     WHERE leases.holder = excluded.holder OR leases.expires_at < $4",
+                )
+                .bind(name)
+                .bind(holder)
+                .bind(until)
+                .bind(now)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(taken == 1)
             }
 
             pub async fn counts(&self) -> Result<Counts, StorageError> {
@@ -696,6 +725,13 @@ macro_rules! sql_store {
             .bind(now)
             .execute(&mut **tx)
             .await?;
+            if $dialect == Dialect::Postgres {
+                // Delivered to every listening process when the transaction commits.
+                sqlx::query("SELECT pg_notify('corral_job_queued', $1)")
+                    .bind(&job.id)
+                    .execute(&mut **tx)
+                    .await?;
+            }
             Ok(())
         }
 

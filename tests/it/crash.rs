@@ -130,7 +130,7 @@ async fn kill_9_mid_work_then_restart_loses_and_duplicates_nothing() {
         // Arrange: a server with four running instances to stop and terminate.
         let (key, secret) = new_moto_account().await;
         let dir = tempfile::tempdir().unwrap();
-        let database = format!("sqlite://{}", dir.path().join("corral.db").display());
+        let database = crate::helpers::fresh_database_url(dir.path()).await;
         let client = reqwest::Client::new();
         let server = Server::start(&database, &key, &secret).await;
         let base: Value = client
@@ -256,7 +256,7 @@ async fn sigterm_hands_unfinished_jobs_back_and_they_finish_after_a_restart() {
     let proxy = crate::proxy::FaultProxy::start(moto_url(), 0.0).await;
     proxy.set_delay(Duration::from_millis(700));
     let dir = tempfile::tempdir().unwrap();
-    let database = format!("sqlite://{}", dir.path().join("corral.db").display());
+    let database = crate::helpers::fresh_database_url(dir.path()).await;
     let server = Server::start_against(&proxy.url, &database, &key, &secret).await;
     let client = reqwest::Client::new();
     for n in 0..6 {

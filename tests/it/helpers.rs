@@ -52,7 +52,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let (key_id, secret) = new_moto_account().await;
     let mut settings = Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: format!("sqlite://{}", dir.path().join("corral.db").display()),
+        database_url: fresh_database_url(dir.path()).await,
         ..Settings::default()
     };
     settings.aws.endpoint_url = Some(moto_url());
@@ -76,6 +76,30 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
 
     let ec2 = ec2_client(&key_id, &secret);
     TestApp { address, database_url, client: reqwest::Client::new(), ec2, shutdown, _dir: dir }
+}
+
+/// The base URL of the throwaway PostgreSQL cluster, when the suite runs on PostgreSQL.
+pub fn postgres_url() -> Option<String> {
+    std::env::var("CORRAL_TEST_POSTGRES_URL").ok().filter(|url| !url.is_empty())
+}
+
+/// A new, empty database: a fresh PostgreSQL database when the suite runs on PostgreSQL
+/// (`CORRAL_TEST_POSTGRES_URL`), else a SQLite file in `dir`.
+pub async fn fresh_database_url(dir: &std::path::Path) -> String {
+    match postgres_url() {
+        Some(base) => new_postgres_database(&base).await,
+        None => format!("sqlite://{}", dir.join("corral.db").display()),
+    }
+}
+
+/// Creates a database in the cluster at `base` and returns its URL.
+pub async fn new_postgres_database(base: &str) -> String {
+    use sqlx::Connection;
+    let name = format!("corral_test_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(base).await.expect("PostgreSQL answers");
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+    let (prefix, _) = base.rsplit_once('/').unwrap();
+    format!("{prefix}/{name}")
 }
 
 /// An EC2 client straight to the emulator (not through corral), in the account of `key_id`.
@@ -166,12 +190,14 @@ impl TestApp {
     /// Points a stored instance at a cloud id the cloud has never heard of, as if the instance
     /// had vanished.
     pub async fn db_forget_cloud_instance(&self, instance_id: &str) {
-        let pool = sqlx::SqlitePool::connect(&self.database_url).await.unwrap();
-        sqlx::query("UPDATE instances SET cloud_id = 'i-0000000000deadbee' WHERE id = ?")
-            .bind(instance_id)
-            .execute(&pool)
-            .await
-            .unwrap();
+        let sql = "UPDATE instances SET cloud_id = 'i-0000000000deadbee' WHERE id = $1";
+        if self.database_url.starts_with("sqlite:") {
+            let pool = sqlx::SqlitePool::connect(&self.database_url).await.unwrap();
+            sqlx::query(sql).bind(instance_id).execute(&pool).await.unwrap();
+        } else {
+            let pool = sqlx::PgPool::connect(&self.database_url).await.unwrap();
+            sqlx::query(sql).bind(instance_id).execute(&pool).await.unwrap();
+        }
     }
 
     pub async fn post_instances(&self, body: &Value, query: &str) -> Response {

@@ -1,0 +1,89 @@
+//! PostgreSQL, for several corral processes sharing one database: migrations from
+//! `migrations/postgres` (sqlx holds an advisory lock while it applies them, so replicas starting
+//! together do not race), claims with `FOR UPDATE SKIP LOCKED`, and `LISTEN/NOTIFY` to wake
+//! workers and waiters in every process.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::{PgPool, Postgres, QueryBuilder};
+use tokio::sync::mpsc;
+
+use crate::domain::{Action, StateConflict};
+use crate::storage::rows::{DriftRow, InstanceRow, JOB_COLUMNS, JobRow, OrphanRow, convert};
+use crate::storage::sql::{Dialect, sql_store};
+use crate::storage::{
+    Admission, Counts, DriftRecord, IdempotencyKey, InstanceFilter, InstanceRecord, JobEvent,
+    JobOutcome, JobRecord, JobStatus, Millis, NewJob, Observation, OrphanRecord, PageRequest,
+    Reconciliation, StorageError, StoreEvent, now_millis,
+};
+
+/// Channel on which a stored job is announced (payload: job id).
+pub const JOB_QUEUED: &str = "corral_job_queued";
+/// Channel on which a finished job is announced (payload: job id).
+pub const JOB_FINISHED: &str = "corral_job_finished";
+
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    pub async fn connect(url: &str) -> anyhow::Result<PgStore> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+            .with_context(|| format!("connecting to {}", redact(url)))?;
+        sqlx::migrate!("./migrations/postgres")
+            .run(&pool)
+            .await
+            .context("applying database migrations")?;
+        Ok(PgStore { pool })
+    }
+
+    /// Forwards job notifications from every process; reconnects if the connection drops.
+    pub async fn subscribe(&self) -> anyhow::Result<mpsc::Receiver<StoreEvent>> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen_all([JOB_QUEUED, JOB_FINISHED]).await?;
+        let (sender, receiver) = mpsc::channel(1024);
+        tokio::spawn(async move {
+            loop {
+                match listener.recv().await {
+                    Ok(notification) => {
+                        let job_id = notification.payload().to_string();
+                        let event = if notification.channel() == JOB_QUEUED {
+                            StoreEvent::JobQueued(job_id)
+                        } else {
+                            StoreEvent::JobFinished(job_id)
+                        };
+                        if sender.send(event).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "job notifications interrupted; reconnecting");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        Ok(receiver)
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{}@{}", &url[..scheme + 3], user, &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+sql_store!(PgStore, Postgres, Dialect::Postgres);
