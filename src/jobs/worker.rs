@@ -74,7 +74,7 @@ impl Worker {
             &job_id,
             attempts,
             "step",
-            &format!("attempt {attempts} of {max_attempts} started"),
+            &format!("attempt {attempts} of {max_attempts} started by worker {}", self.id),
         )
         .await;
         let ctx = self.ctx.clone();

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{AMI_X86, moto_url, new_moto_account, tags_of};
+use crate::helpers::{
+    AMI_X86, moto_url, new_moto_account, new_postgres_database, postgres_url, tags_of,
+};
+use crate::proxy::FaultProxy;
 
 /// Kept small so that the test runs in well under a minute or two.
 const TRIALS: usize = 5;
@@ -308,4 +311,106 @@ async fn sigterm_hands_unfinished_jobs_back_and_they_finish_after_a_restart() {
     let output = ec2.describe_instances().send().await.unwrap();
     let launched: usize = output.reservations().iter().map(|r| r.instances().len()).sum();
     assert_eq!(launched, 6, "no duplicates after a graceful restart");
+}
+
+#[tokio::test]
+async fn three_replicas_on_one_postgres_run_300_jobs_once_and_take_over_a_killed_one() {
+    let Some(base) = postgres_url() else {
+        eprintln!("SKIPPED: replicas share a PostgreSQL database; set CORRAL_TEST_POSTGRES_URL");
+        return;
+    };
+    // Arrange: three replicas start together on an empty database, so their migrations race.
+    let database = new_postgres_database(&base).await;
+    let (key, secret) = new_moto_account().await;
+    let proxy = FaultProxy::start(moto_url(), 0.0).await;
+    let (a, b, c) = tokio::join!(
+        Server::start_against(&proxy.url, &database, &key, &secret),
+        Server::start_against(&proxy.url, &database, &key, &secret),
+        Server::start_against(&proxy.url, &database, &key, &secret),
+    );
+    let pids: Vec<u32> = [&a, &b, &c].iter().map(|s| s.child.id()).collect();
+    let client = reqwest::Client::new();
+
+    // Act: 300 creates spread over the three APIs, then kill -9 one replica mid-work.
+    let started = std::time::Instant::now();
+    let urls = [a.url.clone(), b.url.clone(), c.url.clone()];
+    let submissions = (0..300).map(|n| {
+        let client = client.clone();
+        let url = urls[n % 3].clone();
+        async move {
+            let body = json!({ "name": format!("replica-{n}"), "ami": AMI_X86, "instance_type": "t3.micro" });
+            let response = client.post(format!("{url}/v1/instances")).json(&body).send().await.unwrap();
+            assert_eq!(response.status(), 202);
+        }
+    });
+    // The two replicas that stay get every request; the third is killed below.
+    futures_util::future::join_all(submissions.take(200)).await;
+    b.kill_9();
+    let killed_at = std::time::Instant::now();
+    for n in 200..300 {
+        let url = if n % 2 == 0 { &a.url } else { &c.url };
+        let body =
+            json!({ "name": format!("replica-{n}"), "ami": AMI_X86, "instance_type": "t3.micro" });
+        let response = client.post(format!("{url}/v1/instances")).json(&body).send().await.unwrap();
+        assert_eq!(response.status(), 202);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let jobs = loop {
+        let jobs = all_pages(&client, &format!("{}/v1/jobs", a.url)).await;
+        if jobs.len() == 300
+            && jobs.iter().all(|j| j["status"] == "succeeded" || j["status"] == "failed")
+        {
+            break jobs;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "jobs stuck after the kill");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let all_done = killed_at.elapsed();
+
+    // Assert: every job succeeded, and each launched exactly one instance.
+    assert!(jobs.iter().all(|j| j["status"] == "succeeded"));
+    let ec2 = crate::helpers::ec2_client(&key, &secret);
+    let mut corral_ids = BTreeSet::new();
+    let mut pages = ec2.describe_instances().into_paginator().send();
+    let mut launched = 0;
+    while let Some(page) = pages.next().await {
+        for instance in page.unwrap().reservations().iter().flat_map(|r| r.instances()) {
+            launched += 1;
+            corral_ids.insert(tags_of(instance)["corral:instance-id"].clone());
+        }
+    }
+    assert_eq!(launched, 300, "one instance per job, none twice");
+    assert_eq!(corral_ids.len(), 300);
+    let mut by_replica: BTreeMap<u32, usize> = BTreeMap::new();
+    let mut resumed = 0;
+    for job in &jobs {
+        let id = job["id"].as_str().unwrap();
+        let events: Value = client
+            .get(format!("{}/v1/jobs/{id}/events", a.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let last_start = events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .rev()
+            .find_map(|e| e["message"].as_str().unwrap().split("started by worker ").nth(1))
+            .unwrap()
+            .to_string();
+        let pid: u32 = last_start.split('-').next().unwrap().parse().unwrap();
+        *by_replica.entry(pid).or_default() += 1;
+        resumed += usize::from(job["attempts"].as_i64().unwrap() > 1);
+    }
+    assert!(by_replica.keys().all(|pid| pids.contains(pid)));
+    assert!(by_replica.len() >= 2, "the work was shared: {by_replica:?}");
+    eprintln!(
+        "300 jobs on 3 replicas: {launched} instances, RunInstances calls {}, finished by replica {by_replica:?}, \
+         {resumed} resumed after the kill, all done {all_done:?} after the kill ({:?} in all)",
+        proxy.calls_of("RunInstances"),
+        started.elapsed()
+    );
 }

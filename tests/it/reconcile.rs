@@ -170,7 +170,7 @@ async fn a_job_records_its_steps_and_streams_them_as_server_sent_events() {
         .iter()
         .map(|e| e["message"].as_str().unwrap())
         .collect();
-    assert_eq!(messages[0], "attempt 1 of 3 started");
+    assert!(messages[0].starts_with("attempt 1 of 3 started by worker "), "{}", messages[0]);
     assert!(
         messages.iter().any(|m| m.starts_with("launching 1 t3.micro instance(s)")),
         "{messages:?}"
