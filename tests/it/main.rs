@@ -12,4 +12,5 @@ mod policy;
 mod proxy;
 mod reconcile;
 mod resilience;
+mod storage;
 mod tidy;

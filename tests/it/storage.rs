@@ -1,0 +1,126 @@
+//! The storage contract, run against whichever database the suite runs on (SQLite, or
+//! PostgreSQL with `CORRAL_TEST_POSTGRES_URL`): claims, leases, guarded completion, idempotency
+//! keys and named leases behave the same on both.
+
+use std::collections::BTreeSet;
+
+use corral::domain::JobKind;
+use corral::storage::{Admission, IdempotencyKey, JobOutcome, NewJob, Store, now_millis};
+
+async fn store() -> (Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = crate::helpers::fresh_database_url(dir.path()).await;
+    (Store::connect(&url).await.unwrap(), dir)
+}
+
+fn job() -> NewJob {
+    NewJob {
+        id: uuid::Uuid::now_v7().to_string(),
+        kind: JobKind::Reconcile,
+        payload: serde_json::json!({}),
+        max_attempts: 3,
+    }
+}
+
+async fn enqueue(store: &Store) -> String {
+    let job = job();
+    assert_eq!(store.insert_instances_job(&job, None, &[], None).await.unwrap(), Admission::Stored);
+    job.id
+}
+
+#[tokio::test]
+async fn concurrent_claims_never_hand_one_job_to_two_workers() {
+    let (store, _dir) = store().await;
+    for _ in 0..60 {
+        enqueue(&store).await;
+    }
+
+    let claimers = (0..8).map(|worker| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut claimed = Vec::new();
+            while let Some(job) =
+                store.claim_job(&format!("w{worker}"), now_millis() + 60_000).await.unwrap()
+            {
+                claimed.push(job.job.id);
+            }
+            claimed
+        })
+    });
+    let mut all = Vec::new();
+    for claimer in claimers {
+        all.extend(claimer.await.unwrap());
+    }
+
+    let distinct: BTreeSet<&String> = all.iter().collect();
+    assert_eq!(all.len(), 60);
+    assert_eq!(distinct.len(), 60);
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_claimed_again_and_its_old_holder_cannot_finish() {
+    let (store, _dir) = store().await;
+    let id = enqueue(&store).await;
+    let first = store.claim_job("w1", now_millis() - 1).await.unwrap().unwrap();
+    assert_eq!((first.job.id.as_str(), first.job.attempts), (id.as_str(), 1));
+
+    let second = store.claim_job("w2", now_millis() + 60_000).await.unwrap().unwrap();
+
+    assert_eq!((second.job.id.as_str(), second.job.attempts), (id.as_str(), 2));
+    assert!(!store.finish_job(&id, "w1", &JobOutcome::Succeeded).await.unwrap());
+    assert!(!store.renew_lease(&id, "w1", now_millis() + 60_000).await.unwrap());
+    assert!(store.finish_job(&id, "w2", &JobOutcome::Succeeded).await.unwrap());
+    let view = store.get_job(&id).await.unwrap().unwrap();
+    assert_eq!(view.job.status.as_str(), "succeeded");
+}
+
+#[tokio::test]
+async fn a_held_lease_keeps_the_job_and_a_retry_waits_for_its_time() {
+    let (store, _dir) = store().await;
+    let id = enqueue(&store).await;
+    store.claim_job("w1", now_millis() + 60_000).await.unwrap().unwrap();
+
+    assert!(store.claim_job("w2", now_millis() + 60_000).await.unwrap().is_none());
+    assert!(store.renew_lease(&id, "w1", now_millis() + 60_000).await.unwrap());
+    let retry = JobOutcome::Retry { error: "throttled".into(), run_at: now_millis() + 60_000 };
+    assert!(store.finish_job(&id, "w1", &retry).await.unwrap());
+    assert!(store.claim_job("w2", now_millis() + 60_000).await.unwrap().is_none(), "not due yet");
+
+    let view = store.get_job(&id).await.unwrap().unwrap();
+    assert_eq!(view.job.status.as_str(), "queued");
+    assert_eq!(view.job.error.as_deref(), Some("throttled"));
+}
+
+#[tokio::test]
+async fn an_idempotency_key_replays_its_job_or_refuses_another_request() {
+    let (store, _dir) = store().await;
+    let key = IdempotencyKey { key: "k".into(), fingerprint: "a".into() };
+    let first = job();
+    assert_eq!(
+        store.insert_instances_job(&first, None, &[], Some(&key)).await.unwrap(),
+        Admission::Stored
+    );
+
+    let again = store.insert_instances_job(&job(), None, &[], Some(&key)).await.unwrap();
+    let other = IdempotencyKey { key: "k".into(), fingerprint: "b".into() };
+    let mismatch = store.insert_instances_job(&job(), None, &[], Some(&other)).await.unwrap();
+
+    assert_eq!(again, Admission::Replay { job_id: first.id.clone() });
+    assert_eq!(mismatch, Admission::KeyMismatch);
+    let jobs = store
+        .list_jobs(None, &corral::storage::PageRequest { limit: 10, after: None })
+        .await
+        .unwrap();
+    assert_eq!(jobs.items.len(), 1, "replays and mismatches store nothing");
+}
+
+#[tokio::test]
+async fn a_named_lease_has_one_holder_until_it_expires() {
+    let (store, _dir) = store().await;
+
+    assert!(store.try_lease("reconciler", "a", now_millis() + 60_000).await.unwrap());
+    assert!(!store.try_lease("reconciler", "b", now_millis() + 60_000).await.unwrap());
+    assert!(store.try_lease("reconciler", "a", now_millis() - 1).await.unwrap(), "renewed");
+    assert!(store.try_lease("reconciler", "b", now_millis() + 60_000).await.unwrap(), "taken over");
+    assert!(!store.try_lease("reconciler", "a", now_millis() + 60_000).await.unwrap());
+}
