@@ -94,6 +94,38 @@ pub struct InstanceRecord {
     pub updated_at: Millis,
 }
 
+impl InstanceRecord {
+    /// The record of an instance `job_id` is about to create: `provisioning`, owned by the job.
+    pub fn desired(
+        spec: &crate::domain::LaunchSpec,
+        job_id: &str,
+        launch_index: usize,
+        now: Millis,
+    ) -> InstanceRecord {
+        InstanceRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            cloud_id: None,
+            name: spec.names[launch_index].clone(),
+            namespace: spec.namespace.clone(),
+            region: spec.region.clone(),
+            ami: spec.ami.clone(),
+            instance_type: spec.instance_type.clone(),
+            storage_gb: spec.storage_gb,
+            state: InstanceState::Provisioning,
+            public_ip: None,
+            private_ip: None,
+            key_name: spec.key_name.clone(),
+            tags: spec.tags.clone(),
+            backend: "aws".to_string(),
+            launch_index: launch_index as i64,
+            created_by_job: job_id.to_string(),
+            active_job_id: Some(job_id.to_string()),
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobRecord {
     pub id: String,

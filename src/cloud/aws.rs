@@ -335,7 +335,9 @@ impl Provider for AwsProvider {
                             if code.starts_with("InvalidInstanceID") =>
                         {
                             unknown = instance_ids_in(&message);
+                            unknown.retain(|id| batch.contains(id));
                             if unknown.is_empty() {
+                                // Nothing to leave out: asking again would fail the same way.
                                 return Err(CloudError::Rejected { code, message });
                             }
                             break;
@@ -445,5 +447,22 @@ where
             }
         }
         _ => CloudError::Transient(DisplayErrorContext(&err).to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_instance_ids_are_read_from_the_error_message() {
+        let cases = [
+            ("The instance ID 'i-0123abcd' does not exist", vec!["i-0123abcd"]),
+            ("The instance IDs 'i-1a, i-2b' do not exist", vec!["i-1a", "i-2b"]),
+            ("Invalid id: \"i-\"", vec![]),
+        ];
+        for (message, expected) in cases {
+            assert_eq!(instance_ids_in(message), expected, "{message}");
+        }
     }
 }

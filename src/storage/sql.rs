@@ -649,9 +649,9 @@ macro_rules! sql_store {
         ) -> Result<(), StorageError> {
             sqlx::query(
                 "UPDATE instances SET cloud_id = $1, state = $2, public_ip = $3, private_ip = $4, \
-                     updated_at = $5 \
-                     WHERE id = $6 AND (cloud_id IS DISTINCT FROM $7 OR state <> $8 OR public_ip IS DISTINCT FROM $9 \
-                                       OR private_ip IS DISTINCT FROM $10)",
+                 updated_at = $5 \
+                 WHERE id = $6 AND (cloud_id IS DISTINCT FROM $1 OR state <> $2 \
+                                    OR public_ip IS DISTINCT FROM $3 OR private_ip IS DISTINCT FROM $4)",
             )
             .bind(&seen.cloud_id)
             .bind(seen.state.as_str())
@@ -659,10 +659,6 @@ macro_rules! sql_store {
             .bind(&seen.private_ip)
             .bind(now)
             .bind(&seen.instance_id)
-            .bind(&seen.cloud_id)
-            .bind(seen.state.as_str())
-            .bind(&seen.public_ip)
-            .bind(&seen.private_ip)
             .execute(&mut **tx)
             .await?;
             Ok(())

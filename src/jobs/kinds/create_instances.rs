@@ -254,31 +254,8 @@ mod tests {
         let spec = ctx.policy.check_request(&request).unwrap();
         let job_id = uuid::Uuid::now_v7().to_string();
         let now = now_millis();
-        let instances: Vec<InstanceRecord> = spec
-            .names
-            .iter()
-            .enumerate()
-            .map(|(idx, name)| InstanceRecord {
-                id: uuid::Uuid::now_v7().to_string(),
-                cloud_id: None,
-                name: name.clone(),
-                namespace: spec.namespace.clone(),
-                region: spec.region.clone(),
-                ami: spec.ami.clone(),
-                instance_type: spec.instance_type.clone(),
-                storage_gb: spec.storage_gb,
-                state: InstanceState::Provisioning,
-                public_ip: None,
-                private_ip: None,
-                key_name: None,
-                tags: BTreeMap::new(),
-                backend: "aws".into(),
-                launch_index: idx as i64,
-                created_by_job: job_id.clone(),
-                active_job_id: Some(job_id.clone()),
-                created_at: now,
-                updated_at: now,
-            })
+        let instances: Vec<InstanceRecord> = (0..spec.names.len())
+            .map(|idx| InstanceRecord::desired(&spec, &job_id, idx, now))
             .collect();
         let payload = CreatePayload { spec, client_token: "token-1".into() };
         let job = NewJob {

@@ -77,13 +77,14 @@ pub async fn refresh_region(
     }
 
     if let Some(unfinished_jobs) = unfinished_jobs {
+        let known_ids: HashSet<&str> = known.iter().filter_map(|i| i.cloud_id.as_deref()).collect();
         let candidates: Vec<&CloudInstance> = seen
             .values()
             .filter(|cloud| cloud.state != InstanceState::Terminated)
             .filter(|cloud| {
                 cloud.tags.get(TAG_JOB_ID).is_some_and(|job| !unfinished_jobs.contains(job))
             })
-            .filter(|cloud| !known.iter().any(|i| i.cloud_id.as_deref() == Some(&cloud.cloud_id)))
+            .filter(|cloud| !known_ids.contains(cloud.cloud_id.as_str()))
             .collect();
         let ids: Vec<String> = candidates.iter().map(|c| c.cloud_id.clone()).collect();
         let recorded: HashSet<String> =
