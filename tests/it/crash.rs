@@ -347,6 +347,7 @@ async fn three_replicas_on_one_postgres_run_300_jobs_once_and_take_over_a_killed
     futures_util::future::join_all(submissions.take(200)).await;
     b.kill_9();
     let killed_at = std::time::Instant::now();
+    let killed_at_wall = chrono::Utc::now();
     for n in 200..300 {
         let url = if n % 2 == 0 { &a.url } else { &c.url };
         let body =
@@ -383,6 +384,7 @@ async fn three_replicas_on_one_postgres_run_300_jobs_once_and_take_over_a_killed
     assert_eq!(corral_ids.len(), 300);
     let mut by_replica: BTreeMap<u32, usize> = BTreeMap::new();
     let mut resumed = 0;
+    let mut takeover = Duration::ZERO;
     for job in &jobs {
         let id = job["id"].as_str().unwrap();
         let events: Value = client
@@ -403,13 +405,19 @@ async fn three_replicas_on_one_postgres_run_300_jobs_once_and_take_over_a_killed
             .to_string();
         let pid: u32 = last_start.split('-').next().unwrap().parse().unwrap();
         *by_replica.entry(pid).or_default() += 1;
-        resumed += usize::from(job["attempts"].as_i64().unwrap() > 1);
+        if job["attempts"].as_i64().unwrap() > 1 {
+            resumed += 1;
+            let finished: chrono::DateTime<chrono::Utc> =
+                job["finished_at"].as_str().unwrap().parse().unwrap();
+            takeover = takeover.max((finished - killed_at_wall).to_std().unwrap_or_default());
+        }
     }
     assert!(by_replica.keys().all(|pid| pids.contains(pid)));
     assert!(by_replica.len() >= 2, "the work was shared: {by_replica:?}");
     eprintln!(
         "300 jobs on 3 replicas: {launched} instances, RunInstances calls {}, finished by replica {by_replica:?}, \
-         {resumed} resumed after the kill, all done {all_done:?} after the kill ({:?} in all)",
+         {resumed} resumed after the kill and finished within {takeover:?} of it (lease 3 s), \
+         all done {all_done:?} after the kill ({:?} in all)",
         proxy.calls_of("RunInstances"),
         started.elapsed()
     );
