@@ -109,6 +109,8 @@ impl Queue {
 pub struct JobRun<'a> {
     pub ctx: &'a JobContext,
     pub job: &'a JobView,
+    /// The worker holding the job's lease.
+    pub worker: &'a str,
 }
 
 impl JobRun<'_> {

@@ -140,6 +140,8 @@ pub struct JobRecord {
     pub updated_at: Millis,
     pub started_at: Option<Millis>,
     pub finished_at: Option<Millis>,
+    /// When a create job first called the cloud to launch; `None` means nothing was launched.
+    pub launch_started_at: Option<Millis>,
 }
 
 /// A job with the instances it touches.
@@ -520,6 +522,15 @@ impl Store {
         lease_until: Millis,
     ) -> Result<bool, StorageError> {
         dispatch!(self, renew_lease(job_id, worker, lease_until))
+    }
+
+    /// Records, before the call, that a create job `worker` holds is about to launch.
+    pub async fn mark_launch_started(
+        &self,
+        job_id: &str,
+        worker: &str,
+    ) -> Result<bool, StorageError> {
+        dispatch!(self, mark_launch_started(job_id, worker, now_millis()))
     }
 
     /// Ends an attempt of a job `worker` holds; false (and no change) when the lease was lost.

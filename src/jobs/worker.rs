@@ -80,8 +80,10 @@ impl Worker {
         let ctx = self.ctx.clone();
         // A spawned task isolates panics: they surface as a `JoinError` instead of killing the
         // worker.
-        let mut body =
-            tokio::spawn(async move { kinds::run(&JobRun { ctx: &ctx, job: &job }).await });
+        let worker = self.id.clone();
+        let mut body = tokio::spawn(async move {
+            kinds::run(&JobRun { ctx: &ctx, job: &job, worker: &worker }).await
+        });
         let renew_every = self.ctx.settings.lease() / 3;
         let mut grace: Option<tokio::time::Instant> = None;
         let result = loop {

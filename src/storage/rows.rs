@@ -68,6 +68,7 @@ pub struct JobRow {
     updated_at: i64,
     started_at: Option<i64>,
     finished_at: Option<i64>,
+    launch_started_at: Option<i64>,
 }
 
 impl TryFrom<JobRow> for JobRecord {
@@ -88,6 +89,7 @@ impl TryFrom<JobRow> for JobRecord {
             updated_at: row.updated_at,
             started_at: row.started_at,
             finished_at: row.finished_at,
+            launch_started_at: row.launch_started_at,
         })
     }
 }
@@ -143,7 +145,7 @@ pub fn convert<R, T: TryFrom<R, Error = StorageError>>(
 }
 
 pub const JOB_COLUMNS: &str = "id, kind, status, payload, attempts, max_attempts, run_at, error, \
-                           created_at, updated_at, started_at, finished_at";
+                               created_at, updated_at, started_at, finished_at, launch_started_at";
 
 impl From<DriftRow> for DriftRecord {
     fn from(row: DriftRow) -> DriftRecord {

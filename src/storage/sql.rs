@@ -558,6 +558,25 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            pub async fn mark_launch_started(
+                &self,
+                job_id: &str,
+                worker: &str,
+                now: Millis,
+            ) -> Result<bool, StorageError> {
+                let marked = sqlx::query(
+                    "UPDATE jobs SET launch_started_at = COALESCE(launch_started_at, $1) \
+                     WHERE id = $2 AND locked_by = $3 AND status = 'running'",
+                )
+                .bind(now)
+                .bind(job_id)
+                .bind(worker)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(marked == 1)
+            }
+
             pub async fn try_lease(
                 &self,
                 name: &str,

@@ -269,7 +269,21 @@ async fn sigterm_hands_unfinished_jobs_back_and_they_finish_after_a_restart() {
             client.post(format!("{}/v1/instances", server.url)).json(&body).send().await.unwrap();
         assert_eq!(response.status(), 202);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Wait until jobs are running (each needs several slow calls, far more than the grace).
+    for _ in 0..100 {
+        let running: Value = client
+            .get(format!("{}/v1/jobs?status=running", server.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if !running["items"].as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Act
     let took = server.terminate();

@@ -199,9 +199,10 @@ async fn jobs_waiting_in_one_region_share_their_state_polls() {
 
     assert!(jobs.iter().all(|j| j["status"] == "succeeded"));
     assert_eq!(proxy.calls_of("RunInstances"), 10);
-    // Each job looks its instances up by tag once (10 calls); the waits are batched, where one
-    // poll loop per job would make 10 more.
+    // A first attempt has nothing to look up, and the waits are batched: one poll loop per job
+    // would make at least 10 calls (jobs that start further apart than the batching window poll
+    // apart, so a loaded machine may see a few more than one).
     let describes = proxy.calls_of("DescribeInstances");
-    assert!(describes < 18, "{describes} DescribeInstances calls: {:?}", proxy.calls());
+    assert!(describes < 10, "{describes} DescribeInstances calls: {:?}", proxy.calls());
     eprintln!("10 concurrent creates: {:?}", proxy.calls());
 }

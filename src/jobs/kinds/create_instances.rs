@@ -2,8 +2,8 @@
 //! the cloud reports them running.
 //!
 //! Steps, each safe to repeat:
-//! 1. adopt: find instances an earlier attempt launched (tag `corral:job-id`, in any state) and
-//!    record them;
+//! 1. adopt: if an earlier attempt started a launch (`launch_started_at`, written before the
+//!    call), find what it launched (tag `corral:job-id`, in any state) and record it;
 //! 2. launch: if none exist, check the cloud-dependent policy rules (AMI owner, architecture),
 //!    then call RunInstances once for all of them with the ClientToken persisted at enqueue time.
 //!    EC2 answers a repeated token with the instances of the first call, so a launch whose answer
@@ -43,7 +43,11 @@ pub async fn run(run: &JobRun<'_>) -> Result<(), JobError> {
 
     let mut known_tags: HashMap<String, BTreeMap<String, String>> = HashMap::new();
     if instances.iter().any(|instance| instance.cloud_id.is_none()) {
-        let launched = ctx.provider.find_tagged(region, TAG_JOB_ID, &job.job.id).await?;
+        // Until a launch has started there is nothing to find, and the lookup is not made.
+        let launched = match job.job.launch_started_at {
+            None => Vec::new(),
+            Some(_) => ctx.provider.find_tagged(region, TAG_JOB_ID, &job.job.id).await?,
+        };
         if launched.is_empty() {
             let launched = launch(run, &payload, instances.len()).await?;
             adopt(ctx, &mut instances, launched, &mut known_tags).await?;
@@ -121,6 +125,10 @@ async fn launch(
         cpu_credits: instance_type.burstable.then_some(spec.cpu_credits),
         tags,
     };
+    // Recorded before the call, so that every later attempt looks for what it launched.
+    if !ctx.store.mark_launch_started(&job.job.id, run.worker).await? {
+        return Err(JobError::Retryable("the job's lease was lost before the launch".to_string()));
+    }
     run.step(format!(
         "launching {count} {} instance(s) from {} in {region} (ClientToken {})",
         spec.instance_type, spec.ami, payload.client_token
@@ -279,7 +287,7 @@ mod tests {
         let h = harness(fake).await;
         let job = claimed_job(&h.ctx, 2).await;
 
-        run(&JobRun { ctx: &h.ctx, job: &job }).await.unwrap();
+        run(&JobRun { ctx: &h.ctx, job: &job, worker: "unit-worker" }).await.unwrap();
 
         let view = h.ctx.store.get_job(&job.job.id).await.unwrap().unwrap();
         for instance in &view.instances {
@@ -292,9 +300,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_first_attempt_launches_without_looking_for_earlier_launches() {
+        let h = harness(FakeProvider::default()).await;
+        let job = claimed_job(&h.ctx, 1).await;
+
+        run(&JobRun { ctx: &h.ctx, job: &job, worker: "unit-worker" }).await.unwrap();
+
+        assert_eq!(h.fake.calls("find_tagged"), 0);
+        assert_eq!(h.fake.calls("launch"), 1);
+        let view = h.ctx.store.get_job(&job.job.id).await.unwrap().unwrap();
+        assert!(view.job.launch_started_at.is_some(), "recorded for later attempts");
+    }
+
+    /// Claims `job` again as a later attempt after its launch had started.
+    async fn resumed(ctx: &JobContext, job: &JobView) -> JobView {
+        assert!(ctx.store.mark_launch_started(&job.job.id, "unit-worker").await.unwrap());
+        ctx.store.get_job(&job.job.id).await.unwrap().unwrap()
+    }
+
+    #[tokio::test]
     async fn a_resumed_job_adopts_what_an_earlier_attempt_launched() {
         let h = harness(FakeProvider::default()).await;
         let job = claimed_job(&h.ctx, 2).await;
+        let job = resumed(&h.ctx, &job).await;
         for (idx, instance) in job.instances.iter().enumerate() {
             h.fake.insert(CloudInstance {
                 cloud_id: format!("i-earlier{idx}"),
@@ -312,7 +340,7 @@ mod tests {
             });
         }
 
-        run(&JobRun { ctx: &h.ctx, job: &job }).await.unwrap();
+        run(&JobRun { ctx: &h.ctx, job: &job, worker: "unit-worker" }).await.unwrap();
 
         assert_eq!(h.fake.calls("launch"), 0, "nothing is launched twice");
         let view = h.ctx.store.get_job(&job.job.id).await.unwrap().unwrap();
@@ -330,7 +358,8 @@ mod tests {
             let h = harness(fake).await;
             let job = claimed_job(&h.ctx, 1).await;
 
-            let err = run(&JobRun { ctx: &h.ctx, job: &job }).await.unwrap_err();
+            let err =
+                run(&JobRun { ctx: &h.ctx, job: &job, worker: "unit-worker" }).await.unwrap_err();
 
             let JobError::Permanent(message) = err else { panic!("{code} must be permanent") };
             assert!(message.starts_with(&format!("{code}: token reused")), "{message}");
@@ -342,6 +371,7 @@ mod tests {
     async fn instances_found_partly_are_waited_for_not_relaunched() {
         let h = harness(FakeProvider::default()).await;
         let job = claimed_job(&h.ctx, 2).await;
+        let job = resumed(&h.ctx, &job).await;
         h.fake.insert(CloudInstance {
             cloud_id: "i-onlyone".into(),
             state: InstanceState::Running,
@@ -354,7 +384,7 @@ mod tests {
             state_reason: None,
         });
 
-        let err = run(&JobRun { ctx: &h.ctx, job: &job }).await.unwrap_err();
+        let err = run(&JobRun { ctx: &h.ctx, job: &job, worker: "unit-worker" }).await.unwrap_err();
 
         assert!(matches!(err, JobError::Retryable(_)), "{err:?}");
         assert_eq!(h.fake.calls("launch"), 0);
