@@ -26,7 +26,7 @@ pub struct ServerArgs {
     /// TOML configuration file; `CORRAL_*` variables override it.
     #[arg(long, env = "CORRAL_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Database URL, e.g. sqlite://./data/corral.db (created if missing).
+    /// Database URL: sqlite://./data/corral.db (created if missing) or postgres://USER:PASSWORD@HOST/DB.
     #[arg(long, env = "CORRAL_DATABASE_URL")]
     pub database: Option<String>,
 }
@@ -82,7 +82,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate { server } => {
             let settings = server.settings()?;
             Store::connect(&settings.database_url).await?;
-            tracing::info!(database = %settings.database_url, "migrations applied");
+            tracing::info!(
+                database = %crate::storage::redact_url(&settings.database_url),
+                "migrations applied"
+            );
             Ok(())
         }
     }

@@ -75,6 +75,14 @@ pub enum Role {
 }
 
 impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Api => "api",
+            Role::Worker => "worker",
+            Role::All => "all",
+        }
+    }
+
     pub fn serves_api(self) -> bool {
         matches!(self, Role::Api | Role::All)
     }

@@ -51,9 +51,9 @@ impl Application {
         let store = Store::connect(&settings.database_url).await?;
         anyhow::ensure!(
             settings.role == Role::All || store.is_shared(),
-            "role '{:?}' needs a database shared with the other roles (postgres://…); with SQLite \
-             run one process with role all",
-            settings.role
+            "--role {} needs a database shared with the other roles (postgres://…); with SQLite \
+             run one process with --role all",
+            settings.role.as_str()
         );
         let listener = TcpListener::bind(settings.listen)
             .await

@@ -67,6 +67,18 @@ pub fn now_millis() -> Millis {
     Utc::now().timestamp_millis()
 }
 
+/// The URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{}@{}", &url[..scheme + 3], user, &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
 pub fn to_datetime(millis: Millis) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(millis).unwrap_or_default()
 }
@@ -312,7 +324,7 @@ impl Store {
         } else {
             anyhow::bail!(
                 "unsupported database URL '{}': expected sqlite://PATH or postgres://…",
-                url.split('@').next_back().unwrap_or(url)
+                redact_url(url)
             );
         };
         Ok(Store { backend })
@@ -553,5 +565,22 @@ impl Store {
 
     pub async fn counts(&self) -> Result<Counts, StorageError> {
         dispatch!(self, counts())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        let cases = [
+            ("postgres://corral:s3cret@db:5432/corral", "postgres://corral@db:5432/corral"),
+            ("postgres://corral@db/corral", "postgres://corral@db/corral"),
+            ("sqlite://./data/corral.db", "sqlite://./data/corral.db"),
+        ];
+        for (url, expected) in cases {
+            assert_eq!(redact_url(url), expected);
+        }
     }
 }

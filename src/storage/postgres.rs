@@ -16,7 +16,7 @@ use crate::storage::sql::{Dialect, sql_store};
 use crate::storage::{
     Admission, Counts, DriftRecord, IdempotencyKey, InstanceFilter, InstanceRecord, JobEvent,
     JobOutcome, JobRecord, JobStatus, Millis, NewJob, Observation, OrphanRecord, PageRequest,
-    Reconciliation, StorageError, StoreEvent, now_millis,
+    Reconciliation, StorageError, StoreEvent, now_millis, redact_url,
 };
 
 /// Channel on which a stored job is announced (payload: job id).
@@ -36,7 +36,7 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect(url)
             .await
-            .with_context(|| format!("connecting to {}", redact(url)))?;
+            .with_context(|| format!("connecting to {}", redact_url(url)))?;
         sqlx::migrate!("./migrations/postgres")
             .run(&pool)
             .await
@@ -71,18 +71,6 @@ impl PgStore {
             }
         });
         Ok(receiver)
-    }
-}
-
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{}{}@{}", &url[..scheme + 3], user, &url[at + 1..])
-        }
-        _ => url.to_string(),
     }
 }
 
