@@ -545,14 +545,17 @@ impl Store {
         dispatch!(self, mark_launch_started(job_id, worker, now_millis()))
     }
 
-    /// Ends an attempt of a job `worker` holds; false (and no change) when the lease was lost.
+    /// Ends an attempt of a job `worker` holds and appends `events` (kind, message) to its
+    /// history, atomically; false (and no change) when the lease was lost.
     pub async fn finish_job(
         &self,
         job_id: &str,
         worker: &str,
         outcome: &JobOutcome,
+        attempt: i64,
+        events: &[(&str, String)],
     ) -> Result<bool, StorageError> {
-        dispatch!(self, finish_job(job_id, worker, outcome))
+        dispatch!(self, finish_job(job_id, worker, outcome, attempt, events))
     }
 
     /// Records what the cloud reported, including cloud ids of newly launched instances.

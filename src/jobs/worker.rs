@@ -134,33 +134,42 @@ impl Worker {
                 JobOutcome::Retry { error, run_at: now_millis() + delay.as_millis() as Millis }
             }
         };
+        // The outcome and its history are written together, so that whoever sees the job
+        // finished also sees how it ended; a worker that lost its lease has no say.
+        let events: Vec<(&str, String)> = match &outcome {
+            JobOutcome::Succeeded => vec![("outcome", "succeeded".to_string())],
+            JobOutcome::Failed { error } => {
+                vec![("error", error.clone()), ("outcome", "failed".to_string())]
+            }
+            JobOutcome::Retry { error, run_at } => {
+                let delay = (run_at - now_millis()).max(0) as f64 / 1000.0;
+                vec![("error", format!("{error}; retrying in {delay:.1}s"))]
+            }
+        };
+        match self.ctx.store.finish_job(&job_id, &self.id, &outcome, attempts, &events).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!("lease lost before the outcome was recorded");
+                return;
+            }
+            Err(err) => {
+                tracing::error!(error = ?err, "recording the job outcome failed");
+                return;
+            }
+        }
         match &outcome {
             JobOutcome::Succeeded => {
                 tracing::info!("job succeeded");
-                self.event(&job_id, attempts, "outcome", "succeeded").await;
+                self.queue.announce_finished(&job_id);
             }
             JobOutcome::Failed { error } => {
                 tracing::warn!(%error, "job failed");
-                self.event(&job_id, attempts, "error", error).await;
-                self.event(&job_id, attempts, "outcome", "failed").await;
+                self.queue.announce_finished(&job_id);
             }
-            JobOutcome::Retry { error, run_at } => {
+            JobOutcome::Retry { error, .. } => {
                 tracing::warn!(%error, "job attempt failed; will retry");
-                let delay = (run_at - now_millis()).max(0) as f64 / 1000.0;
-                let message = format!("{error}; retrying in {delay:.1}s");
-                self.event(&job_id, attempts, "error", &message).await;
+                self.queue.wake_workers();
             }
-        }
-        match self.ctx.store.finish_job(&job_id, &self.id, &outcome).await {
-            Ok(true) => {
-                if !matches!(outcome, JobOutcome::Retry { .. }) {
-                    self.queue.announce_finished(&job_id);
-                } else {
-                    self.queue.wake_workers();
-                }
-            }
-            Ok(false) => tracing::warn!("lease lost before the outcome was recorded"),
-            Err(err) => tracing::error!(error = ?err, "recording the job outcome failed"),
         }
     }
 }

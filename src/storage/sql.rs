@@ -148,17 +148,9 @@ macro_rules! sql_store {
                 kind: &str,
                 message: &str,
             ) -> Result<(), StorageError> {
-                sqlx::query(
-                    "INSERT INTO job_events (job_id, seq, at, attempt, kind, message) \
-                     SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4, $5 FROM job_events WHERE job_id = $1",
-                )
-                .bind(job_id)
-                .bind(now_millis())
-                .bind(attempt)
-                .bind(kind)
-                .bind(message)
-                .execute(&self.pool)
-                .await?;
+                let mut tx = self.pool.begin().await?;
+                insert_job_event(&mut tx, job_id, attempt, kind, message).await?;
+                tx.commit().await?;
                 Ok(())
             }
 
@@ -484,6 +476,8 @@ macro_rules! sql_store {
                 job_id: &str,
                 worker: &str,
                 outcome: &JobOutcome,
+                attempt: i64,
+                events: &[(&str, String)],
             ) -> Result<bool, StorageError> {
                 let now = now_millis();
                 let mut tx = self.pool.begin().await?;
@@ -511,6 +505,9 @@ macro_rules! sql_store {
                 if result.rows_affected() != 1 {
                     tx.rollback().await?;
                     return Ok(false);
+                }
+                for (kind, message) in events {
+                    insert_job_event(&mut tx, job_id, attempt, kind, message).await?;
                 }
                 if finished_at.is_some() {
                     if matches!(outcome, JobOutcome::Failed { .. }) {
@@ -747,6 +744,27 @@ macro_rules! sql_store {
                     .execute(&mut **tx)
                     .await?;
             }
+            Ok(())
+        }
+
+        async fn insert_job_event(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            job_id: &str,
+            attempt: i64,
+            kind: &str,
+            message: &str,
+        ) -> Result<(), StorageError> {
+            sqlx::query(
+                "INSERT INTO job_events (job_id, seq, at, attempt, kind, message) \
+                 SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, $4, $5 FROM job_events WHERE job_id = $1",
+            )
+            .bind(job_id)
+            .bind(now_millis())
+            .bind(attempt)
+            .bind(kind)
+            .bind(message)
+            .execute(&mut **tx)
+            .await?;
             Ok(())
         }
 

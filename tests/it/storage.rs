@@ -67,11 +67,15 @@ async fn an_expired_lease_is_claimed_again_and_its_old_holder_cannot_finish() {
     let second = store.claim_job("w2", now_millis() + 60_000).await.unwrap().unwrap();
 
     assert_eq!((second.job.id.as_str(), second.job.attempts), (id.as_str(), 2));
-    assert!(!store.finish_job(&id, "w1", &JobOutcome::Succeeded).await.unwrap());
+    let done = [("outcome", "succeeded".to_string())];
+    assert!(!store.finish_job(&id, "w1", &JobOutcome::Succeeded, 1, &done).await.unwrap());
     assert!(!store.renew_lease(&id, "w1", now_millis() + 60_000).await.unwrap());
-    assert!(store.finish_job(&id, "w2", &JobOutcome::Succeeded).await.unwrap());
+    assert!(store.finish_job(&id, "w2", &JobOutcome::Succeeded, 2, &done).await.unwrap());
     let view = store.get_job(&id).await.unwrap().unwrap();
     assert_eq!(view.job.status.as_str(), "succeeded");
+    let history = store.job_events(&id, 0).await.unwrap();
+    let attempts: Vec<i64> = history.iter().map(|e| e.attempt).collect();
+    assert_eq!(attempts, [2], "only the lease holder's outcome is recorded");
 }
 
 #[tokio::test]
@@ -83,7 +87,7 @@ async fn a_held_lease_keeps_the_job_and_a_retry_waits_for_its_time() {
     assert!(store.claim_job("w2", now_millis() + 60_000).await.unwrap().is_none());
     assert!(store.renew_lease(&id, "w1", now_millis() + 60_000).await.unwrap());
     let retry = JobOutcome::Retry { error: "throttled".into(), run_at: now_millis() + 60_000 };
-    assert!(store.finish_job(&id, "w1", &retry).await.unwrap());
+    assert!(store.finish_job(&id, "w1", &retry, 1, &[]).await.unwrap());
     assert!(store.claim_job("w2", now_millis() + 60_000).await.unwrap().is_none(), "not due yet");
 
     let view = store.get_job(&id).await.unwrap().unwrap();
