@@ -50,15 +50,10 @@ macro_rules! sql_store {
                 instances: &[InstanceRecord],
                 key: Option<&IdempotencyKey>,
             ) -> Result<Admission, StorageError> {
-                let mut tx = self.pool.begin().await?;
-                // The job first: the key refers to it. A key seen before rolls everything back.
-                insert_job(&mut tx, job).await?;
-                if let Some(key) = key
-                    && let Some(known) = claim_idempotency_key(&mut tx, key, &job.id).await?
-                {
-                    tx.rollback().await?;
-                    return Ok(known);
-                }
+                let mut tx = match begin_job(&self.pool, job, key).await? {
+                    Ok(tx) => tx,
+                    Err(known) => return Ok(known),
+                };
                 for instance in instances {
                     insert_instance(&mut tx, instance).await?;
                     link_instance(&mut tx, &job.id, &instance.id).await?;
@@ -74,18 +69,13 @@ macro_rules! sql_store {
                 instance_ids: &[String],
                 key: Option<&IdempotencyKey>,
             ) -> Result<Admission, StorageError> {
-                let mut tx = self.pool.begin().await?;
-                // The job first: the key refers to it. A key seen before rolls everything back.
-                insert_job(&mut tx, job).await?;
-                if let Some(key) = key
-                    && let Some(known) = claim_idempotency_key(&mut tx, key, &job.id).await?
-                {
-                    tx.rollback().await?;
-                    return Ok(known);
-                }
+                let mut tx = match begin_job(&self.pool, job, key).await? {
+                    Ok(tx) => tx,
+                    Err(known) => return Ok(known),
+                };
                 if let Some(action) = action {
-                    // Take the instances first: only idle instances in an allowed state are taken, so
-                    // two concurrent requests cannot both act on one instance.
+                    // Only idle instances in an allowed state are taken, so that two concurrent
+                    // requests cannot both act on one instance.
                     let mut update = QueryBuilder::<$db>::new("UPDATE instances SET active_job_id = ");
                     update.push_bind(&job.id).push(", updated_at = ").push_bind(now_millis());
                     update.push(" WHERE active_job_id IS NULL AND state IN (");
@@ -745,6 +735,24 @@ macro_rules! sql_store {
                     .await?;
             }
             Ok(())
+        }
+
+        /// Opens the transaction that stores `job`: the job first (the key refers to it), then
+        /// `key`. A key seen before rolls everything back and says what it means instead.
+        async fn begin_job<'a>(
+            pool: &'a sqlx::Pool<$db>,
+            job: &NewJob,
+            key: Option<&IdempotencyKey>,
+        ) -> Result<Result<sqlx::Transaction<'a, $db>, Admission>, StorageError> {
+            let mut tx = pool.begin().await?;
+            insert_job(&mut tx, job).await?;
+            if let Some(key) = key
+                && let Some(known) = claim_idempotency_key(&mut tx, key, &job.id).await?
+            {
+                tx.rollback().await?;
+                return Ok(Err(known));
+            }
+            Ok(Ok(tx))
         }
 
         async fn insert_job_event(
