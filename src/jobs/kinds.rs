@@ -152,13 +152,32 @@ async fn wait_for_state(
     }
 }
 
-/// Whether an instance in `state` can no longer reach `target` by waiting.
+/// Whether an instance in `state` can no longer reach `target` by waiting. Only termination is
+/// final: right after StartInstances, EC2's Describe may still report `stopped` for a moment,
+/// which a wait must outlast rather than fail on (the wait's own timeout bounds it).
 fn is_dead_end(state: InstanceState, target: InstanceState) -> bool {
     use InstanceState::*;
-    match target {
-        Terminated => false,
-        Running => matches!(state, ShuttingDown | Terminated | Stopped | Stopping),
-        Stopped => matches!(state, ShuttingDown | Terminated),
-        _ => matches!(state, ShuttingDown | Terminated),
+    target != Terminated && matches!(state, ShuttingDown | Terminated)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_termination_ends_a_wait_early() {
+        use InstanceState::*;
+        let cases = [
+            (Stopped, Running, false),
+            (Stopping, Running, false),
+            (Pending, Running, false),
+            (ShuttingDown, Running, true),
+            (Terminated, Stopped, true),
+            (Running, Stopped, false),
+            (ShuttingDown, Terminated, false),
+        ];
+        for (state, target, expected) in cases {
+            assert_eq!(is_dead_end(state, target), expected, "{state} waiting for {target}");
+        }
     }
 }
