@@ -189,6 +189,9 @@ async fn jobs_waiting_in_one_region_share_their_state_polls() {
     // Warm the AMI and instance-type cache so that only the jobs' own calls are counted.
     app.create_running(&create_body("warm")).await;
     proxy.reset_calls();
+    // Every call takes 300 ms, so the ten launches, made at once, end together and the jobs
+    // wait at the same time, however loaded the machine is.
+    proxy.set_delay(std::time::Duration::from_millis(300));
 
     let creates = (0..10).map(|n| {
         let body = create_body(&format!("shared-{n}"));
@@ -200,8 +203,7 @@ async fn jobs_waiting_in_one_region_share_their_state_polls() {
     assert!(jobs.iter().all(|j| j["status"] == "succeeded"));
     assert_eq!(proxy.calls_of("RunInstances"), 10);
     // A first attempt has nothing to look up, and the waits are batched: one poll loop per job
-    // would make at least 10 calls (jobs that start further apart than the batching window poll
-    // apart, so a loaded machine may see a few more than one).
+    // would make at least 10 calls.
     let describes = proxy.calls_of("DescribeInstances");
     assert!(describes < 10, "{describes} DescribeInstances calls: {:?}", proxy.calls());
     eprintln!("10 concurrent creates: {:?}", proxy.calls());
