@@ -2,6 +2,7 @@
 //! for a fixed time and prints requests/s and latency percentiles.
 //!
 //! Usage: cargo run --release --example load -- URL CONNECTIONS SECONDS
+//! With `CORRAL_API_KEY` set, every request carries it as `X-API-KEY`.
 
 use std::time::{Duration, Instant};
 
@@ -16,10 +17,18 @@ async fn main() {
     let duration = Duration::from_secs(seconds.parse().expect("SECONDS is a number"));
     let deadline = Instant::now() + duration;
 
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(key) = std::env::var("CORRAL_API_KEY") {
+        headers.insert("x-api-key", key.parse().expect("CORRAL_API_KEY is a valid header value"));
+    }
     let mut tasks = Vec::new();
     for _ in 0..connections {
         let url = url.clone();
-        let client = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(1)
+            .default_headers(headers.clone())
+            .build()
+            .unwrap();
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0u64;

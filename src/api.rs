@@ -1,25 +1,38 @@
 //! The HTTP API: one router per resource, merged here, with the state they share.
 //!
 //! Handlers validate, write the desired state and a job in one transaction, and return; they
-//! never call a cloud provider (jobs do). Wire types live next to their handlers and are not
-//! domain types. Errors use one envelope (`api::error`).
+//! never change anything in the cloud (jobs do), and read from it only through the cached
+//! catalog. Wire types live next to their handlers and are not domain types. Errors use one
+//! envelope (`api::error`).
+//!
+//! Every route except health, docs and `/v1/token` sits behind `auth::require_auth`; handlers
+//! take a `Caller` and decide what it may see and do (`domain::identity`).
 
+mod api_keys;
+mod audit;
+mod auth;
 mod docs;
 mod error;
 mod extract;
 mod health;
 mod instances;
 mod jobs;
+mod namespaces;
 mod orphans;
 mod policy;
+mod users;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::HeaderName;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::auth::Authenticator;
+use crate::cloud::Catalog;
 use crate::domain::Policy;
 use crate::jobs::Queue;
 use crate::storage::Store;
@@ -38,6 +51,9 @@ pub struct ApiContext {
     pub started_at: Instant,
     /// Where cloud calls go, as shown by `/status`.
     pub cloud_endpoint: Arc<str>,
+    pub auth: Arc<Authenticator>,
+    /// Instance-type facts (vCPUs for quotas), cached.
+    pub catalog: Arc<Catalog>,
 }
 
 /// `/health` and `/ready` only, for processes that run jobs but serve no API.
@@ -47,16 +63,36 @@ pub fn health_router(ctx: ApiContext) -> Router {
 
 pub fn router(ctx: ApiContext) -> Router {
     let v1 = Router::new()
+        .merge(api_keys::router())
+        .merge(audit::router())
+        .merge(auth::router())
         .merge(instances::router())
         .merge(jobs::router())
+        .merge(namespaces::router())
         .merge(orphans::router())
-        .merge(policy::router());
-    Router::new()
+        .merge(policy::router())
+        .merge(users::router());
+    let protected = Router::new()
         .nest("/v1", v1)
+        .merge(health::status_router())
+        .route_layer(axum::middleware::from_fn_with_state(ctx.clone(), auth::require_auth));
+    let request_id = HeaderName::from_static(auth::REQUEST_ID_HEADER);
+    Router::new()
+        .merge(protected)
+        .nest("/v1", auth::public_router())
         .merge(health::router())
         .with_state(ctx)
         .merge(docs::router())
         .layer(axum::middleware::from_fn(error::problem_responses))
         .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
-        .layer(TraceLayer::new_for_http())
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
+            let id = request
+                .headers()
+                .get(auth::REQUEST_ID_HEADER)
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default();
+            tracing::info_span!("request", method = %request.method(), uri = %request.uri().path(), request_id = id)
+        }))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
 }

@@ -125,6 +125,14 @@ pub trait Provider: Send + Sync + 'static {
         tags: &BTreeMap<String, String>,
     ) -> Result<(), CloudError>;
 
+    /// Removes the tags with these keys from the given instances.
+    async fn untag(
+        &self,
+        region: &str,
+        cloud_ids: &[String],
+        keys: &[String],
+    ) -> Result<(), CloudError>;
+
     /// Every instance, in any state, carrying a tag with key `key`, following every page.
     async fn find_tag_key(&self, region: &str, key: &str)
     -> Result<Vec<CloudInstance>, CloudError>;

@@ -22,11 +22,12 @@ use crate::domain::Policy;
 
 /// Top-level keys that environment variables may set; other `CORRAL_*` variables (client
 /// settings, test harness settings) are not part of the server's configuration.
-const ENV_KEYS: [&str; 7] =
-    ["listen", "database_url", "role", "aws", "jobs", "reconcile", "policy"];
+const ENV_KEYS: [&str; 8] =
+    ["listen", "database_url", "role", "aws", "jobs", "reconcile", "policy", "auth"];
 
 /// Short environment names and the keys they set.
-const ENV_ALIASES: [(&str, &str); 3] = [
+const ENV_ALIASES: [(&str, &str); 4] = [
+    ("admin_password", "auth__admin_password"),
     ("job_max_attempts", "jobs__max_attempts"),
     ("job_retry_delay", "jobs__retry_delay"),
     ("reconcile_interval", "reconcile__interval"),
@@ -45,6 +46,7 @@ pub struct Settings {
     pub jobs: JobSettings,
     pub reconcile: ReconcileSettings,
     pub policy: Policy,
+    pub auth: AuthSettings,
 }
 
 impl Default for Settings {
@@ -57,6 +59,7 @@ impl Default for Settings {
             jobs: JobSettings::default(),
             reconcile: ReconcileSettings::default(),
             policy: Policy::free_tier(),
+            auth: AuthSettings::default(),
         }
     }
 }
@@ -164,6 +167,73 @@ impl std::fmt::Debug for AwsSettings {
     }
 }
 
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// Password of the `admin` user created on first start with an empty database
+    /// (`CORRAL_ADMIN_PASSWORD`); when unset, one is generated and logged once.
+    pub admin_password: Option<String>,
+    /// Key that signs access tokens (HS256), at least 32 bytes; when unset, one is generated
+    /// and kept in the database, so every process sharing it accepts the same tokens.
+    pub jwt_secret: Option<String>,
+    /// How long an access token from `/v1/token` is valid.
+    pub token_ttl_secs: u64,
+    /// Failed logins for one username, then one address, within `login_window_secs` before
+    /// further attempts are refused with 429 until the window has passed.
+    pub login_failures_per_user: u32,
+    pub login_failures_per_address: u32,
+    pub login_window_secs: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> AuthSettings {
+        AuthSettings {
+            admin_password: None,
+            jwt_secret: None,
+            token_ttl_secs: 1800,
+            login_failures_per_user: 5,
+            login_failures_per_address: 20,
+            login_window_secs: 300,
+        }
+    }
+}
+
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |value: &Option<String>| value.as_ref().map(|_| "[redacted]");
+        f.debug_struct("AuthSettings")
+            .field("admin_password", &redacted(&self.admin_password))
+            .field("jwt_secret", &redacted(&self.jwt_secret))
+            .field("token_ttl_secs", &self.token_ttl_secs)
+            .field("login_failures_per_user", &self.login_failures_per_user)
+            .field("login_failures_per_address", &self.login_failures_per_address)
+            .field("login_window_secs", &self.login_window_secs)
+            .finish()
+    }
+}
+
+impl AuthSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(secret) = &self.jwt_secret
+            && secret.len() < 32
+        {
+            return Err("auth.jwt_secret must be at least 32 bytes".to_string());
+        }
+        if let Some(password) = &self.admin_password
+            && password.chars().count() < crate::domain::MIN_PASSWORD_LEN
+        {
+            return Err(format!(
+                "CORRAL_ADMIN_PASSWORD (auth.admin_password) must have at least {} characters",
+                crate::domain::MIN_PASSWORD_LEN
+            ));
+        }
+        if self.token_ttl_secs == 0 {
+            return Err("auth.token_ttl_secs must be positive".to_string());
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JobSettings {
@@ -260,6 +330,9 @@ impl Settings {
 
     pub fn validate(&self) -> anyhow::Result<()> {
         let mut problems = self.policy.validate().err().unwrap_or_default();
+        if let Err(problem) = self.auth.validate() {
+            problems.push(problem);
+        }
         if self.jobs.concurrency == 0 {
             problems.push("jobs.concurrency: must be at least 1".to_string());
         }

@@ -1,16 +1,18 @@
 //! The vocabulary of corral: instances, their states and the actions between them, jobs,
-//! and the policy that every request must satisfy.
+//! the policy that every request must satisfy, and who may do what.
 //!
 //! Everything here is pure: no IO, no database, HTTP or cloud SDK types. Validation returns every
 //! problem it finds, never only the first, so that a client can fix a request in one round trip.
 
+mod identity;
 mod instance;
 mod job;
 mod policy;
 
+pub use identity::{Access, Credential, MIN_PASSWORD_LEN, Principal, Role, is_valid_username};
 pub use instance::{Action, InstanceState, StateConflict};
 pub use job::{JobKind, JobStatus};
 pub use policy::{
     AmiRule, CpuCredits, CreateRequest, ImageFacts, InstanceTypeFacts, LaunchSpec, Policy,
-    StorageRange, Violation,
+    StorageRange, Violation, check_name_and_tags, is_valid_namespace,
 };

@@ -28,7 +28,7 @@ use crate::config::JobSettings;
 use crate::domain::Policy;
 use crate::storage::{JobView, StorageError, Store};
 
-pub use kinds::CreatePayload;
+pub use kinds::{CreatePayload, TagPayload};
 pub use reconciler::{reconcile_all, run_reconciler};
 pub use worker::run_workers;
 
@@ -36,7 +36,7 @@ pub use worker::run_workers;
 pub struct JobContext {
     pub store: Store,
     pub provider: Arc<dyn Provider>,
-    pub catalog: Catalog,
+    pub catalog: std::sync::Arc<Catalog>,
     /// State polls go through here so that jobs waiting in one region share calls.
     pub describer: DescribeBatcher,
     pub policy: Policy,

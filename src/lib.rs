@@ -2,8 +2,8 @@
 //!
 //! Modules in the order a newcomer should read them: `domain` (the vocabulary and the policy,
 //! pure), `cloud` (the provider trait and AWS), `storage` (all SQL), `jobs` (the durable queue
-//! and one reconciler per job kind), `api` (HTTP), `config`, `telemetry`, `startup` (wiring),
-//! `cli` (the command line). See ARCHITECTURE.md.
+//! and one reconciler per job kind), `auth` (who a request comes from), `api` (HTTP), `config`,
+//! `telemetry`, `startup` (wiring), `cli` (the command line). See ARCHITECTURE.md.
 
 pub mod domain;
 
@@ -11,6 +11,8 @@ pub mod cloud;
 pub mod storage;
 
 pub mod jobs;
+
+pub mod auth;
 
 pub mod api;
 

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiContext};
+use crate::auth::Authenticator;
 use crate::cloud::{AwsProvider, Catalog, DescribeBatcher, Provider};
 use crate::config::{ReconcileSettings, Role, Settings};
 use crate::jobs::{self, JobContext, Queue};
@@ -59,9 +60,15 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
         let local_addr = listener.local_addr()?;
+        let auth = Authenticator::new(store.clone(), &settings.auth).await?;
+        if settings.role.serves_api() {
+            auth.bootstrap(&settings.auth).await?;
+        }
         let queue = Queue::new(store.clone());
-        let catalog =
-            Catalog::new(provider.clone(), Duration::from_secs(settings.aws.catalog_ttl_secs));
+        let catalog = Arc::new(Catalog::new(
+            provider.clone(),
+            Duration::from_secs(settings.aws.catalog_ttl_secs),
+        ));
         let api = ApiContext {
             store: store.clone(),
             queue,
@@ -69,6 +76,8 @@ impl Application {
             max_attempts: settings.jobs.max_attempts,
             started_at: Instant::now(),
             cloud_endpoint: provider.describe_endpoint().into(),
+            auth: Arc::new(auth),
+            catalog: catalog.clone(),
         };
         let describer = DescribeBatcher::new(provider.clone(), Duration::from_millis(50));
         let jobs = Arc::new(JobContext {
@@ -126,6 +135,7 @@ impl Application {
             api::health_router(self.api)
         };
         tracing::info!(address = %self.local_addr, role = ?self.role, "corral is listening");
+        let router = router.into_make_service_with_connect_info::<SocketAddr>();
         let server = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let served = server.await.context("HTTP server failed");

@@ -6,6 +6,7 @@
 //! integration suite. Times are stored as Unix milliseconds so that both dialects store and
 //! compare them the same way.
 
+mod identity_sql;
 mod postgres;
 mod rows;
 mod sql;
@@ -15,7 +16,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{Action, InstanceState, JobKind, JobStatus, StateConflict};
+use crate::domain::{Action, InstanceState, JobKind, JobStatus, Role, StateConflict};
 
 /// How long an `Idempotency-Key` is remembered.
 pub const IDEMPOTENCY_KEY_TTL_MS: Millis = 24 * 3600 * 1000;
@@ -102,6 +103,8 @@ pub struct InstanceRecord {
     pub launch_index: i64,
     pub created_by_job: String,
     pub active_job_id: Option<String>,
+    /// vCPUs of the instance type, counted against the namespace's quota.
+    pub vcpus: i64,
     pub created_at: Millis,
     pub updated_at: Millis,
 }
@@ -112,6 +115,7 @@ impl InstanceRecord {
         spec: &crate::domain::LaunchSpec,
         job_id: &str,
         launch_index: usize,
+        vcpus: i64,
         now: Millis,
     ) -> InstanceRecord {
         InstanceRecord {
@@ -132,6 +136,7 @@ impl InstanceRecord {
             launch_index: launch_index as i64,
             created_by_job: job_id.to_string(),
             active_job_id: Some(job_id.to_string()),
+            vcpus,
             created_at: now,
             updated_at: now,
         }
@@ -154,6 +159,18 @@ pub struct JobRecord {
     pub finished_at: Option<Millis>,
     /// When a create job first called the cloud to launch; `None` means nothing was launched.
     pub launch_started_at: Option<Millis>,
+    /// Who asked for the job.
+    pub actor: String,
+    /// The namespace the job works in; `None` when it spans several, or none.
+    pub namespace: Option<String>,
+}
+
+/// Which jobs to list.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub status: Option<JobStatus>,
+    /// Only jobs in these namespaces, or asked for by `own`; `None` for all jobs.
+    pub visible: Option<(Vec<String>, String)>,
 }
 
 /// A job with the instances it touches.
@@ -169,7 +186,29 @@ pub struct NewJob {
     pub kind: JobKind,
     pub payload: serde_json::Value,
     pub max_attempts: i64,
+    /// Who asked for the job; the audit log records the request under this name.
+    pub actor: Actor,
+    /// The namespace the job works in; `None` when it spans several, or none.
+    pub namespace: Option<String>,
 }
+
+/// Who a change is made for: an audit log actor (username, API key prefix, or `system`) and
+/// the request it came with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub name: String,
+    pub request_id: Option<String>,
+}
+
+impl Actor {
+    /// corral itself: workers, the reconciler, start-up.
+    pub fn system() -> Actor {
+        Actor { name: SYSTEM_ACTOR.to_string(), request_id: None }
+    }
+}
+
+/// The audit log's actor for what corral does on its own.
+pub const SYSTEM_ACTOR: &str = "system";
 
 /// What the cloud reported about one stored instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,6 +265,21 @@ pub enum Admission {
     KeyMismatch,
     /// Some instances cannot take the action now; nothing was stored.
     Conflicts(Vec<StateConflict>),
+    /// The namespace named does not exist; nothing was stored.
+    UnknownNamespace(String),
+    /// Admitting the request would exceed a quota of its namespace; nothing was stored.
+    OverQuota(QuotaExceeded),
+}
+
+/// Which quota a request would exceed, its limit and the use before the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaExceeded {
+    pub namespace: String,
+    /// `instances` or `vcpus`.
+    pub quota: &'static str,
+    pub limit: i64,
+    pub used: i64,
+    pub requested: i64,
 }
 
 /// A change the reconciler found that corral did not make.
@@ -274,8 +328,141 @@ pub struct Reconciliation {
     pub orphans: Option<(String, Vec<OrphanRecord>)>,
 }
 
+/// A user, with its roles per namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub id: String,
+    pub username: String,
+    /// Argon2id in PHC string format; never leaves the server.
+    pub password_hash: String,
+    pub admin: bool,
+    pub roles: BTreeMap<String, Role>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// Changes to a user; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct UserChanges {
+    pub password_hash: Option<String>,
+    pub admin: Option<bool>,
+    /// Replaces every role binding of the user.
+    pub roles: Option<BTreeMap<String, Role>>,
+}
+
+/// What became of a request to write a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserWrite {
+    Done(UserRecord),
+    UsernameTaken,
+    NotFound,
+    /// Roles name namespaces that do not exist; nothing was stored.
+    UnknownNamespaces(Vec<String>),
+    /// The change would leave corral without an admin; nothing was stored.
+    LastAdmin,
+}
+
+/// An API key. Only a hash of the key is stored; the prefix identifies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub user_id: String,
+    /// The owner's username (read only).
+    pub username: String,
+    pub name: String,
+    pub prefix: String,
+    /// Hex SHA-256 of the whole key.
+    pub key_hash: String,
+    pub expires_at: Option<Millis>,
+    pub revoked_at: Option<Millis>,
+    pub created_at: Millis,
+}
+
+/// A namespace, its quotas (`None`: no limit) and what it uses now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceRecord {
+    pub name: String,
+    pub max_instances: Option<i64>,
+    pub max_vcpus: Option<i64>,
+    /// Instances that exist or are being created (not terminated, not failed).
+    pub instances: i64,
+    pub vcpus: i64,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// One event for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub action: String,
+    pub target: String,
+    pub namespace: Option<String>,
+    pub old_value: Option<serde_json::Value>,
+    pub new_value: Option<serde_json::Value>,
+}
+
+impl AuditEntry {
+    pub fn new(action: &str, target: &str) -> AuditEntry {
+        AuditEntry {
+            action: action.to_string(),
+            target: target.to_string(),
+            namespace: None,
+            old_value: None,
+            new_value: None,
+        }
+    }
+
+    pub fn namespace(mut self, namespace: &str) -> AuditEntry {
+        self.namespace = Some(namespace.to_string());
+        self
+    }
+
+    pub fn old(mut self, value: serde_json::Value) -> AuditEntry {
+        self.old_value = Some(value);
+        self
+    }
+
+    pub fn new_value(mut self, value: serde_json::Value) -> AuditEntry {
+        self.new_value = Some(value);
+        self
+    }
+}
+
+/// A stored audit event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub at: Millis,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub namespace: Option<String>,
+    pub old_value: Option<serde_json::Value>,
+    pub new_value: Option<serde_json::Value>,
+    pub request_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Only events of these namespaces (what the caller may see); `None` for all events.
+    pub visible: Option<Vec<String>>,
+    pub namespace: Option<String>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub target: Option<String>,
+}
+
+impl AuditFilter {
+    /// Whether only namespaces narrow the events, so that the kept counts give the total.
+    fn counted(&self) -> bool {
+        self.actor.is_none() && self.action.is_none() && self.target.is_none()
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct InstanceFilter {
+    /// Only these namespaces (what the caller may see); `None` for all.
+    pub visible: Option<Vec<String>>,
     pub state: Option<InstanceState>,
     pub namespace: Option<String>,
     pub name: Option<String>,
@@ -451,8 +638,9 @@ impl Store {
         &self,
         cloud_id: &str,
         instance: &InstanceRecord,
+        actor: &Actor,
     ) -> Result<Option<InstanceRecord>, StorageError> {
-        dispatch!(self, adopt_orphan(cloud_id, instance))
+        dispatch!(self, adopt_orphan(cloud_id, instance, actor))
     }
 
     /// Drift found on an instance, newest first.
@@ -490,10 +678,10 @@ impl Store {
 
     pub async fn list_jobs(
         &self,
-        status: Option<JobStatus>,
+        filter: &JobFilter,
         page: &PageRequest,
     ) -> Result<Page<JobView>, StorageError> {
-        let rows = dispatch!(self, list_jobs(status, page))?;
+        let rows = dispatch!(self, list_jobs(filter, page))?;
         let Page { items, next_after } = Page::from_rows(rows, page.limit, |row| &row.id);
         Ok(Page { items: self.with_instances(items).await?, next_after })
     }
@@ -558,6 +746,11 @@ impl Store {
         dispatch!(self, finish_job(job_id, worker, outcome, attempt, events))
     }
 
+    /// Records the vCPUs of the instances a create job launches.
+    pub async fn record_vcpus(&self, job_id: &str, vcpus: i64) -> Result<(), StorageError> {
+        dispatch!(self, record_vcpus(job_id, vcpus))
+    }
+
     /// Records what the cloud reported, including cloud ids of newly launched instances.
     pub async fn record_observations(
         &self,
@@ -568,6 +761,172 @@ impl Store {
 
     pub async fn counts(&self) -> Result<Counts, StorageError> {
         dispatch!(self, counts())
+    }
+
+    /// Creates `user` as the first admin, unless any user exists; true if it was created.
+    pub async fn bootstrap_admin(&self, user: &UserRecord) -> Result<bool, StorageError> {
+        dispatch!(self, bootstrap_admin(user))
+    }
+
+    /// The value of setting `name`, storing `value` first if it has none, so that every
+    /// process sharing the database agrees on it.
+    pub async fn setting_or_insert(&self, name: &str, value: &str) -> Result<String, StorageError> {
+        dispatch!(self, setting_or_insert(name, value))
+    }
+
+    pub async fn create_user(
+        &self,
+        user: &UserRecord,
+        actor: &Actor,
+    ) -> Result<UserWrite, StorageError> {
+        dispatch!(self, create_user(user, actor))
+    }
+
+    pub async fn update_user(
+        &self,
+        username: &str,
+        changes: &UserChanges,
+        actor: &Actor,
+    ) -> Result<UserWrite, StorageError> {
+        dispatch!(self, update_user(username, changes, actor))
+    }
+
+    /// Deletes a user with its role bindings and API keys.
+    pub async fn delete_user(
+        &self,
+        username: &str,
+        actor: &Actor,
+    ) -> Result<UserWrite, StorageError> {
+        dispatch!(self, delete_user(username, actor))
+    }
+
+    pub async fn list_users(&self) -> Result<Vec<UserRecord>, StorageError> {
+        dispatch!(self, list_users())
+    }
+
+    pub async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StorageError> {
+        dispatch!(self, find_user("username", username))
+    }
+
+    pub async fn user_by_id(&self, id: &str) -> Result<Option<UserRecord>, StorageError> {
+        dispatch!(self, find_user("id", id))
+    }
+
+    pub async fn create_api_key(
+        &self,
+        key: &ApiKeyRecord,
+        actor: &Actor,
+    ) -> Result<(), StorageError> {
+        dispatch!(self, create_api_key(key, actor))
+    }
+
+    /// API keys, newest first: of one user, or of everyone.
+    pub async fn list_api_keys(
+        &self,
+        user_id: Option<&str>,
+    ) -> Result<Vec<ApiKeyRecord>, StorageError> {
+        dispatch!(self, list_api_keys(user_id))
+    }
+
+    pub async fn api_key_by_prefix(
+        &self,
+        prefix: &str,
+    ) -> Result<Option<ApiKeyRecord>, StorageError> {
+        dispatch!(self, api_key_by_prefix(prefix))
+    }
+
+    /// Revokes key `id` (of `user_id` only, when given); the key as it was, or `None` if there
+    /// is no such key.
+    pub async fn revoke_api_key(
+        &self,
+        id: &str,
+        user_id: Option<&str>,
+        actor: &Actor,
+    ) -> Result<Option<ApiKeyRecord>, StorageError> {
+        dispatch!(self, revoke_api_key(id, user_id, now_millis(), actor))
+    }
+
+    /// Creates a namespace; false if the name is taken.
+    pub async fn create_namespace(
+        &self,
+        namespace: &NamespaceRecord,
+        actor: &Actor,
+    ) -> Result<bool, StorageError> {
+        dispatch!(self, create_namespace(namespace, actor))
+    }
+
+    /// Sets a namespace's quotas; the namespace after the change, or `None` if it does not exist.
+    pub async fn set_quota(
+        &self,
+        name: &str,
+        max_instances: Option<i64>,
+        max_vcpus: Option<i64>,
+        actor: &Actor,
+    ) -> Result<Option<NamespaceRecord>, StorageError> {
+        dispatch!(self, set_quota(name, max_instances, max_vcpus, actor))?;
+        self.find_namespace(name).await
+    }
+
+    /// Namespaces with their use, by name: all, or only `visible` ones.
+    pub async fn list_namespaces(
+        &self,
+        visible: Option<&[String]>,
+    ) -> Result<Vec<NamespaceRecord>, StorageError> {
+        dispatch!(self, list_namespaces(visible))
+    }
+
+    pub async fn find_namespace(
+        &self,
+        name: &str,
+    ) -> Result<Option<NamespaceRecord>, StorageError> {
+        Ok(self.list_namespaces(Some(&[name.to_string()])).await?.pop())
+    }
+
+    /// Records events that no other change carries.
+    pub async fn record_audit(
+        &self,
+        entries: &[AuditEntry],
+        actor: &Actor,
+    ) -> Result<(), StorageError> {
+        dispatch!(self, record_audit(entries, actor))
+    }
+
+    /// One page of the audit log, newest first, and how many events match in all.
+    pub async fn audit_page(
+        &self,
+        filter: &AuditFilter,
+        page: i64,
+        limit: i64,
+    ) -> Result<(Vec<AuditRecord>, i64), StorageError> {
+        let rows = dispatch!(self, audit_rows(filter, (page - 1) * limit, limit))?;
+        let total = if filter.counted() {
+            dispatch!(self, audit_counted_total(filter))?
+        } else {
+            dispatch!(self, audit_total(filter))?
+        };
+        Ok((rows, total))
+    }
+
+    /// Changes name and tags of an idle instance and stores the job that applies them in the
+    /// cloud; the instance before the change, or why it could not change.
+    pub async fn update_instance(
+        &self,
+        job: &NewJob,
+        instance_id: &str,
+        name: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<Result<InstanceRecord, Admission>, StorageError> {
+        dispatch!(self, update_instance(job, instance_id, name, tags))
+    }
+
+    /// Stores a job that terminates every instance of `namespace` that is not terminated yet;
+    /// a namespace with nothing to terminate gets a job that has already succeeded.
+    pub async fn insert_namespace_terminate_job(
+        &self,
+        job: &NewJob,
+        namespace: &str,
+    ) -> Result<Admission, StorageError> {
+        dispatch!(self, insert_namespace_terminate_job(job, namespace))
     }
 }
 

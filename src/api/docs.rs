@@ -6,15 +6,39 @@ use axum::Router;
 use axum::http::header;
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
-use utoipa::OpenApi;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::api::{error, health, instances, jobs, orphans, policy};
+use crate::api::{
+    api_keys, audit, auth, error, health, instances, jobs, namespaces, orphans, policy, users,
+};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "corral", description = "Provision and govern cloud instances through policy guardrails, as durable jobs."),
+    info(title = "corral", description = "Provision and govern cloud instances through policy guardrails, as durable jobs.\n\n\
+        Authenticate with an API key in the `X-API-KEY` header, or with `Authorization: Bearer <token>` \
+        where the token comes from `POST /v1/token` (OAuth2 password grant)."),
+    modifiers(&SecuritySchemes),
+    security(("bearer" = []), ("api_key" = [])),
     paths(
+        auth::issue_token,
+        auth::get_me,
+        users::create_user,
+        users::list_users,
+        users::get_user,
+        users::update_user,
+        users::delete_user,
+        api_keys::create_api_key,
+        api_keys::list_api_keys,
+        api_keys::revoke_api_key,
+        namespaces::create_namespace,
+        namespaces::list_namespaces,
+        namespaces::get_namespace,
+        namespaces::update_namespace,
+        namespaces::terminate_namespace,
+        audit::list_audit,
+        instances::update_instance,
         instances::create_instances,
         instances::list_instances,
         instances::get_instance,
@@ -39,6 +63,11 @@ use crate::api::{error, health, instances, jobs, orphans, policy};
     ),
     components(schemas(error::Problem, error::FieldError)),
     tags(
+        (name = "auth", description = "Tokens, and who the credentials belong to"),
+        (name = "users", description = "Users and their roles per namespace"),
+        (name = "api-keys", description = "Long-lived credentials for scripts"),
+        (name = "namespaces", description = "Namespaces and their quotas"),
+        (name = "audit", description = "Who did what"),
         (name = "instances", description = "Instances and their lifecycle"),
         (name = "jobs", description = "Durable jobs behind every change"),
         (name = "orphans", description = "Instances tagged by corral that it does not know"),
@@ -47,6 +76,32 @@ use crate::api::{error, health, instances, jobs, orphans, policy};
     )
 )]
 pub struct ApiDoc;
+
+/// The two ways to authenticate, so that Swagger UI's Authorize button offers both.
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("A token from POST /v1/token"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-API-KEY",
+                "A key from POST /v1/api-keys",
+            ))),
+        );
+    }
+}
 
 const REDOC_JS: &[u8] = include_bytes!("../../assets/redoc/redoc.standalone.js");
 

@@ -63,6 +63,18 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// Missing or wrong credentials; answered with a `WWW-Authenticate` challenge.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The caller may see what it asked for but its role does not allow the operation.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Admitting the request would exceed a quota of its namespace.
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// Too many attempts; retry after the given seconds.
+    #[error("{detail}")]
+    TooManyRequests { detail: String, retry_after_secs: u64 },
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -115,6 +127,34 @@ impl IntoResponse for ApiError {
             }
             ApiError::Unavailable(detail) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "about:blank", detail, Vec::new())
+            }
+            ApiError::Unauthorized(detail) => {
+                let mut response =
+                    problem(StatusCode::UNAUTHORIZED, "about:blank", detail, Vec::new());
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(
+                        r#"Bearer realm="corral", ApiKey realm="corral" header="X-API-KEY""#,
+                    ),
+                );
+                return response;
+            }
+            ApiError::Forbidden(detail) => {
+                (StatusCode::FORBIDDEN, "about:blank", detail, Vec::new())
+            }
+            ApiError::QuotaExceeded(detail) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "urn:corral:problem:quota-exceeded",
+                detail,
+                Vec::new(),
+            ),
+            ApiError::TooManyRequests { detail, retry_after_secs } => {
+                let mut response =
+                    problem(StatusCode::TOO_MANY_REQUESTS, "about:blank", detail, Vec::new());
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+                return response;
             }
             ApiError::Internal(err) => {
                 tracing::error!(error = ?err, "request failed");

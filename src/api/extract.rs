@@ -215,16 +215,18 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyHeader {
 }
 
 impl IdempotencyHeader {
-    /// The key with the fingerprint of the request it came with: method, path, and body in a
-    /// canonical form (so that key order and spacing do not matter).
+    /// The key, scoped to the caller (one user's key never finds another's job), with the
+    /// fingerprint of the request it came with: method, path, and body in a canonical form (so
+    /// that key order and spacing do not matter).
     pub fn with_request(
         &self,
+        caller: &crate::api::auth::Caller,
         method: &str,
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Option<crate::storage::IdempotencyKey> {
         use sha2::Digest;
-        let key = self.0.clone()?;
+        let key = format!("{}:{}", caller.principal.user_id, self.0.as_ref()?);
         let mut hasher = sha2::Sha256::new();
         hasher.update(method.as_bytes());
         hasher.update(b"\n");

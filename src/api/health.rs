@@ -29,22 +29,25 @@ pub struct StatusBody {
     pub jobs: BTreeMap<String, i64>,
 }
 
+/// Liveness and readiness, open to probes without credentials.
 pub fn router() -> Router<ApiContext> {
-    Router::new()
-        .route("/health", get(get_health))
-        .route("/ready", get(get_ready))
-        .route("/status", get(get_status))
+    Router::new().route("/health", get(get_health)).route("/ready", get(get_ready))
+}
+
+/// `/status`, which tells more about the deployment and needs credentials.
+pub fn status_router() -> Router<ApiContext> {
+    Router::new().route("/status", get(get_status))
 }
 
 /// Liveness: answers as long as the process serves HTTP.
-#[utoipa::path(get, path = "/health", tag = "health", operation_id = "get_health",
+#[utoipa::path(get, path = "/health", tag = "health", operation_id = "get_health", security(()),
     responses((status = 200, body = HealthBody)))]
 pub async fn get_health() -> Json<HealthBody> {
     Json(HealthBody { status: "ok".to_string() })
 }
 
 /// Readiness: the database answers.
-#[utoipa::path(get, path = "/ready", tag = "health", operation_id = "get_ready",
+#[utoipa::path(get, path = "/ready", tag = "health", operation_id = "get_ready", security(()),
     responses((status = 200, body = HealthBody), (status = 503, body = crate::api::Problem)))]
 pub async fn get_ready(State(ctx): State<ApiContext>) -> Result<Json<HealthBody>, ApiError> {
     ctx.store.ping().await.map_err(|err| {

@@ -15,13 +15,18 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::api::auth::Caller;
 use crate::api::extract::{
     IdempotencyHeader, QueryParams, ValidJson, encode_cursor, page_param, wait_param,
 };
 use crate::api::jobs::{JobBody, job_accepted};
+use crate::api::namespaces::namespace_not_found;
 use crate::api::{ApiContext, ApiError, FieldError};
-use crate::domain::{Action, CreateRequest, InstanceState, JobKind};
-use crate::jobs::CreatePayload;
+use crate::cloud::CloudError;
+use crate::domain::{
+    Action, CreateRequest, InstanceState, JobKind, LaunchSpec, Role, check_name_and_tags,
+};
+use crate::jobs::{CreatePayload, TagPayload};
 use crate::storage::{
     Admission, IdempotencyKey, InstanceFilter, InstanceRecord, JobView, NewJob, now_millis,
     to_datetime,
@@ -127,7 +132,10 @@ pub fn router() -> Router<ApiContext> {
     Router::new()
         .route("/instances", post(create_instances).get(list_instances))
         .route("/instances/actions", post(act_on_instances))
-        .route("/instances/{id}", get(get_instance).delete(terminate_instance))
+        .route(
+            "/instances/{id}",
+            get(get_instance).patch(update_instance).delete(terminate_instance),
+        )
         .route("/instances/{id}/start", post(start_instance))
         .route("/instances/{id}/stop", post(stop_instance))
         .route("/instances/{id}/reboot", post(reboot_instance))
@@ -146,11 +154,14 @@ pub fn router() -> Router<ApiContext> {
         (status = 201, description = "The job finished within `wait`", body = JobBody),
         (status = 202, description = "The job is queued or running", body = JobBody),
         (status = 400, body = crate::api::Problem),
+        (status = 403, body = crate::api::Problem),
+        (status = 404, description = "No such namespace", body = crate::api::Problem),
         (status = 413, body = crate::api::Problem),
-        (status = 422, description = "The request breaks the policy; every violation is listed", body = crate::api::Problem),
+        (status = 422, description = "The request breaks the policy (every violation is listed) or a quota of its namespace", body = crate::api::Problem),
     ))]
 pub async fn create_instances(
     State(ctx): State<ApiContext>,
+    caller: Caller,
     params: QueryParams,
     idempotency: IdempotencyHeader,
     ValidJson(body): ValidJson<CreateInstancesBody>,
@@ -164,8 +175,10 @@ pub async fn create_instances(
             format!("unknown backend '{backend}'; allowed: {}", BACKENDS.join(", ")),
         ));
     }
+    let namespace = body.namespace.clone().unwrap_or_else(|| "default".to_string());
+    caller.require(&namespace, Role::Operator, || namespace_not_found(&namespace))?;
     let fingerprinted = serde_json::json!({ "backend": backend, "body": &body });
-    let key = idempotency.with_request("POST", "/v1/instances", Some(&fingerprinted));
+    let key = idempotency.with_request(&caller, "POST", "/v1/instances", Some(&fingerprinted));
     if let Some(replay) = replay(&ctx, key.as_ref(), wait, StatusCode::CREATED).await? {
         return Ok(replay);
     }
@@ -190,20 +203,50 @@ pub async fn create_instances(
         )
     })?;
 
+    let vcpus = vcpus_of(&ctx, &spec).await?;
     let job_id = new_id();
     let now = now_millis();
     let instances: Vec<InstanceRecord> = (0..spec.names.len())
-        .map(|idx| InstanceRecord::desired(&spec, &job_id, idx, now))
+        .map(|idx| InstanceRecord::desired(&spec, &job_id, idx, vcpus, now))
         .collect();
+    let namespace = Some(spec.namespace.clone());
     let payload = CreatePayload { spec, client_token: uuid::Uuid::new_v4().to_string() };
     let job = NewJob {
         id: job_id,
         kind: JobKind::CreateInstances,
         payload: serde_json::to_value(&payload).expect("payload serializes"),
         max_attempts: ctx.max_attempts,
+        actor: caller.actor(),
+        namespace,
     };
     let admission = ctx.store.insert_create_job(&job, &instances, key.as_ref()).await?;
     admitted(&ctx, admission, &job.id, wait, StatusCode::CREATED).await
+}
+
+/// vCPUs of the requested instance type. A namespace with a vCPU quota needs the number now,
+/// from the cloud if the catalog has not cached it, to admit the request; elsewhere a request
+/// does not wait for the cloud (the create job looks the type up anyway and records the
+/// number), so that requests are accepted while the cloud is unreachable.
+async fn vcpus_of(ctx: &ApiContext, spec: &LaunchSpec) -> Result<i64, ApiError> {
+    let (region, instance_type) = (spec.region.as_str(), spec.instance_type.as_str());
+    if let Some(facts) = ctx.catalog.cached_instance_type(region, instance_type) {
+        return Ok(i64::from(facts.vcpus));
+    }
+    let namespace = ctx.store.find_namespace(&spec.namespace).await?;
+    if namespace.is_none_or(|namespace| namespace.max_vcpus.is_none()) {
+        return Ok(0);
+    }
+    match ctx.catalog.instance_type(region, instance_type).await {
+        Ok(facts) => Ok(i64::from(facts.vcpus)),
+        Err(CloudError::Rejected { message, .. }) => {
+            Err(ApiError::Validation(vec![FieldError::new("instance_type", message)]))
+        }
+        Err(err) => Err(ApiError::Unavailable(format!(
+            "namespace '{}' has a vCPU quota, and the vCPUs of '{instance_type}' could not be \
+             looked up: {err}",
+            spec.namespace
+        ))),
+    }
 }
 
 /// Instances, newest first, filtered by state, namespace, name and tags.
@@ -219,10 +262,12 @@ pub async fn create_instances(
     responses((status = 200, body = InstancePage), (status = 400, body = crate::api::Problem)))]
 pub async fn list_instances(
     State(ctx): State<ApiContext>,
+    caller: Caller,
     params: QueryParams,
 ) -> Result<Json<InstancePage>, ApiError> {
     params.allow_only(&["state", "namespace", "name", "tag", "limit", "cursor"])?;
     let mut filter = InstanceFilter {
+        visible: caller.principal.visible_namespaces(),
         state: params.parsed::<InstanceState>("state")?,
         namespace: params.one("namespace")?.map(str::to_string),
         name: params.one("name")?.map(str::to_string),
@@ -247,9 +292,10 @@ pub async fn list_instances(
     responses((status = 200, body = InstanceBody), (status = 404, body = crate::api::Problem)))]
 pub async fn get_instance(
     State(ctx): State<ApiContext>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<InstanceBody>, ApiError> {
-    let instance = ctx.store.find_instance(&id).await?.ok_or_else(|| instance_not_found(&id))?;
+    let instance = visible_instance(&ctx, &caller, &id).await?;
     Ok(Json(InstanceBody::from(&instance)))
 }
 
@@ -264,11 +310,13 @@ macro_rules! single_action {
             responses(
                 (status = 200, description = "The job finished within `wait`", body = JobBody),
                 (status = 202, description = "The job is queued or running", body = JobBody),
+                (status = 403, body = crate::api::Problem),
                 (status = 404, body = crate::api::Problem),
                 (status = 409, description = "The instance's state does not allow the action, or another job owns it", body = crate::api::Problem),
             ))]
         pub async fn $handler(
             State(ctx): State<ApiContext>,
+            caller: Caller,
             Path(id): Path<String>,
             params: QueryParams,
             idempotency: IdempotencyHeader,
@@ -276,8 +324,9 @@ macro_rules! single_action {
             params.allow_only(&["wait"])?;
             let wait = wait_param(&params)?;
             let path = format!("/v1/instances/{id}/{}", $action.as_str());
-            let key = idempotency.with_request("POST", &path, None);
-            enqueue_instances_job(&ctx, JobKind::for_action($action), vec![id], wait, key).await
+            let key = idempotency.with_request(&caller, "POST", &path, None);
+            let kind = JobKind::for_action($action);
+            enqueue_instances_job(&ctx, &caller, kind, vec![id], wait, key).await
         }
     };
 }
@@ -318,12 +367,14 @@ single_action!(
     responses(
         (status = 200, description = "The job finished within `wait`", body = JobBody),
         (status = 202, description = "The job is queued or running", body = JobBody),
+        (status = 403, body = crate::api::Problem),
         (status = 404, description = "Some ids are unknown; all are listed", body = crate::api::Problem),
         (status = 409, description = "Some instances cannot take the action now; all are listed", body = crate::api::Problem),
         (status = 422, body = crate::api::Problem),
     ))]
 pub async fn act_on_instances(
     State(ctx): State<ApiContext>,
+    caller: Caller,
     params: QueryParams,
     idempotency: IdempotencyHeader,
     ValidJson(body): ValidJson<BulkActionBody>,
@@ -331,7 +382,8 @@ pub async fn act_on_instances(
     params.allow_only(&["wait"])?;
     let wait = wait_param(&params)?;
     let fingerprinted = serde_json::to_value(&body).expect("body serializes");
-    let key = idempotency.with_request("POST", "/v1/instances/actions", Some(&fingerprinted));
+    let key =
+        idempotency.with_request(&caller, "POST", "/v1/instances/actions", Some(&fingerprinted));
     let action: Action = body
         .action
         .parse()
@@ -342,7 +394,7 @@ pub async fn act_on_instances(
             format!("must list 1 to {MAX_BULK_IDS} instance ids"),
         )]));
     }
-    enqueue_instances_job(&ctx, JobKind::for_action(action), body.ids, wait, key).await
+    enqueue_instances_job(&ctx, &caller, JobKind::for_action(action), body.ids, wait, key).await
 }
 
 /// Describes an instance again and records what the cloud reports, noting drift.
@@ -354,18 +406,89 @@ pub async fn act_on_instances(
     responses(
         (status = 200, description = "The job finished within `wait`", body = JobBody),
         (status = 202, description = "The job is queued or running", body = JobBody),
+        (status = 403, body = crate::api::Problem),
         (status = 404, body = crate::api::Problem),
     ))]
 pub async fn refresh_instance(
     State(ctx): State<ApiContext>,
+    caller: Caller,
     Path(id): Path<String>,
     params: QueryParams,
     idempotency: IdempotencyHeader,
 ) -> Result<Response, ApiError> {
     params.allow_only(&["wait"])?;
     let wait = wait_param(&params)?;
-    let key = idempotency.with_request("POST", &format!("/v1/instances/{id}/refresh"), None);
-    enqueue_instances_job(&ctx, JobKind::RefreshInstances, vec![id], wait, key).await
+    let key =
+        idempotency.with_request(&caller, "POST", &format!("/v1/instances/{id}/refresh"), None);
+    enqueue_instances_job(&ctx, &caller, JobKind::RefreshInstances, vec![id], wait, key).await
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateInstanceBody {
+    /// New name (the EC2 `Name` tag).
+    pub name: Option<String>,
+    /// Replaces every user tag.
+    pub tags: Option<BTreeMap<String, String>>,
+}
+
+/// Renames an instance or replaces its tags. corral records the change (with old and new
+/// values in the audit log) and a job applies it to the cloud.
+#[utoipa::path(patch, path = "/v1/instances/{id}", tag = "instances", operation_id = "update_instance",
+    request_body = UpdateInstanceBody,
+    params(
+        ("id" = String, Path, description = "corral id or EC2 instance id (i-…)"),
+        ("wait" = Option<i64>, Query, description = "Seconds (up to 60) to wait for the job to finish"),
+    ),
+    responses(
+        (status = 200, description = "The job finished within `wait`", body = JobBody),
+        (status = 202, description = "The job is queued or running", body = JobBody),
+        (status = 403, body = crate::api::Problem),
+        (status = 404, body = crate::api::Problem),
+        (status = 409, description = "The instance is busy with another job, or not in the cloud", body = crate::api::Problem),
+        (status = 422, body = crate::api::Problem),
+    ))]
+pub async fn update_instance(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+    Path(id): Path<String>,
+    params: QueryParams,
+    ValidJson(body): ValidJson<UpdateInstanceBody>,
+) -> Result<Response, ApiError> {
+    params.allow_only(&["wait"])?;
+    let wait = wait_param(&params)?;
+    let instance = visible_instance(&ctx, &caller, &id).await?;
+    caller.require(&instance.namespace, Role::Operator, || instance_not_found(&id))?;
+    if body.name.is_none() && body.tags.is_none() {
+        return Err(ApiError::Validation(vec![FieldError::new(
+            "body",
+            "give name, tags, or both",
+        )]));
+    }
+    let name = body.name.unwrap_or_else(|| instance.name.clone());
+    let tags = body.tags.unwrap_or_else(|| instance.tags.clone());
+    let violations = check_name_and_tags(&name, &tags);
+    if !violations.is_empty() {
+        return Err(ApiError::Validation(
+            violations.into_iter().map(|v| FieldError::new(v.field, v.message)).collect(),
+        ));
+    }
+    let removed: Vec<String> =
+        instance.tags.keys().filter(|key| !tags.contains_key(*key)).cloned().collect();
+    let payload = TagPayload { name: name.clone(), tags: tags.clone(), removed };
+    let job = NewJob {
+        id: new_id(),
+        kind: JobKind::TagInstances,
+        payload: serde_json::to_value(&payload).expect("payload serializes"),
+        max_attempts: ctx.max_attempts,
+        actor: caller.actor(),
+        namespace: Some(instance.namespace.clone()),
+    };
+    let admission = match ctx.store.update_instance(&job, &instance.id, &name, &tags).await? {
+        Ok(_) => Admission::Stored,
+        Err(refused) => refused,
+    };
+    admitted(&ctx, admission, &job.id, wait, StatusCode::OK).await
 }
 
 #[derive(Serialize, ToSchema)]
@@ -390,9 +513,10 @@ pub struct DriftList {
     responses((status = 200, body = DriftList), (status = 404, body = crate::api::Problem)))]
 pub async fn list_drift(
     State(ctx): State<ApiContext>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<DriftList>, ApiError> {
-    let instance = ctx.store.find_instance(&id).await?.ok_or_else(|| instance_not_found(&id))?;
+    let instance = visible_instance(&ctx, &caller, &id).await?;
     let items = ctx
         .store
         .drift_of(&instance.id)
@@ -414,6 +538,7 @@ pub async fn list_drift(
 /// every instance can take it.
 pub async fn enqueue_instances_job(
     ctx: &ApiContext,
+    caller: &Caller,
     kind: JobKind,
     ids: Vec<String>,
     wait: Option<std::time::Duration>,
@@ -424,7 +549,9 @@ pub async fn enqueue_instances_job(
     }
     let requested: BTreeSet<String> = ids.into_iter().collect();
     let requested: Vec<String> = requested.into_iter().collect();
-    let found = ctx.store.find_instances(&requested).await?;
+    let mut found = ctx.store.find_instances(&requested).await?;
+    // What the caller may not see does not exist for it.
+    found.retain(|instance| caller.sees(&instance.namespace));
     let unknown: Vec<&String> = requested
         .iter()
         .filter(|id| !found.iter().any(|i| &i.id == *id || i.cloud_id.as_ref() == Some(*id)))
@@ -436,13 +563,22 @@ pub async fn enqueue_instances_job(
         let unknown: Vec<&str> = unknown.iter().map(|s| s.as_str()).collect();
         return Err(ApiError::NotFound(format!("no instances with ids: {}", unknown.join(", "))));
     }
+    for instance in &found {
+        caller.require(&instance.namespace, Role::Operator, || instance_not_found(&instance.id))?;
+    }
     let instance_ids: Vec<String> =
         found.iter().map(|i| i.id.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+    let namespaces: BTreeSet<&str> = found.iter().map(|i| i.namespace.as_str()).collect();
     let job = NewJob {
         id: new_id(),
         kind,
         payload: serde_json::json!({}),
         max_attempts: ctx.max_attempts,
+        actor: caller.actor(),
+        namespace: match namespaces.into_iter().collect::<Vec<_>>().as_slice() {
+            [only] => Some(only.to_string()),
+            _ => None,
+        },
     };
     let admission =
         ctx.store.insert_instances_job(&job, kind.action(), &instance_ids, key.as_ref()).await?;
@@ -450,7 +586,7 @@ pub async fn enqueue_instances_job(
 }
 
 /// The answer to a request whose job the store admitted, replayed, or refused.
-async fn admitted(
+pub async fn admitted(
     ctx: &ApiContext,
     admission: Admission,
     job_id: &str,
@@ -478,6 +614,16 @@ async fn admitted(
             };
             Err(ApiError::Conflict { detail, errors })
         }
+        Admission::UnknownNamespace(namespace) => Err(ApiError::Validation(vec![FieldError::new(
+            "namespace",
+            format!(
+                "no namespace named '{namespace}'; an admin creates it with POST /v1/namespaces"
+            ),
+        )])),
+        Admission::OverQuota(exceeded) => Err(ApiError::QuotaExceeded(format!(
+            "namespace '{}' allows {} {}; {} in use, {} requested",
+            exceeded.namespace, exceeded.limit, exceeded.quota, exceeded.used, exceeded.requested
+        ))),
     }
 }
 
@@ -521,11 +667,23 @@ async fn respond_with_job(
     Ok(job_accepted(&view, finished_status))
 }
 
+/// The instance `id` if the caller may see it; otherwise it does not exist, as far as the
+/// caller can tell.
+async fn visible_instance(
+    ctx: &ApiContext,
+    caller: &Caller,
+    id: &str,
+) -> Result<InstanceRecord, ApiError> {
+    let instance = ctx.store.find_instance(id).await?.ok_or_else(|| instance_not_found(id))?;
+    caller.require(&instance.namespace, Role::Viewer, || instance_not_found(id))?;
+    Ok(instance)
+}
+
 fn instance_not_found(id: &str) -> ApiError {
     ApiError::NotFound(format!("no instance with id '{id}'"))
 }
 
 /// Time-ordered ids (UUIDv7), so that newest-first is id order.
-fn new_id() -> String {
+pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }

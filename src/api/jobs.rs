@@ -14,16 +14,17 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::api::auth::Caller;
 use crate::api::extract::{QueryParams, encode_cursor, page_param};
 use crate::api::{ApiContext, ApiError};
 use crate::domain::JobStatus;
-use crate::storage::{InstanceRecord, JobEvent, JobView, to_datetime};
+use crate::storage::{InstanceRecord, JobEvent, JobFilter, JobRecord, JobView, to_datetime};
 
 #[derive(Serialize, ToSchema)]
 pub struct JobBody {
     pub id: String,
-    /// `create_instances`, `start_instances`, `stop_instances`, `reboot_instances` or
-    /// `terminate_instances`.
+    /// `create_instances`, `start_instances`, `stop_instances`, `reboot_instances`,
+    /// `terminate_instances`, `tag_instances`, `refresh_instances` or `reconcile`.
     pub kind: String,
     /// `queued`, `running`, `succeeded` or `failed`.
     pub status: String,
@@ -36,6 +37,10 @@ pub struct JobBody {
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Who asked for the job: a username, an API key's prefix, or `system`.
+    pub actor: String,
+    /// The namespace the job works in; null when it spans several, or none.
+    pub namespace: Option<String>,
     /// The instances the job touches, as last reported by the cloud.
     pub instances: Vec<JobInstanceBody>,
 }
@@ -84,6 +89,8 @@ impl From<&JobView> for JobBody {
             updated_at: to_datetime(job.updated_at),
             started_at: job.started_at.map(to_datetime),
             finished_at: job.finished_at.map(to_datetime),
+            actor: job.actor.clone(),
+            namespace: job.namespace.clone(),
             instances: view.instances.iter().map(JobInstanceBody::from).collect(),
         }
     }
@@ -144,10 +151,11 @@ impl From<JobEvent> for JobEventBody {
     ))]
 pub async fn get_job_events(
     State(ctx): State<ApiContext>,
+    caller: Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    ctx.store.get_job(&id).await?.ok_or_else(|| job_not_found(&id))?;
+    visible_job(&ctx, &caller, &id).await?;
     let wants_stream = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -220,13 +228,28 @@ fn event_stream(
     responses((status = 200, body = JobBody), (status = 404, body = crate::api::Problem)))]
 pub async fn get_job(
     State(ctx): State<ApiContext>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<JobBody>, ApiError> {
-    let view = ctx.store.get_job(&id).await?.ok_or_else(|| job_not_found(&id))?;
+    let view = visible_job(&ctx, &caller, &id).await?;
     Ok(Json(JobBody::from(&view)))
 }
 
-/// Jobs, newest first, optionally by status.
+/// The job `id` if the caller may see it: an admin sees every job, others the jobs of their
+/// namespaces and the jobs they asked for.
+async fn visible_job(ctx: &ApiContext, caller: &Caller, id: &str) -> Result<JobView, ApiError> {
+    let view = ctx.store.get_job(id).await?.ok_or_else(|| job_not_found(id))?;
+    if sees_job(caller, &view.job) { Ok(view) } else { Err(job_not_found(id)) }
+}
+
+fn sees_job(caller: &Caller, job: &JobRecord) -> bool {
+    caller.principal.admin
+        || job.namespace.as_deref().is_some_and(|namespace| caller.sees(namespace))
+        || job.actor == caller.principal.actor()
+}
+
+/// Jobs, newest first, optionally by status: every job for an admin, else those of the caller's
+/// namespaces and those the caller asked for.
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs", operation_id = "list_jobs",
     params(
         ("status" = Option<String>, Query, description = "queued, running, succeeded or failed"),
@@ -236,11 +259,18 @@ pub async fn get_job(
     responses((status = 200, body = JobPage), (status = 400, body = crate::api::Problem)))]
 pub async fn list_jobs(
     State(ctx): State<ApiContext>,
+    caller: Caller,
     params: QueryParams,
 ) -> Result<Json<JobPage>, ApiError> {
     params.allow_only(&["status", "limit", "cursor"])?;
-    let status = params.parsed::<JobStatus>("status")?;
-    let page = ctx.store.list_jobs(status, &page_param(&params)?).await?;
+    let filter = JobFilter {
+        status: params.parsed::<JobStatus>("status")?,
+        visible: caller
+            .principal
+            .visible_namespaces()
+            .map(|namespaces| (namespaces, caller.principal.actor())),
+    };
+    let page = ctx.store.list_jobs(&filter, &page_param(&params)?).await?;
     Ok(Json(JobPage {
         items: page.items.iter().map(JobBody::from).collect(),
         next_cursor: page.next_after.as_deref().map(encode_cursor),

@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::api::auth::Caller;
 use crate::api::extract::{IdempotencyHeader, QueryParams, wait_param};
 use crate::api::instances::{InstanceBody, enqueue_instances_job};
 use crate::api::{ApiContext, ApiError};
@@ -82,19 +83,25 @@ pub fn router() -> Router<ApiContext> {
     ))]
 pub async fn reconcile_now(
     State(ctx): State<ApiContext>,
+    caller: Caller,
     params: QueryParams,
     idempotency: IdempotencyHeader,
 ) -> Result<Response, ApiError> {
+    caller.require_admin()?;
     params.allow_only(&["wait"])?;
     let wait = wait_param(&params)?;
-    let key = idempotency.with_request("POST", "/v1/reconcile", None);
-    enqueue_instances_job(&ctx, JobKind::Reconcile, Vec::new(), wait, key).await
+    let key = idempotency.with_request(&caller, "POST", "/v1/reconcile", None);
+    enqueue_instances_job(&ctx, &caller, JobKind::Reconcile, Vec::new(), wait, key).await
 }
 
 /// Instances tagged `corral:*` that corral does not know, as of the last reconcile pass.
 #[utoipa::path(get, path = "/v1/orphans", tag = "orphans", operation_id = "list_orphans",
     responses((status = 200, body = OrphanList)))]
-pub async fn list_orphans(State(ctx): State<ApiContext>) -> Result<Json<OrphanList>, ApiError> {
+pub async fn list_orphans(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+) -> Result<Json<OrphanList>, ApiError> {
+    caller.require_admin()?;
     let items = ctx.store.list_orphans().await?.iter().map(OrphanBody::from).collect();
     Ok(Json(OrphanList { items }))
 }
@@ -105,9 +112,11 @@ pub async fn list_orphans(State(ctx): State<ApiContext>) -> Result<Json<OrphanLi
     responses((status = 201, body = InstanceBody), (status = 404, body = crate::api::Problem)))]
 pub async fn adopt_orphan(
     State(ctx): State<ApiContext>,
+    caller: Caller,
     Path(cloud_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let instance = adopt(&ctx, &cloud_id).await?;
+    caller.require_admin()?;
+    let instance = adopt(&ctx, &caller, &cloud_id).await?;
     Ok((StatusCode::CREATED, Json(InstanceBody::from(&instance))).into_response())
 }
 
@@ -124,18 +133,26 @@ pub async fn adopt_orphan(
     ))]
 pub async fn terminate_orphan(
     State(ctx): State<ApiContext>,
+    caller: Caller,
     Path(cloud_id): Path<String>,
     params: QueryParams,
     idempotency: IdempotencyHeader,
 ) -> Result<Response, ApiError> {
+    caller.require_admin()?;
     params.allow_only(&["wait"])?;
     let wait = wait_param(&params)?;
-    let instance = adopt(&ctx, &cloud_id).await?;
-    let key = idempotency.with_request("POST", &format!("/v1/orphans/{cloud_id}/terminate"), None);
-    enqueue_instances_job(&ctx, JobKind::TerminateInstances, vec![instance.id], wait, key).await
+    let instance = adopt(&ctx, &caller, &cloud_id).await?;
+    let path = format!("/v1/orphans/{cloud_id}/terminate");
+    let key = idempotency.with_request(&caller, "POST", &path, None);
+    let ids = vec![instance.id];
+    enqueue_instances_job(&ctx, &caller, JobKind::TerminateInstances, ids, wait, key).await
 }
 
-async fn adopt(ctx: &ApiContext, cloud_id: &str) -> Result<InstanceRecord, ApiError> {
+async fn adopt(
+    ctx: &ApiContext,
+    caller: &Caller,
+    cloud_id: &str,
+) -> Result<InstanceRecord, ApiError> {
     let not_found = || ApiError::NotFound(format!("no orphan with cloud id '{cloud_id}'"));
     let orphans = ctx.store.list_orphans().await?;
     let orphan = orphans.iter().find(|o| o.cloud_id == cloud_id).ok_or_else(not_found)?;
@@ -145,6 +162,15 @@ async fn adopt(ctx: &ApiContext, cloud_id: &str) -> Result<InstanceRecord, ApiEr
     let namespace = tags.get(TAG_NAMESPACE).cloned().unwrap_or_else(|| "default".to_string());
     let created_by_job = tags.get(TAG_JOB_ID).cloned().unwrap_or_default();
     tags.retain(|key, _| !key.starts_with("corral:") && !key.starts_with("aws:"));
+    // Counted against the namespace's vCPU quota; 0 when the cloud cannot say now.
+    let vcpus = match &orphan.instance_type {
+        Some(instance_type) => ctx
+            .catalog
+            .instance_type(&orphan.region, instance_type)
+            .await
+            .map_or(0, |facts| i64::from(facts.vcpus)),
+        None => 0,
+    };
     let instance = InstanceRecord {
         id: uuid::Uuid::now_v7().to_string(),
         cloud_id: Some(orphan.cloud_id.clone()),
@@ -164,8 +190,9 @@ async fn adopt(ctx: &ApiContext, cloud_id: &str) -> Result<InstanceRecord, ApiEr
         launch_index: 0,
         created_by_job,
         active_job_id: None,
+        vcpus,
         created_at: now,
         updated_at: now,
     };
-    ctx.store.adopt_orphan(cloud_id, &instance).await?.ok_or_else(not_found)
+    ctx.store.adopt_orphan(cloud_id, &instance, &caller.actor()).await?.ok_or_else(not_found)
 }

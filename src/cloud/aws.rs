@@ -298,6 +298,23 @@ impl Provider for AwsProvider {
         Ok(())
     }
 
+    async fn untag(
+        &self,
+        region: &str,
+        cloud_ids: &[String],
+        keys: &[String],
+    ) -> Result<(), CloudError> {
+        let tags: Vec<Tag> = keys.iter().map(|key| Tag::builder().key(key).build()).collect();
+        let call = self
+            .client(region)
+            .delete_tags()
+            .set_resources(Some(cloud_ids.to_vec()))
+            .set_tags(Some(tags))
+            .send();
+        self.send(region, ApiClass::Mutate, call).await?;
+        Ok(())
+    }
+
     async fn describe(
         &self,
         region: &str,

@@ -45,13 +45,22 @@ impl Catalog {
         region: &str,
         instance_type: &str,
     ) -> Result<InstanceTypeFacts, CloudError> {
-        let key = (region.to_string(), instance_type.to_string());
-        if let Some(facts) = self.cached(&self.instance_types, &key) {
+        if let Some(facts) = self.cached_instance_type(region, instance_type) {
             return Ok(facts);
         }
+        let key = (region.to_string(), instance_type.to_string());
         let facts = self.provider.describe_instance_type(region, instance_type).await?;
         self.instance_types.lock().unwrap().insert(key, (Instant::now(), facts.clone()));
         Ok(facts)
+    }
+
+    /// The facts of an instance type if they are cached and fresh; never calls the cloud.
+    pub fn cached_instance_type(
+        &self,
+        region: &str,
+        instance_type: &str,
+    ) -> Option<InstanceTypeFacts> {
+        self.cached(&self.instance_types, &(region.to_string(), instance_type.to_string()))
     }
 
     fn cached<T: Clone>(&self, map: &Mutex<HashMap<Key, (Instant, T)>>, key: &Key) -> Option<T> {

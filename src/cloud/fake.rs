@@ -162,6 +162,22 @@ impl Provider for FakeProvider {
         Ok(())
     }
 
+    async fn untag(
+        &self,
+        _region: &str,
+        cloud_ids: &[String],
+        keys: &[String],
+    ) -> Result<(), CloudError> {
+        self.count("untag");
+        let mut state = self.state.lock().unwrap();
+        for id in cloud_ids {
+            if let Some(instance) = state.instances.get_mut(id) {
+                instance.cloud.tags.retain(|key, _| !keys.contains(key));
+            }
+        }
+        Ok(())
+    }
+
     async fn describe(
         &self,
         _region: &str,

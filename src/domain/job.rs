@@ -14,10 +14,12 @@ pub enum JobKind {
     TerminateInstances,
     RefreshInstances,
     Reconcile,
+    /// Applies an instance's name and tags, changed by a request, in the cloud.
+    TagInstances,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 7] = [
+    pub const ALL: [JobKind; 8] = [
         JobKind::CreateInstances,
         JobKind::StartInstances,
         JobKind::StopInstances,
@@ -25,6 +27,7 @@ impl JobKind {
         JobKind::TerminateInstances,
         JobKind::RefreshInstances,
         JobKind::Reconcile,
+        JobKind::TagInstances,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -36,6 +39,21 @@ impl JobKind {
             JobKind::TerminateInstances => "terminate_instances",
             JobKind::RefreshInstances => "refresh_instances",
             JobKind::Reconcile => "reconcile",
+            JobKind::TagInstances => "tag_instances",
+        }
+    }
+
+    /// The audit log's action for a request that stores this job.
+    pub fn audit_action(self) -> &'static str {
+        match self {
+            JobKind::CreateInstances => "instance.create",
+            JobKind::StartInstances => "instance.start",
+            JobKind::StopInstances => "instance.stop",
+            JobKind::RebootInstances => "instance.reboot",
+            JobKind::TerminateInstances => "instance.terminate",
+            JobKind::RefreshInstances => "instance.refresh",
+            JobKind::Reconcile => "reconcile",
+            JobKind::TagInstances => "instance.update",
         }
     }
 
@@ -51,7 +69,10 @@ impl JobKind {
     /// The lifecycle action this job applies, `None` for creation and refresh.
     pub fn action(self) -> Option<Action> {
         match self {
-            JobKind::CreateInstances | JobKind::RefreshInstances | JobKind::Reconcile => None,
+            JobKind::CreateInstances
+            | JobKind::RefreshInstances
+            | JobKind::Reconcile
+            | JobKind::TagInstances => None,
             JobKind::StartInstances => Some(Action::Start),
             JobKind::StopInstances => Some(Action::Stop),
             JobKind::RebootInstances => Some(Action::Reboot),

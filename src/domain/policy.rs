@@ -362,8 +362,6 @@ impl Policy {
         count: i64,
         violations: &mut Vec<Violation>,
     ) -> Vec<String> {
-        const NAME_RULE: &str = "must be 1-64 characters of letters, digits, '-', '_' or '.', \
-                                 starting with a letter or digit";
         match (&request.name, &request.name_prefix) {
             (None, None) => {
                 violations.push(Violation::new("name", "is required (or name_prefix with count)"));
@@ -444,6 +442,19 @@ impl Policy {
     }
 }
 
+/// Checks a new name and tags for an existing instance, by the rules a create request follows.
+pub fn check_name_and_tags(name: &str, tags: &BTreeMap<String, String>) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    if !is_valid_name(name, 64) {
+        violations.push(Violation::new("name", NAME_RULE));
+    }
+    check_tags(tags, &mut violations);
+    violations
+}
+
+const NAME_RULE: &str =
+    "must be 1-64 characters of letters, digits, '-', '_' or '.', starting with a letter or digit";
+
 fn check_tags(tags: &BTreeMap<String, String>, violations: &mut Vec<Violation>) {
     if tags.len() > MAX_USER_TAGS {
         violations.push(Violation::new(
@@ -476,7 +487,7 @@ fn is_valid_name(name: &str, max_len: usize) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-fn is_valid_namespace(namespace: &str) -> bool {
+pub fn is_valid_namespace(namespace: &str) -> bool {
     !namespace.is_empty()
         && namespace.len() <= 63
         && namespace.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')

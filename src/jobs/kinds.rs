@@ -7,6 +7,7 @@
 mod change_state;
 mod create_instances;
 mod refresh;
+mod tag;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -19,12 +20,14 @@ use crate::storage::{InstanceRecord, Observation};
 pub use create_instances::CreatePayload;
 
 pub use refresh::refresh_region;
+pub use tag::TagPayload;
 
 /// Runs one attempt of a job.
 pub async fn run(run: &JobRun<'_>) -> Result<(), JobError> {
     match run.job.job.kind {
         JobKind::CreateInstances => create_instances::run(run).await,
         JobKind::RefreshInstances => refresh::run(run).await,
+        JobKind::TagInstances => tag::run(run).await,
         JobKind::Reconcile => {
             let summary = crate::jobs::reconcile_all(run.ctx).await?;
             run.step(format!(

@@ -10,13 +10,20 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use tokio::sync::mpsc;
 
+use crate::domain::Role;
 use crate::domain::{Action, StateConflict};
-use crate::storage::rows::{DriftRow, InstanceRow, JOB_COLUMNS, JobRow, OrphanRow, convert};
+use crate::storage::identity_sql::{identity_store, quota_value, user_value};
+use crate::storage::rows::{
+    API_KEY_SELECT, ApiKeyRow, AuditRow, DriftRow, InstanceRow, JOB_COLUMNS, JobRow, NamespaceRow,
+    OrphanRow, USER_COLUMNS, UserRow, convert, with_roles,
+};
 use crate::storage::sql::{Dialect, sql_store};
 use crate::storage::{
-    Admission, Counts, DriftRecord, IdempotencyKey, InstanceFilter, InstanceRecord, JobEvent,
-    JobOutcome, JobRecord, JobStatus, Millis, NewJob, Observation, OrphanRecord, PageRequest,
-    Reconciliation, StorageError, StoreEvent, now_millis, redact_url,
+    Actor, Admission, ApiKeyRecord, AuditEntry, AuditFilter, AuditRecord, Counts, DriftRecord,
+    IdempotencyKey, InstanceFilter, InstanceRecord, JobEvent, JobFilter, JobOutcome, JobRecord,
+    Millis, NamespaceRecord, NewJob, Observation, OrphanRecord, PageRequest, QuotaExceeded,
+    Reconciliation, SYSTEM_ACTOR, StorageError, StoreEvent, UserChanges, UserRecord, UserWrite,
+    now_millis, redact_url,
 };
 
 /// Channel on which a stored job is announced (payload: job id).
@@ -75,3 +82,4 @@ impl PgStore {
 }
 
 sql_store!(PgStore, Postgres, Dialect::Postgres);
+identity_store!(PgStore, Postgres, Dialect::Postgres);

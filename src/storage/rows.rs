@@ -1,6 +1,12 @@
 //! Row types shared by both dialects, and their conversion into storage records.
 
-use crate::storage::{DriftRecord, InstanceRecord, JobRecord, OrphanRecord, StorageError};
+use std::collections::BTreeMap;
+
+use crate::domain::Role;
+use crate::storage::{
+    ApiKeyRecord, AuditRecord, DriftRecord, InstanceRecord, JobRecord, NamespaceRecord,
+    OrphanRecord, StorageError, UserRecord,
+};
 
 #[derive(sqlx::FromRow)]
 pub struct InstanceRow {
@@ -21,6 +27,7 @@ pub struct InstanceRow {
     launch_index: i64,
     created_by_job: String,
     active_job_id: Option<String>,
+    vcpus: i64,
     created_at: i64,
     updated_at: i64,
 }
@@ -48,6 +55,7 @@ impl TryFrom<InstanceRow> for InstanceRecord {
             launch_index: row.launch_index,
             created_by_job: row.created_by_job,
             active_job_id: row.active_job_id,
+            vcpus: row.vcpus,
             created_at: row.created_at,
             updated_at: row.updated_at,
         })
@@ -69,6 +77,8 @@ pub struct JobRow {
     started_at: Option<i64>,
     finished_at: Option<i64>,
     launch_started_at: Option<i64>,
+    actor: String,
+    namespace: Option<String>,
 }
 
 impl TryFrom<JobRow> for JobRecord {
@@ -90,6 +100,8 @@ impl TryFrom<JobRow> for JobRecord {
             started_at: row.started_at,
             finished_at: row.finished_at,
             launch_started_at: row.launch_started_at,
+            actor: row.actor,
+            namespace: row.namespace,
         })
     }
 }
@@ -145,7 +157,8 @@ pub fn convert<R, T: TryFrom<R, Error = StorageError>>(
 }
 
 pub const JOB_COLUMNS: &str = "id, kind, status, payload, attempts, max_attempts, run_at, error, \
-                               created_at, updated_at, started_at, finished_at, launch_started_at";
+                               created_at, updated_at, started_at, finished_at, launch_started_at, actor, \
+                               namespace";
 
 impl From<DriftRow> for DriftRecord {
     fn from(row: DriftRow) -> DriftRecord {
@@ -157,5 +170,136 @@ impl From<DriftRow> for DriftRecord {
             old_value: row.old_value,
             new_value: row.new_value,
         }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub struct UserRow {
+    pub id: String,
+    username: String,
+    password_hash: String,
+    is_admin: bool,
+    created_at: i64,
+    updated_at: i64,
+}
+
+pub const USER_COLUMNS: &str = "id, username, password_hash, is_admin, created_at, updated_at";
+
+/// Users with their roles, from `(user_id, namespace, role)` bindings.
+pub fn with_roles(
+    rows: Vec<UserRow>,
+    bindings: Vec<(String, String, String)>,
+) -> Result<Vec<UserRecord>, StorageError> {
+    let mut roles: BTreeMap<String, BTreeMap<String, Role>> = BTreeMap::new();
+    for (user_id, namespace, role) in bindings {
+        let role = role.parse().map_err(StorageError::Corrupt)?;
+        roles.entry(user_id).or_default().insert(namespace, role);
+    }
+    Ok(rows
+        .into_iter()
+        .map(|row| UserRecord {
+            roles: roles.remove(&row.id).unwrap_or_default(),
+            id: row.id,
+            username: row.username,
+            password_hash: row.password_hash,
+            admin: row.is_admin,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+        .collect())
+}
+
+#[derive(sqlx::FromRow)]
+pub struct ApiKeyRow {
+    id: String,
+    user_id: String,
+    username: String,
+    name: String,
+    prefix: String,
+    key_hash: String,
+    expires_at: Option<i64>,
+    revoked_at: Option<i64>,
+    created_at: i64,
+}
+
+pub const API_KEY_SELECT: &str = "SELECT api_keys.id, api_keys.user_id, users.username, \
+     api_keys.name, api_keys.prefix, api_keys.key_hash, api_keys.expires_at, api_keys.revoked_at, \
+     api_keys.created_at FROM api_keys JOIN users ON users.id = api_keys.user_id";
+
+impl From<ApiKeyRow> for ApiKeyRecord {
+    fn from(row: ApiKeyRow) -> ApiKeyRecord {
+        ApiKeyRecord {
+            id: row.id,
+            user_id: row.user_id,
+            username: row.username,
+            name: row.name,
+            prefix: row.prefix,
+            key_hash: row.key_hash,
+            expires_at: row.expires_at,
+            revoked_at: row.revoked_at,
+            created_at: row.created_at,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub struct NamespaceRow {
+    name: String,
+    max_instances: Option<i64>,
+    max_vcpus: Option<i64>,
+    created_at: i64,
+    updated_at: i64,
+    instances: i64,
+    vcpus: i64,
+}
+
+impl From<NamespaceRow> for NamespaceRecord {
+    fn from(row: NamespaceRow) -> NamespaceRecord {
+        NamespaceRecord {
+            name: row.name,
+            max_instances: row.max_instances,
+            max_vcpus: row.max_vcpus,
+            instances: row.instances,
+            vcpus: row.vcpus,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub struct AuditRow {
+    id: i64,
+    at: i64,
+    actor: String,
+    action: String,
+    target: String,
+    namespace: Option<String>,
+    old_value: Option<String>,
+    new_value: Option<String>,
+    request_id: Option<String>,
+}
+
+impl TryFrom<AuditRow> for AuditRecord {
+    type Error = StorageError;
+
+    fn try_from(row: AuditRow) -> Result<Self, Self::Error> {
+        let parse = |value: Option<String>| {
+            value
+                .map(|text| serde_json::from_str(&text))
+                .transpose()
+                .map_err(|err| StorageError::Corrupt(format!("audit event {}: {err}", row.id)))
+        };
+        Ok(AuditRecord {
+            old_value: parse(row.old_value)?,
+            new_value: parse(row.new_value)?,
+            id: row.id,
+            at: row.at,
+            actor: row.actor,
+            action: row.action,
+            target: row.target,
+            namespace: row.namespace,
+            request_id: row.request_id,
+        })
     }
 }

@@ -54,9 +54,26 @@ macro_rules! sql_store {
                     Ok(tx) => tx,
                     Err(known) => return Ok(known),
                 };
+                if let Some(namespace) = &job.namespace
+                    && let Some(refused) = admit_to_namespace(&mut tx, namespace, instances).await?
+                {
+                    tx.rollback().await?;
+                    return Ok(refused);
+                }
                 for instance in instances {
                     insert_instance(&mut tx, instance).await?;
                     link_instance(&mut tx, &job.id, &instance.id).await?;
+                    let entry = AuditEntry::new(job.kind.audit_action(), &instance.id)
+                        .namespace(&instance.namespace)
+                        .new_value(serde_json::json!({
+                            "job_id": job.id,
+                            "name": instance.name,
+                            "region": instance.region,
+                            "ami": instance.ami,
+                            "instance_type": instance.instance_type,
+                            "storage_gb": instance.storage_gb,
+                        }));
+                    insert_audit(&mut tx, &job.actor, &entry).await?;
                 }
                 tx.commit().await?;
                 Ok(Admission::Stored)
@@ -112,6 +129,7 @@ macro_rules! sql_store {
                 for id in instance_ids {
                     link_instance(&mut tx, &job.id, id).await?;
                 }
+                audit_job_request(&mut tx, job, instance_ids).await?;
                 tx.commit().await?;
                 Ok(Admission::Stored)
             }
@@ -208,14 +226,24 @@ macro_rules! sql_store {
                     update_observed(&mut tx, seen, now).await?;
                 }
                 for id in &reconciliation.missing {
-                    sqlx::query(
-                        "UPDATE instances SET state = 'missing', public_ip = NULL, updated_at = $1 \
-                         WHERE id = $2 AND state <> 'missing'",
+                    let before: Option<(String, String)> = sqlx::query_as(
+                        "UPDATE instances SET updated_at = $1 WHERE id = $2 AND state <> 'missing' \
+                         RETURNING namespace, state",
                     )
                     .bind(now)
                     .bind(id)
-                    .execute(&mut *tx)
+                    .fetch_optional(&mut *tx)
                     .await?;
+                    let Some((namespace, old_state)) = before else { continue };
+                    sqlx::query("UPDATE instances SET state = 'missing', public_ip = NULL WHERE id = $1")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    let entry = AuditEntry::new("instance.state", id)
+                        .namespace(&namespace)
+                        .old(serde_json::json!({ "state": old_state }))
+                        .new_value(serde_json::json!({ "state": "missing" }));
+                    insert_audit(&mut tx, &Actor::system(), &entry).await?;
                 }
                 for drift in &reconciliation.drift {
                     sqlx::query(
@@ -230,6 +258,16 @@ macro_rules! sql_store {
                     .bind(&drift.new_value)
                     .execute(&mut *tx)
                     .await?;
+                    let (namespace,): (String,) =
+                        sqlx::query_as("SELECT namespace FROM instances WHERE id = $1")
+                            .bind(&drift.instance_id)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                    let entry = AuditEntry::new("instance.drift", &drift.instance_id)
+                        .namespace(&namespace)
+                        .old(serde_json::json!({ &drift.field: drift.old_value }))
+                        .new_value(serde_json::json!({ &drift.field: drift.new_value }));
+                    insert_audit(&mut tx, &Actor::system(), &entry).await?;
                 }
                 if let Some((region, orphans)) = &reconciliation.orphans {
                     let mut keep = Vec::new();
@@ -283,6 +321,7 @@ macro_rules! sql_store {
                 &self,
                 cloud_id: &str,
                 instance: &InstanceRecord,
+                actor: &Actor,
             ) -> Result<Option<InstanceRecord>, StorageError> {
                 let mut tx = self.pool.begin().await?;
                 let deleted = sqlx::query("DELETE FROM orphans WHERE cloud_id = $1")
@@ -294,7 +333,20 @@ macro_rules! sql_store {
                     tx.rollback().await?;
                     return Ok(None);
                 }
+                // The namespace its tag names becomes a real one if it is not yet.
+                sqlx::query(
+                    "INSERT INTO namespaces (name, created_at, updated_at) VALUES ($1, $2, $2) \
+                     ON CONFLICT (name) DO NOTHING",
+                )
+                .bind(&instance.namespace)
+                .bind(now_millis())
+                .execute(&mut *tx)
+                .await?;
                 insert_instance(&mut tx, instance).await?;
+                let entry = AuditEntry::new("orphan.adopt", &instance.id)
+                    .namespace(&instance.namespace)
+                    .new_value(serde_json::json!({ "cloud_id": cloud_id, "name": instance.name }));
+                insert_audit(&mut tx, actor, &entry).await?;
                 tx.commit().await?;
                 Ok(Some(instance.clone()))
             }
@@ -338,6 +390,17 @@ macro_rules! sql_store {
                 page: &PageRequest,
             ) -> Result<Vec<InstanceRecord>, StorageError> {
                 let mut query = QueryBuilder::<$db>::new("SELECT * FROM instances WHERE 1 = 1");
+                if let Some(visible) = &filter.visible {
+                    if visible.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    query.push(" AND namespace IN (");
+                    let mut list = query.separated(", ");
+                    for name in visible {
+                        list.push_bind(name);
+                    }
+                    query.push(")");
+                }
                 if let Some(state) = filter.state {
                     query.push(" AND state = ").push_bind(state.as_str());
                 }
@@ -372,13 +435,25 @@ macro_rules! sql_store {
 
             pub async fn list_jobs(
                 &self,
-                status: Option<JobStatus>,
+                filter: &JobFilter,
                 page: &PageRequest,
             ) -> Result<Vec<JobRecord>, StorageError> {
                 let mut query =
                     QueryBuilder::<$db>::new(format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1 = 1"));
-                if let Some(status) = status {
+                if let Some(status) = filter.status {
                     query.push(" AND status = ").push_bind(status.as_str());
+                }
+                if let Some((namespaces, own)) = &filter.visible {
+                    query.push(" AND (actor = ").push_bind(own);
+                    if !namespaces.is_empty() {
+                        query.push(" OR namespace IN (");
+                        let mut list = query.separated(", ");
+                        for name in namespaces {
+                            list.push_bind(name);
+                        }
+                        query.push(")");
+                    }
+                    query.push(")");
                 }
                 if let Some(after) = &page.after {
                     query.push(" AND id < ").push_bind(after);
@@ -502,14 +577,26 @@ macro_rules! sql_store {
                 if finished_at.is_some() {
                     if matches!(outcome, JobOutcome::Failed { .. }) {
                         // Instances this job was creating that never reached the cloud did not launch.
-                        sqlx::query(
-                            "UPDATE instances SET state = 'failed', updated_at = $1 \
-                             WHERE created_by_job = $2 AND cloud_id IS NULL",
+                        let failed: Vec<(String, String, String)> = sqlx::query_as(
+                            "UPDATE instances SET updated_at = $1 \
+                             WHERE created_by_job = $2 AND cloud_id IS NULL AND state <> 'failed' \
+                             RETURNING id, namespace, state",
                         )
                         .bind(now)
                         .bind(job_id)
-                        .execute(&mut *tx)
+                        .fetch_all(&mut *tx)
                         .await?;
+                        for (id, namespace, old_state) in failed {
+                            sqlx::query("UPDATE instances SET state = 'failed' WHERE id = $1")
+                                .bind(&id)
+                                .execute(&mut *tx)
+                                .await?;
+                            let entry = AuditEntry::new("instance.state", &id)
+                                .namespace(&namespace)
+                                .old(serde_json::json!({ "state": old_state }))
+                                .new_value(serde_json::json!({ "state": "failed" }));
+                            insert_audit(&mut tx, &Actor::system(), &entry).await?;
+                        }
                     }
                     sqlx::query(
                         "UPDATE instances SET active_job_id = NULL, updated_at = $1 WHERE active_job_id = $2",
@@ -542,6 +629,15 @@ macro_rules! sql_store {
                     update_observed(&mut tx, seen, now).await?;
                 }
                 tx.commit().await?;
+                Ok(())
+            }
+
+            pub async fn record_vcpus(&self, job_id: &str, vcpus: i64) -> Result<(), StorageError> {
+                sqlx::query("UPDATE instances SET vcpus = $1 WHERE created_by_job = $2 AND vcpus <> $1")
+                    .bind(vcpus)
+                    .bind(job_id)
+                    .execute(&self.pool)
+                    .await?;
                 Ok(())
             }
 
@@ -587,6 +683,130 @@ macro_rules! sql_store {
                 Ok(taken == 1)
             }
 
+            pub async fn update_instance(
+                &self,
+                job: &NewJob,
+                instance_id: &str,
+                name: &str,
+                tags: &std::collections::BTreeMap<String, String>,
+            ) -> Result<Result<InstanceRecord, Admission>, StorageError> {
+                let mut tx = match begin_job(&self.pool, job, None).await? {
+                    Ok(tx) => tx,
+                    Err(known) => return Ok(Err(known)),
+                };
+                let taken: Option<InstanceRow> = sqlx::query_as(
+                    "UPDATE instances SET active_job_id = $1, updated_at = $2 \
+                     WHERE id = $3 AND active_job_id IS NULL AND cloud_id IS NOT NULL \
+                     AND state IN ('pending', 'running', 'stopping', 'stopped') RETURNING *",
+                )
+                .bind(&job.id)
+                .bind(now_millis())
+                .bind(instance_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(before) = taken else {
+                    tx.rollback().await?;
+                    let rows: Vec<InstanceRow> = select_by_ids(&[instance_id.to_string()])
+                        .build_query_as()
+                        .fetch_all(&self.pool)
+                        .await?;
+                    let conflicts = convert::<_, InstanceRecord>(rows)?
+                        .into_iter()
+                        .map(|instance| StateConflict {
+                            reason: match &instance.active_job_id {
+                                Some(busy) => format!("busy with job {busy}; retry when it has finished"),
+                                None => format!(
+                                    "the instance is {}; name and tags change only on an instance that \
+                                     exists in the cloud",
+                                    instance.state
+                                ),
+                            },
+                            instance_id: instance.id,
+                        })
+                        .collect();
+                    return Ok(Err(Admission::Conflicts(conflicts)));
+                };
+                let before = InstanceRecord::try_from(before)?;
+                sqlx::query("UPDATE instances SET name = $1, tags = $2 WHERE id = $3")
+                    .bind(name)
+                    .bind(serde_json::to_string(tags).expect("tags serialize"))
+                    .bind(instance_id)
+                    .execute(&mut *tx)
+                    .await?;
+                link_instance(&mut tx, &job.id, instance_id).await?;
+                let entry = AuditEntry::new(job.kind.audit_action(), instance_id)
+                    .namespace(&before.namespace)
+                    .old(serde_json::json!({ "name": before.name, "tags": before.tags }))
+                    .new_value(serde_json::json!({ "name": name, "tags": tags, "job_id": job.id }));
+                insert_audit(&mut tx, &job.actor, &entry).await?;
+                tx.commit().await?;
+                Ok(Ok(before))
+            }
+
+            pub async fn insert_namespace_terminate_job(
+                &self,
+                job: &NewJob,
+                namespace: &str,
+            ) -> Result<Admission, StorageError> {
+                let mut tx = match begin_job(&self.pool, job, None).await? {
+                    Ok(tx) => tx,
+                    Err(known) => return Ok(known),
+                };
+                let now = now_millis();
+                let mut take = QueryBuilder::<$db>::new("UPDATE instances SET active_job_id = ");
+                take.push_bind(&job.id).push(", updated_at = ").push_bind(now);
+                take.push(" WHERE namespace = ").push_bind(namespace);
+                take.push(" AND active_job_id IS NULL AND state IN (");
+                let mut states = take.separated(", ");
+                for state in Action::Terminate.allowed_from() {
+                    states.push_bind(state.as_str());
+                }
+                take.push(") RETURNING id");
+                let taken: Vec<(String,)> = take.build_query_as().fetch_all(&mut *tx).await?;
+                let busy: Vec<(String, String)> = sqlx::query_as(
+                    "SELECT id, active_job_id FROM instances WHERE namespace = $1 \
+                     AND active_job_id IS NOT NULL AND active_job_id <> $2 \
+                     AND state NOT IN ('terminated', 'failed') ORDER BY id",
+                )
+                .bind(namespace)
+                .bind(&job.id)
+                .fetch_all(&mut *tx)
+                .await?;
+                if !busy.is_empty() {
+                    tx.rollback().await?;
+                    let conflicts = busy
+                        .into_iter()
+                        .map(|(instance_id, busy)| StateConflict {
+                            instance_id,
+                            reason: format!("busy with job {busy}; retry when it has finished"),
+                        })
+                        .collect();
+                    return Ok(Admission::Conflicts(conflicts));
+                }
+                let ids: Vec<String> = taken.into_iter().map(|(id,)| id).collect();
+                for id in &ids {
+                    link_instance(&mut tx, &job.id, id).await?;
+                }
+                let entry = AuditEntry::new("namespace.terminate", namespace)
+                    .namespace(namespace)
+                    .new_value(serde_json::json!({ "job_id": job.id, "instances": ids.len() }));
+                insert_audit(&mut tx, &job.actor, &entry).await?;
+                audit_job_request(&mut tx, job, &ids).await?;
+                if ids.is_empty() {
+                    sqlx::query(
+                        "UPDATE jobs SET status = 'succeeded', started_at = $1, finished_at = $1 WHERE id = $2",
+                    )
+                    .bind(now)
+                    .bind(&job.id)
+                    .execute(&mut *tx)
+                    .await?;
+                    let message = format!("namespace {namespace} has no instances to terminate");
+                    insert_job_event(&mut tx, &job.id, 0, "outcome", &message).await?;
+                }
+                tx.commit().await?;
+                Ok(Admission::Stored)
+            }
+
             pub async fn counts(&self) -> Result<Counts, StorageError> {
                 let instances: Vec<(String, i64)> =
                     sqlx::query_as("SELECT state, COUNT(*) FROM instances GROUP BY state")
@@ -601,6 +821,92 @@ macro_rules! sql_store {
                     jobs_by_status: jobs.into_iter().collect(),
                 })
             }
+        }
+
+        /// Checks that `instances` fit the quotas of `namespace`, counting what the namespace
+        /// holds and is creating now; `Some` says why not. Locks the namespace row first, so
+        /// that concurrent requests are admitted one after the other.
+        async fn admit_to_namespace(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            namespace: &str,
+            instances: &[InstanceRecord],
+        ) -> Result<Option<Admission>, StorageError> {
+            let quota: Option<(Option<i64>, Option<i64>)> = sqlx::query_as(
+                "UPDATE namespaces SET updated_at = updated_at WHERE name = $1 \
+                 RETURNING max_instances, max_vcpus",
+            )
+            .bind(namespace)
+            .fetch_optional(&mut **tx)
+            .await?;
+            let Some((max_instances, max_vcpus)) = quota else {
+                return Ok(Some(Admission::UnknownNamespace(namespace.to_string())));
+            };
+            if max_instances.is_none() && max_vcpus.is_none() {
+                return Ok(None);
+            }
+            let (used_instances, used_vcpus): (i64, i64) = sqlx::query_as(
+                "SELECT COUNT(*), CAST(COALESCE(SUM(vcpus), 0) AS BIGINT) FROM instances \
+                 WHERE namespace = $1 AND state NOT IN ('terminated', 'failed')",
+            )
+            .bind(namespace)
+            .fetch_one(&mut **tx)
+            .await?;
+            let requested_vcpus: i64 = instances.iter().map(|instance| instance.vcpus).sum();
+            for (quota, limit, used, requested) in [
+                ("instances", max_instances, used_instances, instances.len() as i64),
+                ("vcpus", max_vcpus, used_vcpus, requested_vcpus),
+            ] {
+                if let Some(limit) = limit
+                    && used + requested > limit
+                {
+                    return Ok(Some(Admission::OverQuota(QuotaExceeded {
+                        namespace: namespace.to_string(),
+                        quota,
+                        limit,
+                        used,
+                        requested,
+                    })));
+                }
+            }
+            Ok(None)
+        }
+
+        /// Audits a request that stored `job` for `instance_ids`: one event per instance, or one
+        /// for the job when it names none. Jobs corral stores on its own are not requests.
+        async fn audit_job_request(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            job: &NewJob,
+            instance_ids: &[String],
+        ) -> Result<(), StorageError> {
+            if job.actor.name == SYSTEM_ACTOR {
+                return Ok(());
+            }
+            let job_value = serde_json::json!({ "job_id": job.id });
+            if instance_ids.is_empty() {
+                let mut entry = AuditEntry::new(job.kind.audit_action(), &job.id).new_value(job_value);
+                entry.namespace = job.namespace.clone();
+                return insert_audit(tx, &job.actor, &entry).await;
+            }
+            for chunk in instance_ids.chunks(500) {
+                let mut query =
+                    QueryBuilder::<$db>::new("SELECT id, namespace FROM instances WHERE id IN (");
+                let mut list = query.separated(", ");
+                for id in chunk {
+                    list.push_bind(id);
+                }
+                query.push(") ORDER BY id");
+                let rows: Vec<(String, String)> = query.build_query_as().fetch_all(&mut **tx).await?;
+                let entries: Vec<AuditEntry> = rows
+                    .iter()
+                    .map(|(id, namespace)| {
+                        AuditEntry::new(job.kind.audit_action(), id)
+                            .namespace(namespace)
+                            .new_value(job_value.clone())
+                    })
+                    .collect();
+                insert_audits(tx, &job.actor, &entries).await?;
+            }
+            Ok(())
         }
 
         fn select_by_ids(ids: &[String]) -> QueryBuilder<'_, $db> {
@@ -621,8 +927,8 @@ macro_rules! sql_store {
             sqlx::query(
                 "INSERT INTO instances (id, cloud_id, name, namespace, region, ami, instance_type, \
                      storage_gb, state, public_ip, private_ip, key_name, tags, backend, launch_index, \
-                     created_by_job, active_job_id, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+                     created_by_job, active_job_id, vcpus, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
             )
             .bind(&instance.id)
             .bind(&instance.cloud_id)
@@ -641,6 +947,7 @@ macro_rules! sql_store {
             .bind(instance.launch_index)
             .bind(&instance.created_by_job)
             .bind(&instance.active_job_id)
+            .bind(instance.vcpus)
             .bind(instance.created_at)
             .bind(instance.updated_at)
             .execute(&mut **tx)
@@ -653,11 +960,13 @@ macro_rules! sql_store {
             seen: &Observation,
             now: Millis,
         ) -> Result<(), StorageError> {
-            sqlx::query(
-                "UPDATE instances SET cloud_id = $1, state = $2, public_ip = $3, private_ip = $4, \
-                 updated_at = $5 \
+            // Writes first, returning the row as it was, so that a state change is audited with
+            // the state it left.
+            let before: Option<(String, String)> = sqlx::query_as(
+                "UPDATE instances SET updated_at = $5 \
                  WHERE id = $6 AND (cloud_id IS DISTINCT FROM $1 OR state <> $2 \
-                                    OR public_ip IS DISTINCT FROM $3 OR private_ip IS DISTINCT FROM $4)",
+                                    OR public_ip IS DISTINCT FROM $3 OR private_ip IS DISTINCT FROM $4) \
+                 RETURNING namespace, state",
             )
             .bind(&seen.cloud_id)
             .bind(seen.state.as_str())
@@ -665,8 +974,31 @@ macro_rules! sql_store {
             .bind(&seen.private_ip)
             .bind(now)
             .bind(&seen.instance_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+            let Some((namespace, old_state)) = before else { return Ok(()) };
+            sqlx::query(
+                "UPDATE instances SET cloud_id = $1, state = $2, public_ip = $3, private_ip = $4 WHERE id = $5",
+            )
+            .bind(&seen.cloud_id)
+            .bind(seen.state.as_str())
+            .bind(&seen.public_ip)
+            .bind(&seen.private_ip)
+            .bind(&seen.instance_id)
             .execute(&mut **tx)
             .await?;
+            if old_state != seen.state.as_str() {
+                let entry = AuditEntry::new("instance.state", &seen.instance_id)
+                    .namespace(&namespace)
+                    .old(serde_json::json!({ "state": old_state }))
+                    .new_value(serde_json::json!({
+                        "state": seen.state.as_str(),
+                        "cloud_id": seen.cloud_id,
+                        "public_ip": seen.public_ip,
+                        "private_ip": seen.private_ip,
+                    }));
+                insert_audit(tx, &Actor::system(), &entry).await?;
+            }
             Ok(())
         }
 
@@ -716,15 +1048,16 @@ macro_rules! sql_store {
             let now = now_millis();
             sqlx::query(
                 "INSERT INTO jobs (id, kind, status, payload, attempts, max_attempts, run_at, \
-                 created_at, updated_at) VALUES ($1, $2, 'queued', $3, 0, $4, $5, $6, $7)",
+                 created_at, updated_at, actor, namespace) \
+                 VALUES ($1, $2, 'queued', $3, 0, $4, $5, $5, $5, $6, $7)",
             )
             .bind(&job.id)
             .bind(job.kind.as_str())
             .bind(job.payload.to_string())
             .bind(job.max_attempts)
             .bind(now)
-            .bind(now)
-            .bind(now)
+            .bind(&job.actor.name)
+            .bind(&job.namespace)
             .execute(&mut **tx)
             .await?;
             if $dialect == Dialect::Postgres {

@@ -7,13 +7,19 @@ use anyhow::Context;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
+use crate::domain::Role;
 use crate::domain::{Action, StateConflict};
-use crate::storage::rows::{DriftRow, InstanceRow, JOB_COLUMNS, JobRow, OrphanRow, convert};
+use crate::storage::identity_sql::{identity_store, quota_value, user_value};
+use crate::storage::rows::{
+    API_KEY_SELECT, ApiKeyRow, AuditRow, DriftRow, InstanceRow, JOB_COLUMNS, JobRow, NamespaceRow,
+    OrphanRow, USER_COLUMNS, UserRow, convert, with_roles,
+};
 use crate::storage::sql::{Dialect, sql_store};
 use crate::storage::{
-    Admission, Counts, DriftRecord, IdempotencyKey, InstanceFilter, InstanceRecord, JobEvent,
-    JobOutcome, JobRecord, JobStatus, Millis, NewJob, Observation, OrphanRecord, PageRequest,
-    Reconciliation, StorageError, now_millis,
+    Actor, Admission, ApiKeyRecord, AuditEntry, AuditFilter, AuditRecord, Counts, DriftRecord,
+    IdempotencyKey, InstanceFilter, InstanceRecord, JobEvent, JobFilter, JobOutcome, JobRecord,
+    Millis, NamespaceRecord, NewJob, Observation, OrphanRecord, PageRequest, QuotaExceeded,
+    Reconciliation, SYSTEM_ACTOR, StorageError, UserChanges, UserRecord, UserWrite, now_millis,
 };
 
 #[derive(Clone)]
@@ -50,3 +56,4 @@ impl SqliteStore {
 }
 
 sql_store!(SqliteStore, Sqlite, Dialect::Sqlite);
+identity_store!(SqliteStore, Sqlite, Dialect::Sqlite);

@@ -9,7 +9,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    AMI_X86, moto_url, new_moto_account, new_postgres_database, postgres_url, tags_of,
+    ADMIN_PASSWORD, AMI_X86, JWT_SECRET, admin_client, moto_url, new_moto_account,
+    new_postgres_database, postgres_url, tags_of,
 };
 use crate::proxy::FaultProxy;
 
@@ -53,6 +54,8 @@ impl Server {
             .env("CORRAL_AWS__RATE_LIMITS__LAUNCH__BURST", "1000")
             .env("CORRAL_AWS__RATE_LIMITS__LAUNCH__PER_SECOND", "1000")
             .env("CORRAL_JOBS__SHUTDOWN_GRACE_SECS", "1")
+            .env("CORRAL_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env("CORRAL_AUTH__JWT_SECRET", JWT_SECRET)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -93,14 +96,19 @@ fn random_ms(min: u64, max: u64) -> Duration {
 /// One request of the workload: method, path, body, and its idempotency key.
 type Request = (reqwest::Method, String, Option<Value>, String);
 
-fn send_all(url: &str, requests: &[Request]) -> Vec<tokio::task::JoinHandle<Option<(u16, Value)>>> {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+fn send_all(
+    client: &reqwest::Client,
+    url: &str,
+    requests: &[Request],
+) -> Vec<tokio::task::JoinHandle<Option<(u16, Value)>>> {
     requests
         .iter()
         .cloned()
         .map(|(method, path, body, key)| {
-            let request =
-                client.request(method, format!("{url}{path}")).header("Idempotency-Key", key);
+            let request = client
+                .request(method, format!("{url}{path}"))
+                .timeout(Duration::from_secs(10))
+                .header("Idempotency-Key", key);
             let request = match body {
                 Some(body) => request.json(&body),
                 None => request,
@@ -134,8 +142,8 @@ async fn kill_9_mid_work_then_restart_loses_and_duplicates_nothing() {
         let (key, secret) = new_moto_account().await;
         let dir = tempfile::tempdir().unwrap();
         let database = crate::helpers::fresh_database_url(dir.path()).await;
-        let client = reqwest::Client::new();
         let server = Server::start(&database, &key, &secret).await;
+        let client = admin_client(&server.url).await;
         let base: Value = client
             .post(format!("{}/v1/instances?wait=30", server.url))
             .json(&json!({ "name_prefix": "base", "count": 4, "ami": AMI_X86, "instance_type": "t3.micro" }))
@@ -179,12 +187,12 @@ async fn kill_9_mid_work_then_restart_loses_and_duplicates_nothing() {
         // again (the idempotency keys make resent requests return the jobs already stored).
         let mut server = server;
         for (low, high) in [(20, 400), (100, 1200)] {
-            let _in_flight = send_all(&server.url, &workload);
+            let _in_flight = send_all(&client, &server.url, &workload);
             tokio::time::sleep(random_ms(low, high)).await;
             server.kill_9();
             server = Server::start(&database, &key, &secret).await;
         }
-        for answer in send_all(&server.url, &workload) {
+        for answer in send_all(&client, &server.url, &workload) {
             let (status, body) = answer.await.unwrap().expect("the restarted server answers");
             assert!([200, 201, 202].contains(&status), "trial {trial}: {status} {body}");
         }
@@ -261,7 +269,7 @@ async fn sigterm_hands_unfinished_jobs_back_and_they_finish_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let database = crate::helpers::fresh_database_url(dir.path()).await;
     let server = Server::start_against(&proxy.url, &database, &key, &secret).await;
-    let client = reqwest::Client::new();
+    let client = admin_client(&server.url).await;
     for n in 0..6 {
         let body =
             json!({ "name": format!("graceful-{n}"), "ami": AMI_X86, "instance_type": "t3.micro" });
@@ -343,7 +351,7 @@ async fn three_replicas_on_one_postgres_run_300_jobs_once_and_take_over_a_killed
         Server::start_against(&proxy.url, &database, &key, &secret),
     );
     let pids: Vec<u32> = [&a, &b, &c].iter().map(|s| s.child.id()).collect();
-    let client = reqwest::Client::new();
+    let client = admin_client(&a.url).await;
 
     // Act: 300 creates spread over the three APIs, then kill -9 one replica mid-work.
     let started = std::time::Instant::now();

@@ -18,6 +18,11 @@ pub const AMI_ARM: &str = "ami-0e9271c829888680e";
 /// An AMI moto knows whose owner the free-tier policy does not allow (SUSE).
 pub const AMI_OTHER_OWNER: &str = "ami-35e92e4c";
 
+/// Password of the `admin` user every test server starts with.
+pub const ADMIN_PASSWORD: &str = "admin-password-for-tests";
+/// Token signing key of every test server, so that tests can forge expired tokens.
+pub const JWT_SECRET: &str = "jwt-secret-for-tests-0123456789abcdef";
+
 pub fn moto_url() -> String {
     std::env::var("CORRAL_TEST_MOTO_URL").expect(
         "CORRAL_TEST_MOTO_URL is not set: run the suite with scripts/test, which starts the moto \
@@ -29,7 +34,10 @@ pub struct TestApp {
     pub address: String,
     /// The SQLite file, for `db_` helpers that arrange what the API cannot.
     pub database_url: String,
+    /// Sends the admin's API key with every request.
     pub client: reqwest::Client,
+    /// The admin's API key.
+    pub admin_key: String,
     pub ec2: aws_sdk_ec2::Client,
     shutdown: CancellationToken,
     _dir: tempfile::TempDir,
@@ -67,6 +75,8 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     settings.aws.rate_limits =
         corral::config::RateLimits { launch: fast, mutate: fast, describe: fast };
     settings.reconcile.interval = 0.0;
+    settings.auth.admin_password = Some(ADMIN_PASSWORD.to_string());
+    settings.auth.jwt_secret = Some(JWT_SECRET.to_string());
     configure(&mut settings);
     let database_url = settings.database_url.clone();
     let app = Application::build(settings).await.expect("corral builds");
@@ -75,7 +85,50 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     tokio::spawn(app.run_until_stopped(shutdown.clone()));
 
     let ec2 = ec2_client(&key_id, &secret);
-    TestApp { address, database_url, client: reqwest::Client::new(), ec2, shutdown, _dir: dir }
+    let token = login(&address, "admin", ADMIN_PASSWORD).await;
+    let admin_key =
+        create_api_key(&client_with("authorization", &format!("Bearer {token}")), &address).await;
+    let client = client_with("x-api-key", &admin_key);
+    TestApp { address, database_url, client, admin_key, ec2, shutdown, _dir: dir }
+}
+
+/// A token for `username` from `POST /v1/token`.
+pub async fn login(base: &str, username: &str, password: &str) -> String {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/v1/token"))
+        .form(&[("username", username), ("password", password)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "login as {username}");
+    let body: Value = response.json().await.unwrap();
+    body["access_token"].as_str().unwrap().to_string()
+}
+
+/// A new API key of whoever `client` authenticates as.
+pub async fn create_api_key(client: &reqwest::Client, base: &str) -> String {
+    let response = client
+        .post(format!("{base}/v1/api-keys"))
+        .json(&json!({ "name": "tests" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let body: Value = response.json().await.unwrap();
+    body["key"].as_str().unwrap().to_string()
+}
+
+/// A client that sends `header: value` with every request.
+pub fn client_with(header: &'static str, value: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(header, reqwest::header::HeaderValue::from_str(value).unwrap());
+    reqwest::Client::builder().default_headers(headers).build().unwrap()
+}
+
+/// A client acting as the bootstrap admin of the server at `base`, with a bearer token.
+pub async fn admin_client(base: &str) -> reqwest::Client {
+    let token = login(base, "admin", ADMIN_PASSWORD).await;
+    client_with("authorization", &format!("Bearer {token}"))
 }
 
 /// The base URL of the throwaway PostgreSQL cluster, when the suite runs on PostgreSQL.
@@ -178,6 +231,14 @@ impl TestApp {
 
     pub async fn post_empty(&self, path: &str) -> Response {
         self.client.post(self.url(path)).send().await.unwrap()
+    }
+
+    /// Creates namespaces (as the admin), without quotas.
+    pub async fn create_namespaces(&self, names: &[&str]) {
+        for name in names {
+            let response = self.post_json("/v1/namespaces", &json!({ "name": name }), None).await;
+            assert_eq!(response.status(), StatusCode::CREATED, "create namespace {name}");
+        }
     }
 
     /// Runs a reconcile pass now and waits for it.

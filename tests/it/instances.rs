@@ -9,6 +9,7 @@ use crate::helpers::{AMI_X86, assert_problem, create_body, spawn_app, spawn_app_
 async fn create_with_wait_launches_one_tagged_running_instance() {
     // Arrange
     let app = spawn_app().await;
+    app.create_namespaces(&["shop"]).await;
     let mut body = create_body("web-1");
     body["tags"] = json!({ "team": "blue" });
     body["namespace"] = json!("shop");
@@ -246,6 +247,7 @@ async fn bulk_actions_name_every_unknown_or_conflicting_instance() {
 #[tokio::test]
 async fn list_filters_by_state_namespace_name_and_tags() {
     let app = spawn_app().await;
+    app.create_namespaces(&["team-a", "team-b"]).await;
     let mut a = create_body("alpha");
     a["namespace"] = json!("team-a");
     a["tags"] = json!({ "env": "prod", "tier": "web" });

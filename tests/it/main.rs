@@ -2,10 +2,13 @@
 //! corral (`helpers::spawn_app`) on a fresh SQLite file, against the moto EC2 emulator that
 //! `scripts/test` starts once per run, in an emulator account of its own.
 
+mod access;
+mod audit;
 mod crash;
 mod errors;
 mod health;
 mod helpers;
+mod identity;
 mod instances;
 mod jobs;
 mod policy;

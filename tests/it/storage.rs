@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use corral::domain::JobKind;
-use corral::storage::{Admission, IdempotencyKey, JobOutcome, NewJob, Store, now_millis};
+use corral::storage::{Actor, Admission, IdempotencyKey, JobOutcome, NewJob, Store, now_millis};
 
 async fn store() -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -19,6 +19,8 @@ fn job() -> NewJob {
         kind: JobKind::Reconcile,
         payload: serde_json::json!({}),
         max_attempts: 3,
+        actor: Actor::system(),
+        namespace: None,
     }
 }
 
@@ -112,7 +114,7 @@ async fn an_idempotency_key_replays_its_job_or_refuses_another_request() {
     assert_eq!(again, Admission::Replay { job_id: first.id.clone() });
     assert_eq!(mismatch, Admission::KeyMismatch);
     let jobs = store
-        .list_jobs(None, &corral::storage::PageRequest { limit: 10, after: None })
+        .list_jobs(&Default::default(), &corral::storage::PageRequest { limit: 10, after: None })
         .await
         .unwrap();
     assert_eq!(jobs.items.len(), 1, "replays and mismatches store nothing");

@@ -105,6 +105,9 @@ async fn launch(
         let messages: Vec<String> = violations.iter().map(|v| v.to_string()).collect();
         return Err(JobError::Permanent(format!("policy violation: {}", messages.join("; "))));
     }
+    // The request may have been admitted without the vCPU count (no vCPU quota, cloud not
+    // asked); record it now so that later quotas count these instances right.
+    ctx.store.record_vcpus(&job.job.id, i64::from(instance_type.vcpus)).await?;
 
     let mut tags = spec.tags.clone();
     tags.insert(TAG_JOB_ID.to_string(), job.job.id.clone());
@@ -241,7 +244,7 @@ mod tests {
         };
         let ctx = JobContext {
             store,
-            catalog: Catalog::new(provider.clone(), Duration::from_secs(60)),
+            catalog: std::sync::Arc::new(Catalog::new(provider.clone(), Duration::from_secs(60))),
             describer: DescribeBatcher::new(provider.clone(), Duration::ZERO),
             provider,
             policy: Policy::free_tier(),
@@ -263,7 +266,7 @@ mod tests {
         let job_id = uuid::Uuid::now_v7().to_string();
         let now = now_millis();
         let instances: Vec<InstanceRecord> = (0..spec.names.len())
-            .map(|idx| InstanceRecord::desired(&spec, &job_id, idx, now))
+            .map(|idx| InstanceRecord::desired(&spec, &job_id, idx, 2, now))
             .collect();
         let payload = CreatePayload { spec, client_token: "token-1".into() };
         let job = NewJob {
@@ -271,6 +274,8 @@ mod tests {
             kind: JobKind::CreateInstances,
             payload: serde_json::to_value(&payload).unwrap(),
             max_attempts: 3,
+            actor: crate::storage::Actor::system(),
+            namespace: Some("default".into()),
         };
         ctx.store.insert_create_job(&job, &instances, None).await.unwrap();
         ctx.store.claim_job("unit-worker", now_millis() + 60_000).await.unwrap().unwrap()

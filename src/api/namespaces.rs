@@ -1,0 +1,237 @@
+//! `/v1/namespaces`: the groups instances live in, their quotas and what they use, and
+//! terminating everything in one.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::api::auth::Caller;
+use crate::api::extract::{QueryParams, ValidJson, wait_param};
+use crate::api::instances::{admitted, new_id};
+use crate::api::{ApiContext, ApiError, FieldError};
+use crate::domain::{JobKind, Role, is_valid_namespace};
+use crate::storage::{NamespaceRecord, NewJob, now_millis, to_datetime};
+
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    /// Most instances the namespace may hold; null for no limit.
+    pub instances: Option<i64>,
+    /// Most vCPUs its instances may have together; null for no limit.
+    pub vcpus: Option<i64>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateNamespaceBody {
+    /// 1-63 lowercase letters, digits and '-'.
+    pub name: String,
+    #[serde(default)]
+    pub quota: Quota,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateNamespaceBody {
+    /// Replaces both quotas.
+    pub quota: Quota,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Usage {
+    /// Instances that exist or are being created (not terminated, not failed).
+    pub instances: i64,
+    pub vcpus: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct NamespaceBody {
+    pub name: String,
+    pub quota: Quota,
+    pub usage: Usage,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct NamespaceList {
+    pub items: Vec<NamespaceBody>,
+}
+
+impl From<&NamespaceRecord> for NamespaceBody {
+    fn from(namespace: &NamespaceRecord) -> NamespaceBody {
+        NamespaceBody {
+            name: namespace.name.clone(),
+            quota: Quota { instances: namespace.max_instances, vcpus: namespace.max_vcpus },
+            usage: Usage { instances: namespace.instances, vcpus: namespace.vcpus },
+            created_at: to_datetime(namespace.created_at),
+            updated_at: to_datetime(namespace.updated_at),
+        }
+    }
+}
+
+pub fn router() -> Router<ApiContext> {
+    Router::new()
+        .route("/namespaces", get(list_namespaces).post(create_namespace))
+        .route("/namespaces/{namespace}", get(get_namespace).patch(update_namespace))
+        .route("/namespaces/{namespace}/instances", delete(terminate_namespace))
+}
+
+/// Creates a namespace, optionally with quotas (admins only).
+#[utoipa::path(post, path = "/v1/namespaces", tag = "namespaces", operation_id = "create_namespace",
+    request_body = CreateNamespaceBody,
+    responses(
+        (status = 201, body = NamespaceBody),
+        (status = 403, body = crate::api::Problem),
+        (status = 409, description = "The name is taken", body = crate::api::Problem),
+        (status = 422, body = crate::api::Problem),
+    ))]
+pub async fn create_namespace(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+    ValidJson(body): ValidJson<CreateNamespaceBody>,
+) -> Result<Response, ApiError> {
+    caller.require_admin()?;
+    let mut errors = Vec::new();
+    if !is_valid_namespace(&body.name) {
+        errors.push(FieldError::new(
+            "name",
+            "must be 1-63 characters of lowercase letters, digits and '-', starting and ending \
+             with a letter or digit",
+        ));
+    }
+    check_quota(&body.quota, &mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let now = now_millis();
+    let namespace = NamespaceRecord {
+        name: body.name.clone(),
+        max_instances: body.quota.instances,
+        max_vcpus: body.quota.vcpus,
+        instances: 0,
+        vcpus: 0,
+        created_at: now,
+        updated_at: now,
+    };
+    if !ctx.store.create_namespace(&namespace, &caller.actor()).await? {
+        return Err(ApiError::Conflict {
+            detail: format!("a namespace named '{}' exists", body.name),
+            errors: vec![FieldError::new("name", "taken")],
+        });
+    }
+    Ok((StatusCode::CREATED, Json(NamespaceBody::from(&namespace))).into_response())
+}
+
+/// The namespaces the caller holds a role in (all, for an admin), with quotas and use.
+#[utoipa::path(get, path = "/v1/namespaces", tag = "namespaces", operation_id = "list_namespaces",
+    responses((status = 200, body = NamespaceList)))]
+pub async fn list_namespaces(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+) -> Result<Json<NamespaceList>, ApiError> {
+    let visible = caller.principal.visible_namespaces();
+    let namespaces = ctx.store.list_namespaces(visible.as_deref()).await?;
+    Ok(Json(NamespaceList { items: namespaces.iter().map(NamespaceBody::from).collect() }))
+}
+
+/// One namespace, with its quotas and what it uses now.
+#[utoipa::path(get, path = "/v1/namespaces/{namespace}", tag = "namespaces", operation_id = "get_namespace",
+    params(("namespace" = String, Path)),
+    responses((status = 200, body = NamespaceBody), (status = 404, body = crate::api::Problem)))]
+pub async fn get_namespace(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<NamespaceBody>, ApiError> {
+    caller.require(&name, Role::Viewer, || namespace_not_found(&name))?;
+    let namespace =
+        ctx.store.find_namespace(&name).await?.ok_or_else(|| namespace_not_found(&name))?;
+    Ok(Json(NamespaceBody::from(&namespace)))
+}
+
+/// Sets a namespace's quotas (admins only). Lowering a quota below the current use refuses new
+/// instances until the use is below it again; nothing running is touched.
+#[utoipa::path(patch, path = "/v1/namespaces/{namespace}", tag = "namespaces", operation_id = "update_namespace",
+    params(("namespace" = String, Path)),
+    request_body = UpdateNamespaceBody,
+    responses(
+        (status = 200, body = NamespaceBody),
+        (status = 403, body = crate::api::Problem),
+        (status = 404, body = crate::api::Problem),
+        (status = 422, body = crate::api::Problem),
+    ))]
+pub async fn update_namespace(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+    Path(name): Path<String>,
+    ValidJson(body): ValidJson<UpdateNamespaceBody>,
+) -> Result<Json<NamespaceBody>, ApiError> {
+    caller.require_admin()?;
+    let mut errors = Vec::new();
+    check_quota(&body.quota, &mut errors);
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let namespace = ctx
+        .store
+        .set_quota(&name, body.quota.instances, body.quota.vcpus, &caller.actor())
+        .await?
+        .ok_or_else(|| namespace_not_found(&name))?;
+    Ok(Json(NamespaceBody::from(&namespace)))
+}
+
+/// Terminates every instance of a namespace as one job (one cloud call per region and batch).
+/// A namespace with nothing to terminate answers with a job that has already succeeded.
+#[utoipa::path(delete, path = "/v1/namespaces/{namespace}/instances", tag = "namespaces", operation_id = "terminate_namespace",
+    params(
+        ("namespace" = String, Path),
+        ("wait" = Option<i64>, Query, description = "Seconds (up to 60) to wait for the job to finish"),
+    ),
+    responses(
+        (status = 200, description = "The job finished within `wait`", body = crate::api::jobs::JobBody),
+        (status = 202, description = "The job is queued or running", body = crate::api::jobs::JobBody),
+        (status = 403, body = crate::api::Problem),
+        (status = 404, body = crate::api::Problem),
+        (status = 409, description = "Some instances are busy with other jobs; all are listed", body = crate::api::Problem),
+    ))]
+pub async fn terminate_namespace(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+    Path(name): Path<String>,
+    params: QueryParams,
+) -> Result<Response, ApiError> {
+    params.allow_only(&["wait"])?;
+    let wait = wait_param(&params)?;
+    caller.require(&name, Role::Operator, || namespace_not_found(&name))?;
+    if ctx.store.find_namespace(&name).await?.is_none() {
+        return Err(namespace_not_found(&name));
+    }
+    let job = NewJob {
+        id: new_id(),
+        kind: JobKind::TerminateInstances,
+        payload: serde_json::json!({}),
+        max_attempts: ctx.max_attempts,
+        actor: caller.actor(),
+        namespace: Some(name.clone()),
+    };
+    let admission = ctx.store.insert_namespace_terminate_job(&job, &name).await?;
+    admitted(&ctx, admission, &job.id, wait, StatusCode::OK).await
+}
+
+fn check_quota(quota: &Quota, errors: &mut Vec<FieldError>) {
+    for (field, value) in [("quota.instances", quota.instances), ("quota.vcpus", quota.vcpus)] {
+        if value.is_some_and(|value| value < 0) {
+            errors.push(FieldError::new(field, "must be 0 or more, or null for no limit"));
+        }
+    }
+}
+
+pub fn namespace_not_found(name: &str) -> ApiError {
+    ApiError::NotFound(format!("no namespace named '{name}'"))
+}

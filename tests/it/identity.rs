@@ -1,0 +1,483 @@
+//! Users, tokens, API keys, namespaces and their quotas, as clients see them.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    ADMIN_PASSWORD, AMI_X86, assert_problem, client_with, create_body, login, spawn_app,
+};
+
+#[tokio::test]
+async fn a_token_from_the_password_grant_works_as_form_or_json_and_names_its_user() {
+    let app = spawn_app().await;
+    let http = reqwest::Client::new();
+
+    let form = http
+        .post(app.url("/v1/token"))
+        .form(&[("grant_type", "password"), ("username", "admin"), ("password", ADMIN_PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    let json_answer = http
+        .post(app.url("/v1/token"))
+        .json(&json!({ "username": "admin", "password": ADMIN_PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+
+    for response in [form, json_answer] {
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["token_type"], "bearer");
+        assert_eq!(body["expires_in"], 1800);
+        let token = body["access_token"].as_str().unwrap();
+        let me: Value = client_with("authorization", &format!("Bearer {token}"))
+            .get(app.url("/v1/me"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(me["username"], "admin");
+        assert_eq!(me["admin"], true);
+        assert_eq!(me["authenticated_with"], "password");
+    }
+}
+
+#[tokio::test]
+async fn wrong_passwords_are_401s_and_repeated_ones_are_slowed_down_with_429() {
+    let app = spawn_app_with_login_limit(3).await;
+    let http = reqwest::Client::new();
+    let attempt = |password: &'static str| {
+        http.post(app.url("/v1/token"))
+            .form(&[("username", "admin"), ("password", password)])
+            .send()
+    };
+
+    for _ in 0..3 {
+        let response = attempt("not the password").await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert!(response.headers().contains_key("www-authenticate"));
+    }
+    // Even the right password waits now.
+    let throttled = attempt(ADMIN_PASSWORD).await.unwrap();
+    let retry_after: u64 = throttled.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=300).contains(&retry_after), "{retry_after}");
+    assert_problem(throttled, StatusCode::TOO_MANY_REQUESTS).await;
+
+    // An unknown user is refused the same way as a wrong password.
+    let unknown = http
+        .post(app.url("/v1/token"))
+        .form(&[("username", "nobody"), ("password", "whatever")])
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(unknown, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(problem["detail"], "wrong username or password");
+}
+
+async fn spawn_app_with_login_limit(failures: u32) -> crate::helpers::TestApp {
+    crate::helpers::spawn_app_with(|settings| settings.auth.login_failures_per_user = failures)
+        .await
+}
+
+#[tokio::test]
+async fn an_api_key_is_shown_once_stored_hashed_and_stops_working_when_revoked_or_expired() {
+    let app = spawn_app().await;
+
+    // Created: the key is in the answer, and never again.
+    let created: Value =
+        app.post_json("/v1/api-keys", &json!({ "name": "ci" }), None).await.json().await.unwrap();
+    let key = created["key"].as_str().unwrap().to_string();
+    let prefix = created["prefix"].as_str().unwrap();
+    assert!(key.starts_with(prefix) && key.len() > prefix.len() + 20);
+    let listed = app.get("/v1/api-keys").await.text().await.unwrap();
+    assert!(listed.contains(prefix) && !listed.contains(&key));
+    assert!(!database_dump(&app).await.contains(&key), "the key itself is not stored");
+
+    // It authenticates as its user, under its prefix.
+    let with_key = client_with("x-api-key", &key);
+    let me: Value = with_key.get(app.url("/v1/me")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(me["username"], "admin");
+    assert_eq!(me["api_key_prefix"], prefix);
+
+    // Revoked: refused at once.
+    let id = created["id"].as_str().unwrap();
+    let revoked = app.client.delete(app.url(&format!("/v1/api-keys/{id}"))).send().await.unwrap();
+    assert_eq!(revoked.status(), StatusCode::OK);
+    let refused = with_key.get(app.url("/v1/me")).send().await.unwrap();
+    let problem = assert_problem(refused, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(problem["detail"], "the API key has been revoked");
+
+    // Expired: refused once its time has passed; a past expiry is refused at creation.
+    let soon = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+    let expiring: Value = app
+        .post_json("/v1/api-keys", &json!({ "name": "short", "expires_at": soon }), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let expiring = client_with("x-api-key", expiring["key"].as_str().unwrap());
+    assert_eq!(expiring.get(app.url("/v1/me")).send().await.unwrap().status(), StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let problem = assert_problem(
+        expiring.get(app.url("/v1/me")).send().await.unwrap(),
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    assert_eq!(problem["detail"], "the API key has expired");
+    let past = (chrono::Utc::now() - chrono::Duration::seconds(5)).to_rfc3339();
+    let response =
+        app.post_json("/v1/api-keys", &json!({ "name": "past", "expires_at": past }), None).await;
+    let problem = assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(problem["errors"][0]["field"], "expires_at");
+}
+
+/// Every text value of the tables that hold credentials.
+async fn database_dump(app: &crate::helpers::TestApp) -> String {
+    let sql = "SELECT id || prefix || key_hash || name FROM api_keys \
+               UNION ALL SELECT username || password_hash FROM users \
+               UNION ALL SELECT COALESCE(old_value, '') || COALESCE(new_value, '') FROM audit_events";
+    let rows: Vec<(String,)> = if app.database_url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(&app.database_url).await.unwrap();
+        sqlx::query_as(sql).fetch_all(&pool).await.unwrap()
+    } else {
+        let pool = sqlx::PgPool::connect(&app.database_url).await.unwrap();
+        sqlx::query_as(sql).fetch_all(&pool).await.unwrap()
+    };
+    rows.into_iter().map(|(text,)| text).collect::<Vec<_>>().join("\n")
+}
+
+#[tokio::test]
+async fn users_are_validated_unique_and_the_last_admin_stays() {
+    let app = spawn_app().await;
+    app.create_namespaces(&["alpha"]).await;
+
+    let bad = json!({ "username": "Bad Name", "password": "short", "roles": { "alpha": "owner", "ghost": "viewer" } });
+    let problem = assert_problem(
+        app.post_json("/v1/users", &bad, None).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    let fields: Vec<&str> = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["username", "password", "roles.alpha"]);
+
+    let ghost = json!({ "username": "ann", "password": "long enough password", "roles": { "ghost": "viewer" } });
+    let problem = assert_problem(
+        app.post_json("/v1/users", &ghost, None).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(problem["errors"][0]["field"], "roles.ghost");
+    assert_eq!(app.get("/v1/users/ann").await.status(), StatusCode::NOT_FOUND);
+
+    let ann = json!({ "username": "ann", "password": "long enough password", "roles": { "alpha": "operator" } });
+    assert_eq!(app.post_json("/v1/users", &ann, None).await.status(), StatusCode::CREATED);
+    assert_problem(app.post_json("/v1/users", &ann, None).await, StatusCode::CONFLICT).await;
+    let user: Value = app.get("/v1/users/ann").await.json().await.unwrap();
+    assert_eq!(user["roles"], json!({ "alpha": "operator" }));
+    assert!(user.get("password_hash").is_none() && user.get("password").is_none());
+
+    // The only admin can neither lose the role nor be deleted.
+    let demote = app
+        .client
+        .patch(app.url("/v1/users/admin"))
+        .json(&json!({ "admin": false }))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(demote, StatusCode::CONFLICT).await;
+    let delete = app.client.delete(app.url("/v1/users/admin")).send().await.unwrap();
+    assert_problem(delete, StatusCode::CONFLICT).await;
+
+    // A user changes their own password, and then logs in with it only.
+    let token = login(&app.address, "ann", "long enough password").await;
+    let ann_client = client_with("authorization", &format!("Bearer {token}"));
+    let changed = ann_client
+        .patch(app.url("/v1/users/ann"))
+        .json(&json!({ "password": "a brand new password" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), StatusCode::OK);
+    login(&app.address, "ann", "a brand new password").await;
+    let old = reqwest::Client::new()
+        .post(app.url("/v1/token"))
+        .form(&[("username", "ann"), ("password", "long enough password")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old.status(), StatusCode::UNAUTHORIZED);
+    // ... but cannot make themselves admin.
+    let escalate = ann_client
+        .patch(app.url("/v1/users/ann"))
+        .json(&json!({ "admin": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(escalate.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn namespaces_filter_what_a_user_sees() {
+    let app = spawn_app().await;
+    app.create_namespaces(&["alpha", "beta"]).await;
+    let alpha_key = app.user_key("alice", json!({ "alpha": "operator" })).await;
+    let alice = client_with("x-api-key", &alpha_key);
+    let mut in_alpha = create_body("mine");
+    in_alpha["namespace"] = json!("alpha");
+    let mut in_beta = create_body("theirs");
+    in_beta["namespace"] = json!("beta");
+    let mine = app.create_running(&in_alpha).await;
+    let theirs = app.create_running(&in_beta).await;
+
+    let listed: Value =
+        alice.get(app.url("/v1/instances")).send().await.unwrap().json().await.unwrap();
+    let names: Vec<&str> =
+        listed["items"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["mine"]);
+    let asked_for_beta: Value = alice
+        .get(app.url("/v1/instances?namespace=beta"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(asked_for_beta["items"], json!([]));
+    let namespaces: Value =
+        alice.get(app.url("/v1/namespaces")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(namespaces["items"].as_array().unwrap().len(), 1);
+    assert_eq!(namespaces["items"][0]["name"], "alpha");
+    assert_eq!(namespaces["items"][0]["usage"]["instances"], 1);
+
+    // Beta's instance and job do not exist for alice, by corral id or by EC2 id.
+    let beta_instance = &theirs["instances"][0];
+    for id in [beta_instance["id"].as_str().unwrap(), beta_instance["cloud_id"].as_str().unwrap()] {
+        let response = alice.get(app.url(&format!("/v1/instances/{id}"))).send().await.unwrap();
+        assert_problem(response, StatusCode::NOT_FOUND).await;
+    }
+    let job = alice
+        .get(app.url(&format!("/v1/jobs/{}", theirs["id"].as_str().unwrap())))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(job, StatusCode::NOT_FOUND).await;
+    let jobs: Value = alice.get(app.url("/v1/jobs")).send().await.unwrap().json().await.unwrap();
+    let ids: Vec<&str> =
+        jobs["items"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [mine["id"].as_str().unwrap()]);
+    // A bulk action naming both is refused as if beta's instance did not exist, and acts on none.
+    let both =
+        json!({ "action": "stop", "ids": [mine["instances"][0]["id"], beta_instance["id"]] });
+    let response = alice.post(app.url("/v1/instances/actions")).json(&both).send().await.unwrap();
+    assert_problem(response, StatusCode::NOT_FOUND).await;
+    assert_eq!(app.moto_state(beta_instance["cloud_id"].as_str().unwrap()).await, "running");
+}
+
+#[tokio::test]
+async fn two_hundred_parallel_creates_against_a_quota_of_twenty_admit_exactly_twenty() {
+    let app = spawn_app().await;
+    let quota = json!({ "name": "capped", "quota": { "instances": 20 } });
+    assert_eq!(app.post_json("/v1/namespaces", &quota, None).await.status(), StatusCode::CREATED);
+
+    let requests = (0..200).map(|n| {
+        let client = app.client.clone();
+        let url = app.url("/v1/instances");
+        async move {
+            let body = json!({ "name": format!("q-{n}"), "ami": AMI_X86, "instance_type": "t3.micro", "namespace": "capped" });
+            let response = client.post(url).json(&body).send().await.unwrap();
+            let status = response.status();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    });
+    let answers = futures_util::future::join_all(requests).await;
+
+    let admitted = answers.iter().filter(|(status, _)| *status == StatusCode::ACCEPTED).count();
+    assert_eq!(admitted, 20);
+    let refused: Vec<&Value> = answers
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::UNPROCESSABLE_ENTITY)
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!(refused.len(), 180, "every other request is refused by the quota");
+    assert_eq!(refused[0]["type"], "urn:corral:problem:quota-exceeded");
+    assert_eq!(
+        refused[0]["detail"],
+        "namespace 'capped' allows 20 instances; 20 in use, 1 requested"
+    );
+    let namespace: Value = app.get("/v1/namespaces/capped").await.json().await.unwrap();
+    assert_eq!(namespace["usage"]["instances"], 20);
+}
+
+#[tokio::test]
+async fn a_vcpu_quota_counts_the_vcpus_the_cloud_reports_for_the_type() {
+    let app = spawn_app().await;
+    let quota = json!({ "name": "small", "quota": { "vcpus": 5 } });
+    assert_eq!(app.post_json("/v1/namespaces", &quota, None).await.status(), StatusCode::CREATED);
+    let mut body = create_body("cpu");
+    body["namespace"] = json!("small");
+    body["name"] = Value::Null;
+    body["name_prefix"] = json!("cpu");
+
+    // t3.micro has 2 vCPUs: two instances fit in 5, three do not.
+    body["count"] = json!(3);
+    let refused = app.post_instances(&body, "").await;
+    let problem = assert_problem(refused, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(problem["detail"], "namespace 'small' allows 5 vcpus; 0 in use, 6 requested");
+    body["count"] = json!(2);
+    assert_eq!(app.post_instances(&body, "").await.status(), StatusCode::ACCEPTED);
+    body["count"] = json!(1);
+    let problem =
+        assert_problem(app.post_instances(&body, "").await, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(problem["detail"], "namespace 'small' allows 5 vcpus; 4 in use, 2 requested");
+
+    // Raising the quota admits it.
+    let raised = app
+        .client
+        .patch(app.url("/v1/namespaces/small"))
+        .json(&json!({ "quota": { "instances": null, "vcpus": 6 } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raised.status(), StatusCode::OK);
+    assert_eq!(app.post_instances(&body, "").await.status(), StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn terminating_a_namespace_ends_every_instance_in_one_job_and_an_empty_one_finishes_at_once()
+{
+    let app = spawn_app().await;
+    app.create_namespaces(&["doomed", "empty", "kept"]).await;
+    let mut body = json!({ "name_prefix": "d", "count": 3, "ami": AMI_X86, "instance_type": "t3.micro", "namespace": "doomed" });
+    let doomed = app.create_running(&body).await;
+    body["namespace"] = json!("kept");
+    body["count"] = json!(1);
+    let kept = app.create_running(&body).await;
+
+    let response =
+        app.client.delete(app.url("/v1/namespaces/doomed/instances?wait=30")).send().await.unwrap();
+
+    assert_eq!(response.status(), StatusCode::OK);
+    let job: Value = response.json().await.unwrap();
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["kind"], "terminate_instances");
+    assert_eq!(job["instances"].as_array().unwrap().len(), 3);
+    for instance in doomed["instances"].as_array().unwrap() {
+        assert_eq!(app.moto_state(instance["cloud_id"].as_str().unwrap()).await, "terminated");
+    }
+    assert_eq!(app.moto_state(kept["instances"][0]["cloud_id"].as_str().unwrap()).await, "running");
+
+    let empty = app.client.delete(app.url("/v1/namespaces/empty/instances")).send().await.unwrap();
+    assert_eq!(empty.status(), StatusCode::OK);
+    let job: Value = empty.json().await.unwrap();
+    assert_eq!(job["status"], "succeeded");
+    assert_eq!(job["instances"], json!([]));
+    let missing = app.client.delete(app.url("/v1/namespaces/nope/instances")).send().await.unwrap();
+    assert_problem(missing, StatusCode::NOT_FOUND).await;
+}
+
+#[tokio::test]
+async fn no_secret_reaches_the_log_the_audit_log_or_an_answer_after_creation() {
+    // Arrange: the real binary, logging at debug level to a file.
+    let (aws_key, aws_secret) = crate::helpers::new_moto_account().await;
+    let dir = tempfile::tempdir().unwrap();
+    let database = crate::helpers::fresh_database_url(dir.path()).await;
+    let log_path = dir.path().join("corral.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let admin_password = "admin-secret-in-env-7319";
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--database", &database])
+        .env("AWS_ENDPOINT_URL", crate::helpers::moto_url())
+        .env("AWS_ACCESS_KEY_ID", &aws_key)
+        .env("AWS_SECRET_ACCESS_KEY", &aws_secret)
+        .env("AWS_REGION", "us-east-1")
+        .env("CORRAL_ADMIN_PASSWORD", admin_password)
+        .env("RUST_LOG", "debug")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut up = false;
+    for _ in 0..200 {
+        if reqwest::get(format!("{base}/health")).await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "corral started");
+
+    // Act: log in, fail to log in, make a key and a user, use them, and make a job fail.
+    let token = login(&base, "admin", admin_password).await;
+    let admin = client_with("authorization", &format!("Bearer {token}"));
+    let wrong_password = "wrong-guess-5521";
+    let failed = reqwest::Client::new()
+        .post(format!("{base}/v1/token"))
+        .form(&[("username", "admin"), ("password", wrong_password)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(failed.status(), StatusCode::UNAUTHORIZED);
+    let key = crate::helpers::create_api_key(&admin, &base).await;
+    let user_password = "user-secret-password-8842";
+    let user =
+        json!({ "username": "sam", "password": user_password, "roles": { "default": "operator" } });
+    let created = admin.post(format!("{base}/v1/users")).json(&user).send().await.unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let sam_token = login(&base, "sam", user_password).await;
+    let with_key = client_with("x-api-key", &key);
+    let mut body = create_body("secretive");
+    body["ami"] = json!("ami-00000000deadbeef0");
+    let job: Value = with_key
+        .post(format!("{base}/v1/instances?wait=30"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(job["status"], "failed", "{job}");
+    let audit =
+        admin.get(format!("{base}/v1/audit?limit=100")).send().await.unwrap().text().await.unwrap();
+    let users = admin.get(format!("{base}/v1/users")).send().await.unwrap().text().await.unwrap();
+    let keys = admin.get(format!("{base}/v1/api-keys")).send().await.unwrap().text().await.unwrap();
+    let jobs = admin.get(format!("{base}/v1/jobs")).send().await.unwrap().text().await.unwrap();
+    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    child.wait().unwrap();
+
+    // Assert
+    let logged = std::fs::read_to_string(&log_path).unwrap();
+    assert!(logged.contains("failed login"), "the log is captured: {logged}");
+    let secrets = [
+        ("admin password", admin_password),
+        ("wrong password", wrong_password),
+        ("user password", user_password),
+        ("API key", key.as_str()),
+        ("token", token.as_str()),
+        ("user's token", sam_token.as_str()),
+        ("AWS secret key", aws_secret.as_str()),
+    ];
+    for (place, text) in [
+        ("log", &logged),
+        ("audit", &audit),
+        ("users", &users),
+        ("api-keys", &keys),
+        ("jobs", &jobs),
+    ] {
+        for (name, secret) in secrets {
+            assert!(!text.contains(secret), "the {name} appears in the {place}");
+        }
+    }
+}
