@@ -30,6 +30,8 @@ use crate::domain::{Action, CpuCredits, ImageFacts, InstanceState, InstanceTypeF
 
 /// EC2 accepts up to 1000 instance ids in one Describe call.
 const DESCRIBE_BATCH: usize = 1000;
+/// Most instance ids sent in one start, stop, reboot or terminate call.
+const ACTION_BATCH: usize = 1000;
 
 pub struct AwsProvider {
     sdk_config: aws_config::SdkConfig,
@@ -379,6 +381,21 @@ impl Provider for AwsProvider {
         cloud_ids: &[String],
     ) -> Result<(), CloudError> {
         let client = self.client(region);
+        for batch in cloud_ids.chunks(ACTION_BATCH) {
+            self.apply_batch(&client, region, action, batch).await?;
+        }
+        Ok(())
+    }
+}
+
+impl AwsProvider {
+    async fn apply_batch(
+        &self,
+        client: &Client,
+        region: &str,
+        action: Action,
+        cloud_ids: &[String],
+    ) -> Result<(), CloudError> {
         let ids = Some(cloud_ids.to_vec());
         match action {
             Action::Start => {

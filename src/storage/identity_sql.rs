@@ -80,6 +80,9 @@ macro_rules! identity_store {
                 actor: &Actor,
             ) -> Result<UserWrite, StorageError> {
                 let mut tx = self.pool.begin().await?;
+                if changes.admin == Some(false) {
+                    lock_admins(&mut tx).await?;
+                }
                 let Some(before) = lock_user(&mut tx, username).await? else {
                     tx.rollback().await?;
                     return Ok(UserWrite::NotFound);
@@ -123,6 +126,7 @@ macro_rules! identity_store {
 
             pub async fn delete_user(&self, username: &str, actor: &Actor) -> Result<UserWrite, StorageError> {
                 let mut tx = self.pool.begin().await?;
+                lock_admins(&mut tx).await?;
                 let Some(before) = lock_user(&mut tx, username).await? else {
                     tx.rollback().await?;
                     return Ok(UserWrite::NotFound);
@@ -487,6 +491,20 @@ macro_rules! identity_store {
                     .fetch_all(&mut **tx)
                     .await?;
             Ok(with_roles(rows, bindings)?.pop())
+        }
+
+        /// Before a change that may remove an admin: locks every admin's row, in id order (so
+        /// that two such changes cannot deadlock), so that two transactions removing the last
+        /// two admins at once cannot both see the other one remain. SQLite needs no lock: its
+        /// write transactions run one at a time.
+        async fn lock_admins(tx: &mut sqlx::Transaction<'_, $db>) -> Result<(), StorageError> {
+            if $dialect.lock_rows().is_empty() {
+                return Ok(());
+            }
+            sqlx::query(&format!("SELECT id FROM users WHERE is_admin ORDER BY id{}", $dialect.lock_rows()))
+                .fetch_all(&mut **tx)
+                .await?;
+            Ok(())
         }
 
         async fn admin_remains(tx: &mut sqlx::Transaction<'_, $db>) -> Result<bool, StorageError> {

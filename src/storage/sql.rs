@@ -21,6 +21,15 @@ impl Dialect {
         }
     }
 
+    /// Appended to a `SELECT` whose rows must stay as read until the transaction ends. SQLite
+    /// needs nothing: a write transaction holds the database's only write lock.
+    pub fn lock_rows(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " FOR UPDATE",
+        }
+    }
+
     /// Opens an `EXISTS` over the key/value pairs of `instances.tags`, ending with `tag.key = `.
     pub fn tag_filter(self) -> &'static str {
         match self {

@@ -481,3 +481,49 @@ async fn no_secret_reaches_the_log_the_audit_log_or_an_answer_after_creation() {
         }
     }
 }
+
+#[tokio::test]
+async fn two_admins_demoting_each_other_at_once_leave_one_admin() {
+    let app = spawn_app().await;
+    let second = json!({ "username": "second", "password": "long enough password", "admin": true });
+    assert_eq!(app.post_json("/v1/users", &second, None).await.status(), StatusCode::CREATED);
+    let token = login(&app.address, "second", "long enough password").await;
+    let second_client = client_with("authorization", &format!("Bearer {token}"));
+
+    // Each demotes the other.
+    let demote = |client: &reqwest::Client, username: &str| {
+        client
+            .patch(app.url(&format!("/v1/users/{username}")))
+            .json(&json!({ "admin": false }))
+            .send()
+    };
+    let (first, other) =
+        tokio::join!(demote(&app.client, "second"), demote(&second_client, "admin"));
+
+    // One wins; the other is refused as the last admin (409), or, when it arrives after the
+    // winner's change, as no admin any more (403).
+    let (first, other) = (first.unwrap(), other.unwrap());
+    let mut statuses = [first.status(), other.status()];
+    statuses.sort();
+    let bodies = [first.text().await.unwrap(), other.text().await.unwrap()];
+    assert!(
+        statuses == [StatusCode::OK, StatusCode::FORBIDDEN]
+            || statuses == [StatusCode::OK, StatusCode::CONFLICT],
+        "{statuses:?} {bodies:?}"
+    );
+    // Whoever is still admin can list users (the other one no longer can).
+    let mut admins = 0;
+    for (username, password) in [("admin", ADMIN_PASSWORD), ("second", "long enough password")] {
+        let token = login(&app.address, username, password).await;
+        let me: Value = client_with("authorization", &format!("Bearer {token}"))
+            .get(app.url("/v1/me"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        admins += usize::from(me["admin"] == true);
+    }
+    assert_eq!(admins, 1);
+}
