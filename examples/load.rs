@@ -25,6 +25,7 @@ async fn main() {
     for _ in 0..connections {
         let url = url.clone();
         let client = reqwest::Client::builder()
+            .use_preconfigured_tls(corral::tls_client_config().unwrap())
             .pool_max_idle_per_host(1)
             .default_headers(headers.clone())
             .build()

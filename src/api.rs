@@ -18,8 +18,10 @@ mod health;
 mod instances;
 mod jobs;
 mod namespaces;
+mod notifications;
 mod orphans;
 mod policy;
+mod subscriptions;
 mod users;
 
 use std::sync::Arc;
@@ -54,6 +56,8 @@ pub struct ApiContext {
     pub auth: Arc<Authenticator>,
     /// Instance-type facts (vCPUs for quotas), cached.
     pub catalog: Arc<Catalog>,
+    /// What notification subscriptions may name (the SSRF guard, whether email is set up).
+    pub notify: Arc<crate::config::NotifySettings>,
 }
 
 /// `/health` and `/ready` only, for processes that run jobs but serve no API.
@@ -69,8 +73,10 @@ pub fn router(ctx: ApiContext) -> Router {
         .merge(instances::router())
         .merge(jobs::router())
         .merge(namespaces::router())
+        .merge(notifications::router())
         .merge(orphans::router())
         .merge(policy::router())
+        .merge(subscriptions::router())
         .merge(users::router());
     let protected = Router::new()
         .nest("/v1", v1)

@@ -22,12 +22,20 @@ use crate::domain::Policy;
 
 /// Top-level keys that environment variables may set; other `CORRAL_*` variables (client
 /// settings, test harness settings) are not part of the server's configuration.
-const ENV_KEYS: [&str; 8] =
-    ["listen", "database_url", "role", "aws", "jobs", "reconcile", "policy", "auth"];
+const ENV_KEYS: [&str; 9] =
+    ["listen", "database_url", "role", "aws", "jobs", "reconcile", "policy", "auth", "notify"];
 
 /// Short environment names and the keys they set.
-const ENV_ALIASES: [(&str, &str); 4] = [
+const ENV_ALIASES: [(&str, &str); 12] = [
     ("admin_password", "auth__admin_password"),
+    ("smtp_host", "notify__smtp_host"),
+    ("smtp_port", "notify__smtp_port"),
+    ("smtp_user", "notify__smtp_user"),
+    ("smtp_password", "notify__smtp_password"),
+    ("smtp_tls", "notify__smtp_tls"),
+    ("smtp_from", "notify__smtp_from"),
+    ("notify_email", "notify__email"),
+    ("webhook_allow_private", "notify__webhook_allow_private"),
     ("job_max_attempts", "jobs__max_attempts"),
     ("job_retry_delay", "jobs__retry_delay"),
     ("reconcile_interval", "reconcile__interval"),
@@ -47,6 +55,7 @@ pub struct Settings {
     pub reconcile: ReconcileSettings,
     pub policy: Policy,
     pub auth: AuthSettings,
+    pub notify: NotifySettings,
 }
 
 impl Default for Settings {
@@ -60,6 +69,7 @@ impl Default for Settings {
             reconcile: ReconcileSettings::default(),
             policy: Policy::free_tier(),
             auth: AuthSettings::default(),
+            notify: NotifySettings::default(),
         }
     }
 }
@@ -278,9 +288,7 @@ impl Default for JobSettings {
 impl JobSettings {
     /// Delay before the attempt after `attempts` failed ones: base × 2^(attempts-1), capped.
     pub fn backoff(&self, attempts: i64) -> Duration {
-        let exponent = attempts.clamp(1, 30) as i32 - 1;
-        let delay = (self.retry_delay * 2f64.powi(exponent)).min(self.retry_max_delay);
-        Duration::from_secs_f64(delay.max(0.0))
+        backoff(self.retry_delay, self.retry_max_delay, attempts)
     }
 
     pub fn lease(&self) -> Duration {
@@ -300,6 +308,187 @@ impl Default for ReconcileSettings {
     fn default() -> ReconcileSettings {
         ReconcileSettings { interval: 60.0 }
     }
+}
+
+/// Email and webhook notifications. The SMTP keys and the recipients have short environment
+/// names: `CORRAL_SMTP_HOST`, `CORRAL_SMTP_PORT`, `CORRAL_SMTP_USER`, `CORRAL_SMTP_PASSWORD`,
+/// `CORRAL_SMTP_TLS`, `CORRAL_SMTP_FROM`, `CORRAL_NOTIFY_EMAIL`, and
+/// `CORRAL_WEBHOOK_ALLOW_PRIVATE`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifySettings {
+    /// SMTP server; email is off without it.
+    pub smtp_host: Option<String>,
+    /// Defaults by `smtp_tls`: 25 (`none`), 587 (`starttls`), 465 (`tls`).
+    pub smtp_port: Option<u16>,
+    pub smtp_user: Option<String>,
+    pub smtp_password: Option<String>,
+    pub smtp_tls: SmtpTls,
+    /// The sender, e.g. `corral <corral@example.com>`.
+    pub smtp_from: String,
+    /// Addresses told about every event, comma-separated or a list.
+    #[serde(deserialize_with = "comma_separated")]
+    pub email: Vec<String>,
+    /// Lets webhooks reach loopback, link-local and private addresses (off: an SSRF guard).
+    pub webhook_allow_private: bool,
+    /// Time limit of one webhook call, and of one SMTP conversation.
+    pub webhook_timeout_secs: u64,
+    pub smtp_timeout_secs: u64,
+    /// Attempts per delivery before it is parked as dead.
+    pub max_attempts: i64,
+    /// Seconds before the first retry; doubles with every attempt up to `retry_max_delay`.
+    pub retry_delay: f64,
+    pub retry_max_delay: f64,
+    /// How often idle delivery workers look for due deliveries.
+    pub poll_interval_ms: u64,
+    /// The address people reach this corral at, for links in emails; by default the
+    /// listening address.
+    pub public_url: Option<String>,
+}
+
+/// How the SMTP connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain text, for a relay on loopback.
+    None,
+    /// Upgrade a plain connection (port 587).
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+}
+
+impl Default for NotifySettings {
+    fn default() -> NotifySettings {
+        NotifySettings {
+            smtp_host: None,
+            smtp_port: None,
+            smtp_user: None,
+            smtp_password: None,
+            smtp_tls: SmtpTls::Starttls,
+            smtp_from: "corral <corral@localhost>".to_string(),
+            email: Vec::new(),
+            webhook_allow_private: false,
+            webhook_timeout_secs: 10,
+            smtp_timeout_secs: 30,
+            max_attempts: 10,
+            retry_delay: 5.0,
+            retry_max_delay: 900.0,
+            poll_interval_ms: 1_000,
+            public_url: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for NotifySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NotifySettings")
+            .field("smtp_host", &self.smtp_host)
+            .field("smtp_port", &self.smtp_port)
+            .field("smtp_user", &self.smtp_user)
+            .field("smtp_password", &self.smtp_password.as_ref().map(|_| "[redacted]"))
+            .field("smtp_tls", &self.smtp_tls)
+            .field("smtp_from", &self.smtp_from)
+            .field("email", &self.email)
+            .field("webhook_allow_private", &self.webhook_allow_private)
+            .field("max_attempts", &self.max_attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NotifySettings {
+    pub fn smtp_port(&self) -> u16 {
+        self.smtp_port.unwrap_or(match self.smtp_tls {
+            SmtpTls::None => 25,
+            SmtpTls::Starttls => 587,
+            SmtpTls::Tls => 465,
+        })
+    }
+
+    /// Delay before the attempt after `attempts` failed ones: base × 2^(attempts-1), capped.
+    pub fn backoff(&self, attempts: i64) -> Duration {
+        backoff(self.retry_delay, self.retry_max_delay, attempts)
+    }
+
+    fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !self.email.is_empty() && self.smtp_host.is_none() {
+            problems.push(
+                "notify.email (CORRAL_NOTIFY_EMAIL) needs an SMTP server: set CORRAL_SMTP_HOST"
+                    .to_string(),
+            );
+        }
+        if self.smtp_user.is_some() != self.smtp_password.is_some() {
+            problems.push(
+                "CORRAL_SMTP_USER and CORRAL_SMTP_PASSWORD go together: set both or neither"
+                    .to_string(),
+            );
+        }
+        if self.smtp_user.is_some() && self.smtp_tls == SmtpTls::None {
+            problems.push(
+                "CORRAL_SMTP_USER with CORRAL_SMTP_TLS=none would send the password in clear: \
+                 use starttls or tls"
+                    .to_string(),
+            );
+        }
+        if self.smtp_from.parse::<lettre::message::Mailbox>().is_err() {
+            problems
+                .push(format!("CORRAL_SMTP_FROM: '{}' is not an email address", self.smtp_from));
+        }
+        for address in &self.email {
+            if address.parse::<lettre::Address>().is_err() {
+                problems.push(format!("CORRAL_NOTIFY_EMAIL: '{address}' is not an email address"));
+            }
+        }
+        if self.max_attempts < 1 {
+            problems.push("notify.max_attempts: must be at least 1".to_string());
+        }
+        let (delay, max_delay) = (self.retry_delay, self.retry_max_delay);
+        if !delay.is_finite() || !max_delay.is_finite() || delay < 0.0 || max_delay < delay {
+            problems.push(
+                "notify.retry_delay: must be at least 0 and at most notify.retry_max_delay"
+                    .to_string(),
+            );
+        }
+        if self.webhook_timeout_secs == 0 || self.smtp_timeout_secs == 0 {
+            problems.push("notify timeouts must be at least 1 second".to_string());
+        }
+        if let Some(url) = &self.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            problems
+                .push(format!("notify.public_url: '{url}' must start with http:// or https://"));
+        }
+        problems
+    }
+}
+
+/// `base` × 2^(attempts-1) seconds, at most `max`.
+fn backoff(base: f64, max: f64, attempts: i64) -> Duration {
+    let exponent = attempts.clamp(1, 30) as i32 - 1;
+    Duration::from_secs_f64((base * 2f64.powi(exponent)).min(max).max(0.0))
+}
+
+/// Reads a list given as a comma-separated string (as environment variables give it) or as a
+/// list; blanks are dropped.
+fn comma_separated<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let items = match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(text) => text.split(',').map(str::to_string).collect(),
+        OneOrMany::Many(items) => items,
+    };
+    Ok(items
+        .into_iter()
+        .map(|item| item.trim().to_string())
+        .filter(|item| !item.is_empty())
+        .collect())
 }
 
 impl Settings {
@@ -333,6 +522,7 @@ impl Settings {
         if let Err(problem) = self.auth.validate() {
             problems.push(problem);
         }
+        problems.extend(self.notify.validate());
         if self.jobs.concurrency == 0 {
             problems.push("jobs.concurrency: must be at least 1".to_string());
         }
@@ -408,6 +598,20 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err, reason = "figment's Jail fixes the closure's error type")]
+    fn broken_notification_settings_name_the_variable() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("CORRAL_NOTIFY_EMAIL", "ops@example.com,not-an-address");
+            jail.set_env("CORRAL_SMTP_USER", "corral");
+            let err = format!("{:#}", Settings::load(None).unwrap_err());
+            assert!(err.contains("CORRAL_SMTP_HOST"), "{err}");
+            assert!(err.contains("'not-an-address'"), "{err}");
+            assert!(err.contains("CORRAL_SMTP_PASSWORD"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn backoff_doubles_and_is_capped() {
         let jobs =
             JobSettings { retry_delay: 0.1, retry_max_delay: 0.35, ..JobSettings::default() };
@@ -423,7 +627,15 @@ mod tests {
             jail.set_env("CORRAL_JOB_RETRY_DELAY", "0.5");
             jail.set_env("CORRAL_RECONCILE_INTERVAL", "15");
             jail.set_env("CORRAL_JOBS__CONCURRENCY", "2");
+            jail.set_env("CORRAL_SMTP_HOST", "smtp.gmail.com");
+            jail.set_env("CORRAL_SMTP_TLS", "tls");
+            jail.set_env("CORRAL_NOTIFY_EMAIL", "ops@example.com, dev@example.com");
+            jail.set_env("CORRAL_WEBHOOK_ALLOW_PRIVATE", "true");
             let settings = Settings::load(None).map_err(|err| format!("{err:#}"))?;
+            assert_eq!(settings.notify.smtp_host.as_deref(), Some("smtp.gmail.com"));
+            assert_eq!(settings.notify.smtp_port(), 465);
+            assert_eq!(settings.notify.email, ["ops@example.com", "dev@example.com"]);
+            assert!(settings.notify.webhook_allow_private);
             assert_eq!(settings.jobs.max_attempts, 7);
             assert_eq!(settings.jobs.retry_delay, 0.5);
             assert_eq!(settings.reconcile.interval, 15.0);

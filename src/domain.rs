@@ -7,11 +7,13 @@
 mod identity;
 mod instance;
 mod job;
+mod notification;
 mod policy;
 
 pub use identity::{Access, Credential, MIN_PASSWORD_LEN, Principal, Role, is_valid_username};
 pub use instance::{Action, InstanceState, StateConflict};
 pub use job::{JobKind, JobStatus};
+pub use notification::{DriftChange, EventType, Notification, NotifiedInstance, subscribed};
 pub use policy::{
     AmiRule, CpuCredits, CreateRequest, ImageFacts, InstanceTypeFacts, LaunchSpec, Policy,
     StorageRange, Violation, check_name_and_tags, is_valid_namespace,

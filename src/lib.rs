@@ -2,7 +2,8 @@
 //!
 //! Modules in the order a newcomer should read them: `domain` (the vocabulary and the policy,
 //! pure), `cloud` (the provider trait and AWS), `storage` (all SQL), `jobs` (the durable queue
-//! and one reconciler per job kind), `auth` (who a request comes from), `api` (HTTP), `config`,
+//! and one reconciler per job kind), `notify` (email and webhooks from an outbox), `auth` (who a
+//! request comes from), `api` (HTTP), `config`,
 //! `telemetry`, `startup` (wiring), `cli` (the command line). See ARCHITECTURE.md.
 
 pub mod domain;
@@ -11,6 +12,7 @@ pub mod cloud;
 pub mod storage;
 
 pub mod jobs;
+pub mod notify;
 
 pub mod auth;
 
@@ -20,3 +22,19 @@ pub mod cli;
 pub mod config;
 pub mod startup;
 pub mod telemetry;
+
+/// TLS settings for corral's own HTTP clients (webhooks): aws-lc-rs, as the AWS SDK uses, and
+/// the system's root certificates.
+pub fn tls_client_config() -> anyhow::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    for error in &found.errors {
+        tracing::warn!(%error, "a system root certificate could not be loaded");
+    }
+    roots.add_parsable_certificates(found.certs);
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}

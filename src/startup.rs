@@ -15,6 +15,7 @@ use crate::auth::Authenticator;
 use crate::cloud::{AwsProvider, Catalog, DescribeBatcher, Provider};
 use crate::config::{ReconcileSettings, Role, Settings};
 use crate::jobs::{self, JobContext, Queue};
+use crate::notify::{self, Notifier};
 use crate::storage::Store;
 
 pub struct Application {
@@ -22,6 +23,7 @@ pub struct Application {
     local_addr: SocketAddr,
     api: ApiContext,
     jobs: Arc<JobContext>,
+    notifier: Arc<Notifier>,
     reconcile: ReconcileSettings,
     role: Role,
 }
@@ -49,7 +51,8 @@ impl Application {
         settings: Settings,
         provider: Arc<dyn Provider>,
     ) -> anyhow::Result<Application> {
-        let store = Store::connect(&settings.database_url).await?;
+        let store =
+            Store::connect(&settings.database_url).await?.with_recipients(&settings.notify.email);
         anyhow::ensure!(
             settings.role == Role::All || store.is_shared(),
             "--role {} needs a database shared with the other roles (postgres://…); with SQLite \
@@ -60,6 +63,9 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
         let local_addr = listener.local_addr()?;
+        let public_url =
+            settings.notify.public_url.clone().unwrap_or_else(|| format!("http://{local_addr}"));
+        let notifier = Arc::new(Notifier::new(store.clone(), settings.notify.clone(), public_url)?);
         let auth = Authenticator::new(store.clone(), &settings.auth).await?;
         if settings.role.serves_api() {
             auth.bootstrap(&settings.auth).await?;
@@ -78,6 +84,7 @@ impl Application {
             cloud_endpoint: provider.describe_endpoint().into(),
             auth: Arc::new(auth),
             catalog: catalog.clone(),
+            notify: Arc::new(settings.notify),
         };
         let describer = DescribeBatcher::new(provider.clone(), Duration::from_millis(50));
         let jobs = Arc::new(JobContext {
@@ -93,6 +100,7 @@ impl Application {
             local_addr,
             api,
             jobs,
+            notifier,
             reconcile: settings.reconcile,
             role: settings.role,
         })
@@ -119,6 +127,10 @@ impl Application {
             background.push(tokio::spawn(jobs::run_workers(
                 self.jobs.clone(),
                 queue.clone(),
+                shutdown.clone(),
+            )));
+            background.push(tokio::spawn(notify::run_deliveries(
+                self.notifier.clone(),
                 shutdown.clone(),
             )));
             let holder = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());

@@ -7,6 +7,7 @@
 //! compare them the same way.
 
 mod identity_sql;
+mod notify_sql;
 mod postgres;
 mod rows;
 mod sql;
@@ -36,6 +37,8 @@ pub enum StorageError {
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    /// Addresses every notification is mailed to (`notify.email`), besides subscriptions.
+    recipients: std::sync::Arc<[String]>,
 }
 
 #[derive(Clone)]
@@ -459,6 +462,140 @@ impl AuditFilter {
     }
 }
 
+/// Where notifications go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    Email,
+    Webhook,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Email => "email",
+            Channel::Webhook => "webhook",
+        }
+    }
+
+    /// The audit log's action for `verb` (`create`, `delete`) on a subscription of this channel.
+    pub fn audit_action(self, verb: &str) -> &'static str {
+        match (self, verb) {
+            (Channel::Email, "create") => "email_subscription.create",
+            (Channel::Email, _) => "email_subscription.delete",
+            (Channel::Webhook, "create") => "webhook.create",
+            (Channel::Webhook, _) => "webhook.delete",
+        }
+    }
+}
+
+impl std::str::FromStr for Channel {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Channel, String> {
+        match value {
+            "email" => Ok(Channel::Email),
+            "webhook" => Ok(Channel::Webhook),
+            other => Err(format!("unknown notification channel '{other}'")),
+        }
+    }
+}
+
+/// Who wants which events: a webhook (URL and signing secret) or an email address, for one
+/// namespace or, with `namespace` `None`, for all of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionRecord {
+    pub id: String,
+    pub channel: Channel,
+    pub namespace: Option<String>,
+    /// The webhook URL or the email address.
+    pub target: String,
+    /// Event types wanted; empty means all.
+    pub events: Vec<String>,
+    /// The webhook's signing secret; never leaves the server after creation.
+    pub secret: Option<String>,
+    pub created_by: String,
+    pub created_at: Millis,
+}
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryStatus {
+    Pending,
+    Delivered,
+    /// Gave up after the configured attempts; can be retried by hand.
+    Dead,
+}
+
+impl DeliveryStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Dead => "dead",
+        }
+    }
+}
+
+impl std::str::FromStr for DeliveryStatus {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<DeliveryStatus, String> {
+        match value {
+            "pending" => Ok(DeliveryStatus::Pending),
+            "delivered" => Ok(DeliveryStatus::Delivered),
+            "dead" => Ok(DeliveryStatus::Dead),
+            other => {
+                Err(format!("unknown delivery status '{other}'; allowed: pending, delivered, dead"))
+            }
+        }
+    }
+}
+
+/// One notification to one receiver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryRecord {
+    /// Stable across attempts: the email's Message-ID and the webhook's `X-Corral-Delivery`.
+    pub id: String,
+    pub event_id: String,
+    pub channel: Channel,
+    /// The email address or webhook URL.
+    pub target: String,
+    pub subscription_id: Option<String>,
+    pub namespace: Option<String>,
+    pub status: DeliveryStatus,
+    pub attempts: i64,
+    pub next_attempt_at: Millis,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<Millis>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub notification: crate::domain::Notification,
+}
+
+/// A delivery a worker holds, with what it needs to send it.
+#[derive(Debug, Clone)]
+pub struct ClaimedDelivery {
+    pub delivery: DeliveryRecord,
+    /// The webhook's signing secret; `None` for email, or when the subscription is gone.
+    pub secret: Option<String>,
+}
+
+/// How an attempt to deliver ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    Delivered,
+    Retry { error: String, at: Millis },
+    Dead { error: String },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    /// Only deliveries of events in these namespaces; `None` for all.
+    pub visible: Option<Vec<String>>,
+    pub status: Option<DeliveryStatus>,
+    pub event_id: Option<String>,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct InstanceFilter {
     /// Only these namespaces (what the caller may see); `None` for all.
@@ -514,7 +651,12 @@ impl Store {
                 redact_url(url)
             );
         };
-        Ok(Store { backend })
+        Ok(Store { backend, recipients: std::sync::Arc::from([]) })
+    }
+
+    /// The store, mailing every notification to `recipients` as well as to subscribers.
+    pub fn with_recipients(self, recipients: &[String]) -> Store {
+        Store { recipients: recipients.into(), ..self }
     }
 
     /// Whether several processes may share this database.
@@ -626,7 +768,7 @@ impl Store {
         &self,
         reconciliation: &Reconciliation,
     ) -> Result<(), StorageError> {
-        dispatch!(self, record_reconciliation(reconciliation))
+        dispatch!(self, record_reconciliation(reconciliation, &self.recipients))
     }
 
     pub async fn list_orphans(&self) -> Result<Vec<OrphanRecord>, StorageError> {
@@ -743,7 +885,7 @@ impl Store {
         attempt: i64,
         events: &[(&str, String)],
     ) -> Result<bool, StorageError> {
-        dispatch!(self, finish_job(job_id, worker, outcome, attempt, events))
+        dispatch!(self, finish_job(job_id, worker, outcome, attempt, events, &self.recipients))
     }
 
     /// Records the vCPUs of the instances a create job launches.
@@ -927,6 +1069,78 @@ impl Store {
         namespace: &str,
     ) -> Result<Admission, StorageError> {
         dispatch!(self, insert_namespace_terminate_job(job, namespace))
+    }
+
+    pub async fn create_subscription(
+        &self,
+        subscription: &SubscriptionRecord,
+        actor: &Actor,
+    ) -> Result<bool, StorageError> {
+        dispatch!(self, create_subscription(subscription, actor))
+    }
+
+    pub async fn list_subscriptions(
+        &self,
+        channel: Channel,
+        visible: Option<&[String]>,
+    ) -> Result<Vec<SubscriptionRecord>, StorageError> {
+        dispatch!(self, list_subscriptions(channel, visible))
+    }
+
+    pub async fn find_subscription(
+        &self,
+        id: &str,
+    ) -> Result<Option<SubscriptionRecord>, StorageError> {
+        dispatch!(self, find_subscription(id))
+    }
+
+    pub async fn delete_subscription(
+        &self,
+        subscription: &SubscriptionRecord,
+        actor: &Actor,
+    ) -> Result<bool, StorageError> {
+        dispatch!(self, delete_subscription(subscription, actor))
+    }
+
+    /// Claims up to `limit` due deliveries for `worker` until `lease_until`.
+    pub async fn claim_deliveries(
+        &self,
+        worker: &str,
+        lease_until: Millis,
+        limit: i64,
+    ) -> Result<Vec<ClaimedDelivery>, StorageError> {
+        dispatch!(self, claim_deliveries(worker, now_millis(), lease_until, limit))
+    }
+
+    pub async fn finish_delivery(
+        &self,
+        id: &str,
+        worker: &str,
+        outcome: &DeliveryOutcome,
+    ) -> Result<bool, StorageError> {
+        dispatch!(self, finish_delivery(id, worker, outcome))
+    }
+
+    pub async fn list_deliveries(
+        &self,
+        filter: &DeliveryFilter,
+        page: &PageRequest,
+    ) -> Result<Page<DeliveryRecord>, StorageError> {
+        let rows = dispatch!(self, list_deliveries(filter, page))?;
+        Ok(Page::from_rows(rows, page.limit, |row| &row.id))
+    }
+
+    pub async fn find_delivery(&self, id: &str) -> Result<Option<DeliveryRecord>, StorageError> {
+        dispatch!(self, find_delivery(id))
+    }
+
+    /// Queues a dead delivery again with fresh attempts; false unless it was dead.
+    pub async fn retry_delivery(
+        &self,
+        delivery: &DeliveryRecord,
+        actor: &Actor,
+    ) -> Result<bool, StorageError> {
+        dispatch!(self, retry_delivery(delivery, actor))
     }
 }
 

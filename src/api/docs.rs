@@ -11,7 +11,8 @@ use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::api::{
-    api_keys, audit, auth, error, health, instances, jobs, namespaces, orphans, policy, users,
+    api_keys, audit, auth, error, health, instances, jobs, namespaces, notifications, orphans,
+    policy, subscriptions, users,
 };
 
 #[derive(OpenApi)]
@@ -38,6 +39,16 @@ use crate::api::{
         namespaces::update_namespace,
         namespaces::terminate_namespace,
         audit::list_audit,
+        subscriptions::create_webhook,
+        subscriptions::list_webhooks,
+        subscriptions::get_webhook,
+        subscriptions::delete_webhook,
+        subscriptions::create_email_subscription,
+        subscriptions::list_email_subscriptions,
+        subscriptions::get_email_subscription,
+        subscriptions::delete_email_subscription,
+        notifications::list_notifications,
+        notifications::retry_notification,
         instances::update_instance,
         instances::create_instances,
         instances::list_instances,
@@ -68,6 +79,7 @@ use crate::api::{
         (name = "api-keys", description = "Long-lived credentials for scripts"),
         (name = "namespaces", description = "Namespaces and their quotas"),
         (name = "audit", description = "Who did what"),
+        (name = "notifications", description = "Email and webhooks on lifecycle events, and their deliveries"),
         (name = "instances", description = "Instances and their lifecycle"),
         (name = "jobs", description = "Durable jobs behind every change"),
         (name = "orphans", description = "Instances tagged by corral that it does not know"),

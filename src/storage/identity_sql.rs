@@ -160,22 +160,30 @@ macro_rules! identity_store {
                 with_roles(rows, bindings)
             }
 
-            /// The user whose `column` (`id` or `username`) is `value`.
+            /// The user whose `column` (`id` or `username`) is `value`, with its roles, in one
+            /// query (every authenticated request asks).
             pub async fn find_user(&self, column: &str, value: &str) -> Result<Option<UserRecord>, StorageError> {
                 debug_assert!(column == "id" || column == "username");
-                let rows: Vec<UserRow> =
-                    sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE {column} = $1"))
-                        .bind(value)
-                        .fetch_all(&self.pool)
-                        .await?;
-                let Some(row) = rows.first() else { return Ok(None) };
-                let bindings: Vec<(String, String, String)> = sqlx::query_as(
-                    "SELECT user_id, namespace, role FROM role_bindings WHERE user_id = $1",
-                )
-                .bind(&row.id)
+                #[derive(sqlx::FromRow)]
+                struct Row {
+                    #[sqlx(flatten)]
+                    user: UserRow,
+                    namespace: Option<String>,
+                    role: Option<String>,
+                }
+                let rows: Vec<Row> = sqlx::query_as(&format!(
+                    "SELECT users.*, role_bindings.namespace, role_bindings.role FROM users \
+                     LEFT JOIN role_bindings ON role_bindings.user_id = users.id WHERE users.{column} = $1"
+                ))
+                .bind(value)
                 .fetch_all(&self.pool)
                 .await?;
-                Ok(with_roles(rows, bindings)?.pop())
+                let bindings: Vec<(String, String, String)> = rows
+                    .iter()
+                    .filter_map(|row| Some((row.user.id.clone(), row.namespace.clone()?, row.role.clone()?)))
+                    .collect();
+                let users: Vec<UserRow> = rows.into_iter().map(|row| row.user).take(1).collect();
+                Ok(with_roles(users, bindings)?.pop())
             }
 
             pub async fn create_api_key(&self, key: &ApiKeyRecord, actor: &Actor) -> Result<(), StorageError> {

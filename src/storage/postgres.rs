@@ -10,20 +10,23 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use tokio::sync::mpsc;
 
-use crate::domain::Role;
 use crate::domain::{Action, StateConflict};
+use crate::domain::{EventType, JobKind, Notification, Role, subscribed};
 use crate::storage::identity_sql::{identity_store, quota_value, user_value};
+use crate::storage::notify_sql::{drift_notification, notified, notify_store, subscription_value};
 use crate::storage::rows::{
-    API_KEY_SELECT, ApiKeyRow, AuditRow, DriftRow, InstanceRow, JOB_COLUMNS, JobRow, NamespaceRow,
-    OrphanRow, USER_COLUMNS, UserRow, convert, with_roles,
+    API_KEY_SELECT, ApiKeyRow, AuditRow, ClaimedRow, DeliveryRow, DriftRow, InstanceRow,
+    JOB_COLUMNS, JobRow, NamespaceRow, OrphanRow, SubscriptionRow, USER_COLUMNS, UserRow, convert,
+    with_roles,
 };
 use crate::storage::sql::{Dialect, sql_store};
 use crate::storage::{
-    Actor, Admission, ApiKeyRecord, AuditEntry, AuditFilter, AuditRecord, Counts, DriftRecord,
-    IdempotencyKey, InstanceFilter, InstanceRecord, JobEvent, JobFilter, JobOutcome, JobRecord,
-    Millis, NamespaceRecord, NewJob, Observation, OrphanRecord, PageRequest, QuotaExceeded,
-    Reconciliation, SYSTEM_ACTOR, StorageError, StoreEvent, UserChanges, UserRecord, UserWrite,
-    now_millis, redact_url,
+    Actor, Admission, ApiKeyRecord, AuditEntry, AuditFilter, AuditRecord, Channel, ClaimedDelivery,
+    Counts, DeliveryFilter, DeliveryOutcome, DeliveryRecord, DriftRecord, IdempotencyKey,
+    InstanceFilter, InstanceRecord, JobEvent, JobFilter, JobOutcome, JobRecord, Millis,
+    NamespaceRecord, NewJob, Observation, OrphanRecord, PageRequest, QuotaExceeded, Reconciliation,
+    SYSTEM_ACTOR, StorageError, StoreEvent, SubscriptionRecord, UserChanges, UserRecord, UserWrite,
+    now_millis, redact_url, to_datetime,
 };
 
 /// Channel on which a stored job is announced (payload: job id).
@@ -83,3 +86,4 @@ impl PgStore {
 
 sql_store!(PgStore, Postgres, Dialect::Postgres);
 identity_store!(PgStore, Postgres, Dialect::Postgres);
+notify_store!(PgStore, Postgres, Dialect::Postgres);

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use crate::domain::Role;
 use crate::storage::{
-    ApiKeyRecord, AuditRecord, DriftRecord, InstanceRecord, JobRecord, NamespaceRecord,
-    OrphanRecord, StorageError, UserRecord,
+    ApiKeyRecord, AuditRecord, ClaimedDelivery, DeliveryRecord, DriftRecord, InstanceRecord,
+    JobRecord, NamespaceRecord, OrphanRecord, StorageError, SubscriptionRecord, UserRecord,
 };
 
 #[derive(sqlx::FromRow)]
@@ -301,5 +301,94 @@ impl TryFrom<AuditRow> for AuditRecord {
             namespace: row.namespace,
             request_id: row.request_id,
         })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub struct SubscriptionRow {
+    id: String,
+    channel: String,
+    namespace: Option<String>,
+    target: String,
+    events: String,
+    secret: Option<String>,
+    created_by: String,
+    created_at: i64,
+}
+
+impl TryFrom<SubscriptionRow> for SubscriptionRecord {
+    type Error = StorageError;
+
+    fn try_from(row: SubscriptionRow) -> Result<Self, Self::Error> {
+        Ok(SubscriptionRecord {
+            channel: row.channel.parse().map_err(StorageError::Corrupt)?,
+            events: serde_json::from_str(&row.events)
+                .map_err(|err| StorageError::Corrupt(format!("events of {}: {err}", row.id)))?,
+            id: row.id,
+            namespace: row.namespace,
+            target: row.target,
+            secret: row.secret,
+            created_by: row.created_by,
+            created_at: row.created_at,
+        })
+    }
+}
+
+/// A delivery joined with its event's payload.
+#[derive(sqlx::FromRow)]
+pub struct DeliveryRow {
+    id: String,
+    event_id: String,
+    channel: String,
+    target: String,
+    subscription_id: Option<String>,
+    namespace: Option<String>,
+    status: String,
+    attempts: i64,
+    next_attempt_at: i64,
+    last_error: Option<String>,
+    delivered_at: Option<i64>,
+    created_at: i64,
+    updated_at: i64,
+    payload: String,
+}
+
+impl TryFrom<DeliveryRow> for DeliveryRecord {
+    type Error = StorageError;
+
+    fn try_from(row: DeliveryRow) -> Result<Self, Self::Error> {
+        Ok(DeliveryRecord {
+            channel: row.channel.parse().map_err(StorageError::Corrupt)?,
+            status: row.status.parse().map_err(StorageError::Corrupt)?,
+            notification: serde_json::from_str(&row.payload)
+                .map_err(|err| StorageError::Corrupt(format!("event {}: {err}", row.event_id)))?,
+            id: row.id,
+            event_id: row.event_id,
+            target: row.target,
+            subscription_id: row.subscription_id,
+            namespace: row.namespace,
+            attempts: row.attempts,
+            next_attempt_at: row.next_attempt_at,
+            last_error: row.last_error,
+            delivered_at: row.delivered_at,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+/// A claimed delivery with its webhook's secret.
+#[derive(sqlx::FromRow)]
+pub struct ClaimedRow {
+    #[sqlx(flatten)]
+    delivery: DeliveryRow,
+    secret: Option<String>,
+}
+
+impl TryFrom<ClaimedRow> for ClaimedDelivery {
+    type Error = StorageError;
+
+    fn try_from(row: ClaimedRow) -> Result<Self, Self::Error> {
+        Ok(ClaimedDelivery { delivery: row.delivery.try_into()?, secret: row.secret })
     }
 }

@@ -228,6 +228,7 @@ macro_rules! sql_store {
             pub async fn record_reconciliation(
                 &self,
                 reconciliation: &Reconciliation,
+                recipients: &[String],
             ) -> Result<(), StorageError> {
                 let now = now_millis();
                 let mut tx = self.pool.begin().await?;
@@ -267,16 +268,19 @@ macro_rules! sql_store {
                     .bind(&drift.new_value)
                     .execute(&mut *tx)
                     .await?;
-                    let (namespace,): (String,) =
-                        sqlx::query_as("SELECT namespace FROM instances WHERE id = $1")
-                            .bind(&drift.instance_id)
-                            .fetch_one(&mut *tx)
-                            .await?;
+                    let row: InstanceRow = sqlx::query_as("SELECT * FROM instances WHERE id = $1")
+                        .bind(&drift.instance_id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    let instance = InstanceRecord::try_from(row)?;
                     let entry = AuditEntry::new("instance.drift", &drift.instance_id)
-                        .namespace(&namespace)
+                        .namespace(&instance.namespace)
                         .old(serde_json::json!({ &drift.field: drift.old_value }))
                         .new_value(serde_json::json!({ &drift.field: drift.new_value }));
                     insert_audit(&mut tx, &Actor::system(), &entry).await?;
+                    let notification = drift_notification(&instance, drift, now);
+                    insert_notification(&mut tx, EventType::InstanceDrifted, &notification, recipients)
+                        .await?;
                 }
                 if let Some((region, orphans)) = &reconciliation.orphans {
                     let mut keep = Vec::new();
@@ -552,6 +556,7 @@ macro_rules! sql_store {
                 outcome: &JobOutcome,
                 attempt: i64,
                 events: &[(&str, String)],
+                recipients: &[String],
             ) -> Result<bool, StorageError> {
                 let now = now_millis();
                 let mut tx = self.pool.begin().await?;
@@ -614,6 +619,7 @@ macro_rules! sql_store {
                     .bind(job_id)
                     .execute(&mut *tx)
                     .await?;
+                    notify_job_finished(&mut tx, job_id, error, recipients).await?;
                     if $dialect == Dialect::Postgres {
                         sqlx::query("SELECT pg_notify('corral_job_finished', $1)")
                             .bind(job_id)

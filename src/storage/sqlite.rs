@@ -7,19 +7,23 @@ use anyhow::Context;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
-use crate::domain::Role;
 use crate::domain::{Action, StateConflict};
+use crate::domain::{EventType, JobKind, Notification, Role, subscribed};
 use crate::storage::identity_sql::{identity_store, quota_value, user_value};
+use crate::storage::notify_sql::{drift_notification, notified, notify_store, subscription_value};
 use crate::storage::rows::{
-    API_KEY_SELECT, ApiKeyRow, AuditRow, DriftRow, InstanceRow, JOB_COLUMNS, JobRow, NamespaceRow,
-    OrphanRow, USER_COLUMNS, UserRow, convert, with_roles,
+    API_KEY_SELECT, ApiKeyRow, AuditRow, ClaimedRow, DeliveryRow, DriftRow, InstanceRow,
+    JOB_COLUMNS, JobRow, NamespaceRow, OrphanRow, SubscriptionRow, USER_COLUMNS, UserRow, convert,
+    with_roles,
 };
 use crate::storage::sql::{Dialect, sql_store};
 use crate::storage::{
-    Actor, Admission, ApiKeyRecord, AuditEntry, AuditFilter, AuditRecord, Counts, DriftRecord,
-    IdempotencyKey, InstanceFilter, InstanceRecord, JobEvent, JobFilter, JobOutcome, JobRecord,
-    Millis, NamespaceRecord, NewJob, Observation, OrphanRecord, PageRequest, QuotaExceeded,
-    Reconciliation, SYSTEM_ACTOR, StorageError, UserChanges, UserRecord, UserWrite, now_millis,
+    Actor, Admission, ApiKeyRecord, AuditEntry, AuditFilter, AuditRecord, Channel, ClaimedDelivery,
+    Counts, DeliveryFilter, DeliveryOutcome, DeliveryRecord, DriftRecord, IdempotencyKey,
+    InstanceFilter, InstanceRecord, JobEvent, JobFilter, JobOutcome, JobRecord, Millis,
+    NamespaceRecord, NewJob, Observation, OrphanRecord, PageRequest, QuotaExceeded, Reconciliation,
+    SYSTEM_ACTOR, StorageError, SubscriptionRecord, UserChanges, UserRecord, UserWrite, now_millis,
+    to_datetime,
 };
 
 #[derive(Clone)]
@@ -57,3 +61,4 @@ impl SqliteStore {
 
 sql_store!(SqliteStore, Sqlite, Dialect::Sqlite);
 identity_store!(SqliteStore, Sqlite, Dialect::Sqlite);
+notify_store!(SqliteStore, Sqlite, Dialect::Sqlite);

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{AMI_X86, JWT_SECRET, TestApp, client_with, spawn_app};
+use crate::helpers::{AMI_X86, JWT_SECRET, TestApp, client_with, spawn_app_with};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -23,6 +23,9 @@ enum Rule {
     Admin,
     /// The user `viewer` itself, or an admin.
     SelfOrAdmin,
+    /// Removes something in namespace `alpha`: its operators and admins; whoever comes after
+    /// the first to succeed finds it gone.
+    AlphaDelete,
 }
 
 /// Every operation of the API, with its rule and how to call it. The test fails when the
@@ -81,7 +84,25 @@ fn table() -> BTreeMap<&'static str, (Rule, Option<Value>)> {
         ("reconcile_now", (Admin, None)),
         ("get_user", (SelfOrAdmin, None)),
         ("update_user", (SelfOrAdmin, Some(json!({})))),
+        ("create_webhook", (AlphaWrite, Some(webhook_body()))),
+        ("list_webhooks", (Anyone, None)),
+        ("get_webhook", (AlphaRead, None)),
+        ("delete_webhook", (AlphaDelete, None)),
+        ("create_email_subscription", (AlphaWrite, Some(email_body()))),
+        ("list_email_subscriptions", (Anyone, None)),
+        ("get_email_subscription", (AlphaRead, None)),
+        ("delete_email_subscription", (AlphaDelete, None)),
+        ("list_notifications", (Anyone, None)),
+        ("retry_notification", (AlphaWrite, None)),
     ])
+}
+
+fn webhook_body() -> Value {
+    json!({ "url": "http://127.0.0.1:9/hook", "secret": "0123456789abcdef", "namespace": "alpha" })
+}
+
+fn email_body() -> Value {
+    json!({ "email": "alpha@example.com", "namespace": "alpha" })
 }
 
 /// The kinds of caller, in the order they call each route.
@@ -115,6 +136,10 @@ fn expected(rule: Rule, caller: &str, status: StatusCode) -> bool {
         (Admin, _) => denied,
         (SelfOrAdmin, "viewer" | "admin") => allowed && !hidden,
         (SelfOrAdmin, _) => denied,
+        (AlphaDelete, "stranger") => hidden,
+        (AlphaDelete, "viewer") => denied,
+        (AlphaDelete, "operator") => allowed && !hidden,
+        (AlphaDelete, _) => allowed,
     }
 }
 
@@ -122,8 +147,32 @@ fn expected(rule: Rule, caller: &str, status: StatusCode) -> bool {
 async fn every_route_answers_each_kind_of_caller_as_its_role_allows() {
     // Arrange: namespaces alpha and beta, a viewer and an operator of alpha, an operator of
     // beta (the stranger), and an instance with its job in alpha.
-    let app = spawn_app().await;
+    // Notifications go nowhere (port 9 on loopback), which the subscriptions need allowed.
+    let app = spawn_app_with(|settings| {
+        settings.notify.webhook_allow_private = true;
+        settings.notify.smtp_host = Some("127.0.0.1".to_string());
+        settings.notify.smtp_port = Some(9);
+        settings.notify.smtp_tls = corral::config::SmtpTls::None;
+    })
+    .await;
     app.create_namespaces(&["alpha", "beta"]).await;
+    // Subscriptions of alpha to read and to delete, made before the instance so that its
+    // creation leaves a delivery of alpha to retry.
+    let mut ids = BTreeMap::new();
+    for (read, delete, path, body) in [
+        ("get_webhook", "delete_webhook", "/v1/webhooks", webhook_body()),
+        (
+            "get_email_subscription",
+            "delete_email_subscription",
+            "/v1/email-subscriptions",
+            email_body(),
+        ),
+    ] {
+        for operation in [read, delete] {
+            let created: Value = app.post_json(path, &body, None).await.json().await.unwrap();
+            ids.insert(operation, created["id"].as_str().unwrap().to_string());
+        }
+    }
     let viewer = app.user_key("viewer", json!({ "alpha": "viewer" })).await;
     let stranger = app.user_key("stranger", json!({ "beta": "operator" })).await;
     let operator = app.user_key("operator", json!({ "alpha": "operator" })).await;
@@ -133,10 +182,15 @@ async fn every_route_answers_each_kind_of_caller_as_its_role_allows() {
     let job = app.create_running(&body).await;
     let instance_id = job["instances"][0]["id"].as_str().unwrap().to_string();
     let job_id = job["id"].as_str().unwrap().to_string();
+    let deliveries: Value = app.get("/v1/notifications").await.json().await.unwrap();
+    ids.insert("retry_notification", deliveries["items"][0]["id"].as_str().unwrap().to_string());
+    ids.insert("get_job", job_id.clone());
+    ids.insert("get_job_events", job_id);
+    ids.insert("revoke_api_key", "no-such-key".to_string());
 
     let token = crate::helpers::login(&app.address, "admin", crate::helpers::ADMIN_PASSWORD).await;
     let callers: BTreeMap<&str, reqwest::Client> = BTreeMap::from([
-        ("none", reqwest::Client::new()),
+        ("none", crate::helpers::http()),
         ("wrong key", client_with("x-api-key", &format!("crl_AAAAAAAA_{}", "B".repeat(32)))),
         ("expired token", client_with("authorization", &format!("Bearer {}", expired_token()))),
         ("tampered token", client_with("authorization", &format!("Bearer {}", tamper(&token)))),
@@ -167,7 +221,8 @@ async fn every_route_answers_each_kind_of_caller_as_its_role_allows() {
     for (method, path, id, public) in &operations {
         let (rule, body) = &table[id.as_str()];
         assert_eq!(*public, *rule == Rule::Public, "{id}: the document and the table disagree");
-        let url = app.url(&fill(path, id, &instance_id, &job_id));
+        let object_id = ids.get(id.as_str()).unwrap_or(&instance_id);
+        let url = app.url(&fill(path, id, object_id));
         for caller in CALLERS {
             let mut request =
                 callers[caller].request(Method::from_bytes(method.as_bytes()).unwrap(), &url);
@@ -192,12 +247,7 @@ async fn every_route_answers_each_kind_of_caller_as_its_role_allows() {
 }
 
 /// The path of an operation with its parameters filled in.
-fn fill(path: &str, id: &str, instance_id: &str, job_id: &str) -> String {
-    let object_id = match id {
-        "get_job" | "get_job_events" => job_id,
-        "revoke_api_key" => "no-such-key",
-        _ => instance_id,
-    };
+fn fill(path: &str, id: &str, object_id: &str) -> String {
     let username = if id == "delete_user" { "doomed" } else { "viewer" };
     path.replace("{id}", object_id)
         .replace("{cloud_id}", "i-0123456789abcdef0")

@@ -63,7 +63,7 @@ impl Server {
             .unwrap();
         let server = Server { child, url: format!("http://127.0.0.1:{port}") };
         for _ in 0..200 {
-            if reqwest::get(format!("{}/health", server.url)).await.is_ok() {
+            if crate::helpers::http().get(format!("{}/health", server.url)).send().await.is_ok() {
                 return server;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -362,7 +362,8 @@ async fn three_replicas_on_one_postgres_run_300_jobs_once_and_take_over_a_killed
         async move {
             let body = json!({ "name": format!("replica-{n}"), "ami": AMI_X86, "instance_type": "t3.micro" });
             let response = client.post(format!("{url}/v1/instances")).json(&body).send().await.unwrap();
-            assert_eq!(response.status(), 202);
+            // 201 when another replica already finished the job before the answer was written.
+            assert!([201, 202].contains(&response.status().as_u16()), "{}", response.status());
         }
     });
     // The two replicas that stay get every request; the third is killed below.
@@ -375,7 +376,7 @@ async fn three_replicas_on_one_postgres_run_300_jobs_once_and_take_over_a_killed
         let body =
             json!({ "name": format!("replica-{n}"), "ami": AMI_X86, "instance_type": "t3.micro" });
         let response = client.post(format!("{url}/v1/instances")).json(&body).send().await.unwrap();
-        assert_eq!(response.status(), 202);
+        assert!([201, 202].contains(&response.status().as_u16()), "{}", response.status());
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let jobs = loop {

@@ -94,7 +94,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
 
 /// A token for `username` from `POST /v1/token`.
 pub async fn login(base: &str, username: &str, password: &str) -> String {
-    let response = reqwest::Client::new()
+    let response = http()
         .post(format!("{base}/v1/token"))
         .form(&[("username", username), ("password", password)])
         .send()
@@ -118,11 +118,23 @@ pub async fn create_api_key(client: &reqwest::Client, base: &str) -> String {
     body["key"].as_str().unwrap().to_string()
 }
 
+/// A plain HTTP client. corral's own clients bring their TLS settings, so the process has no
+/// default crypto provider for a bare `reqwest::Client::new()`: tests use this instead.
+pub fn http() -> reqwest::Client {
+    http_builder().build().unwrap()
+}
+
+fn http_builder() -> reqwest::ClientBuilder {
+    static TLS: std::sync::OnceLock<rustls::ClientConfig> = std::sync::OnceLock::new();
+    let tls = TLS.get_or_init(|| corral::tls_client_config().unwrap());
+    reqwest::Client::builder().use_preconfigured_tls(tls.clone())
+}
+
 /// A client that sends `header: value` with every request.
 pub fn client_with(header: &'static str, value: &str) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(header, reqwest::header::HeaderValue::from_str(value).unwrap());
-    reqwest::Client::builder().default_headers(headers).build().unwrap()
+    http_builder().default_headers(headers).build().unwrap()
 }
 
 /// A client acting as the bootstrap admin of the server at `base`, with a bearer token.
@@ -170,7 +182,7 @@ pub fn ec2_client(key_id: &str, secret: &str) -> aws_sdk_ec2::Client {
 /// signed with that key to that account, so tests never see each other's instances.
 pub async fn new_moto_account() -> (String, String) {
     let account: u64 = 100_000_000_000 + (uuid::Uuid::new_v4().as_u128() % 899_999_999_999) as u64;
-    let client = reqwest::Client::new();
+    let client = http();
     let call = |body: &'static str| {
         client
             .post(moto_url())

@@ -12,7 +12,7 @@ use crate::helpers::{
 #[tokio::test]
 async fn a_token_from_the_password_grant_works_as_form_or_json_and_names_its_user() {
     let app = spawn_app().await;
-    let http = reqwest::Client::new();
+    let http = crate::helpers::http();
 
     let form = http
         .post(app.url("/v1/token"))
@@ -50,7 +50,7 @@ async fn a_token_from_the_password_grant_works_as_form_or_json_and_names_its_use
 #[tokio::test]
 async fn wrong_passwords_are_401s_and_repeated_ones_are_slowed_down_with_429() {
     let app = spawn_app_with_login_limit(3).await;
-    let http = reqwest::Client::new();
+    let http = crate::helpers::http();
     let attempt = |password: &'static str| {
         http.post(app.url("/v1/token"))
             .form(&[("username", "admin"), ("password", password)])
@@ -209,7 +209,7 @@ async fn users_are_validated_unique_and_the_last_admin_stays() {
         .unwrap();
     assert_eq!(changed.status(), StatusCode::OK);
     login(&app.address, "ann", "a brand new password").await;
-    let old = reqwest::Client::new()
+    let old = crate::helpers::http()
         .post(app.url("/v1/token"))
         .form(&[("username", "ann"), ("password", "long enough password")])
         .send()
@@ -395,6 +395,8 @@ async fn no_secret_reaches_the_log_the_audit_log_or_an_answer_after_creation() {
     let log = std::fs::File::create(&log_path).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let admin_password = "admin-secret-in-env-7319";
+    let smtp_password = "smtp-secret-in-env-4410";
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--database", &database])
         .env("AWS_ENDPOINT_URL", crate::helpers::moto_url())
@@ -402,6 +404,13 @@ async fn no_secret_reaches_the_log_the_audit_log_or_an_answer_after_creation() {
         .env("AWS_SECRET_ACCESS_KEY", &aws_secret)
         .env("AWS_REGION", "us-east-1")
         .env("CORRAL_ADMIN_PASSWORD", admin_password)
+        .env("CORRAL_SMTP_HOST", "127.0.0.1")
+        .env("CORRAL_SMTP_PORT", nobody.to_string())
+        .env("CORRAL_SMTP_USER", "corral")
+        .env("CORRAL_SMTP_PASSWORD", smtp_password)
+        .env("CORRAL_NOTIFY_EMAIL", "ops@example.com")
+        .env("CORRAL_WEBHOOK_ALLOW_PRIVATE", "true")
+        .env("CORRAL_NOTIFY__POLL_INTERVAL_MS", "50")
         .env("RUST_LOG", "debug")
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -410,7 +419,7 @@ async fn no_secret_reaches_the_log_the_audit_log_or_an_answer_after_creation() {
     let base = format!("http://127.0.0.1:{port}");
     let mut up = false;
     for _ in 0..200 {
-        if reqwest::get(format!("{base}/health")).await.is_ok() {
+        if crate::helpers::http().get(format!("{base}/health")).send().await.is_ok() {
             up = true;
             break;
         }
@@ -422,7 +431,7 @@ async fn no_secret_reaches_the_log_the_audit_log_or_an_answer_after_creation() {
     let token = login(&base, "admin", admin_password).await;
     let admin = client_with("authorization", &format!("Bearer {token}"));
     let wrong_password = "wrong-guess-5521";
-    let failed = reqwest::Client::new()
+    let failed = crate::helpers::http()
         .post(format!("{base}/v1/token"))
         .form(&[("username", "admin"), ("password", wrong_password)])
         .send()
@@ -437,6 +446,11 @@ async fn no_secret_reaches_the_log_the_audit_log_or_an_answer_after_creation() {
     assert_eq!(created.status(), StatusCode::CREATED);
     let sam_token = login(&base, "sam", user_password).await;
     let with_key = client_with("x-api-key", &key);
+    let webhook_secret = "webhook-signing-secret-6630";
+    let hook =
+        json!({ "url": format!("http://127.0.0.1:{nobody}/hook"), "secret": webhook_secret });
+    let hooked = admin.post(format!("{base}/v1/webhooks")).json(&hook).send().await.unwrap();
+    assert_eq!(hooked.status(), StatusCode::CREATED);
     let mut body = create_body("secretive");
     body["ami"] = json!("ami-00000000deadbeef0");
     let job: Value = with_key
@@ -454,6 +468,21 @@ async fn no_secret_reaches_the_log_the_audit_log_or_an_answer_after_creation() {
     let users = admin.get(format!("{base}/v1/users")).send().await.unwrap().text().await.unwrap();
     let keys = admin.get(format!("{base}/v1/api-keys")).send().await.unwrap().text().await.unwrap();
     let jobs = admin.get(format!("{base}/v1/jobs")).send().await.unwrap().text().await.unwrap();
+    let webhooks =
+        admin.get(format!("{base}/v1/webhooks")).send().await.unwrap().text().await.unwrap();
+    // The job's failure is mailed and posted: wait until both were tried (and failed).
+    let mut notifications = String::new();
+    for _ in 0..200 {
+        let url = format!("{base}/v1/notifications");
+        let page: Value = admin.get(url).send().await.unwrap().json().await.unwrap();
+        notifications = page.to_string();
+        let items = page["items"].as_array().unwrap();
+        if items.len() == 2 && items.iter().all(|d| d["last_error"].is_string()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(notifications.contains("SMTP"), "{notifications}");
     std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     child.wait().unwrap();
 
@@ -468,6 +497,8 @@ async fn no_secret_reaches_the_log_the_audit_log_or_an_answer_after_creation() {
         ("token", token.as_str()),
         ("user's token", sam_token.as_str()),
         ("AWS secret key", aws_secret.as_str()),
+        ("SMTP password", smtp_password),
+        ("webhook secret", webhook_secret),
     ];
     for (place, text) in [
         ("log", &logged),
@@ -475,6 +506,8 @@ async fn no_secret_reaches_the_log_the_audit_log_or_an_answer_after_creation() {
         ("users", &users),
         ("api-keys", &keys),
         ("jobs", &jobs),
+        ("webhooks", &webhooks),
+        ("notifications", &notifications),
     ] {
         for (name, secret) in secrets {
             assert!(!text.contains(secret), "the {name} appears in the {place}");

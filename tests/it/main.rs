@@ -11,6 +11,7 @@ mod helpers;
 mod identity;
 mod instances;
 mod jobs;
+mod notify;
 mod policy;
 mod proxy;
 mod reconcile;

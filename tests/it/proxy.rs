@@ -45,7 +45,7 @@ impl FaultProxy {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let state = Arc::new(State {
             upstream,
-            client: reqwest::Client::new(),
+            client: crate::helpers::http(),
             fault_permille: AtomicU32::new((fault_rate * 1000.0) as u32),
             delay_ms: AtomicU32::new(0),
             calls: Mutex::default(),

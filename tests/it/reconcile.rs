@@ -41,6 +41,20 @@ async fn changes_made_directly_in_the_cloud_show_up_as_drift_after_one_pass() {
             assert_eq!(items[0]["old_value"], "running");
             assert_eq!(items[0]["new_value"], state);
         }
+        // The audit log has it too, as corral's own observation.
+        let audit: Value = app
+            .get(&format!("/v1/audit?action=instance.drift&target={id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(audit["total"], usize::from(drifted), "{audit}");
+        if drifted {
+            let event = &audit["logs"][0];
+            assert_eq!(event["actor"], "system");
+            assert_eq!(event["old_value"], json!({ "state": "running" }));
+            assert_eq!(event["new_value"], json!({ "state": state }));
+        }
     }
 }
 

@@ -1,0 +1,128 @@
+//! `/v1/notifications`: every delivery of every event, where it stands (pending, delivered,
+//! dead) and why the last attempt failed, with a retry for the dead ones.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::api::auth::Caller;
+use crate::api::extract::{QueryParams, encode_cursor, page_param};
+use crate::api::{ApiContext, ApiError};
+use crate::domain::{Notification, Role};
+use crate::storage::{DeliveryFilter, DeliveryRecord, DeliveryStatus, to_datetime};
+
+#[derive(Serialize, ToSchema)]
+pub struct DeliveryBody {
+    /// Stable across attempts: the email's `Message-ID` and the webhook's `X-Corral-Delivery`.
+    pub id: String,
+    /// `email` or `webhook`.
+    pub channel: String,
+    /// The address or URL.
+    pub target: String,
+    /// `pending`, `delivered` or `dead`.
+    pub status: String,
+    pub attempts: i64,
+    /// When the next attempt is due (pending deliveries).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub namespace: Option<String>,
+    /// The event, as webhooks receive it.
+    #[schema(value_type = Object)]
+    pub event: Notification,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DeliveryPage {
+    pub items: Vec<DeliveryBody>,
+    /// Pass as `cursor` to get the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+impl From<&DeliveryRecord> for DeliveryBody {
+    fn from(delivery: &DeliveryRecord) -> DeliveryBody {
+        DeliveryBody {
+            id: delivery.id.clone(),
+            channel: delivery.channel.as_str().to_string(),
+            target: delivery.target.clone(),
+            status: delivery.status.as_str().to_string(),
+            attempts: delivery.attempts,
+            next_attempt_at: (delivery.status == DeliveryStatus::Pending)
+                .then(|| to_datetime(delivery.next_attempt_at)),
+            last_error: delivery.last_error.clone(),
+            delivered_at: delivery.delivered_at.map(to_datetime),
+            created_at: to_datetime(delivery.created_at),
+            namespace: delivery.namespace.clone(),
+            event: delivery.notification.clone(),
+        }
+    }
+}
+
+pub fn router() -> Router<ApiContext> {
+    Router::new()
+        .route("/notifications", get(list_notifications))
+        .route("/notifications/{id}/retry", post(retry_notification))
+}
+
+/// Deliveries, newest first, of the namespaces the caller may read (all, for admins).
+#[utoipa::path(get, path = "/v1/notifications", tag = "notifications",
+    operation_id = "list_notifications",
+    params(
+        ("status" = Option<String>, Query, description = "pending, delivered or dead"),
+        ("event_id" = Option<String>, Query, description = "Only the deliveries of this event"),
+        ("limit" = Option<i64>, Query, description = "1-100, default 50"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+    ),
+    responses((status = 200, body = DeliveryPage), (status = 400, body = crate::api::Problem)))]
+pub async fn list_notifications(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+    params: QueryParams,
+) -> Result<Json<DeliveryPage>, ApiError> {
+    params.allow_only(&["status", "event_id", "limit", "cursor"])?;
+    let filter = DeliveryFilter {
+        visible: caller.principal.visible_namespaces(),
+        status: params.parsed::<DeliveryStatus>("status")?,
+        event_id: params.one("event_id")?.map(str::to_string),
+    };
+    let page = ctx.store.list_deliveries(&filter, &page_param(&params)?).await?;
+    Ok(Json(DeliveryPage {
+        items: page.items.iter().map(DeliveryBody::from).collect(),
+        next_cursor: page.next_after.as_deref().map(encode_cursor),
+    }))
+}
+
+/// Sends a dead delivery again, with a fresh count of attempts.
+#[utoipa::path(post, path = "/v1/notifications/{id}/retry", tag = "notifications",
+    operation_id = "retry_notification", params(("id" = String, Path)),
+    responses((status = 200, body = DeliveryBody), (status = 404, body = crate::api::Problem),
+        (status = 409, body = crate::api::Problem)))]
+pub async fn retry_notification(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<DeliveryBody>, ApiError> {
+    let not_found = || ApiError::NotFound(format!("no notification delivery with id '{id}'"));
+    let delivery = ctx.store.find_delivery(&id).await?.ok_or_else(not_found)?;
+    match &delivery.namespace {
+        Some(namespace) => caller.require(namespace, Role::Operator, not_found)?,
+        None if caller.principal.admin => {}
+        None => return Err(not_found()),
+    }
+    if !ctx.store.retry_delivery(&delivery, &caller.actor()).await? {
+        return Err(ApiError::Conflict {
+            detail: format!(
+                "delivery '{id}' is {}; only dead deliveries are retried",
+                delivery.status.as_str()
+            ),
+            errors: Vec::new(),
+        });
+    }
+    let delivery = ctx.store.find_delivery(&id).await?.ok_or_else(not_found)?;
+    Ok(Json(DeliveryBody::from(&delivery)))
+}

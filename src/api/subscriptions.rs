@@ -1,0 +1,363 @@
+//! `/v1/webhooks` and `/v1/email-subscriptions`: who is told about which events.
+//!
+//! A subscription belongs to one namespace, made and removed by its operators (or an admin),
+//! and seen by everyone who may read the namespace; without a namespace it covers every
+//! namespace and only admins manage it. A webhook's secret is accepted once and never shown
+//! again. Webhook URLs pass the SSRF guard (`notify::check_url`) when they are made.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::api::auth::Caller;
+use crate::api::extract::ValidJson;
+use crate::api::{ApiContext, ApiError, FieldError};
+use crate::domain::{EventType, Role};
+use crate::storage::{Channel, SubscriptionRecord, now_millis, to_datetime};
+
+/// Shortest webhook signing secret accepted.
+const MIN_SECRET_LEN: usize = 16;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhookBody {
+    /// Where events are POSTed (http or https).
+    pub url: String,
+    /// Event types to send; all of them when empty or absent.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Key of the `X-Corral-Signature` HMAC, at least 16 characters; never shown again.
+    pub secret: String,
+    /// Only this namespace's events; every namespace's when absent (admins only).
+    pub namespace: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WebhookBody {
+    pub id: String,
+    pub url: String,
+    pub events: Vec<String>,
+    pub namespace: Option<String>,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEmailSubscriptionBody {
+    pub email: String,
+    /// Event types to mail; all of them when empty or absent.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Only this namespace's events; every namespace's when absent (admins only).
+    pub namespace: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EmailSubscriptionBody {
+    pub id: String,
+    pub email: String,
+    pub events: Vec<String>,
+    pub namespace: Option<String>,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WebhookList {
+    pub items: Vec<WebhookBody>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EmailSubscriptionList {
+    pub items: Vec<EmailSubscriptionBody>,
+}
+
+impl From<&SubscriptionRecord> for WebhookBody {
+    fn from(record: &SubscriptionRecord) -> WebhookBody {
+        WebhookBody {
+            id: record.id.clone(),
+            url: record.target.clone(),
+            events: record.events.clone(),
+            namespace: record.namespace.clone(),
+            created_by: record.created_by.clone(),
+            created_at: to_datetime(record.created_at),
+        }
+    }
+}
+
+impl From<&SubscriptionRecord> for EmailSubscriptionBody {
+    fn from(record: &SubscriptionRecord) -> EmailSubscriptionBody {
+        EmailSubscriptionBody {
+            id: record.id.clone(),
+            email: record.target.clone(),
+            events: record.events.clone(),
+            namespace: record.namespace.clone(),
+            created_by: record.created_by.clone(),
+            created_at: to_datetime(record.created_at),
+        }
+    }
+}
+
+pub fn router() -> Router<ApiContext> {
+    Router::new()
+        .route("/webhooks", get(list_webhooks).post(create_webhook))
+        .route("/webhooks/{id}", get(get_webhook).delete(delete_webhook))
+        .route(
+            "/email-subscriptions",
+            get(list_email_subscriptions).post(create_email_subscription),
+        )
+        .route(
+            "/email-subscriptions/{id}",
+            get(get_email_subscription).delete(delete_email_subscription),
+        )
+}
+
+/// Subscribes a URL to events. Each delivery is a JSON POST signed with
+/// `X-Corral-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`.
+#[utoipa::path(post, path = "/v1/webhooks", tag = "notifications", operation_id = "create_webhook",
+    request_body = CreateWebhookBody,
+    responses((status = 201, body = WebhookBody), (status = 422, body = crate::api::Problem),
+        (status = 403, body = crate::api::Problem)))]
+pub async fn create_webhook(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+    ValidJson(body): ValidJson<CreateWebhookBody>,
+) -> Result<Response, ApiError> {
+    require_manage(&caller, body.namespace.as_deref())?;
+    let mut errors = check_events(&body.events);
+    if body.secret.chars().count() < MIN_SECRET_LEN {
+        errors.push(FieldError::new(
+            "secret",
+            format!("must have at least {MIN_SECRET_LEN} characters"),
+        ));
+    }
+    if let Err(problem) =
+        crate::notify::check_url(&body.url, ctx.notify.webhook_allow_private).await
+    {
+        errors.push(FieldError::new("url", problem));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let record = SubscriptionRecord {
+        secret: Some(body.secret),
+        ..new_subscription(&caller, Channel::Webhook, body.namespace, body.url, body.events)
+    };
+    store(&ctx, &caller, &record).await?;
+    Ok((StatusCode::CREATED, Json(WebhookBody::from(&record))).into_response())
+}
+
+/// Webhooks of the namespaces the caller may read (every webhook, for admins).
+#[utoipa::path(get, path = "/v1/webhooks", tag = "notifications", operation_id = "list_webhooks",
+    responses((status = 200, body = WebhookList)))]
+pub async fn list_webhooks(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+) -> Result<Json<WebhookList>, ApiError> {
+    let records = list(&ctx, &caller, Channel::Webhook).await?;
+    Ok(Json(WebhookList { items: records.iter().map(WebhookBody::from).collect() }))
+}
+
+#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "notifications", operation_id = "get_webhook",
+    params(("id" = String, Path)),
+    responses((status = 200, body = WebhookBody), (status = 404, body = crate::api::Problem)))]
+pub async fn get_webhook(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<WebhookBody>, ApiError> {
+    let record = find(&ctx, &caller, Channel::Webhook, &id, Role::Viewer).await?;
+    Ok(Json(WebhookBody::from(&record)))
+}
+
+/// Removes a webhook; its deliveries still pending are parked as dead.
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "notifications", operation_id = "delete_webhook",
+    params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = crate::api::Problem)))]
+pub async fn delete_webhook(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    remove(&ctx, &caller, Channel::Webhook, &id).await
+}
+
+/// Mails an address about events.
+#[utoipa::path(post, path = "/v1/email-subscriptions", tag = "notifications",
+    operation_id = "create_email_subscription", request_body = CreateEmailSubscriptionBody,
+    responses((status = 201, body = EmailSubscriptionBody), (status = 422, body = crate::api::Problem),
+        (status = 403, body = crate::api::Problem)))]
+pub async fn create_email_subscription(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+    ValidJson(body): ValidJson<CreateEmailSubscriptionBody>,
+) -> Result<Response, ApiError> {
+    require_manage(&caller, body.namespace.as_deref())?;
+    let mut errors = check_events(&body.events);
+    let email = body.email.trim().to_string();
+    if email.parse::<lettre::Address>().is_err() {
+        errors.push(FieldError::new("email", format!("'{email}' is not an email address")));
+    }
+    if ctx.notify.smtp_host.is_none() {
+        errors.push(FieldError::new(
+            "email",
+            "this server has no SMTP server configured (CORRAL_SMTP_HOST), so it cannot send email",
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let record = new_subscription(&caller, Channel::Email, body.namespace, email, body.events);
+    store(&ctx, &caller, &record).await?;
+    Ok((StatusCode::CREATED, Json(EmailSubscriptionBody::from(&record))).into_response())
+}
+
+/// Email subscriptions of the namespaces the caller may read (all of them, for admins).
+#[utoipa::path(get, path = "/v1/email-subscriptions", tag = "notifications",
+    operation_id = "list_email_subscriptions",
+    responses((status = 200, body = EmailSubscriptionList)))]
+pub async fn list_email_subscriptions(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+) -> Result<Json<EmailSubscriptionList>, ApiError> {
+    let records = list(&ctx, &caller, Channel::Email).await?;
+    Ok(Json(EmailSubscriptionList {
+        items: records.iter().map(EmailSubscriptionBody::from).collect(),
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/email-subscriptions/{id}", tag = "notifications",
+    operation_id = "get_email_subscription", params(("id" = String, Path)),
+    responses((status = 200, body = EmailSubscriptionBody), (status = 404, body = crate::api::Problem)))]
+pub async fn get_email_subscription(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<EmailSubscriptionBody>, ApiError> {
+    let record = find(&ctx, &caller, Channel::Email, &id, Role::Viewer).await?;
+    Ok(Json(EmailSubscriptionBody::from(&record)))
+}
+
+/// Removes an email subscription; its deliveries still pending are parked as dead.
+#[utoipa::path(delete, path = "/v1/email-subscriptions/{id}", tag = "notifications",
+    operation_id = "delete_email_subscription", params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = crate::api::Problem)))]
+pub async fn delete_email_subscription(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    remove(&ctx, &caller, Channel::Email, &id).await
+}
+
+/// Operators manage their namespaces' subscriptions; only admins manage global ones.
+fn require_manage(caller: &Caller, namespace: Option<&str>) -> Result<(), ApiError> {
+    match namespace {
+        Some(namespace) => caller.require(namespace, Role::Operator, || {
+            ApiError::NotFound(format!("no namespace named '{namespace}'"))
+        }),
+        None => caller.require_admin().map_err(|_| {
+            ApiError::Forbidden(
+                "subscriptions for every namespace need the admin role; name a namespace"
+                    .to_string(),
+            )
+        }),
+    }
+}
+
+fn check_events(events: &[String]) -> Vec<FieldError> {
+    events
+        .iter()
+        .enumerate()
+        .filter_map(|(index, event)| {
+            event
+                .parse::<EventType>()
+                .err()
+                .map(|err| FieldError::new(format!("events[{index}]"), err))
+        })
+        .collect()
+}
+
+fn new_subscription(
+    caller: &Caller,
+    channel: Channel,
+    namespace: Option<String>,
+    target: String,
+    mut events: Vec<String>,
+) -> SubscriptionRecord {
+    events.sort();
+    events.dedup();
+    SubscriptionRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        channel,
+        namespace,
+        target,
+        events,
+        secret: None,
+        created_by: caller.principal.actor(),
+        created_at: now_millis(),
+    }
+}
+
+async fn store(
+    ctx: &ApiContext,
+    caller: &Caller,
+    record: &SubscriptionRecord,
+) -> Result<(), ApiError> {
+    if ctx.store.create_subscription(record, &caller.actor()).await? {
+        Ok(())
+    } else {
+        let namespace = record.namespace.as_deref().unwrap_or_default();
+        Err(ApiError::NotFound(format!("no namespace named '{namespace}'")))
+    }
+}
+
+async fn list(
+    ctx: &ApiContext,
+    caller: &Caller,
+    channel: Channel,
+) -> Result<Vec<SubscriptionRecord>, ApiError> {
+    let visible = caller.principal.visible_namespaces();
+    Ok(ctx.store.list_subscriptions(channel, visible.as_deref()).await?)
+}
+
+/// The subscription `id` of `channel`, if the caller holds `needed` where it applies; a
+/// subscription the caller may not read is a 404.
+async fn find(
+    ctx: &ApiContext,
+    caller: &Caller,
+    channel: Channel,
+    id: &str,
+    needed: Role,
+) -> Result<SubscriptionRecord, ApiError> {
+    let not_found =
+        || ApiError::NotFound(format!("no {} subscription with id '{id}'", channel.as_str()));
+    let record = ctx.store.find_subscription(id).await?.filter(|record| record.channel == channel);
+    let Some(record) = record else { return Err(not_found()) };
+    match &record.namespace {
+        Some(namespace) => caller.require(namespace, needed, not_found)?,
+        None if caller.principal.admin => {}
+        None => return Err(not_found()),
+    }
+    Ok(record)
+}
+
+async fn remove(
+    ctx: &ApiContext,
+    caller: &Caller,
+    channel: Channel,
+    id: &str,
+) -> Result<StatusCode, ApiError> {
+    let record = find(ctx, caller, channel, id, Role::Operator).await?;
+    if ctx.store.delete_subscription(&record, &caller.actor()).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(format!("no {} subscription with id '{id}'", channel.as_str())))
+    }
+}

@@ -1,0 +1,440 @@
+//! The SQL of notifications: subscriptions (webhooks and email addresses), the outbox of
+//! events with their deliveries, and the claims the delivery workers make. Instantiated per
+//! dialect by `notify_store!` next to `sql_store!`, whose `finish_job` and
+//! `record_reconciliation` call `insert_notification` so that an event and its deliveries
+//! commit with the change that caused them.
+
+/// Implements the notification operations for `$store` (a struct with a `pool` of `$db`).
+macro_rules! notify_store {
+    ($store:ident, $db:ident, $dialect:expr) => {
+        impl $store {
+            /// Stores a subscription and audits it; false (nothing stored) when its namespace
+            /// does not exist.
+            pub async fn create_subscription(
+                &self,
+                subscription: &SubscriptionRecord,
+                actor: &Actor,
+            ) -> Result<bool, StorageError> {
+                let mut tx = self.pool.begin().await?;
+                let inserted = sqlx::query(
+                    "INSERT INTO subscriptions (id, channel, namespace, target, events, secret, created_by, created_at) \
+                     SELECT $1, $2, $3, $4, $5, $6, $7, $8 \
+                     WHERE $3 IS NULL OR EXISTS (SELECT 1 FROM namespaces WHERE name = $3)",
+                )
+                .bind(&subscription.id)
+                .bind(subscription.channel.as_str())
+                .bind(&subscription.namespace)
+                .bind(&subscription.target)
+                .bind(serde_json::to_string(&subscription.events).expect("events serialize"))
+                .bind(&subscription.secret)
+                .bind(&subscription.created_by)
+                .bind(subscription.created_at)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if inserted != 1 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                let mut entry = AuditEntry::new(subscription.channel.audit_action("create"), &subscription.id)
+                    .new_value(subscription_value(subscription));
+                entry.namespace = subscription.namespace.clone();
+                insert_audit(&mut tx, actor, &entry).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            /// Subscriptions of a channel, oldest first: all, or those of `visible` namespaces.
+            pub async fn list_subscriptions(
+                &self,
+                channel: Channel,
+                visible: Option<&[String]>,
+            ) -> Result<Vec<SubscriptionRecord>, StorageError> {
+                let mut query = QueryBuilder::<$db>::new(
+                    "SELECT id, channel, namespace, target, events, secret, created_by, created_at \
+                     FROM subscriptions WHERE channel = ",
+                );
+                query.push_bind(channel.as_str());
+                if let Some(names) = visible {
+                    if names.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    query.push(" AND namespace IN (");
+                    let mut list = query.separated(", ");
+                    for name in names {
+                        list.push_bind(name);
+                    }
+                    query.push(")");
+                }
+                query.push(" ORDER BY id");
+                let rows: Vec<SubscriptionRow> = query.build_query_as().fetch_all(&self.pool).await?;
+                convert(rows)
+            }
+
+            pub async fn find_subscription(&self, id: &str) -> Result<Option<SubscriptionRecord>, StorageError> {
+                let row: Option<SubscriptionRow> = sqlx::query_as(
+                    "SELECT id, channel, namespace, target, events, secret, created_by, created_at \
+                     FROM subscriptions WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(SubscriptionRecord::try_from).transpose()
+            }
+
+            /// Deletes a subscription; its deliveries still pending are parked as dead, since
+            /// nobody wants them any more. False when there was no such subscription.
+            pub async fn delete_subscription(
+                &self,
+                subscription: &SubscriptionRecord,
+                actor: &Actor,
+            ) -> Result<bool, StorageError> {
+                let now = now_millis();
+                let mut tx = self.pool.begin().await?;
+                let deleted = sqlx::query("DELETE FROM subscriptions WHERE id = $1")
+                    .bind(&subscription.id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if deleted != 1 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                sqlx::query(
+                    "UPDATE deliveries SET status = 'dead', last_error = 'the subscription was deleted', \
+                     locked_by = NULL, lease_expires_at = NULL, updated_at = $1 \
+                     WHERE subscription_id = $2 AND status = 'pending'",
+                )
+                .bind(now)
+                .bind(&subscription.id)
+                .execute(&mut *tx)
+                .await?;
+                let mut entry = AuditEntry::new(subscription.channel.audit_action("delete"), &subscription.id)
+                    .old(subscription_value(subscription));
+                entry.namespace = subscription.namespace.clone();
+                insert_audit(&mut tx, actor, &entry).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            /// Claims up to `limit` due deliveries for `worker` until `lease_until`, counting the
+            /// attempt now, so that a worker dying mid-send still uses one up.
+            pub async fn claim_deliveries(
+                &self,
+                worker: &str,
+                now: Millis,
+                lease_until: Millis,
+                limit: i64,
+            ) -> Result<Vec<ClaimedDelivery>, StorageError> {
+                // A read first, so that idle workers polling never take SQLite's write lock.
+                let due: Option<(String,)> = sqlx::query_as(
+                    "SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= $1 \
+                     AND (lease_expires_at IS NULL OR lease_expires_at < $1) LIMIT 1",
+                )
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await?;
+                if due.is_none() {
+                    return Ok(Vec::new());
+                }
+                let claimed: Vec<(String,)> = sqlx::query_as(&format!(
+                    "UPDATE deliveries SET locked_by = $1, lease_expires_at = $2, attempts = attempts + 1, \
+                     updated_at = $3 \
+                     WHERE id IN (SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= $3 \
+                                  AND (lease_expires_at IS NULL OR lease_expires_at < $3) \
+                                  ORDER BY next_attempt_at LIMIT $4{}) \
+                     RETURNING id",
+                    $dialect.row_lock()
+                ))
+                .bind(worker)
+                .bind(lease_until)
+                .bind(now)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                if claimed.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut query = QueryBuilder::<$db>::new(
+                    "SELECT deliveries.*, notification_events.payload, subscriptions.secret \
+                     FROM deliveries JOIN notification_events ON notification_events.id = deliveries.event_id \
+                     LEFT JOIN subscriptions ON subscriptions.id = deliveries.subscription_id \
+                     WHERE deliveries.id IN (",
+                );
+                let mut list = query.separated(", ");
+                for (id,) in &claimed {
+                    list.push_bind(id);
+                }
+                query.push(")");
+                let rows: Vec<ClaimedRow> = query.build_query_as().fetch_all(&self.pool).await?;
+                convert(rows)
+            }
+
+            /// Records how an attempt went, if `worker` still holds the delivery.
+            pub async fn finish_delivery(
+                &self,
+                id: &str,
+                worker: &str,
+                outcome: &DeliveryOutcome,
+            ) -> Result<bool, StorageError> {
+                let now = now_millis();
+                let (status, error, next_attempt_at, delivered_at) = match outcome {
+                    DeliveryOutcome::Delivered => ("delivered", None, None, Some(now)),
+                    DeliveryOutcome::Retry { error, at } => ("pending", Some(error.as_str()), Some(*at), None),
+                    DeliveryOutcome::Dead { error } => ("dead", Some(error.as_str()), None, None),
+                };
+                let updated = sqlx::query(
+                    "UPDATE deliveries SET status = $1, last_error = COALESCE($2, last_error), \
+                     next_attempt_at = COALESCE($3, next_attempt_at), delivered_at = $4, \
+                     locked_by = NULL, lease_expires_at = NULL, updated_at = $5 \
+                     WHERE id = $6 AND locked_by = $7 AND status = 'pending'",
+                )
+                .bind(status)
+                .bind(error)
+                .bind(next_attempt_at)
+                .bind(delivered_at)
+                .bind(now)
+                .bind(id)
+                .bind(worker)
+                .execute(&self.pool)
+                .await?;
+                Ok(updated.rows_affected() == 1)
+            }
+
+            /// Deliveries, newest first, one page (`after`: the last id of the previous page).
+            pub async fn list_deliveries(
+                &self,
+                filter: &DeliveryFilter,
+                page: &PageRequest,
+            ) -> Result<Vec<DeliveryRecord>, StorageError> {
+                let mut query = QueryBuilder::<$db>::new(
+                    "SELECT deliveries.*, notification_events.payload FROM deliveries \
+                     JOIN notification_events ON notification_events.id = deliveries.event_id WHERE 1 = 1",
+                );
+                if let Some(names) = &filter.visible {
+                    if names.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    query.push(" AND deliveries.namespace IN (");
+                    let mut list = query.separated(", ");
+                    for name in names {
+                        list.push_bind(name.clone());
+                    }
+                    query.push(")");
+                }
+                if let Some(status) = filter.status {
+                    query.push(" AND deliveries.status = ").push_bind(status.as_str());
+                }
+                if let Some(event_id) = &filter.event_id {
+                    query.push(" AND deliveries.event_id = ").push_bind(event_id.clone());
+                }
+                if let Some(after) = &page.after {
+                    query.push(" AND deliveries.id < ").push_bind(after.clone());
+                }
+                query.push(" ORDER BY deliveries.id DESC LIMIT ").push_bind(page.limit + 1);
+                let rows: Vec<DeliveryRow> = query.build_query_as().fetch_all(&self.pool).await?;
+                convert(rows)
+            }
+
+            pub async fn find_delivery(&self, id: &str) -> Result<Option<DeliveryRecord>, StorageError> {
+                let row: Option<DeliveryRow> = sqlx::query_as(
+                    "SELECT deliveries.*, notification_events.payload FROM deliveries \
+                     JOIN notification_events ON notification_events.id = deliveries.event_id \
+                     WHERE deliveries.id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(DeliveryRecord::try_from).transpose()
+            }
+
+            /// Puts a dead delivery back in the queue with fresh attempts; false unless it was dead.
+            pub async fn retry_delivery(&self, delivery: &DeliveryRecord, actor: &Actor) -> Result<bool, StorageError> {
+                let now = now_millis();
+                let mut tx = self.pool.begin().await?;
+                let updated = sqlx::query(
+                    "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1, \
+                     locked_by = NULL, lease_expires_at = NULL, updated_at = $1 \
+                     WHERE id = $2 AND status = 'dead'",
+                )
+                .bind(now)
+                .bind(&delivery.id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if updated != 1 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                let mut entry = AuditEntry::new("notification.retry", &delivery.id)
+                    .old(serde_json::json!({ "status": "dead", "attempts": delivery.attempts }))
+                    .new_value(serde_json::json!({ "status": "pending", "attempts": 0 }));
+                entry.namespace = delivery.namespace.clone();
+                insert_audit(&mut tx, actor, &entry).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+        }
+
+        /// Stores an event and one pending delivery per receiver that wants it: the namespace's
+        /// and the global subscriptions, and the `recipients` from the configuration.
+        async fn insert_notification(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            event: EventType,
+            notification: &Notification,
+            recipients: &[String],
+        ) -> Result<(), StorageError> {
+            let now = now_millis();
+            sqlx::query(
+                "INSERT INTO notification_events (id, type, namespace, job_id, actor, payload, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(&notification.id)
+            .bind(event.as_str())
+            .bind(&notification.namespace)
+            .bind(&notification.job_id)
+            .bind(&notification.actor)
+            .bind(serde_json::to_string(notification).expect("notifications serialize"))
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+            let subscriptions: Vec<SubscriptionRow> = sqlx::query_as(
+                "SELECT id, channel, namespace, target, events, secret, created_by, created_at \
+                 FROM subscriptions WHERE namespace IS NULL OR namespace = $1 ORDER BY id",
+            )
+            .bind(&notification.namespace)
+            .fetch_all(&mut **tx)
+            .await?;
+            let subscriptions: Vec<SubscriptionRecord> = convert(subscriptions)?;
+            let mut receivers: Vec<(Channel, &str, Option<&str>)> = recipients
+                .iter()
+                .map(|address| (Channel::Email, address.as_str(), None))
+                .collect();
+            for subscription in &subscriptions {
+                if subscribed(&subscription.events, event) {
+                    receivers.push((subscription.channel, &subscription.target, Some(&subscription.id)));
+                }
+            }
+            // One message per address, even when the configuration and a subscription both name it.
+            let mut seen = std::collections::BTreeSet::new();
+            receivers.retain(|(channel, target, _)| {
+                *channel == Channel::Webhook || seen.insert(target.to_ascii_lowercase())
+            });
+            for chunk in receivers.chunks(100) {
+                let mut insert = QueryBuilder::<$db>::new(
+                    "INSERT INTO deliveries (id, event_id, channel, target, subscription_id, namespace, status, \
+                     attempts, next_attempt_at, created_at, updated_at) ",
+                );
+                insert.push_values(chunk, |mut row, (channel, target, subscription)| {
+                    row.push_bind(uuid::Uuid::now_v7().to_string())
+                        .push_bind(notification.id.clone())
+                        .push_bind(channel.as_str())
+                        .push_bind(target.to_string())
+                        .push_bind(subscription.map(str::to_string))
+                        .push_bind(notification.namespace.clone())
+                        .push_bind("pending")
+                        .push_bind(0_i64)
+                        .push_bind(now)
+                        .push_bind(now)
+                        .push_bind(now);
+                });
+                insert.build().execute(&mut **tx).await?;
+            }
+            Ok(())
+        }
+
+        /// The event a finished job announces, if any: its lifecycle event with the instances
+        /// as they are now, or `job.failed` with the error.
+        async fn notify_job_finished(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            job_id: &str,
+            error: Option<&str>,
+            recipients: &[String],
+        ) -> Result<(), StorageError> {
+            let (kind, actor, namespace): (String, String, Option<String>) =
+                sqlx::query_as("SELECT kind, actor, namespace FROM jobs WHERE id = $1")
+                    .bind(job_id)
+                    .fetch_one(&mut **tx)
+                    .await?;
+            let kind: JobKind = kind.parse().map_err(StorageError::Corrupt)?;
+            let Some(event) = EventType::for_finished_job(kind, error.is_none()) else {
+                return Ok(());
+            };
+            let rows: Vec<InstanceRow> = sqlx::query_as(
+                "SELECT instances.* FROM job_instances JOIN instances ON instances.id = job_instances.instance_id \
+                 WHERE job_instances.job_id = $1 ORDER BY instances.launch_index, instances.id",
+            )
+            .bind(job_id)
+            .fetch_all(&mut **tx)
+            .await?;
+            let instances: Vec<InstanceRecord> = convert(rows)?;
+            let notification = Notification {
+                id: uuid::Uuid::now_v7().to_string(),
+                event: event.as_str().to_string(),
+                occurred_at: to_datetime(now_millis()),
+                namespace,
+                actor,
+                job_id: Some(job_id.to_string()),
+                job_kind: Some(kind.as_str().to_string()),
+                instances: instances.iter().map(notified).collect(),
+                error: error.map(str::to_string),
+                drift: None,
+            };
+            insert_notification(tx, event, &notification, recipients).await
+        }
+    };
+}
+
+pub(crate) use notify_store;
+
+use crate::domain::{Notification, NotifiedInstance};
+use crate::storage::{InstanceRecord, SubscriptionRecord};
+
+/// An instance as notifications describe it.
+pub fn notified(instance: &InstanceRecord) -> NotifiedInstance {
+    NotifiedInstance {
+        id: instance.id.clone(),
+        cloud_id: instance.cloud_id.clone(),
+        name: instance.name.clone(),
+        region: instance.region.clone(),
+        instance_type: instance.instance_type.clone(),
+        state: instance.state.as_str().to_string(),
+        public_ip: instance.public_ip.clone(),
+        private_ip: instance.private_ip.clone(),
+        key_name: instance.key_name.clone(),
+    }
+}
+
+/// A subscription as the audit log records it: never its secret.
+pub fn subscription_value(subscription: &SubscriptionRecord) -> serde_json::Value {
+    serde_json::json!({
+        "channel": subscription.channel.as_str(),
+        "target": subscription.target,
+        "events": subscription.events,
+        "namespace": subscription.namespace,
+    })
+}
+
+/// The event for one drift the reconciler found.
+pub fn drift_notification(
+    instance: &InstanceRecord,
+    drift: &crate::storage::Drift,
+    now: crate::storage::Millis,
+) -> Notification {
+    Notification {
+        id: uuid::Uuid::now_v7().to_string(),
+        event: crate::domain::EventType::InstanceDrifted.as_str().to_string(),
+        occurred_at: crate::storage::to_datetime(now),
+        namespace: Some(instance.namespace.clone()),
+        actor: crate::storage::SYSTEM_ACTOR.to_string(),
+        job_id: None,
+        job_kind: None,
+        instances: vec![notified(instance)],
+        error: None,
+        drift: Some(crate::domain::DriftChange {
+            field: drift.field.clone(),
+            old_value: drift.old_value.clone(),
+            new_value: drift.new_value.clone(),
+        }),
+    }
+}

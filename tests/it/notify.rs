@@ -1,0 +1,451 @@
+//! Notifications against real receivers on loopback: an SMTP server (aiosmtpd, started per
+//! test from the `.venv` that `scripts/test` prepares) and an HTTP webhook receiver.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use hmac::{Hmac, Mac};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sha2::Sha256;
+use tokio::io::AsyncBufReadExt;
+
+use crate::helpers::{
+    TestApp, assert_problem, client_with, create_body, spawn_app, spawn_app_with,
+};
+
+/// An aiosmtpd server on 127.0.0.1 that writes what it receives to a file.
+struct SmtpSink {
+    port: u16,
+    out: PathBuf,
+    child: Option<tokio::process::Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl SmtpSink {
+    /// A sink on a free port, not started yet.
+    fn new() -> SmtpSink {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        SmtpSink { port, out: dir.path().join("mail.jsonl"), child: None, _dir: dir }
+    }
+
+    async fn started() -> SmtpSink {
+        let mut sink = SmtpSink::new();
+        sink.start().await;
+        sink
+    }
+
+    async fn start(&mut self) {
+        let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/smtp_sink.py");
+        let mut child = tokio::process::Command::new(python)
+            .args([script, &self.port.to_string(), self.out.to_str().unwrap(), "300"])
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the test venv has aiosmtpd: run the suite with scripts/test");
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await;
+        assert!(matches!(ready, Ok(Ok(Some(ref line))) if line == "ready"), "aiosmtpd: {ready:?}");
+        self.child = Some(child);
+    }
+
+    async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.unwrap();
+        }
+    }
+
+    fn messages(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        text.lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+    }
+
+    /// Waits until at least `count` messages have arrived.
+    async fn wait_for(&self, count: usize) -> Vec<Value> {
+        for _ in 0..300 {
+            let messages = self.messages();
+            if messages.len() >= count {
+                return messages;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("expected {count} mails, got {:#?}", self.messages());
+    }
+}
+
+/// Settings that mail every event to `ops@example.com` through `sink`, retrying quickly.
+fn mail_to(sink: &SmtpSink) -> impl FnOnce(&mut corral::config::Settings) {
+    let port = sink.port;
+    move |settings| {
+        settings.notify.smtp_host = Some("127.0.0.1".to_string());
+        settings.notify.smtp_port = Some(port);
+        settings.notify.smtp_tls = corral::config::SmtpTls::None;
+        settings.notify.email = vec!["ops@example.com".to_string()];
+        quick_retries(settings);
+    }
+}
+
+fn quick_retries(settings: &mut corral::config::Settings) {
+    settings.notify.poll_interval_ms = 50;
+    settings.notify.retry_delay = 0.1;
+    settings.notify.retry_max_delay = 0.4;
+    settings.notify.smtp_timeout_secs = 2;
+    settings.notify.webhook_timeout_secs = 2;
+}
+
+/// An HTTP receiver on loopback that records every webhook and answers with `status`.
+struct Receiver {
+    url: String,
+    status: Arc<AtomicU16>,
+    received: Arc<Mutex<Vec<(HeaderMap, String)>>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl Receiver {
+    async fn start(status: u16) -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hooks/corral", listener.local_addr().unwrap());
+        let status = Arc::new(AtomicU16::new(status));
+        let received: Arc<Mutex<Vec<(HeaderMap, String)>>> = Arc::default();
+        let (answer, log) = (status.clone(), received.clone());
+        let router = axum::Router::new().route(
+            "/hooks/corral",
+            axum::routing::post(move |headers: HeaderMap, body: String| async move {
+                log.lock().unwrap().push((headers, body));
+                StatusCode::from_u16(answer.load(Ordering::SeqCst)).unwrap()
+            }),
+        );
+        let server = tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        Receiver { url, status, received, server }
+    }
+
+    fn received(&self) -> Vec<(HeaderMap, String)> {
+        self.received.lock().unwrap().clone()
+    }
+
+    async fn wait_for(&self, count: usize) -> Vec<(HeaderMap, String)> {
+        for _ in 0..300 {
+            if self.received().len() >= count {
+                return self.received();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("expected {count} webhooks, got {}", self.received().len());
+    }
+}
+
+/// Checks `X-Corral-Signature` the way a receiver would.
+fn verify_signature(headers: &HeaderMap, body: &str, secret: &str) {
+    let header = headers["x-corral-signature"].to_str().unwrap();
+    let (t, v1) = header.split_once(',').unwrap();
+    let t = t.strip_prefix("t=").unwrap();
+    let v1 = v1.strip_prefix("v1=").unwrap();
+    let age = chrono::Utc::now().timestamp() - t.parse::<i64>().unwrap();
+    assert!((0..60).contains(&age), "signature timestamp {t} is {age} s old");
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.{body}").as_bytes());
+    let expected: String =
+        mac.finalize().into_bytes().iter().map(|byte| format!("{byte:02x}")).collect();
+    assert_eq!(v1, expected, "signature of {body}");
+}
+
+async fn deliveries(app: &TestApp, query: &str) -> Vec<Value> {
+    let page: Value = app.get(&format!("/v1/notifications{query}")).await.json().await.unwrap();
+    page["items"].as_array().unwrap_or_else(|| panic!("{page}")).clone()
+}
+
+/// Waits until `query` lists `count` deliveries.
+async fn wait_for_deliveries(app: &TestApp, query: &str, count: usize) -> Vec<Value> {
+    for _ in 0..300 {
+        let items = deliveries(app, query).await;
+        if items.len() >= count {
+            return items;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("expected {count} deliveries for {query}: {:#?}", deliveries(app, "").await);
+}
+
+async fn act_and_wait(app: &TestApp, id: &str, action: &str) {
+    let job: Value = app.act(id, action, "?wait=30").await.json().await.unwrap();
+    assert_eq!(job["status"], "succeeded", "{action}: {job}");
+}
+
+#[tokio::test]
+async fn each_step_of_an_instance_life_is_mailed_once_with_what_a_person_needs() {
+    // Arrange: mail to ops@example.com through a real SMTP server, and a key pair to log in with.
+    let sink = SmtpSink::started().await;
+    let app = spawn_app_with(mail_to(&sink)).await;
+    app.ec2.create_key_pair().key_name("deploy").send().await.unwrap();
+    let mut body = create_body("web-1");
+    body["key_name"] = json!("deploy");
+
+    // Act: create, stop, start and terminate; then a create that fails.
+    let created = app.create_running(&body).await;
+    let id = created["instances"][0]["id"].as_str().unwrap().to_string();
+    let cloud_id = created["instances"][0]["cloud_id"].as_str().unwrap().to_string();
+    for action in ["stop", "start", "terminate"] {
+        act_and_wait(&app, &id, action).await;
+    }
+    let mut broken = create_body("web-2");
+    broken["key_name"] = json!("no-such-key");
+    let failed: Value = app.post_instances(&broken, "?wait=30").await.json().await.unwrap();
+    assert_eq!(failed["status"], "failed", "{failed}");
+
+    // Assert: five mails, one per event, each with its own Message-ID.
+    let mails = sink.wait_for(5).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sink.messages().len(), 5, "no mail twice: {:#?}", sink.messages());
+    let subjects: BTreeSet<String> =
+        mails.iter().map(|mail| mail["subject"].as_str().unwrap().to_string()).collect();
+    let expected: BTreeSet<String> = [
+        "[corral] instance.created: web-1",
+        "[corral] instance.stopped: web-1",
+        "[corral] instance.started: web-1",
+        "[corral] instance.terminated: web-1",
+        "[corral] job.failed: web-2",
+    ]
+    .map(str::to_string)
+    .into();
+    assert_eq!(subjects, expected);
+    let ids: BTreeSet<&str> =
+        mails.iter().map(|mail| mail["message_id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 5, "Message-IDs are unique per delivery");
+    for mail in &mails {
+        assert_eq!(mail["to"], json!(["ops@example.com"]));
+    }
+    let creation = mails.iter().find(|mail| mail["subject"] == "[corral] instance.created: web-1");
+    let text = creation.unwrap()["text"].as_str().unwrap();
+    for expected in [
+        format!("web-1 ({cloud_id}, corral id {id})"),
+        "region us-east-1, type t3.micro".to_string(),
+        format!("/v1/jobs/{}", created["id"].as_str().unwrap()),
+        format!("By:        {}", &app.admin_key[..12]),
+        "ssh -i deploy.pem ec2-user@".to_string(),
+    ] {
+        assert!(text.contains(&expected), "'{expected}' missing from:\n{text}");
+    }
+    let failure = mails.iter().find(|mail| mail["subject"] == "[corral] job.failed: web-2");
+    let text = failure.unwrap()["text"].as_str().unwrap();
+    assert!(text.contains("Error:") && text.contains("no-such-key"), "{text}");
+
+    // The API shows the five as delivered.
+    let delivered = wait_for_deliveries(&app, "?status=delivered", 5).await;
+    assert_eq!(delivered.len(), 5);
+    assert!(
+        delivered.iter().all(|d| d["channel"] == "email" && d["attempts"] == 1),
+        "{delivered:#?}"
+    );
+}
+
+#[tokio::test]
+async fn mail_queued_while_smtp_is_down_arrives_once_after_it_recovers() {
+    // Arrange: the SMTP server is not running yet.
+    let mut sink = SmtpSink::new();
+    let app = spawn_app_with(mail_to(&sink)).await;
+
+    // Act: two events while mail cannot be sent; the deliveries fail and wait for a retry.
+    let created = app.create_running(&create_body("patient")).await;
+    let id = created["instances"][0]["id"].as_str().unwrap().to_string();
+    act_and_wait(&app, &id, "stop").await;
+    for _ in 0..300 {
+        let pending = deliveries(&app, "?status=pending").await;
+        if pending.len() == 2 && pending.iter().all(|d| d["attempts"].as_i64().unwrap() >= 2) {
+            assert!(pending[0]["last_error"].as_str().unwrap().contains("SMTP"), "{pending:#?}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(sink.messages().is_empty());
+    sink.start().await;
+
+    // Assert: both arrive, once each, and are recorded as delivered.
+    let mails = sink.wait_for(2).await;
+    wait_for_deliveries(&app, "?status=delivered", 2).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mails_now = sink.messages();
+    assert_eq!(mails_now.len(), 2, "{mails_now:#?}");
+    let ids: BTreeSet<&str> =
+        mails.iter().map(|mail| mail["message_id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 2);
+    let delivered = deliveries(&app, "?status=delivered").await;
+    assert!(delivered.iter().all(|d| d["attempts"].as_i64().unwrap() >= 2), "{delivered:#?}");
+    sink.stop().await;
+}
+
+#[tokio::test]
+async fn webhooks_are_signed_filtered_by_event_and_scoped_to_their_namespace() {
+    // Arrange: a webhook of namespace alpha for creations, stops and drift.
+    let receiver = Receiver::start(200).await;
+    let app = spawn_app_with(|settings| {
+        settings.notify.webhook_allow_private = true;
+        quick_retries(settings);
+    })
+    .await;
+    app.create_namespaces(&["alpha", "beta"]).await;
+    let secret = "a-long-signing-secret";
+    let hook = json!({
+        "url": receiver.url,
+        "events": ["instance.created", "instance.stopped", "instance.drifted"],
+        "secret": secret,
+        "namespace": "alpha",
+    });
+    let response = app.post_json("/v1/webhooks", &hook, None).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let created_hook: Value = response.json().await.unwrap();
+    assert!(created_hook.get("secret").is_none(), "{created_hook}");
+
+    // Act: create, stop and start in alpha; a creation in beta; a stop made outside corral.
+    let mut body = create_body("hooked");
+    body["namespace"] = json!("alpha");
+    let job = app.create_running(&body).await;
+    let id = job["instances"][0]["id"].as_str().unwrap().to_string();
+    act_and_wait(&app, &id, "stop").await;
+    act_and_wait(&app, &id, "start").await;
+    let mut other = create_body("elsewhere");
+    other["namespace"] = json!("beta");
+    app.create_running(&other).await;
+    let cloud_id = job["instances"][0]["cloud_id"].as_str().unwrap();
+    app.ec2.stop_instances().instance_ids(cloud_id).send().await.unwrap();
+    app.reconcile().await;
+
+    // Assert: created, stopped and drifted, each signed, each once.
+    let received = receiver.wait_for(3).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.received().len(), 3);
+    let mut types = Vec::new();
+    let delivery_ids: BTreeSet<String> =
+        deliveries(&app, "").await.iter().map(|d| d["id"].as_str().unwrap().to_string()).collect();
+    for (headers, body) in &received {
+        verify_signature(headers, body, secret);
+        let event: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(headers["x-corral-event"].to_str().unwrap(), event["type"]);
+        assert_eq!(event["namespace"], "alpha");
+        assert_eq!(event["instances"][0]["id"], id.as_str());
+        assert!(delivery_ids.contains(headers["x-corral-delivery"].to_str().unwrap()));
+        types.push(event["type"].as_str().unwrap().to_string());
+    }
+    types.sort();
+    assert_eq!(types, ["instance.created", "instance.drifted", "instance.stopped"]);
+    let drifted = received.iter().find(|(_, body)| body.contains("instance.drifted")).unwrap();
+    let event: Value = serde_json::from_str(&drifted.1).unwrap();
+    assert_eq!(event["actor"], "system");
+    assert_eq!(event["drift"]["new_value"], "stopped");
+
+    // A tampered body fails the check a receiver makes.
+    let (headers, body) = &received[0];
+    let tampered = body.replace("alpha", "alphb");
+    let outcome = std::panic::catch_unwind(|| verify_signature(headers, &tampered, secret));
+    assert!(outcome.is_err(), "a changed body must not verify");
+
+    // Listing never shows the secret.
+    let listed = app.get("/v1/webhooks").await.text().await.unwrap();
+    assert!(listed.contains(&receiver.url) && !listed.contains(secret), "{listed}");
+}
+
+#[tokio::test]
+async fn a_receiver_that_keeps_failing_parks_the_delivery_as_dead_until_retried() {
+    // Arrange: a global webhook whose receiver answers 500; three attempts allowed.
+    let receiver = Receiver::start(500).await;
+    let app = spawn_app_with(|settings| {
+        settings.notify.webhook_allow_private = true;
+        settings.notify.max_attempts = 3;
+        quick_retries(settings);
+    })
+    .await;
+    let hook = json!({ "url": receiver.url, "events": ["instance.created"], "secret": "0123456789abcdef" });
+    assert_eq!(app.post_json("/v1/webhooks", &hook, None).await.status(), StatusCode::CREATED);
+
+    // Act
+    app.create_running(&create_body("unlucky")).await;
+
+    // Assert: dead after three attempts, all with the same delivery id, visible in the API.
+    let dead = wait_for_deliveries(&app, "?status=dead", 1).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["attempts"], 3);
+    let error = dead[0]["last_error"].as_str().unwrap();
+    assert!(error.contains("gave up after 3 attempts") && error.contains("500"), "{error}");
+    let received = receiver.received();
+    assert_eq!(received.len(), 3);
+    let delivery_id = dead[0]["id"].as_str().unwrap();
+    assert!(received.iter().all(|(headers, _)| headers["x-corral-delivery"] == delivery_id));
+
+    // A retry after the receiver recovers delivers it; retrying a delivered one is a conflict.
+    receiver.status.store(200, Ordering::SeqCst);
+    let retried = app.post_empty(&format!("/v1/notifications/{delivery_id}/retry")).await;
+    assert_eq!(retried.status(), StatusCode::OK);
+    let retried: Value = retried.json().await.unwrap();
+    assert_eq!(
+        (retried["status"].as_str(), retried["attempts"].as_i64()),
+        (Some("pending"), Some(0))
+    );
+    wait_for_deliveries(&app, "?status=delivered", 1).await;
+    assert_eq!(receiver.received().len(), 4);
+    let again = app.post_empty(&format!("/v1/notifications/{delivery_id}/retry")).await;
+    assert_problem(again, StatusCode::CONFLICT).await;
+    let audit: Value = app.get("/v1/audit?action=notification.retry").await.json().await.unwrap();
+    assert_eq!(audit["total"], 1, "{audit}");
+}
+
+#[tokio::test]
+async fn subscriptions_refuse_private_targets_unknown_events_and_other_namespaces() {
+    let app = spawn_app().await;
+    app.create_namespaces(&["alpha", "beta"]).await;
+    let hook = |url: &str| json!({ "url": url, "events": ["instance.created"], "secret": "0123456789abcdef", "namespace": "alpha" });
+
+    // The SSRF guard: loopback, the metadata service and private ranges are refused.
+    for url in ["http://127.0.0.1:9/hook", "http://169.254.169.254/latest", "http://10.0.0.5/"] {
+        let problem = assert_problem(
+            app.post_json("/v1/webhooks", &hook(url), None).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
+        let text = problem.to_string();
+        assert!(text.contains("url") && text.contains("CORRAL_WEBHOOK_ALLOW_PRIVATE"), "{text}");
+    }
+    // Every problem of a body is named at once.
+    let bad = json!({ "url": "ftp://example.com", "events": ["instance.exploded"], "secret": "short", "namespace": "alpha" });
+    let problem = assert_problem(
+        app.post_json("/v1/webhooks", &bad, None).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    let fields: Vec<&str> = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["events[0]", "secret", "url"], "{problem}");
+    // Email needs an SMTP server.
+    let email = json!({ "email": "dev@example.com", "namespace": "alpha" });
+    let problem = assert_problem(
+        app.post_json("/v1/email-subscriptions", &email, None).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert!(problem.to_string().contains("CORRAL_SMTP_HOST"), "{problem}");
+
+    // An operator of alpha: not beta's (404), not every namespace's (403).
+    let key = app.user_key("opal", json!({ "alpha": "operator" })).await;
+    let operator = client_with("x-api-key", &key);
+    let public = |namespace: Option<&str>| json!({ "url": "https://example.com/hook", "secret": "0123456789abcdef", "namespace": namespace });
+    let response =
+        operator.post(app.url("/v1/webhooks")).json(&public(Some("beta"))).send().await.unwrap();
+    assert_problem(response, StatusCode::NOT_FOUND).await;
+    let response = operator.post(app.url("/v1/webhooks")).json(&public(None)).send().await.unwrap();
+    assert_problem(response, StatusCode::FORBIDDEN).await;
+}
