@@ -1,23 +1,72 @@
-//! The command line: `corral serve` runs the service, `corral migrate` prepares the database.
+//! The command line. `corral serve` runs the service and `corral migrate` prepares its
+//! database; every other command is a client of the HTTP API (`cli::client`), configured by
+//! flags, the environment, a `.env` file and named profiles (`cli::profile`), printing tables
+//! or the API's JSON (`cli::output`), following jobs live (`cli::wait`). `corral` alone on a
+//! terminal opens an interactive menu (`cli::menu`). The client never touches storage, jobs or
+//! the cloud.
+//!
+//! Exit codes: 0 success, 1 the operation failed, 2 usage error, 3 not found, 4 not
+//! authenticated or not allowed, 130 stopped waiting (Ctrl-C).
 
+mod client;
+mod commands;
+mod menu;
+mod output;
+mod profile;
+mod wait;
+
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::startup::Application;
 use crate::storage::Store;
+use client::{Client, Credential, Failure, Outcome};
+use commands::{
+    ApiKeysCommand, AuditArgs, InstancesCommand, JobsCommand, NamespacesCommand, UsersCommand,
+};
+use output::{Format, Out};
+use profile::{ConfigFile, Environment, Profile};
+
+const EXAMPLES: &str = "\
+Examples:
+  corral login --server http://corral.internal:8080 --username dana
+  corral instances list --state running
+  corral instances create web --ami ami-04681a1dbd79675a5 --instance-type t3.micro --storage-gb 8 --wait
+  corral instances stop i-0abc,i-0def --wait
+  corral instances terminate i-0abc --yes
+  corral jobs wait <job id>
+  corral audit --namespace team-a --action instance.create
+
+Connection: --server or CORRAL_SERVER, credentials from `corral login`, CORRAL_API_KEY or
+CORRAL_TOKEN; a .env file in the working directory may set them too.";
 
 #[derive(Debug, Parser)]
 #[command(
     name = "corral",
     version,
-    about = "Provision and govern cloud instances through policy guardrails"
+    about = "Provision and govern cloud instances through policy guardrails",
+    after_help = EXAMPLES
 )]
 pub struct Cli {
+    /// The corral server [env: CORRAL_SERVER; default: the profile's, else http://127.0.0.1:8080]
+    #[arg(long, global = true)]
+    pub server: Option<String>,
+    /// A named profile of the config file [env: CORRAL_PROFILE; default: default]
+    #[arg(long, global = true)]
+    pub profile: Option<String>,
+    /// Output format.
+    #[arg(short, long, global = true, value_enum, default_value = "table")]
+    pub output: Format,
+    /// Print ids only.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 /// Options every server-side command shares.
@@ -52,6 +101,214 @@ pub enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Logs in and keeps an API key (or, with --token-only, a 30-minute token) in the profile.
+    ///
+    /// Example: echo "$PASSWORD" | corral login --server http://corral:8080 --username dana
+    Login {
+        #[arg(long)]
+        username: String,
+        /// Keep the access token instead of creating an API key for this machine.
+        #[arg(long)]
+        token_only: bool,
+    },
+    /// Forgets the profile's credentials (and revokes its API key).
+    Logout,
+    /// Instances and their lifecycle.
+    #[command(subcommand, visible_alias = "i")]
+    Instances(InstancesCommand),
+    /// The durable jobs behind every change.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+    /// The guardrails in force.
+    Policy,
+    /// Who did what, newest first.
+    Audit(AuditArgs),
+    /// Namespaces and their quotas.
+    #[command(subcommand)]
+    Namespaces(NamespacesCommand),
+    /// Users and their roles (admins).
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// API keys for scripts.
+    #[command(subcommand)]
+    ApiKeys(ApiKeysCommand),
+    /// Prints a shell completion script.
+    ///
+    /// Example: corral completions bash > /etc/bash_completion.d/corral
+    Completions { shell: clap_complete::Shell },
+    /// The interactive menu (what `corral` alone opens on a terminal).
+    Interactive,
+}
+
+/// How the process ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCode {
+    Success = 0,
+    Failed = 1,
+    Usage = 2,
+    NotFound = 3,
+    Auth = 4,
+    Interrupted = 130,
+}
+
+/// Runs a parsed command line and says how the process should end.
+pub async fn run(cli: Cli) -> ExitCode {
+    let server_side = matches!(cli.command, Some(Command::Serve { .. } | Command::Migrate { .. }));
+    crate::telemetry::init(if server_side { "info" } else { "error" });
+    let result = if server_side { serve(cli).await } else { client(cli).await };
+    match result {
+        Ok(()) => ExitCode::Success,
+        // A closed pipe (`corral … | head`): the reader has what it wanted.
+        Err(failure) if failure.code == ExitCode::Success => ExitCode::Success,
+        Err(failure) => {
+            eprintln!("error: {}", failure.message);
+            failure.code
+        }
+    }
+}
+
+async fn serve(cli: Cli) -> Outcome<()> {
+    let failed = |err: anyhow::Error| Failure::failed(format!("{err:#}"));
+    match cli.command {
+        Some(Command::Serve { server, listen, role }) => {
+            let mut settings = server.settings().map_err(failed)?;
+            if let Some(listen) = listen {
+                settings.listen = listen;
+            }
+            if let Some(role) = role {
+                settings.role = role;
+            }
+            let app = Application::build(settings).await.map_err(failed)?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            app.run_until_stopped(shutdown).await.map_err(failed)
+        }
+        Some(Command::Migrate { server }) => {
+            let settings = server.settings().map_err(failed)?;
+            Store::connect(&settings.database_url).await.map_err(failed)?;
+            tracing::info!(
+                database = %crate::storage::redact_url(&settings.database_url),
+                "migrations applied"
+            );
+            Ok(())
+        }
+        _ => unreachable!("only server commands come here"),
+    }
+}
+
+async fn client(cli: Cli) -> Outcome<()> {
+    let env = Environment::load();
+    let out = Out::new(cli.output, cli.quiet);
+    let command = match cli.command {
+        Some(command) => command,
+        None if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() => {
+            Command::Interactive
+        }
+        None => {
+            Cli::command().print_help()?;
+            return Err(Failure::usage("no command given"));
+        }
+    };
+    if let Command::Completions { shell } = command {
+        clap_complete::generate(shell, &mut Cli::command(), "corral", &mut std::io::stdout());
+        return Ok(());
+    }
+    if let Command::Login { username, token_only } = command {
+        return login(&env, cli.server.as_deref(), cli.profile.as_deref(), &username, token_only)
+            .await;
+    }
+    let (server, credential) =
+        profile::resolve(&env, cli.server.as_deref(), cli.profile.as_deref())?;
+    let client = Client::new(&server, credential)?;
+    match command {
+        Command::Logout => logout(&env, &client, cli.profile.as_deref()).await,
+        Command::Instances(command) => commands::instances(&client, &out, command).await,
+        Command::Jobs(command) => commands::jobs(&client, &out, command).await,
+        Command::Policy => commands::policy(&client, &out).await,
+        Command::Audit(args) => commands::audit(&client, &out, args).await,
+        Command::Namespaces(command) => commands::namespaces(&client, &out, command).await,
+        Command::Users(command) => commands::users(&client, &out, command).await,
+        Command::ApiKeys(command) => commands::api_keys(&client, &out, command).await,
+        Command::Interactive => menu::run(&client).await,
+        Command::Serve { .. }
+        | Command::Migrate { .. }
+        | Command::Login { .. }
+        | Command::Completions { .. } => {
+            unreachable!("handled above")
+        }
+    }
+}
+
+/// Exchanges a password (read from stdin) for a token, then for an API key named after this
+/// machine unless `token_only`, and keeps it in the profile.
+async fn login(
+    env: &Environment,
+    server_flag: Option<&str>,
+    profile_flag: Option<&str>,
+    username: &str,
+    token_only: bool,
+) -> Outcome<()> {
+    let path = env.config_path()?;
+    let mut config = ConfigFile::read(&path)?;
+    let name = env.profile_name(profile_flag);
+    let existing = config.profiles.get(&name).cloned().unwrap_or_default();
+    let server = server_flag
+        .map(str::to_string)
+        .or_else(|| env.var("CORRAL_SERVER"))
+        .or(existing.server)
+        .unwrap_or_else(|| profile::DEFAULT_SERVER.to_string());
+    let password = commands::read_secret("password")?;
+    let anonymous = Client::new(&server, Credential::None)?;
+    let form =
+        [("grant_type", "password"), ("username", username), ("password", password.as_str())];
+    let token =
+        anonymous.send(anonymous.request(reqwest::Method::POST, "/v1/token").form(&form)).await?;
+    let token = token["access_token"].as_str().unwrap_or_default().to_string();
+    let mut profile = Profile {
+        server: Some(server.clone()),
+        username: Some(username.to_string()),
+        ..Profile::default()
+    };
+    if token_only {
+        profile.token = Some(token);
+    } else {
+        let with_token = Client::new(&server, Credential::Token(token))?;
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        let key_name = format!("corral CLI on {}", host.trim()).trim().to_string();
+        let created = with_token.post("/v1/api-keys", &json!({ "name": key_name })).await?;
+        profile.api_key = created["key"].as_str().map(str::to_string);
+    }
+    config.profiles.insert(name.clone(), profile);
+    config.write(&path)?;
+    eprintln!("logged in to {server} as {username}; profile '{name}' saved in {}", path.display());
+    Ok(())
+}
+
+/// Revokes the profile's API key (if the server still accepts it) and forgets its credentials.
+async fn logout(env: &Environment, client: &Client, profile_flag: Option<&str>) -> Outcome<()> {
+    let path = env.config_path()?;
+    let mut config = ConfigFile::read(&path)?;
+    let name = env.profile_name(profile_flag);
+    let Some(profile) = config.profiles.get_mut(&name) else {
+        return Err(Failure::usage(format!("no profile named '{name}'")));
+    };
+    if let Some(key) = profile.api_key.take() {
+        let prefix: String = key.split('_').take(2).collect::<Vec<_>>().join("_");
+        if let Ok(keys) = client.get("/v1/api-keys").await {
+            let mine = keys["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|k| k["prefix"] == prefix.as_str());
+            if let Some(id) = mine.and_then(|k| k["id"].as_str()) {
+                client.delete(&format!("/v1/api-keys/{id}")).await?;
+            }
+        }
+    }
+    profile.token = None;
+    config.write(&path)?;
+    eprintln!("logged out of profile '{name}'");
+    Ok(())
 }
 
 impl ServerArgs {
@@ -61,33 +318,6 @@ impl ServerArgs {
             settings.database_url = database.clone();
         }
         Ok(settings)
-    }
-}
-
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Serve { server, listen, role } => {
-            let mut settings = server.settings()?;
-            if let Some(listen) = listen {
-                settings.listen = listen;
-            }
-            if let Some(role) = role {
-                settings.role = role;
-            }
-            let app = Application::build(settings).await?;
-            let shutdown = CancellationToken::new();
-            tokio::spawn(stop_on_signal(shutdown.clone()));
-            app.run_until_stopped(shutdown).await
-        }
-        Command::Migrate { server } => {
-            let settings = server.settings()?;
-            Store::connect(&settings.database_url).await?;
-            tracing::info!(
-                database = %crate::storage::redact_url(&settings.database_url),
-                "migrations applied"
-            );
-            Ok(())
-        }
     }
 }
 

@@ -53,6 +53,8 @@ pub struct JobInstanceBody {
     pub state: String,
     pub public_ip: Option<String>,
     pub private_ip: Option<String>,
+    /// The EC2 key pair to log in with, if any.
+    pub key_name: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -71,6 +73,7 @@ impl From<&InstanceRecord> for JobInstanceBody {
             state: instance.state.to_string(),
             public_ip: instance.public_ip.clone(),
             private_ip: instance.private_ip.clone(),
+            key_name: instance.key_name.clone(),
         }
     }
 }

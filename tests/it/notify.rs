@@ -253,36 +253,43 @@ async fn each_step_of_an_instance_life_is_mailed_once_with_what_a_person_needs()
 
 #[tokio::test]
 async fn mail_queued_while_smtp_is_down_arrives_once_after_it_recovers() {
-    // Arrange: the SMTP server is not running yet.
-    let mut sink = SmtpSink::new();
+    // Arrange: mail flows; the creation's mail arrives.
+    let mut sink = SmtpSink::started().await;
     let app = spawn_app_with(mail_to(&sink)).await;
-
-    // Act: two events while mail cannot be sent; the deliveries fail and wait for a retry.
     let created = app.create_running(&create_body("patient")).await;
     let id = created["instances"][0]["id"].as_str().unwrap().to_string();
+    sink.wait_for(1).await;
+
+    // Act: the SMTP server goes away; two events meanwhile fail and wait for retries.
+    sink.stop().await;
     act_and_wait(&app, &id, "stop").await;
+    act_and_wait(&app, &id, "start").await;
+    let mut retried = Vec::new();
     for _ in 0..300 {
-        let pending = deliveries(&app, "?status=pending").await;
-        if pending.len() == 2 && pending.iter().all(|d| d["attempts"].as_i64().unwrap() >= 2) {
-            assert!(pending[0]["last_error"].as_str().unwrap().contains("SMTP"), "{pending:#?}");
+        retried = deliveries(&app, "?status=pending").await;
+        if retried.len() == 2 && retried.iter().all(|d| d["attempts"].as_i64().unwrap() >= 2) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(sink.messages().is_empty());
+    assert_eq!(retried.len(), 2, "both wait for a retry: {retried:#?}");
+    assert!(retried.iter().all(|d| d["attempts"].as_i64().unwrap() >= 2), "{retried:#?}");
+    assert!(retried[0]["last_error"].as_str().unwrap().contains("SMTP"), "{retried:#?}");
+    assert_eq!(sink.messages().len(), 1);
     sink.start().await;
 
-    // Assert: both arrive, once each, and are recorded as delivered.
-    let mails = sink.wait_for(2).await;
-    wait_for_deliveries(&app, "?status=delivered", 2).await;
+    // Assert: both arrive after the recovery, once each, and are recorded as delivered.
+    sink.wait_for(3).await;
+    wait_for_deliveries(&app, "?status=delivered", 3).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let mails_now = sink.messages();
-    assert_eq!(mails_now.len(), 2, "{mails_now:#?}");
+    let mails = sink.messages();
+    assert_eq!(mails.len(), 3, "{mails:#?}");
     let ids: BTreeSet<&str> =
         mails.iter().map(|mail| mail["message_id"].as_str().unwrap()).collect();
-    assert_eq!(ids.len(), 2);
-    let delivered = deliveries(&app, "?status=delivered").await;
-    assert!(delivered.iter().all(|d| d["attempts"].as_i64().unwrap() >= 2), "{delivered:#?}");
+    assert_eq!(ids.len(), 3, "no Message-ID twice");
+    let subjects: BTreeSet<&str> = mails.iter().map(|mail| mail["subject"].as_str().unwrap()).collect();
+    assert!(subjects.contains("[corral] instance.stopped: patient"), "{subjects:?}");
+    assert!(subjects.contains("[corral] instance.started: patient"), "{subjects:?}");
     sink.stop().await;
 }
 

@@ -1,0 +1,246 @@
+//! Printing what the API answered: a table for people (`table`, `wide`), or the API's own
+//! field names for scripts (`json`, `yaml`, `csv`), or only ids (`--quiet`).
+//!
+//! Everything is written through `Out`, whose errors the caller sees, so that a closed pipe
+//! (`corral … | head`) ends the command quietly instead of panicking.
+
+use std::io::Write;
+
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    /// A table with more columns.
+    Wide,
+    Json,
+    Yaml,
+    Csv,
+}
+
+/// A column: its header in tables, its field name in CSV, and how to read it from an item.
+pub struct Column {
+    pub header: &'static str,
+    pub field: &'static str,
+    pub wide_only: bool,
+    /// Computes the cell; `None` shows the field of the same name.
+    read: Option<fn(&Value) -> String>,
+}
+
+impl Column {
+    /// A column showing the field of the same name.
+    pub const fn field(header: &'static str, field: &'static str) -> Column {
+        Column { header, field, wide_only: false, read: None }
+    }
+
+    pub const fn computed(
+        header: &'static str,
+        field: &'static str,
+        read: fn(&Value) -> String,
+    ) -> Column {
+        Column { header, field, wide_only: false, read: Some(read) }
+    }
+
+    pub const fn wide(self) -> Column {
+        Column { wide_only: true, ..self }
+    }
+
+    fn value(&self, item: &Value) -> String {
+        match self.read {
+            Some(read) => read(item),
+            None => scalar(&item[self.field]),
+        }
+    }
+}
+
+/// A value as one cell: strings bare, null empty, objects as `k=v` pairs.
+pub fn scalar(value: &Value) -> String {
+    match value {
+        Value::Null => String::new(),
+        Value::String(text) => text.clone(),
+        Value::Object(map) => map
+            .iter()
+            .map(|(key, value)| format!("{key}={}", scalar(value)))
+            .collect::<Vec<_>>()
+            .join(","),
+        Value::Array(items) => items.iter().map(scalar).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+pub struct Out {
+    pub format: Format,
+    pub quiet: bool,
+    stdout: std::io::Stdout,
+}
+
+impl Out {
+    pub fn new(format: Format, quiet: bool) -> Out {
+        Out { format, quiet, stdout: std::io::stdout() }
+    }
+
+    pub fn line(&self, text: &str) -> std::io::Result<()> {
+        let mut lock = self.stdout.lock();
+        writeln!(lock, "{text}")?;
+        lock.flush()
+    }
+
+    /// One object, as the API gave it (json, yaml) or as a one-row table.
+    pub fn item(&self, item: &Value, columns: &[Column]) -> std::io::Result<()> {
+        match self.format {
+            Format::Json => self.line(&serde_json::to_string_pretty(item).expect("JSON prints")),
+            Format::Yaml => self.line(yaml(item).trim_end()),
+            _ => self.items(std::slice::from_ref(item), columns),
+        }
+    }
+
+    /// A list: an array (json, yaml), rows (table, wide, csv), or ids (quiet).
+    pub fn items(&self, items: &[Value], columns: &[Column]) -> std::io::Result<()> {
+        if self.quiet {
+            for item in items {
+                self.line(&scalar(&item["id"]))?;
+            }
+            return Ok(());
+        }
+        let array = Value::Array(items.to_vec());
+        match self.format {
+            Format::Json => self.line(&serde_json::to_string_pretty(&array).expect("JSON prints")),
+            Format::Yaml => self.line(yaml(&array).trim_end()),
+            Format::Csv => {
+                let mut text = String::new();
+                let headers: Vec<&str> = columns.iter().map(|column| column.field).collect();
+                text.push_str(&csv_row(&headers));
+                for item in items {
+                    let row: Vec<String> =
+                        columns.iter().map(|column| column.value(item)).collect();
+                    text.push_str(&csv_row(&row));
+                }
+                self.write(&text)
+            }
+            Format::Table | Format::Wide => {
+                let wide = self.format == Format::Wide;
+                let shown: Vec<&Column> =
+                    columns.iter().filter(|column| wide || !column.wide_only).collect();
+                let headers: Vec<String> = shown.iter().map(|c| c.header.to_string()).collect();
+                let rows: Vec<Vec<String>> = items
+                    .iter()
+                    .map(|item| shown.iter().map(|c| c.value(item)).collect())
+                    .collect();
+                self.write(&table(&headers, &rows))
+            }
+        }
+    }
+
+    fn write(&self, text: &str) -> std::io::Result<()> {
+        let mut lock = self.stdout.lock();
+        lock.write_all(text.as_bytes())?;
+        lock.flush()
+    }
+}
+
+/// Columns padded to their widest cell, two spaces apart.
+pub fn table(headers: &[String], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut text = String::new();
+    for row in std::iter::once(headers).chain(rows.iter().map(Vec::as_slice)) {
+        let cells: Vec<String> =
+            row.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        text.push_str(cells.join("  ").trim_end());
+        text.push('\n');
+    }
+    text
+}
+
+/// One CSV record (RFC 4180): fields with commas, quotes or line breaks are quoted.
+pub fn csv_row<S: AsRef<str>>(fields: &[S]) -> String {
+    let quoted: Vec<String> = fields
+        .iter()
+        .map(|field| {
+            let field = field.as_ref();
+            if field.contains([',', '"', '\n', '\r']) {
+                format!("\"{}\"", field.replace('"', "\"\""))
+            } else {
+                field.to_string()
+            }
+        })
+        .collect();
+    format!("{}\n", quoted.join(","))
+}
+
+/// A JSON value as YAML (block style; strings double-quoted, which YAML reads as JSON does).
+pub fn yaml(value: &Value) -> String {
+    let mut text = String::new();
+    write_yaml(value, 0, &mut text);
+    text
+}
+
+fn write_yaml(value: &Value, indent: usize, text: &mut String) {
+    let pad = " ".repeat(indent);
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            for (key, value) in map {
+                let key = serde_json::to_string(key).expect("keys print");
+                match value {
+                    Value::Object(inner) if !inner.is_empty() => {
+                        text.push_str(&format!("{pad}{key}:\n"));
+                        write_yaml(value, indent + 2, text);
+                    }
+                    Value::Array(inner) if !inner.is_empty() => {
+                        text.push_str(&format!("{pad}{key}:\n"));
+                        write_yaml(value, indent, text);
+                    }
+                    _ => text.push_str(&format!("{pad}{key}: {}\n", flow(value))),
+                }
+            }
+        }
+        Value::Array(items) if !items.is_empty() => {
+            for item in items {
+                match item {
+                    Value::Object(inner) if !inner.is_empty() => {
+                        let mut nested = String::new();
+                        write_yaml(item, indent + 2, &mut nested);
+                        // The first key goes on the dash's line.
+                        text.push_str(&format!("{pad}- {}", &nested[indent + 2..]));
+                    }
+                    Value::Array(inner) if !inner.is_empty() => {
+                        text.push_str(&format!("{pad}-\n"));
+                        write_yaml(item, indent + 2, text);
+                    }
+                    _ => text.push_str(&format!("{pad}- {}\n", flow(item))),
+                }
+            }
+        }
+        _ => text.push_str(&format!("{pad}{}\n", flow(value))),
+    }
+}
+
+/// Scalars and empty collections in flow style, as JSON writes them.
+fn flow(value: &Value) -> String {
+    serde_json::to_string(value).expect("JSON prints")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn tables_align_columns_and_csv_quotes_what_needs_it() {
+        let headers = vec!["NAME".to_string(), "STATE".to_string()];
+        let rows = vec![vec!["web-1".to_string(), "running".to_string()]];
+        assert_eq!(table(&headers, &rows), "NAME   STATE\nweb-1  running\n");
+        assert_eq!(csv_row(&["a", "b,c", "say \"hi\""]), "a,\"b,c\",\"say \"\"hi\"\"\"\n");
+    }
+
+    #[test]
+    fn yaml_nests_objects_and_lists() {
+        let value = json!([{ "id": "a", "tags": { "team": "blue" }, "ips": ["1.2.3.4"], "none": null, "empty": {} }]);
+        let expected = "- \"empty\": {}\n  \"id\": \"a\"\n  \"ips\":\n  - \"1.2.3.4\"\n  \"none\": null\n  \"tags\":\n    \"team\": \"blue\"\n";
+        assert_eq!(yaml(&value), expected);
+    }
+}

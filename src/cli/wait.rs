@@ -1,0 +1,219 @@
+//! Following a job until it ends: its server-sent events drive a live line per instance on a
+//! terminal (indicatif), or plain lines on stderr when piped. Ctrl-C stops the watching, never
+//! the job, and says how to resume.
+
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::cli::ExitCode;
+use crate::cli::client::{Client, Failure, Outcome};
+
+/// Follows job `id` until it ends and returns it as the API does.
+pub async fn follow(client: &Client, id: &str, live: bool) -> Outcome<Value> {
+    let watch = watch(client, id, live);
+    tokio::select! {
+        job = watch => job,
+        _ = tokio::signal::ctrl_c() => Err(Failure::new(
+            ExitCode::Interrupted,
+            format!("stopped waiting; job {id} goes on. Watch it again with: corral jobs wait {id}"),
+        )),
+    }
+}
+
+async fn watch(client: &Client, id: &str, live: bool) -> Outcome<Value> {
+    let mut display = Display::new(live);
+    let mut last_seq: Option<String> = None;
+    let mut failures = 0;
+    loop {
+        let mut request = client
+            .request(Method::GET, &format!("/v1/jobs/{id}/events"))
+            .header("accept", "text/event-stream");
+        if let Some(seq) = &last_seq {
+            request = request.header("last-event-id", seq);
+        }
+        let streamed = match request.send().await {
+            Ok(response) if response.status().is_success() => {
+                read_events(client, id, response, &mut display, &mut last_seq).await
+            }
+            Ok(response) => {
+                let status = response.status();
+                let text = response.text().await.unwrap_or_default();
+                return Err(crate::cli::client::problem(status, &text));
+            }
+            Err(err) => Err(Failure::failed(err.to_string())),
+        };
+        match streamed {
+            Ok(Some(job)) => {
+                display.finish(&job);
+                return Ok(job);
+            }
+            // The stream ended early (a restart, a proxy): pick it up where it stopped.
+            Ok(None) | Err(_) if failures < 30 => {
+                failures += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Ok(None) => return Err(Failure::failed(format!("lost the event stream of job {id}"))),
+            Err(failure) => return Err(failure),
+        }
+    }
+}
+
+/// Reads events until the `end` event, which carries the finished job.
+async fn read_events(
+    client: &Client,
+    id: &str,
+    mut response: reqwest::Response,
+    display: &mut Display,
+    last_seq: &mut Option<String>,
+) -> Outcome<Option<Value>> {
+    let mut buffer = String::new();
+    loop {
+        let chunk = match response.chunk().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => return Ok(None),
+            Err(err) => return Err(Failure::failed(err.to_string())),
+        };
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let event = parse_event(&block);
+            if let Some(seq) = &event.id {
+                *last_seq = Some(seq.clone());
+            }
+            match event.kind.as_str() {
+                "end" => {
+                    return serde_json::from_str(&event.data)
+                        .map(Some)
+                        .map_err(|err| Failure::failed(format!("unreadable job: {err}")));
+                }
+                "" => {}
+                kind => {
+                    let message: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
+                    let text = message["message"].as_str().unwrap_or_default();
+                    let job = client.get(&format!("/v1/jobs/{id}")).await.ok();
+                    display.event(kind, text, job.as_ref());
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default, PartialEq)]
+struct SseEvent {
+    kind: String,
+    id: Option<String>,
+    data: String,
+}
+
+/// One server-sent event block (`event:`, `id:`, `data:` lines; comments ignored).
+fn parse_event(block: &str) -> SseEvent {
+    let mut event = SseEvent::default();
+    let mut data = Vec::new();
+    for line in block.lines() {
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "event" => event.kind = value.to_string(),
+            "id" => event.id = Some(value.to_string()),
+            "data" => data.push(value),
+            _ => {}
+        }
+    }
+    event.data = data.join("\n");
+    event
+}
+
+/// A line per instance, live on a terminal; plain lines on stderr otherwise.
+struct Display {
+    live: Option<(MultiProgress, Vec<ProgressBar>)>,
+    /// What plain mode printed last per instance, to print changes only.
+    seen: Vec<String>,
+}
+
+impl Display {
+    fn new(live: bool) -> Display {
+        let live = live
+            .then(|| (MultiProgress::with_draw_target(ProgressDrawTarget::stderr()), Vec::new()));
+        Display { live, seen: Vec::new() }
+    }
+
+    fn event(&mut self, kind: &str, message: &str, job: Option<&Value>) {
+        let instances = job.map(instance_lines).unwrap_or_default();
+        match &mut self.live {
+            Some((multi, bars)) => {
+                while bars.len() < instances.len() {
+                    let bar = multi.add(ProgressBar::new_spinner());
+                    bar.set_style(
+                        ProgressStyle::with_template("{spinner} {msg}").expect("template"),
+                    );
+                    bar.enable_steady_tick(Duration::from_millis(120));
+                    bars.push(bar);
+                }
+                for (bar, line) in bars.iter().zip(&instances) {
+                    bar.set_message(line.clone());
+                }
+                if kind == "error" {
+                    let _ = multi.println(format!("error: {message}"));
+                }
+            }
+            None => {
+                eprintln!("{kind}: {message}");
+                for line in instances {
+                    if !self.seen.contains(&line) {
+                        eprintln!("  {line}");
+                        self.seen.push(line);
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, job: &Value) {
+        if let Some((_, bars)) = &self.live {
+            for (bar, line) in bars.iter().zip(instance_lines(job)) {
+                bar.finish_with_message(line);
+            }
+        }
+    }
+}
+
+/// `name  cloud-id  state  public-ip` for each instance of a job.
+pub fn instance_lines(job: &Value) -> Vec<String> {
+    job["instances"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|instance| {
+            let field = |name: &str| instance[name].as_str().unwrap_or("-").to_string();
+            format!(
+                "{}  {}  {}  {}",
+                field("name"),
+                field("cloud_id"),
+                field("state"),
+                field("public_ip")
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_blocks_are_parsed_like_browsers_do() {
+        let event = parse_event("id: 3\nevent: step\ndata: {\"message\":\"launching\"}\n\n");
+        assert_eq!(
+            event,
+            SseEvent {
+                kind: "step".into(),
+                id: Some("3".into()),
+                data: "{\"message\":\"launching\"}".into()
+            }
+        );
+        assert_eq!(parse_event(": keep-alive\n\n"), SseEvent::default());
+    }
+}

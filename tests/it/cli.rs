@@ -1,0 +1,364 @@
+//! The CLI, driven as a user would: the built `corral` binary against a `spawn_app()` server
+//! and moto, with a home directory of its own, stdin and stdout as pipes.
+
+use std::process::{Output, Stdio};
+
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+
+use crate::helpers::{TestApp, spawn_app};
+
+/// Runs `corral` with a home directory of its own, talking to a test server as its admin.
+struct Corral {
+    home: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl Corral {
+    fn new(app: &TestApp) -> Corral {
+        let env = vec![
+            ("CORRAL_SERVER".to_string(), app.address.clone()),
+            ("CORRAL_API_KEY".to_string(), app.admin_key.clone()),
+        ];
+        Corral { home: tempfile::tempdir().unwrap(), env }
+    }
+
+    /// Without the environment's server and key: only what a profile or `.env` give.
+    fn bare() -> Corral {
+        Corral { home: tempfile::tempdir().unwrap(), env: Vec::new() }
+    }
+
+    async fn run_with(&self, args: &[&str], stdin: &str) -> Output {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_corral"));
+        command
+            .args(args)
+            .current_dir(self.home.path())
+            .env_clear()
+            .env("HOME", self.home.path())
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (name, value) in &self.env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().unwrap();
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin.as_bytes()).await.unwrap();
+        drop(input);
+        tokio::time::timeout(std::time::Duration::from_secs(120), child.wait_with_output())
+            .await
+            .expect("corral ends")
+            .unwrap()
+    }
+
+    async fn run(&self, args: &[&str]) -> Output {
+        self.run_with(args, "").await
+    }
+
+    /// Runs and expects success; returns stdout.
+    async fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args).await;
+        assert!(output.status.success(), "corral {args:?}: {}", describe(&output));
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    async fn json(&self, args: &[&str]) -> Value {
+        let mut args = args.to_vec();
+        args.extend(["-o", "json"]);
+        let stdout = self.ok(&args).await;
+        serde_json::from_str(&stdout).unwrap_or_else(|err| panic!("{err}: {stdout}"))
+    }
+}
+
+fn describe(output: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn code(output: &Output) -> i32 {
+    output.status.code().unwrap_or(-1)
+}
+
+const CREATE: [&str; 8] = [
+    "--ami",
+    crate::helpers::AMI_X86,
+    "--instance-type",
+    "t3.micro",
+    "--storage-gb",
+    "8",
+    "--tag",
+    "team=blue",
+];
+
+#[tokio::test]
+async fn instances_go_through_their_whole_life_from_the_command_line() {
+    let app = spawn_app().await;
+    let corral = Corral::new(&app);
+
+    // create --wait -o json prints the finished job as the API returns it.
+    let mut args = vec!["instances", "create", "web", "--count", "2", "--wait"];
+    args.extend(CREATE);
+    let job = corral.json(&args).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let from_api: Value = app.get_job(job["id"].as_str().unwrap()).await.json().await.unwrap();
+    assert_eq!(job["id"], from_api["id"]);
+    assert_eq!(job["instances"], from_api["instances"]);
+    let ids: Vec<String> = job["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    let cloud_ids: Vec<String> = job["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["cloud_id"].as_str().unwrap().to_string())
+        .collect();
+
+    // list in every format; JSON equals the API's answer.
+    let listed = corral.json(&["instances", "list", "--tag", "team=blue"]).await;
+    let api: Value = app.get_instances("?tag=team:blue").await.json().await.unwrap();
+    assert_eq!(listed, api["items"]);
+    let quiet = corral.ok(&["instances", "list", "-q"]).await;
+    let mut quiet_ids: Vec<&str> = quiet.lines().collect();
+    quiet_ids.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(quiet_ids, expected);
+    let table = corral.ok(&["instances", "list"]).await;
+    assert!(table.starts_with("ID"), "{table}");
+    assert!(table.contains("web-1") && table.contains("running"), "{table}");
+    let wide = corral.ok(&["instances", "list", "-o", "wide"]).await;
+    assert!(wide.contains("PRIVATE IP") && wide.contains("team=blue"), "{wide}");
+    let csv = corral.ok(&["instances", "list", "-o", "csv"]).await;
+    let mut rows = csv.lines();
+    assert!(rows.next().unwrap().starts_with("id,cloud_id,name,state"), "{csv}");
+    assert_eq!(rows.count(), 2);
+    let yaml = corral.ok(&["instances", "list", "-o", "yaml"]).await;
+    assert_eq!(parse_yaml(&yaml).await, listed);
+    let limited = corral.json(&["instances", "list", "--limit", "1"]).await;
+    assert_eq!(limited.as_array().unwrap().len(), 1);
+
+    // get by EC2 id.
+    let got = corral.json(&["instances", "get", &cloud_ids[0]]).await;
+    assert_eq!(got["id"], ids[0].as_str());
+
+    // stop both at once, comma-separated, and wait; then start, reboot, update.
+    let both = format!("{},{}", ids[0], cloud_ids[1]);
+    let stopped = corral.json(&["instances", "stop", &both, "--wait"]).await;
+    assert_eq!(stopped["status"], "succeeded");
+    assert!(stopped["instances"].as_array().unwrap().iter().all(|i| i["state"] == "stopped"));
+    assert_eq!(app.moto_state(&cloud_ids[1]).await, "stopped");
+    let started = corral.json(&["instances", "start", &ids[0], &ids[1], "--wait"]).await;
+    assert!(started["instances"].as_array().unwrap().iter().all(|i| i["state"] == "running"));
+    let rebooted = corral.json(&["instances", "reboot", &ids[0], "--wait"]).await;
+    assert_eq!(rebooted["status"], "succeeded");
+    let queued = corral.json(&["instances", "update", &ids[0], "--name", "web-blue"]).await;
+    assert!(queued["id"].is_string());
+    corral.ok(&["jobs", "wait", queued["id"].as_str().unwrap()]).await;
+    let renamed: Value = app.get_instance(&ids[0]).await.json().await.unwrap();
+    assert_eq!(renamed["name"], "web-blue");
+
+    // terminate: refused without a terminal and without --yes, done with it.
+    let refused = corral.run(&["instances", "terminate", &ids[0]]).await;
+    assert_eq!(code(&refused), 2, "{}", describe(&refused));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--yes"));
+    assert_eq!(app.moto_state(&cloud_ids[0]).await, "running");
+    let ended = corral.json(&["instances", "terminate", &both, "--yes", "--wait"]).await;
+    assert_eq!(ended["status"], "succeeded");
+    assert_eq!(app.moto_state(&cloud_ids[0]).await, "terminated");
+
+    // jobs, policy, audit.
+    let jobs = corral.json(&["jobs", "list"]).await;
+    // create, stop, start, reboot, update, terminate (the refused terminate made none).
+    assert_eq!(jobs.as_array().unwrap().len(), 6, "{jobs}");
+    let policy = corral.json(&["policy"]).await;
+    assert_eq!(policy, app.get("/v1/policy").await.json::<Value>().await.unwrap());
+    let audit = corral.json(&["audit", "--action", "instance.stop"]).await;
+    assert_eq!(audit.as_array().unwrap().len(), 2, "{audit}");
+}
+
+/// YAML read back by PyYAML (from the test venv), as JSON.
+async fn parse_yaml(yaml: &str) -> Value {
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+    let mut child = tokio::process::Command::new(python)
+        .args(["-c", "import json, sys, yaml; print(json.dumps(yaml.safe_load(sys.stdin)))"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(yaml.as_bytes()).await.unwrap();
+    let output = child.wait_with_output().await.unwrap();
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn exit_codes_say_what_went_wrong() {
+    let app = spawn_app().await;
+    let corral = Corral::new(&app);
+
+    let unknown = corral.run(&["instances", "get", "i-0123456789abcdef0"]).await;
+    assert_eq!(code(&unknown), 3, "{}", describe(&unknown));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("i-0123456789abcdef0"));
+
+    let mut wrong_key = Corral::new(&app);
+    wrong_key.env[1].1 = format!("crl_AAAAAAAA_{}", "B".repeat(32));
+    let rejected = wrong_key.run(&["instances", "list"]).await;
+    assert_eq!(code(&rejected), 4, "{}", describe(&rejected));
+
+    let usage = corral.run(&["instances", "create", "x", "--no-such-flag"]).await;
+    assert_eq!(code(&usage), 2);
+
+    // The policy's own words on stderr, each violation named.
+    let mut args = vec!["instances", "create", "big", "--ami", crate::helpers::AMI_X86];
+    args.extend(["--instance-type", "m5.large", "--storage-gb", "100"]);
+    let refused = corral.run(&args).await;
+    assert_eq!(code(&refused), 2, "{}", describe(&refused));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("instance_type") && stderr.contains("storage_gb"), "{stderr}");
+
+    // A job that fails is a failed command (the key pair does not exist).
+    let mut args = vec!["instances", "create", "keyless", "--key-name", "no-such-key", "--wait"];
+    args.extend(CREATE);
+    let failed = corral.run(&args).await;
+    assert_eq!(code(&failed), 1, "{}", describe(&failed));
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("failed"));
+
+    let mut nowhere = Corral::new(&app);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    nowhere.env[0].1 = format!("http://{closed}");
+    let unreachable = nowhere.run(&["instances", "list"]).await;
+    assert_eq!(code(&unreachable), 1);
+    assert!(
+        String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach the corral server")
+    );
+}
+
+#[tokio::test]
+async fn waiting_when_piped_prints_plain_progress_and_the_final_addresses() {
+    let app = spawn_app().await;
+    app.ec2.create_key_pair().key_name("deploy").send().await.unwrap();
+    let corral = Corral::new(&app);
+    let mut args = vec!["instances", "create", "piped", "--key-name", "deploy", "--wait"];
+    args.extend(CREATE);
+    let output = corral.run(&args).await;
+    assert!(output.status.success(), "{}", describe(&output));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    // Progress goes to stderr as plain lines (no terminal), the result to stdout.
+    assert!(stderr.lines().any(|line| line.starts_with("step: ")), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "no terminal escapes when piped: {stderr:?}");
+    let instance: Value = app.get_instances("").await.json().await.unwrap();
+    let ip = instance["items"][0]["public_ip"].as_str().unwrap();
+    assert!(stdout.contains("succeeded") && stdout.contains(ip), "{stdout}");
+    assert!(stdout.contains(&format!("ssh -i deploy.pem ec2-user@{ip}")), "{stdout}");
+}
+
+#[tokio::test]
+async fn interactive_mode_reads_its_answers_from_a_pipe_and_ends_at_eof() {
+    let app = spawn_app().await;
+    app.create_running(&crate::helpers::create_body("menu-item")).await;
+    let corral = Corral::new(&app);
+
+    // List, then the end of input in the middle of the menu.
+    let output = corral.run_with(&["interactive"], "1\n").await;
+    assert!(output.status.success(), "{}", describe(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("menu-item"));
+
+    // Create with the policy's defaults, then exit.
+    let answers = format!("3\nfrom-menu\n{}\n\n\n\n\n\n0\n", crate::helpers::AMI_X86);
+    let output = corral.run_with(&["interactive"], &answers).await;
+    assert!(output.status.success(), "{}", describe(&output));
+    let instances: Value = app.get_instances("?name=from-menu").await.json().await.unwrap();
+    assert_eq!(instances["items"][0]["state"], "running", "{instances}");
+    let policy: Value = app.get("/v1/policy").await.json().await.unwrap();
+    assert_eq!(instances["items"][0]["instance_type"], policy["instance_types"][0]);
+
+    // Nothing at all on stdin.
+    let output = corral.run_with(&["interactive"], "").await;
+    assert!(output.status.success(), "{}", describe(&output));
+}
+
+#[tokio::test]
+async fn login_keeps_a_key_in_a_private_profile_and_dotenv_and_profiles_configure_the_rest() {
+    let app = spawn_app().await;
+    let corral = Corral::bare();
+
+    // Without credentials: an auth failure that says how to log in.
+    let anonymous = corral.run(&["instances", "list", "--server", &app.address]).await;
+    assert_eq!(code(&anonymous), 4);
+    assert!(String::from_utf8_lossy(&anonymous.stderr).contains("corral login"));
+
+    // Log in to a named profile with the password on stdin.
+    let password = format!("{}\n", crate::helpers::ADMIN_PASSWORD);
+    let args = ["login", "--server", &app.address, "--username", "admin", "--profile", "lab"];
+    let output = corral.run_with(&args, &password).await;
+    assert!(output.status.success(), "{}", describe(&output));
+    let config = corral.home.path().join(".config/corral/config.toml");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&config).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("[profiles.lab]") && text.contains("crl_"), "{text}");
+    assert!(!text.contains(crate::helpers::ADMIN_PASSWORD));
+    let listed = corral.json(&["instances", "list", "--profile", "lab"]).await;
+    assert_eq!(listed, json!([]));
+    let unknown = corral.run(&["instances", "list", "--profile", "nope"]).await;
+    assert_eq!(code(&unknown), 2);
+
+    // A .env file in the working directory configures a run without flags.
+    let key = crate::helpers::create_api_key(&app.client, &app.address).await;
+    std::fs::write(
+        corral.home.path().join(".env"),
+        format!("CORRAL_SERVER={}\nexport CORRAL_API_KEY=\"{key}\"\n", app.address),
+    )
+    .unwrap();
+    assert_eq!(corral.json(&["jobs", "list"]).await, json!([]));
+
+    // Logging out revokes the profile's key.
+    let before: Value = app.get("/v1/api-keys").await.json().await.unwrap();
+    let active = |keys: &Value| {
+        keys["items"].as_array().unwrap().iter().filter(|k| k["revoked_at"].is_null()).count()
+    };
+    std::fs::remove_file(corral.home.path().join(".env")).unwrap();
+    corral.ok(&["logout", "--profile", "lab"]).await;
+    let after: Value = app.get("/v1/api-keys").await.json().await.unwrap();
+    assert_eq!(active(&after), active(&before) - 1);
+}
+
+#[tokio::test]
+async fn a_closed_pipe_is_not_an_error_and_completions_are_printed() {
+    let app = spawn_app().await;
+    let corral = Corral::new(&app);
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_corral"));
+    command
+        .args(["policy", "-o", "yaml"])
+        .env("CORRAL_SERVER", &app.address)
+        .env("CORRAL_API_KEY", &app.admin_key)
+        .env("HOME", corral.home.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command.spawn().unwrap();
+    drop(child.stdout.take()); // the reader goes away before anything is written
+    let output = child.wait_with_output().await.unwrap();
+    assert!(output.status.success(), "{}", describe(&output));
+    assert!(output.stderr.is_empty(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    for shell in ["bash", "zsh", "fish"] {
+        let script = corral.ok(&["completions", shell]).await;
+        assert!(script.contains("corral") && script.contains("instances"), "{shell}");
+    }
+    let help = corral.ok(&["instances", "create", "--help"]).await;
+    assert!(help.contains("Example") && help.contains("--instance-type"), "{help}");
+}
