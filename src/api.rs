@@ -13,6 +13,7 @@ mod audit;
 mod auth;
 mod docs;
 mod error;
+mod export;
 mod extract;
 mod health;
 mod instances;
@@ -56,6 +57,8 @@ pub struct ApiContext {
     pub auth: Arc<Authenticator>,
     /// Instance-type facts (vCPUs for quotas), cached.
     pub catalog: Arc<Catalog>,
+    /// Where EC2 calls go when not to AWS itself (an emulator), for exported configurations.
+    pub endpoint_url: Option<Arc<str>>,
     /// What notification subscriptions may name (the SSRF guard, whether email is set up).
     pub notify: Arc<crate::config::NotifySettings>,
 }
@@ -70,6 +73,7 @@ pub fn router(ctx: ApiContext) -> Router {
         .merge(api_keys::router())
         .merge(audit::router())
         .merge(auth::router())
+        .merge(export::router())
         .merge(instances::router())
         .merge(jobs::router())
         .merge(namespaces::router())

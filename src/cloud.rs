@@ -93,6 +93,11 @@ pub trait Provider: Send + Sync + 'static {
     /// A short human description of where calls go, for logs and `/status`.
     fn describe_endpoint(&self) -> String;
 
+    /// The URL calls go to instead of the cloud's own (an emulator); `None` for the cloud.
+    fn endpoint_url(&self) -> Option<String> {
+        None
+    }
+
     /// Facts about an AMI; `Rejected` with the cloud's message when it does not exist.
     async fn describe_image(&self, region: &str, ami: &str) -> Result<ImageFacts, CloudError>;
 

@@ -82,6 +82,7 @@ impl Application {
             max_attempts: settings.jobs.max_attempts,
             started_at: Instant::now(),
             cloud_endpoint: provider.describe_endpoint().into(),
+            endpoint_url: provider.endpoint_url().map(Into::into),
             auth: Arc::new(auth),
             catalog: catalog.clone(),
             notify: Arc::new(settings.notify),

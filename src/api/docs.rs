@@ -11,8 +11,8 @@ use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::api::{
-    api_keys, audit, auth, error, health, instances, jobs, namespaces, notifications, orphans,
-    policy, subscriptions, users,
+    api_keys, audit, auth, error, export, health, instances, jobs, namespaces, notifications,
+    orphans, policy, subscriptions, users,
 };
 
 #[derive(OpenApi)]
@@ -60,6 +60,8 @@ use crate::api::{
         instances::act_on_instances,
         instances::refresh_instance,
         instances::list_drift,
+        export::export_instance,
+        export::export_namespace,
         jobs::get_job,
         jobs::list_jobs,
         jobs::get_job_events,

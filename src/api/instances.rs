@@ -669,7 +669,7 @@ async fn respond_with_job(
 
 /// The instance `id` if the caller may see it; otherwise it does not exist, as far as the
 /// caller can tell.
-async fn visible_instance(
+pub async fn visible_instance(
     ctx: &ApiContext,
     caller: &Caller,
     id: &str,

@@ -150,8 +150,12 @@ impl AwsProvider {
 
 #[async_trait]
 impl Provider for AwsProvider {
+    fn endpoint_url(&self) -> Option<String> {
+        AwsProvider::endpoint_url(self).map(str::to_string)
+    }
+
     fn describe_endpoint(&self) -> String {
-        match self.endpoint_url() {
+        match AwsProvider::endpoint_url(self) {
             Some(url) => format!("EC2 emulator or custom endpoint at {url}"),
             None => "AWS EC2".to_string(),
         }

@@ -49,6 +49,8 @@ fn table() -> BTreeMap<&'static str, (Rule, Option<Value>)> {
         ("revoke_api_key", (Anyone, None)),
         ("get_instance", (AlphaRead, None)),
         ("list_drift", (AlphaRead, None)),
+        ("export_instance", (AlphaRead, None)),
+        ("export_namespace", (AlphaRead, None)),
         ("get_job", (AlphaRead, None)),
         ("get_job_events", (AlphaRead, None)),
         ("get_namespace", (AlphaRead, None)),

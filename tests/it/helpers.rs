@@ -39,6 +39,8 @@ pub struct TestApp {
     /// The admin's API key.
     pub admin_key: String,
     pub ec2: aws_sdk_ec2::Client,
+    /// The emulator account's access key and secret, for tools that call it directly.
+    pub aws_credentials: (String, String),
     shutdown: CancellationToken,
     _dir: tempfile::TempDir,
 }
@@ -85,11 +87,12 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     tokio::spawn(app.run_until_stopped(shutdown.clone()));
 
     let ec2 = ec2_client(&key_id, &secret);
+    let aws_credentials = (key_id, secret);
     let token = login(&address, "admin", ADMIN_PASSWORD).await;
     let admin_key =
         create_api_key(&client_with("authorization", &format!("Bearer {token}")), &address).await;
     let client = client_with("x-api-key", &admin_key);
-    TestApp { address, database_url, client, admin_key, ec2, shutdown, _dir: dir }
+    TestApp { address, database_url, client, admin_key, ec2, aws_credentials, shutdown, _dir: dir }
 }
 
 /// A token for `username` from `POST /v1/token`.

@@ -7,6 +7,7 @@ mod audit;
 mod cli;
 mod crash;
 mod errors;
+mod export;
 mod health;
 mod helpers;
 mod identity;

@@ -287,7 +287,8 @@ async fn mail_queued_while_smtp_is_down_arrives_once_after_it_recovers() {
     let ids: BTreeSet<&str> =
         mails.iter().map(|mail| mail["message_id"].as_str().unwrap()).collect();
     assert_eq!(ids.len(), 3, "no Message-ID twice");
-    let subjects: BTreeSet<&str> = mails.iter().map(|mail| mail["subject"].as_str().unwrap()).collect();
+    let subjects: BTreeSet<&str> =
+        mails.iter().map(|mail| mail["subject"].as_str().unwrap()).collect();
     assert!(subjects.contains("[corral] instance.stopped: patient"), "{subjects:?}");
     assert!(subjects.contains("[corral] instance.started: patient"), "{subjects:?}");
     sink.stop().await;

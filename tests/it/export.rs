@@ -1,0 +1,142 @@
+//! Export: the Terraform configuration is checked by the real `terraform` (validate, then a plan
+//! that must import the instances, not create or destroy any) against moto, with the provider
+//! from the machine's local mirror; the CloudFormation template is read back as YAML.
+
+use std::process::Stdio;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, assert_problem, create_body, spawn_app};
+
+/// The folder holding `registry.terraform.io/hashicorp/aws/…`, when terraform can run here.
+fn terraform_mirror() -> Option<String> {
+    let mirror = std::env::var("CORRAL_TEST_TF_MIRROR").ok().filter(|m| !m.is_empty());
+    let found = std::process::Command::new("terraform").arg("version").output().is_ok();
+    match (found, mirror) {
+        (true, Some(mirror)) => Some(mirror),
+        _ => {
+            eprintln!(
+                "SKIPPED: terraform or its provider mirror is missing (CORRAL_TEST_TF_MIRROR, set \
+                 by scripts/test when it finds terraform-provider-aws on this machine)"
+            );
+            None
+        }
+    }
+}
+
+/// Runs terraform in `dir` with the mirror as its only source of the AWS provider.
+async fn terraform(app: &TestApp, dir: &std::path::Path, mirror: &str, args: &[&str]) -> String {
+    let rc = dir.join("cli.tfrc");
+    std::fs::write(
+        &rc,
+        format!(
+            "provider_installation {{\n  filesystem_mirror {{\n    path = \"{mirror}\"\n    \
+             include = [\"registry.terraform.io/hashicorp/aws\"]\n  }}\n  direct {{\n    \
+             exclude = [\"registry.terraform.io/hashicorp/aws\"]\n  }}\n}}\n"
+        ),
+    )
+    .unwrap();
+    let (key, secret) = &app.aws_credentials;
+    let output = tokio::process::Command::new("terraform")
+        .args(args)
+        .current_dir(dir)
+        .env("TF_CLI_CONFIG_FILE", &rc)
+        .env("TF_IN_AUTOMATION", "1")
+        .env("AWS_ACCESS_KEY_ID", key)
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .env_remove("AWS_PROFILE")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "terraform {args:?}:\n{text}");
+    text
+}
+
+#[tokio::test]
+async fn a_namespace_exported_to_terraform_validates_and_its_plan_imports_without_replacing() {
+    let Some(mirror) = terraform_mirror() else { return };
+    // Arrange: two instances in alpha, one with a key pair, and a terminated one left out.
+    let app = spawn_app().await;
+    app.create_namespaces(&["alpha"]).await;
+    app.ec2.create_key_pair().key_name("deploy").send().await.unwrap();
+    let mut body = create_body("web");
+    body["namespace"] = json!("alpha");
+    body["count"] = json!(2);
+    body["name_prefix"] = body["name"].take();
+    body["key_name"] = json!("deploy");
+    body["tags"] = json!({ "team": "blue" });
+    app.create_running(&body).await;
+    let mut gone = create_body("gone");
+    gone["namespace"] = json!("alpha");
+    let gone = app.create_running(&gone).await;
+    let gone_id = gone["instances"][0]["id"].as_str().unwrap();
+    let ended: Value = app.act(gone_id, "terminate", "?wait=30").await.json().await.unwrap();
+    assert_eq!(ended["status"], "succeeded");
+
+    // Act
+    let response = app.get("/v1/namespaces/alpha/export?format=terraform").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let config = response.text().await.unwrap();
+
+    // Assert: terraform accepts it and would adopt both instances, changing nothing drastic.
+    assert_eq!(config.matches("import {").count(), 2, "{config}");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("main.tf"), &config).unwrap();
+    terraform(&app, dir.path(), &mirror, &["init", "-input=false", "-no-color"]).await;
+    terraform(&app, dir.path(), &mirror, &["validate", "-no-color"]).await;
+    let plan = terraform(&app, dir.path(), &mirror, &["plan", "-input=false", "-no-color"]).await;
+    let summary =
+        plan.lines().find(|line| line.starts_with("Plan:")).unwrap_or_else(|| panic!("{plan}"));
+    assert!(summary.contains("2 to import, 0 to add"), "{summary}");
+    assert!(summary.contains("0 to destroy"), "{summary}");
+    assert!(!plan.contains("must be replaced"), "{plan}");
+}
+
+#[tokio::test]
+async fn an_instance_exports_to_cloudformation_and_what_has_no_cloud_twin_does_not() {
+    let app = spawn_app().await;
+    let job = app.create_running(&create_body("solo")).await;
+    let id = job["instances"][0]["id"].as_str().unwrap().to_string();
+    let cloud_id = job["instances"][0]["cloud_id"].as_str().unwrap().to_string();
+
+    let response = app.get(&format!("/v1/instances/{cloud_id}/export?format=cloudformation")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let template = parse_yaml(&response.text().await.unwrap()).await;
+    let resource = &template["Resources"]["solo"];
+    assert_eq!(resource["Type"], "AWS::EC2::Instance");
+    assert_eq!(resource["DeletionPolicy"], "Retain");
+    assert_eq!(resource["Properties"]["ImageId"], crate::helpers::AMI_X86);
+    assert_eq!(resource["Properties"]["InstanceType"], "t3.micro");
+    let tags = resource["Properties"]["Tags"].as_array().unwrap();
+    assert!(tags.contains(&json!({ "Key": "Name", "Value": "solo" })), "{tags:?}");
+    assert!(tags.contains(&json!({ "Key": "corral:instance-id", "Value": id })), "{tags:?}");
+
+    let bad = app.get(&format!("/v1/instances/{id}/export?format=pulumi")).await;
+    assert_problem(bad, StatusCode::BAD_REQUEST).await;
+    let ended: Value = app.act(&id, "terminate", "?wait=30").await.json().await.unwrap();
+    assert_eq!(ended["status"], "succeeded");
+    let gone = app.get(&format!("/v1/instances/{id}/export")).await;
+    assert_problem(gone, StatusCode::CONFLICT).await;
+}
+
+/// YAML read back by PyYAML (from the test venv), as JSON.
+async fn parse_yaml(yaml: &str) -> Value {
+    use tokio::io::AsyncWriteExt;
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+    let mut child = tokio::process::Command::new(python)
+        .args(["-c", "import json, sys, yaml; print(json.dumps(yaml.safe_load(sys.stdin)))"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(yaml.as_bytes()).await.unwrap();
+    let output = child.wait_with_output().await.unwrap();
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|err| panic!("{err}: {yaml}"))
+}
