@@ -25,6 +25,7 @@ use crate::api::{ApiContext, ApiError, FieldError};
 use crate::cloud::CloudError;
 use crate::domain::{
     Action, CreateRequest, InstanceState, JobKind, LaunchSpec, Role, check_name_and_tags,
+    ssh_command,
 };
 use crate::jobs::{CreatePayload, TagPayload};
 use crate::storage::{
@@ -89,6 +90,8 @@ pub struct InstanceBody {
     pub public_ip: Option<String>,
     pub private_ip: Option<String>,
     pub key_name: Option<String>,
+    /// How to log in, when the instance has a key pair and a public address.
+    pub ssh_command: Option<String>,
     pub tags: BTreeMap<String, String>,
     pub backend: String,
     /// The queued or running job that owns the instance now, if any.
@@ -119,6 +122,7 @@ impl From<&InstanceRecord> for InstanceBody {
             public_ip: instance.public_ip.clone(),
             private_ip: instance.private_ip.clone(),
             key_name: instance.key_name.clone(),
+            ssh_command: ssh_command(instance.key_name.as_deref(), instance.public_ip.as_deref()),
             tags: instance.tags.clone(),
             backend: instance.backend.clone(),
             active_job_id: instance.active_job_id.clone(),

@@ -55,6 +55,8 @@ pub struct JobInstanceBody {
     pub private_ip: Option<String>,
     /// The EC2 key pair to log in with, if any.
     pub key_name: Option<String>,
+    /// How to log in, when the instance has a key pair and a public address.
+    pub ssh_command: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -74,6 +76,10 @@ impl From<&InstanceRecord> for JobInstanceBody {
             public_ip: instance.public_ip.clone(),
             private_ip: instance.private_ip.clone(),
             key_name: instance.key_name.clone(),
+            ssh_command: crate::domain::ssh_command(
+                instance.key_name.as_deref(),
+                instance.public_ip.as_deref(),
+            ),
         }
     }
 }

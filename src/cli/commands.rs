@@ -436,14 +436,10 @@ fn print_job(out: &Out, job: &Value, finished: bool) -> std::io::Result<()> {
     ];
     out.items(&instances, FINISHED_COLUMNS)?;
     for instance in &instances {
-        if let (Some(key), Some(ip)) =
-            (instance["key_name"].as_str(), instance["public_ip"].as_str())
+        if let Some(ssh) = instance["ssh_command"].as_str()
             && instance["state"] == "running"
         {
-            out.line(&format!(
-                "ssh -i {key}.pem ec2-user@{ip}    # {}",
-                scalar(&instance["name"])
-            ))?;
+            out.line(&format!("{ssh}    # {}", scalar(&instance["name"])))?;
         }
     }
     Ok(())

@@ -163,6 +163,12 @@ pub struct StateConflict {
     pub reason: String,
 }
 
+/// How to log in to an instance with a key pair and a public address. The user name depends on
+/// the AMI (`ec2-user` on Amazon Linux, `ubuntu` on Ubuntu).
+pub fn ssh_command(key_name: Option<&str>, public_ip: Option<&str>) -> Option<String> {
+    Some(format!("ssh -i {}.pem ec2-user@{}", key_name?, public_ip?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -129,12 +129,9 @@ pub struct NotifiedInstance {
 }
 
 impl NotifiedInstance {
-    /// How to log in, when the instance has a key pair and a public address. The user name
-    /// depends on the AMI (`ec2-user` on Amazon Linux, `ubuntu` on Ubuntu).
+    /// How to log in, when the instance has a key pair and a public address.
     pub fn ssh_command(&self) -> Option<String> {
-        let key = self.key_name.as_deref()?;
-        let ip = self.public_ip.as_deref()?;
-        Some(format!("ssh -i {key}.pem ec2-user@{ip}"))
+        crate::domain::ssh_command(self.key_name.as_deref(), self.public_ip.as_deref())
     }
 }
 

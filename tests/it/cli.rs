@@ -257,6 +257,8 @@ async fn waiting_when_piped_prints_plain_progress_and_the_final_addresses() {
     assert!(!stderr.contains('\u{1b}'), "no terminal escapes when piped: {stderr:?}");
     let instance: Value = app.get_instances("").await.json().await.unwrap();
     let ip = instance["items"][0]["public_ip"].as_str().unwrap();
+    let ssh = format!("ssh -i deploy.pem ec2-user@{ip}");
+    assert_eq!(instance["items"][0]["ssh_command"], ssh.as_str(), "the API shows it too");
     assert!(stdout.contains("succeeded") && stdout.contains(ip), "{stdout}");
     assert!(stdout.contains(&format!("ssh -i deploy.pem ec2-user@{ip}")), "{stdout}");
 }
@@ -361,4 +363,44 @@ async fn a_closed_pipe_is_not_an_error_and_completions_are_printed() {
     }
     let help = corral.ok(&["instances", "create", "--help"]).await;
     assert!(help.contains("Example") && help.contains("--instance-type"), "{help}");
+}
+
+#[tokio::test]
+async fn corral_alone_on_a_terminal_opens_the_menu() {
+    let app = spawn_app().await;
+    let corral = Corral::new(&app);
+    // A pseudo-terminal from Python's pty module: corral sees a terminal on stdin and stdout.
+    let script = r#"
+import os, pty, sys
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], [sys.argv[1]])
+os.write(fd, b"1\n0\n")
+seen = b""
+while True:
+    try:
+        chunk = os.read(fd, 4096)
+    except OSError:
+        break
+    if not chunk:
+        break
+    seen += chunk
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(seen.decode(errors="replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+    let mut command = tokio::process::Command::new(python);
+    command.args(["-c", script, env!("CARGO_BIN_EXE_corral")]).env("HOME", corral.home.path());
+    for (name, value) in &corral.env {
+        command.env(name, value);
+    }
+    let output = tokio::time::timeout(std::time::Duration::from_secs(60), command.output())
+        .await
+        .expect("the menu ends")
+        .unwrap();
+    let seen = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", describe(&output));
+    assert!(seen.contains("pick a number") && seen.contains("list instances"), "{seen}");
+    assert!(seen.contains("ID") && seen.contains("NAME"), "the list ran: {seen}");
 }
