@@ -769,16 +769,17 @@ fn ask(question: &str) -> Outcome<bool> {
     Ok(matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes"))
 }
 
-/// A secret from stdin: one line, prompted for when stdin is a terminal.
+/// A secret: asked for without echo on a terminal, else one line of stdin.
 pub fn read_secret(what: &str) -> Outcome<String> {
-    if std::io::stdin().is_terminal() {
-        eprint!("{what}: ");
-    }
-    let mut line = String::new();
-    std::io::stdin().read_line(&mut line)?;
-    let secret = line.trim_end_matches(['\n', '\r']).to_string();
+    let secret = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password(format!("{what}: "))?
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        line.trim_end_matches(['\n', '\r']).to_string()
+    };
     if secret.is_empty() {
-        return Err(Failure::usage(format!("no {what} given on stdin")));
+        return Err(Failure::usage(format!("no {what} given")));
     }
     Ok(secret)
 }
