@@ -94,11 +94,13 @@ impl Out {
         }
     }
 
-    /// A list: an array (json, yaml), rows (table, wide, csv), or ids (quiet).
+    /// A list: an array (json, yaml), rows (table, wide, csv), or identifiers (quiet).
     pub fn items(&self, items: &[Value], columns: &[Column]) -> std::io::Result<()> {
         if self.quiet {
+            // The first column is what identifies an item: an id, a username, a name.
+            let key = columns.first().map_or("id", |column| column.field);
             for item in items {
-                self.line(&scalar(&item["id"]))?;
+                self.line(&scalar(&item[key]))?;
             }
             return Ok(());
         }

@@ -404,3 +404,66 @@ sys.exit(os.waitstatus_to_exitcode(status))
     assert!(seen.contains("pick a number") && seen.contains("list instances"), "{seen}");
     assert!(seen.contains("ID") && seen.contains("NAME"), "the list ran: {seen}");
 }
+
+#[tokio::test]
+async fn namespaces_users_and_api_keys_are_managed_from_the_command_line() {
+    let app = spawn_app().await;
+    let corral = Corral::new(&app);
+
+    // Namespaces with quotas, listed with their use.
+    let created = corral.json(&["namespaces", "create", "team-a", "--max-instances", "3"]).await;
+    assert_eq!(created["quota"]["instances"], 3);
+    let updated = corral
+        .json(&["namespaces", "update", "team-a", "--max-instances", "5", "--max-vcpus", "8"])
+        .await;
+    assert_eq!(
+        (updated["quota"]["instances"].as_i64(), updated["quota"]["vcpus"].as_i64()),
+        (Some(5), Some(8))
+    );
+    let table = corral.ok(&["namespaces", "list"]).await;
+    assert!(
+        table.lines().any(|line| line.starts_with("team-a") && line.contains("0/5")),
+        "{table}"
+    );
+    assert_eq!(corral.json(&["namespaces", "get", "team-a"]).await["name"], "team-a");
+
+    // Users: the password comes from stdin, never from the command line.
+    let args = ["users", "create", "dana", "--role", "team-a=operator", "-o", "json"];
+    let output = corral.run_with(&args, "a long passphrase\n").await;
+    assert!(output.status.success(), "{}", describe(&output));
+    let dana: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(dana["roles"], json!({ "team-a": "operator" }));
+    let token = crate::helpers::login(&app.address, "dana", "a long passphrase").await;
+    assert!(!token.is_empty());
+    let promoted = corral.json(&["users", "update", "dana", "--role", "team-a=viewer"]).await;
+    assert_eq!(promoted["roles"], json!({ "team-a": "viewer" }));
+    let names = corral.ok(&["users", "list", "-q"]).await;
+    assert_eq!(names.lines().collect::<Vec<_>>(), ["admin", "dana"]);
+    let refused = corral.run(&["users", "delete", "dana"]).await;
+    assert_eq!(code(&refused), 2, "no terminal, no --yes: {}", describe(&refused));
+    corral.ok(&["users", "delete", "dana", "--yes"]).await;
+    let gone = corral.run(&["users", "get", "dana"]).await;
+    assert_eq!(code(&gone), 3);
+
+    // API keys: the key is printed once, then only its prefix; a revoked key stops working.
+    let key = corral.ok(&["api-keys", "create", "ci", "-q"]).await.trim().to_string();
+    assert!(key.starts_with("crl_"), "{key}");
+    let keys = corral.json(&["api-keys", "list"]).await;
+    let listed = keys.as_array().unwrap().iter().find(|k| k["name"] == "ci").unwrap().clone();
+    assert!(listed.get("key").is_none() && key.starts_with(listed["prefix"].as_str().unwrap()));
+    let mut with_key = Corral::new(&app);
+    with_key.env[1].1 = key.clone();
+    with_key.ok(&["policy"]).await;
+    corral.ok(&["api-keys", "revoke", listed["id"].as_str().unwrap()]).await;
+    assert_eq!(code(&with_key.run(&["policy"]).await), 4);
+
+    // A namespace's instances end in one job, after --yes.
+    let mut args = vec!["instances", "create", "doomed", "--namespace", "team-a", "--wait"];
+    args.extend(CREATE);
+    corral.ok(&args).await;
+    let refused = corral.run(&["namespaces", "terminate", "team-a"]).await;
+    assert_eq!(code(&refused), 2, "{}", describe(&refused));
+    let job = corral.json(&["namespaces", "terminate", "team-a", "--yes", "--wait"]).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["instances"][0]["state"], "terminated");
+}
