@@ -478,12 +478,15 @@ pub async fn instances(client: &Client, out: &Out, command: InstancesCommand) ->
         InstancesCommand::Stop(action) => act(client, out, "stop", action).await?,
         InstancesCommand::Reboot(action) => act(client, out, "reboot", action).await?,
         InstancesCommand::Terminate(terminate) => {
-            let ids = split_ids(&terminate.action.ids);
-            let mut doomed = Vec::new();
-            for id in &ids {
-                doomed.push(client.get(&format!("/v1/instances/{}", encode(id))).await?);
+            if !terminate.yes {
+                let ids = split_ids(&terminate.action.ids);
+                require_terminal("terminate", ids.len())?;
+                let mut doomed = Vec::new();
+                for id in ids {
+                    doomed.push(client.get(&format!("/v1/instances/{}", encode(&id))).await?);
+                }
+                confirm(&doomed, "terminate")?;
             }
-            confirm(&doomed, terminate.yes, "terminate")?;
             act(client, out, "terminate", terminate.action).await?;
         }
         InstancesCommand::Update(update) => {
@@ -549,20 +552,19 @@ async fn act(client: &Client, out: &Out, action: &str, args: Action) -> Outcome<
     job_result(client, out, job, args.wait).await
 }
 
-/// Shows what is about to be destroyed and asks; `--yes` skips the question, and without a
-/// terminal to ask on, the command refuses.
-fn confirm(doomed: &[Value], yes: bool, verb: &str) -> Outcome<()> {
-    if yes {
+/// Refuses to destroy without a terminal to ask on (the caller skips this with `--yes`).
+fn require_terminal(verb: &str, count: usize) -> Outcome<()> {
+    if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
         return Ok(());
     }
-    let terminal = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
-    if !terminal {
-        return Err(Failure::usage(format!(
-            "refusing to {verb} {} instance(s) without confirmation: no terminal to ask on; \
-             pass --yes",
-            doomed.len()
-        )));
-    }
+    Err(Failure::usage(format!(
+        "refusing to {verb} {count} instance(s) without confirmation: no terminal to ask on; \
+         pass --yes"
+    )))
+}
+
+/// Shows what is about to be destroyed and asks.
+fn confirm(doomed: &[Value], verb: &str) -> Outcome<()> {
     let headers: Vec<String> =
         ["ID", "CLOUD ID", "NAME", "STATE", "NAMESPACE"].iter().map(|h| h.to_string()).collect();
     let rows: Vec<Vec<String>> = doomed
@@ -672,15 +674,18 @@ pub async fn namespaces(client: &Client, out: &Out, command: NamespacesCommand) 
             out.item(&client.patch(&path, &body).await?, NAMESPACE_COLUMNS)?;
         }
         NamespacesCommand::Terminate { name, yes, wait } => {
-            let path = format!("/v1/instances?namespace={}", encode(&name));
-            let doomed: Vec<Value> = client
-                .list_all(&path, None)
-                .await?
-                .into_iter()
-                .filter(|i| !matches!(i["state"].as_str(), Some("terminated" | "failed")))
-                .collect();
-            if !doomed.is_empty() {
-                confirm(&doomed, yes, "terminate")?;
+            if !yes {
+                let path = format!("/v1/instances?namespace={}", encode(&name));
+                let doomed: Vec<Value> = client
+                    .list_all(&path, None)
+                    .await?
+                    .into_iter()
+                    .filter(|i| !matches!(i["state"].as_str(), Some("terminated" | "failed")))
+                    .collect();
+                if !doomed.is_empty() {
+                    require_terminal("terminate", doomed.len())?;
+                    confirm(&doomed, "terminate")?;
+                }
             }
             let job = client.delete(&format!("/v1/namespaces/{}/instances", encode(&name))).await?;
             job_result(client, out, job, wait).await?;
