@@ -38,3 +38,16 @@ pub fn tls_client_config() -> anyhow::Result<rustls::ClientConfig> {
         .with_root_certificates(roots)
         .with_no_client_auth())
 }
+
+/// An error with every cause it wraps, `outer: inner: …` (HTTP clients keep the useful part,
+/// such as "connection refused", in the sources).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}

@@ -141,15 +141,10 @@ impl Client {
     }
 
     fn unreachable(&self, err: &reqwest::Error) -> Failure {
-        let mut cause = err.to_string();
-        let mut source = std::error::Error::source(err);
-        while let Some(inner) = source {
-            cause = format!("{cause}: {inner}");
-            source = inner.source();
-        }
         Failure::failed(format!(
-            "cannot reach the corral server at {} ({cause}); check --server or CORRAL_SERVER",
-            self.base
+            "cannot reach the corral server at {} ({}); check --server or CORRAL_SERVER",
+            self.base,
+            crate::error_chain(err)
         ))
     }
 }

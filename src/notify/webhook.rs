@@ -173,14 +173,7 @@ impl Resolve for GuardedResolver {
 
 /// The whole chain of a request error, which reqwest keeps in its sources.
 fn describe(err: &reqwest::Error) -> String {
-    let mut message = if err.is_timeout() { "timed out".to_string() } else { err.to_string() };
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
+    if err.is_timeout() { "timed out".to_string() } else { crate::error_chain(err) }
 }
 
 #[cfg(test)]

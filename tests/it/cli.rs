@@ -142,7 +142,7 @@ async fn instances_go_through_their_whole_life_from_the_command_line() {
     assert!(rows.next().unwrap().starts_with("id,cloud_id,name,state"), "{csv}");
     assert_eq!(rows.count(), 2);
     let yaml = corral.ok(&["instances", "list", "-o", "yaml"]).await;
-    assert_eq!(parse_yaml(&yaml).await, listed);
+    assert_eq!(crate::helpers::parse_yaml(&yaml).await, listed);
     let limited = corral.json(&["instances", "list", "--limit", "1"]).await;
     assert_eq!(limited.as_array().unwrap().len(), 1);
 
@@ -183,20 +183,6 @@ async fn instances_go_through_their_whole_life_from_the_command_line() {
     assert_eq!(policy, app.get("/v1/policy").await.json::<Value>().await.unwrap());
     let audit = corral.json(&["audit", "--action", "instance.stop"]).await;
     assert_eq!(audit.as_array().unwrap().len(), 2, "{audit}");
-}
-
-/// YAML read back by PyYAML (from the test venv), as JSON.
-async fn parse_yaml(yaml: &str) -> Value {
-    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
-    let mut child = tokio::process::Command::new(python)
-        .args(["-c", "import json, sys, yaml; print(json.dumps(yaml.safe_load(sys.stdin)))"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(yaml.as_bytes()).await.unwrap();
-    let output = child.wait_with_output().await.unwrap();
-    serde_json::from_slice(&output.stdout).unwrap()
 }
 
 #[tokio::test]

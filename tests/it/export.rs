@@ -108,7 +108,7 @@ async fn an_instance_exports_to_cloudformation_and_what_has_no_cloud_twin_does_n
 
     let response = app.get(&format!("/v1/instances/{cloud_id}/export?format=cloudformation")).await;
     assert_eq!(response.status(), StatusCode::OK);
-    let template = parse_yaml(&response.text().await.unwrap()).await;
+    let template = crate::helpers::parse_yaml(&response.text().await.unwrap()).await;
     let resource = &template["Resources"]["solo"];
     assert_eq!(resource["Type"], "AWS::EC2::Instance");
     assert_eq!(resource["DeletionPolicy"], "Retain");
@@ -124,19 +124,4 @@ async fn an_instance_exports_to_cloudformation_and_what_has_no_cloud_twin_does_n
     assert_eq!(ended["status"], "succeeded");
     let gone = app.get(&format!("/v1/instances/{id}/export")).await;
     assert_problem(gone, StatusCode::CONFLICT).await;
-}
-
-/// YAML read back by PyYAML (from the test venv), as JSON.
-async fn parse_yaml(yaml: &str) -> Value {
-    use tokio::io::AsyncWriteExt;
-    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
-    let mut child = tokio::process::Command::new(python)
-        .args(["-c", "import json, sys, yaml; print(json.dumps(yaml.safe_load(sys.stdin)))"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(yaml.as_bytes()).await.unwrap();
-    let output = child.wait_with_output().await.unwrap();
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|err| panic!("{err}: {yaml}"))
 }

@@ -386,3 +386,18 @@ pub async fn assert_problem(response: Response, status: StatusCode) -> Value {
     assert!(body["title"].is_string() && body["detail"].is_string() && body["type"].is_string());
     body
 }
+
+/// YAML read back by PyYAML (from the test venv), as JSON.
+pub async fn parse_yaml(yaml: &str) -> Value {
+    use tokio::io::AsyncWriteExt;
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+    let mut child = tokio::process::Command::new(python)
+        .args(["-c", "import json, sys, yaml; print(json.dumps(yaml.safe_load(sys.stdin)))"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(yaml.as_bytes()).await.unwrap();
+    let output = child.wait_with_output().await.unwrap();
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|err| panic!("{err}: {yaml}"))
+}
