@@ -18,6 +18,7 @@ mod extract;
 mod health;
 mod instances;
 mod jobs;
+mod key_pairs;
 mod namespaces;
 mod notifications;
 mod orphans;
@@ -76,6 +77,7 @@ pub fn router(ctx: ApiContext) -> Router {
         .merge(export::router())
         .merge(instances::router())
         .merge(jobs::router())
+        .merge(key_pairs::router())
         .merge(namespaces::router())
         .merge(notifications::router())
         .merge(orphans::router())

@@ -20,7 +20,9 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 
-use crate::domain::{Action, CpuCredits, ImageFacts, InstanceState, InstanceTypeFacts};
+use crate::domain::{
+    Action, CpuCredits, ImageFacts, IngressRule, InstanceState, InstanceTypeFacts,
+};
 
 pub use aws::AwsProvider;
 pub use batcher::DescribeBatcher;
@@ -63,6 +65,17 @@ pub struct LaunchRequest {
     /// Set for burstable instance types only.
     pub cpu_credits: Option<CpuCredits>,
     /// Tags applied to every instance of the call and to its volumes.
+    pub tags: BTreeMap<String, String>,
+}
+
+/// The security group corral creates for one request: found again by its `corral:job-id` tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecurityGroupSpec {
+    /// Group name, unique in the VPC: `corral-<job id>`.
+    pub name: String,
+    pub description: String,
+    pub rules: Vec<IngressRule>,
+    /// Includes `corral:job-id` and `corral:namespace`.
     pub tags: BTreeMap<String, String>,
 }
 
@@ -156,4 +169,38 @@ pub trait Provider: Send + Sync + 'static {
         action: Action,
         cloud_ids: &[String],
     ) -> Result<(), CloudError>;
+
+    /// Imports `public_key` as key pair `name` unless the region has it already; returns whether
+    /// it imported. A key pair of that name without the `corral:namespace` tag was not imported
+    /// by corral: it is `Rejected`, never replaced.
+    async fn ensure_key_pair(
+        &self,
+        region: &str,
+        name: &str,
+        public_key: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<bool, CloudError>;
+
+    /// Deletes key pair `name`; a key pair that does not exist is not an error.
+    async fn delete_key_pair(&self, region: &str, name: &str) -> Result<(), CloudError>;
+
+    /// The id of the group `spec` describes, created in the region's default VPC if its
+    /// `corral:job-id` tag finds none, with every rule of `spec` authorised.
+    async fn ensure_security_group(
+        &self,
+        region: &str,
+        spec: &SecurityGroupSpec,
+    ) -> Result<String, CloudError>;
+
+    /// Security groups carrying tag `key` with one of `values`, as (group id, tag value).
+    async fn find_security_groups(
+        &self,
+        region: &str,
+        key: &str,
+        values: &[String],
+    ) -> Result<Vec<(String, String)>, CloudError>;
+
+    /// Deletes a security group; one that does not exist is not an error, one still in use is
+    /// `Transient` (the network interfaces of terminated instances linger for a while).
+    async fn delete_security_group(&self, region: &str, group_id: &str) -> Result<(), CloudError>;
 }

@@ -15,6 +15,7 @@ pub use instance::{Action, InstanceState, StateConflict, ssh_command};
 pub use job::{JobKind, JobStatus};
 pub use notification::{DriftChange, EventType, Notification, NotifiedInstance, subscribed};
 pub use policy::{
-    AmiRule, CpuCredits, CreateRequest, ImageFacts, InstanceTypeFacts, LaunchSpec, Policy,
-    StorageRange, Violation, check_name_and_tags, is_valid_namespace,
+    AmiRule, CpuCredits, CreateRequest, ImageFacts, IngressRequest, IngressRule, InstanceTypeFacts,
+    KEY_NAME_RULE, LaunchSpec, Policy, StorageRange, Violation, check_name_and_tags,
+    is_valid_key_name, is_valid_namespace,
 };

@@ -28,7 +28,7 @@ use crate::config::JobSettings;
 use crate::domain::Policy;
 use crate::storage::{JobView, StorageError, Store};
 
-pub use kinds::{CreatePayload, TagPayload};
+pub use kinds::{CreatePayload, DeleteKeyPairPayload, TagPayload};
 pub use reconciler::{reconcile_all, run_reconciler};
 pub use worker::run_workers;
 

@@ -6,6 +6,7 @@
 //! integration suite. Times are stored as Unix milliseconds so that both dialects store and
 //! compare them the same way.
 
+mod access_sql;
 mod identity_sql;
 mod notify_sql;
 mod postgres;
@@ -498,6 +499,34 @@ impl std::str::FromStr for Channel {
             other => Err(format!("unknown notification channel '{other}'")),
         }
     }
+}
+
+/// An SSH key pair corral knows: its public half only. corral imports it into a region the
+/// first time an instance there uses it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct KeyPairRecord {
+    pub name: String,
+    pub namespace: String,
+    /// `ssh-ed25519`, `ssh-rsa`, …
+    pub key_type: String,
+    /// OpenSSH format, one line.
+    pub public_key: String,
+    /// SHA256 fingerprint as `ssh-keygen -l` prints it.
+    pub fingerprint: String,
+    pub created_by: String,
+    pub created_at: Millis,
+}
+
+/// The columns `KeyPairRecord` is read from.
+pub(crate) const KEY_PAIR_COLUMNS: &str =
+    "name, namespace, key_type, public_key, fingerprint, created_by, created_at";
+
+/// How a Terraform state write or lock request ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockOutcome {
+    Done,
+    /// Another lock holds the workspace: Terraform's lock info of the holder, as it sent it.
+    HeldBy(Option<String>),
 }
 
 /// Who wants which events: a webhook (URL and signing secret) or an email address, for one
@@ -1141,6 +1170,78 @@ impl Store {
         actor: &Actor,
     ) -> Result<bool, StorageError> {
         dispatch!(self, retry_delivery(delivery, actor))
+    }
+
+    pub async fn create_key_pair(
+        &self,
+        pair: &KeyPairRecord,
+        actor: &Actor,
+    ) -> Result<bool, StorageError> {
+        dispatch!(self, create_key_pair(pair, actor))
+    }
+
+    pub async fn list_key_pairs(&self) -> Result<Vec<KeyPairRecord>, StorageError> {
+        dispatch!(self, list_key_pairs())
+    }
+
+    pub async fn find_key_pair(&self, name: &str) -> Result<Option<KeyPairRecord>, StorageError> {
+        dispatch!(self, find_key_pair(name))
+    }
+
+    pub async fn delete_key_pair(
+        &self,
+        name: &str,
+        job: &NewJob,
+    ) -> Result<Option<Admission>, StorageError> {
+        dispatch!(self, delete_key_pair(name, job))
+    }
+
+    /// Which of the create jobs `job_ids` still have an instance that is not terminated or
+    /// failed.
+    pub async fn jobs_with_live_instances(
+        &self,
+        job_ids: &[String],
+    ) -> Result<Vec<String>, StorageError> {
+        dispatch!(self, jobs_with_live_instances(job_ids))
+    }
+
+    pub async fn terraform_state(&self, workspace: &str) -> Result<Option<String>, StorageError> {
+        dispatch!(self, terraform_state(workspace))
+    }
+
+    pub async fn write_terraform_state(
+        &self,
+        workspace: &str,
+        state: Option<&str>,
+        lock_id: Option<&str>,
+    ) -> Result<LockOutcome, StorageError> {
+        dispatch!(self, write_terraform_state(workspace, state, lock_id))
+    }
+
+    pub async fn lock_terraform_state(
+        &self,
+        workspace: &str,
+        lock_id: &str,
+        info: &str,
+        job_id: Option<&str>,
+    ) -> Result<LockOutcome, StorageError> {
+        dispatch!(self, lock_terraform_state(workspace, lock_id, info, job_id))
+    }
+
+    pub async fn unlock_terraform_state(
+        &self,
+        workspace: &str,
+        lock_id: Option<&str>,
+    ) -> Result<LockOutcome, StorageError> {
+        dispatch!(self, unlock_terraform_state(workspace, lock_id))
+    }
+
+    pub async fn release_job_lock(
+        &self,
+        workspace: &str,
+        job_id: &str,
+    ) -> Result<bool, StorageError> {
+        dispatch!(self, release_job_lock(workspace, job_id))
     }
 }
 

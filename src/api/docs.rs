@@ -11,8 +11,8 @@ use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::api::{
-    api_keys, audit, auth, error, export, health, instances, jobs, namespaces, notifications,
-    orphans, policy, subscriptions, users,
+    api_keys, audit, auth, error, export, health, instances, jobs, key_pairs, namespaces,
+    notifications, orphans, policy, subscriptions, users,
 };
 
 #[derive(OpenApi)]
@@ -60,6 +60,10 @@ use crate::api::{
         instances::act_on_instances,
         instances::refresh_instance,
         instances::list_drift,
+        key_pairs::create_key_pair,
+        key_pairs::list_key_pairs,
+        key_pairs::get_key_pair,
+        key_pairs::delete_key_pair,
         export::export_instance,
         export::export_namespace,
         jobs::get_job,
@@ -83,6 +87,7 @@ use crate::api::{
         (name = "audit", description = "Who did what"),
         (name = "notifications", description = "Email and webhooks on lifecycle events, and their deliveries"),
         (name = "instances", description = "Instances and their lifecycle"),
+        (name = "keypairs", description = "SSH key pairs: imported public keys, or generated once"),
         (name = "jobs", description = "Durable jobs behind every change"),
         (name = "orphans", description = "Instances tagged by corral that it does not know"),
         (name = "policy", description = "Guardrails in force"),

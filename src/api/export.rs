@@ -321,6 +321,7 @@ mod tests {
             user_data: None,
             tags: BTreeMap::from([("team".to_string(), "${blue}".to_string())]),
             cpu_credits: crate::domain::CpuCredits::Standard,
+            ingress: Vec::new(),
         };
         let mut record = InstanceRecord::desired(&spec, "job-1", 0, 2, 0);
         record.cloud_id = Some("i-0abc".to_string());

@@ -5,8 +5,9 @@
 //! An `Idempotency-Key` header makes a retried request return the job of the first one.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -24,8 +25,8 @@ use crate::api::namespaces::namespace_not_found;
 use crate::api::{ApiContext, ApiError, FieldError};
 use crate::cloud::CloudError;
 use crate::domain::{
-    Action, CreateRequest, InstanceState, JobKind, LaunchSpec, Role, check_name_and_tags,
-    ssh_command,
+    Action, CreateRequest, IngressRequest, InstanceState, JobKind, LaunchSpec, Role,
+    check_name_and_tags, ssh_command,
 };
 use crate::jobs::{CreatePayload, TagPayload};
 use crate::storage::{
@@ -63,6 +64,22 @@ pub struct CreateInstancesBody {
     pub tags: Option<BTreeMap<String, String>>,
     /// Namespace (default `default`).
     pub namespace: Option<String>,
+    /// Traffic to let in. corral creates a security group with these rules for the request,
+    /// tagged like the instances, and deletes it when its last instance is terminated.
+    pub ingress: Option<Vec<IngressBody>>,
+}
+
+/// One rule of the security group corral creates for a request.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IngressBody {
+    /// Port to open, 1-65535.
+    pub port: Option<i64>,
+    /// `tcp` (default) or `udp`.
+    pub protocol: Option<String>,
+    /// Address range allowed in, e.g. `203.0.113.0/24`; `caller` means the address this request
+    /// came from, alone (/32).
+    pub cidr: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -165,6 +182,7 @@ pub fn router() -> Router<ApiContext> {
     ))]
 pub async fn create_instances(
     State(ctx): State<ApiContext>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     caller: Caller,
     params: QueryParams,
     idempotency: IdempotencyHeader,
@@ -200,6 +218,17 @@ pub async fn create_instances(
         user_data: body.user_data,
         tags: body.tags.unwrap_or_default(),
         namespace: body.namespace,
+        ingress: body
+            .ingress
+            .unwrap_or_default()
+            .into_iter()
+            .map(|rule| IngressRequest {
+                port: rule.port,
+                protocol: rule.protocol,
+                cidr: rule.cidr,
+            })
+            .collect(),
+        caller_ip: Some(peer.ip()),
     };
     let spec = ctx.policy.check_request(&request).map_err(|violations| {
         ApiError::Validation(

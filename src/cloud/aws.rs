@@ -19,12 +19,15 @@ use aws_sdk_ec2::config::{Credentials, Region};
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, CreditSpecificationRequest, EbsBlockDevice, Filter, Instance, InstanceType,
-    ResourceType, Tag, TagSpecification, VolumeType,
+    IpPermission, IpRange, Ipv6Range, ResourceType, Tag, TagSpecification, VolumeType,
 };
 use base64::Engine;
 
 use crate::cloud::limiter::{ApiClass, RateLimiter};
-use crate::cloud::{CloudError, CloudInstance, LaunchRequest, Provider};
+use crate::cloud::{
+    CloudError, CloudInstance, LaunchRequest, Provider, SecurityGroupSpec, TAG_JOB_ID,
+    TAG_NAMESPACE,
+};
 use crate::config::AwsSettings;
 use crate::domain::{Action, CpuCredits, ImageFacts, InstanceState, InstanceTypeFacts};
 
@@ -390,9 +393,182 @@ impl Provider for AwsProvider {
         }
         Ok(())
     }
+
+    async fn ensure_key_pair(
+        &self,
+        region: &str,
+        name: &str,
+        public_key: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<bool, CloudError> {
+        if self.key_pair_imported_by_corral(region, name).await? {
+            return Ok(false);
+        }
+        let spec = TagSpecification::builder()
+            .resource_type(ResourceType::KeyPair)
+            .set_tags(Some(to_tags(tags)))
+            .build();
+        let call = self
+            .client(region)
+            .import_key_pair()
+            .key_name(name)
+            .public_key_material(aws_sdk_ec2::primitives::Blob::new(public_key.as_bytes()))
+            .tag_specifications(spec)
+            .send();
+        match self.send(region, ApiClass::Mutate, call).await {
+            Ok(_) => Ok(true),
+            // Imported meanwhile by another attempt, or by someone else: look again.
+            Err(CloudError::Rejected { code, .. }) if code == "InvalidKeyPair.Duplicate" => {
+                self.key_pair_imported_by_corral(region, name).await.map(|_| false)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn delete_key_pair(&self, region: &str, name: &str) -> Result<(), CloudError> {
+        let call = self.client(region).delete_key_pair().key_name(name).send();
+        match self.send(region, ApiClass::Mutate, call).await {
+            Err(CloudError::Rejected { code, .. }) if code == "InvalidKeyPair.NotFound" => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
+    async fn ensure_security_group(
+        &self,
+        region: &str,
+        spec: &SecurityGroupSpec,
+    ) -> Result<String, CloudError> {
+        let job_id = spec.tags.get(TAG_JOB_ID).cloned().unwrap_or_default();
+        let client = self.client(region);
+        let found = self.find_security_groups(region, TAG_JOB_ID, &[job_id]).await?;
+        let group_id = match found.into_iter().next() {
+            Some((group_id, _)) => group_id,
+            None => {
+                let tags = TagSpecification::builder()
+                    .resource_type(ResourceType::SecurityGroup)
+                    .set_tags(Some(to_tags(&spec.tags)))
+                    .build();
+                let call = client
+                    .create_security_group()
+                    .group_name(&spec.name)
+                    .description(&spec.description)
+                    .tag_specifications(tags)
+                    .send();
+                match self.send(region, ApiClass::Mutate, call).await {
+                    Ok(output) => output.group_id().unwrap_or_default().to_string(),
+                    Err(CloudError::Rejected { code, message })
+                        if code == "InvalidGroup.Duplicate" =>
+                    {
+                        return Err(CloudError::Rejected {
+                            code,
+                            message: format!(
+                                "{message}; a group named {} exists without corral's tags",
+                                spec.name
+                            ),
+                        });
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+        };
+        let permissions: Vec<IpPermission> = spec
+            .rules
+            .iter()
+            .map(|rule| {
+                let port = i32::from(rule.port);
+                let permission = IpPermission::builder()
+                    .ip_protocol(&rule.protocol)
+                    .from_port(port)
+                    .to_port(port);
+                let permission = if rule.is_ipv6() {
+                    permission.ipv6_ranges(Ipv6Range::builder().cidr_ipv6(&rule.cidr).build())
+                } else {
+                    permission.ip_ranges(IpRange::builder().cidr_ip(&rule.cidr).build())
+                };
+                permission.build()
+            })
+            .collect();
+        for permission in permissions {
+            // One call per rule, so that a rule authorised by an earlier attempt does not stop
+            // the others.
+            let call = client
+                .authorize_security_group_ingress()
+                .group_id(&group_id)
+                .ip_permissions(permission)
+                .send();
+            match self.send(region, ApiClass::Mutate, call).await {
+                Ok(_) => {}
+                Err(CloudError::Rejected { code, .. }) if code == "InvalidPermission.Duplicate" => {
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(group_id)
+    }
+
+    async fn find_security_groups(
+        &self,
+        region: &str,
+        key: &str,
+        values: &[String],
+    ) -> Result<Vec<(String, String)>, CloudError> {
+        if values.is_empty() {
+            return Ok(Vec::new());
+        }
+        let filter =
+            Filter::builder().name(format!("tag:{key}")).set_values(Some(values.to_vec())).build();
+        let call = self.client(region).describe_security_groups().filters(filter).send();
+        let output = self.send(region, ApiClass::Describe, call).await?;
+        Ok(output
+            .security_groups()
+            .iter()
+            .filter_map(|group| {
+                let value = group.tags().iter().find(|tag| tag.key() == Some(key))?.value()?;
+                Some((group.group_id()?.to_string(), value.to_string()))
+            })
+            .collect())
+    }
+
+    async fn delete_security_group(&self, region: &str, group_id: &str) -> Result<(), CloudError> {
+        let call = self.client(region).delete_security_group().group_id(group_id).send();
+        match self.send(region, ApiClass::Mutate, call).await {
+            Ok(_) => Ok(()),
+            Err(CloudError::Rejected { code, .. }) if code == "InvalidGroup.NotFound" => Ok(()),
+            Err(CloudError::Rejected { code, message }) if code == "DependencyViolation" => {
+                Err(CloudError::Transient(format!("{code}: {message}")))
+            }
+            Err(err) => Err(err),
+        }
+    }
 }
 
 impl AwsProvider {
+    /// Whether the region has key pair `name`, and it carries corral's tag; `Rejected` when the
+    /// name is taken by a key pair corral did not import.
+    async fn key_pair_imported_by_corral(
+        &self,
+        region: &str,
+        name: &str,
+    ) -> Result<bool, CloudError> {
+        let filter = Filter::builder().name("key-name").values(name).build();
+        let call = self.client(region).describe_key_pairs().filters(filter).send();
+        let output = self.send(region, ApiClass::Describe, call).await?;
+        match output.key_pairs().first() {
+            None => Ok(false),
+            Some(pair) if pair.tags().iter().any(|tag| tag.key() == Some(TAG_NAMESPACE)) => {
+                Ok(true)
+            }
+            Some(_) => Err(CloudError::Rejected {
+                code: "InvalidKeyPair.Duplicate".to_string(),
+                message: format!(
+                    "{region} already has a key pair named '{name}' that corral did not import; \
+                     use it by key_name without registering it, or register the key under \
+                     another name"
+                ),
+            }),
+        }
+    }
+
     async fn apply_batch(
         &self,
         client: &Client,
@@ -421,6 +597,10 @@ impl AwsProvider {
         }
         Ok(())
     }
+}
+
+fn to_tags(tags: &BTreeMap<String, String>) -> Vec<Tag> {
+    tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect()
 }
 
 /// The instance ids named in an EC2 error message such as

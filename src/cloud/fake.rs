@@ -7,7 +7,9 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use crate::cloud::{CloudError, CloudInstance, LaunchRequest, Provider};
+use crate::cloud::{
+    CloudError, CloudInstance, LaunchRequest, Provider, SecurityGroupSpec, TAG_JOB_ID,
+};
 use crate::domain::{Action, ImageFacts, InstanceState, InstanceTypeFacts};
 
 #[derive(Default)]
@@ -26,6 +28,10 @@ pub struct FakeState {
     pub invisible_polls: u32,
     /// The next launch fails with this error.
     pub launch_error: Option<CloudError>,
+    /// Key pairs by (region, name): their public keys.
+    pub key_pairs: BTreeMap<(String, String), String>,
+    /// Security groups by id: (region, their `corral:job-id` tag).
+    pub security_groups: BTreeMap<String, (String, String)>,
 }
 
 pub struct FakeInstance {
@@ -220,6 +226,63 @@ impl Provider for FakeProvider {
                 instance.cloud.state = target;
             }
         }
+        Ok(())
+    }
+
+    async fn ensure_key_pair(
+        &self,
+        region: &str,
+        name: &str,
+        public_key: &str,
+        _tags: &BTreeMap<String, String>,
+    ) -> Result<bool, CloudError> {
+        self.count("ensure_key_pair");
+        let mut state = self.state.lock().unwrap();
+        let key = (region.to_string(), name.to_string());
+        Ok(state.key_pairs.insert(key, public_key.to_string()).is_none())
+    }
+
+    async fn delete_key_pair(&self, region: &str, name: &str) -> Result<(), CloudError> {
+        self.count("delete_key_pair");
+        self.state.lock().unwrap().key_pairs.remove(&(region.to_string(), name.to_string()));
+        Ok(())
+    }
+
+    async fn ensure_security_group(
+        &self,
+        region: &str,
+        spec: &SecurityGroupSpec,
+    ) -> Result<String, CloudError> {
+        self.count("ensure_security_group");
+        let job_id = spec.tags.get(TAG_JOB_ID).cloned().unwrap_or_default();
+        let mut state = self.state.lock().unwrap();
+        if let Some((id, _)) = state.security_groups.iter().find(|(_, (_, tag))| *tag == job_id) {
+            return Ok(id.clone());
+        }
+        let id = format!("sg-{:017x}", state.security_groups.len() + 1);
+        state.security_groups.insert(id.clone(), (region.to_string(), job_id));
+        Ok(id)
+    }
+
+    async fn find_security_groups(
+        &self,
+        region: &str,
+        _key: &str,
+        values: &[String],
+    ) -> Result<Vec<(String, String)>, CloudError> {
+        self.count("find_security_groups");
+        let state = self.state.lock().unwrap();
+        Ok(state
+            .security_groups
+            .iter()
+            .filter(|(_, (group_region, tag))| group_region == region && values.contains(tag))
+            .map(|(id, (_, tag))| (id.clone(), tag.clone()))
+            .collect())
+    }
+
+    async fn delete_security_group(&self, _region: &str, group_id: &str) -> Result<(), CloudError> {
+        self.count("delete_security_group");
+        self.state.lock().unwrap().security_groups.remove(group_id);
         Ok(())
     }
 }

@@ -16,10 +16,12 @@ pub enum JobKind {
     Reconcile,
     /// Applies an instance's name and tags, changed by a request, in the cloud.
     TagInstances,
+    /// Deletes a key pair corral no longer holds from every region it may have been imported to.
+    DeleteKeyPair,
 }
 
 impl JobKind {
-    pub const ALL: [JobKind; 8] = [
+    pub const ALL: [JobKind; 9] = [
         JobKind::CreateInstances,
         JobKind::StartInstances,
         JobKind::StopInstances,
@@ -28,6 +30,7 @@ impl JobKind {
         JobKind::RefreshInstances,
         JobKind::Reconcile,
         JobKind::TagInstances,
+        JobKind::DeleteKeyPair,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -40,6 +43,7 @@ impl JobKind {
             JobKind::RefreshInstances => "refresh_instances",
             JobKind::Reconcile => "reconcile",
             JobKind::TagInstances => "tag_instances",
+            JobKind::DeleteKeyPair => "delete_key_pair",
         }
     }
 
@@ -54,6 +58,7 @@ impl JobKind {
             JobKind::RefreshInstances => "instance.refresh",
             JobKind::Reconcile => "reconcile",
             JobKind::TagInstances => "instance.update",
+            JobKind::DeleteKeyPair => "key_pair.delete",
         }
     }
 
@@ -72,7 +77,8 @@ impl JobKind {
             JobKind::CreateInstances
             | JobKind::RefreshInstances
             | JobKind::Reconcile
-            | JobKind::TagInstances => None,
+            | JobKind::TagInstances
+            | JobKind::DeleteKeyPair => None,
             JobKind::StartInstances => Some(Action::Start),
             JobKind::StopInstances => Some(Action::Stop),
             JobKind::RebootInstances => Some(Action::Reboot),

@@ -59,7 +59,10 @@ impl EventType {
             JobKind::StopInstances => Some(EventType::InstanceStopped),
             JobKind::RebootInstances => Some(EventType::InstanceRebooted),
             JobKind::TerminateInstances => Some(EventType::InstanceTerminated),
-            JobKind::RefreshInstances | JobKind::Reconcile | JobKind::TagInstances => None,
+            JobKind::RefreshInstances
+            | JobKind::Reconcile
+            | JobKind::TagInstances
+            | JobKind::DeleteKeyPair => None,
         }
     }
 

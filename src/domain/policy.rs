@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -114,6 +115,8 @@ const FREE_TIER_AMI_OWNERS: [&str; 4] = ["amazon", "137112412989", "099720109477
 const RESERVED_TAG_PREFIXES: [&str; 2] = ["aws:", "corral:"];
 const MAX_USER_TAGS: usize = 40;
 const MAX_SECURITY_GROUPS: usize = 5;
+/// Most ingress rules one request may ask for (EC2 allows 60 per security group).
+const MAX_INGRESS_RULES: usize = 20;
 
 impl Policy {
     /// EC2's free tier as it stands: t2.micro/t3.micro on accounts created before July 2025,
@@ -299,12 +302,11 @@ impl Policy {
         };
 
         if let Some(key_name) = &request.key_name
-            && (key_name.is_empty()
-                || key_name.len() > 255
-                || !key_name.chars().all(|c| c.is_ascii_graphic() || c == ' '))
+            && !is_valid_key_name(key_name)
         {
-            violations.push(Violation::new("key_name", "must be 1-255 printable ASCII characters"));
+            violations.push(Violation::new("key_name", KEY_NAME_RULE));
         }
+        let ingress = check_ingress(&request.ingress, request.caller_ip, &mut violations);
 
         if request.security_group_ids.len() > MAX_SECURITY_GROUPS {
             violations.push(Violation::new(
@@ -353,6 +355,7 @@ impl Policy {
             user_data: request.user_data.clone(),
             tags: request.tags.clone(),
             cpu_credits,
+            ingress,
         })
     }
 
@@ -452,6 +455,112 @@ pub fn check_name_and_tags(name: &str, tags: &BTreeMap<String, String>) -> Vec<V
     violations
 }
 
+pub const KEY_NAME_RULE: &str = "must be 1-255 printable ASCII characters";
+
+/// Whether `name` is acceptable as an EC2 key pair name.
+pub fn is_valid_key_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 255 && name.chars().all(|c| c.is_ascii_graphic() || c == ' ')
+}
+
+/// Checks the requested ingress rules; `cidr: "caller"` becomes the caller's address alone.
+fn check_ingress(
+    rules: &[IngressRequest],
+    caller_ip: Option<IpAddr>,
+    violations: &mut Vec<Violation>,
+) -> Vec<IngressRule> {
+    if rules.len() > MAX_INGRESS_RULES {
+        violations.push(Violation::new(
+            "ingress",
+            format!("at most {MAX_INGRESS_RULES} rules are allowed, got {}", rules.len()),
+        ));
+    }
+    let mut checked = Vec::new();
+    for (idx, rule) in rules.iter().enumerate() {
+        let field = |name: &str| format!("ingress[{idx}].{name}");
+        let port = match rule.port {
+            Some(port @ 1..=65535) => port as u16,
+            Some(port) => {
+                violations.push(Violation::new(
+                    field("port"),
+                    format!("{port} is not a port; expected 1-65535"),
+                ));
+                continue;
+            }
+            None => {
+                violations.push(Violation::new(field("port"), "is required, e.g. 22"));
+                continue;
+            }
+        };
+        let protocol = rule.protocol.as_deref().unwrap_or("tcp");
+        if !matches!(protocol, "tcp" | "udp") {
+            violations.push(Violation::new(
+                field("protocol"),
+                format!("'{protocol}' is not allowed; allowed: tcp, udp"),
+            ));
+            continue;
+        }
+        let cidr = match rule.cidr.as_deref() {
+            None => {
+                violations.push(Violation::new(
+                    field("cidr"),
+                    "is required: an address range such as 203.0.113.0/24, or \"caller\" for \
+                     the address this request came from",
+                ));
+                continue;
+            }
+            Some("caller") => match caller_ip {
+                Some(IpAddr::V4(ip)) => format!("{ip}/32"),
+                Some(IpAddr::V6(ip)) => match ip.to_ipv4_mapped() {
+                    Some(v4) => format!("{v4}/32"),
+                    None => format!("{ip}/128"),
+                },
+                None => {
+                    violations.push(Violation::new(
+                        field("cidr"),
+                        "\"caller\" needs the client's address, which this request does not have",
+                    ));
+                    continue;
+                }
+            },
+            Some(cidr) => match parse_cidr(cidr) {
+                Some(cidr) => cidr,
+                None => {
+                    violations.push(Violation::new(
+                        field("cidr"),
+                        format!(
+                            "'{cidr}' is not an address range; expected e.g. 203.0.113.0/24, \
+                             2001:db8::/32 or \"caller\""
+                        ),
+                    ));
+                    continue;
+                }
+            },
+        };
+        let rule = IngressRule { port, protocol: protocol.to_string(), cidr };
+        if !checked.contains(&rule) {
+            checked.push(rule);
+        }
+    }
+    checked
+}
+
+/// `network/prefix` (host bits cleared), or `None` when `cidr` is not an address range.
+fn parse_cidr(cidr: &str) -> Option<String> {
+    let (address, prefix) = cidr.split_once('/')?;
+    let prefix: u32 = prefix.parse().ok()?;
+    match address.parse::<IpAddr>().ok()? {
+        IpAddr::V4(ip) if prefix <= 32 => {
+            let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
+            Some(format!("{}/{prefix}", std::net::Ipv4Addr::from(u32::from(ip) & mask)))
+        }
+        IpAddr::V6(ip) if prefix <= 128 => {
+            let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
+            Some(format!("{}/{prefix}", std::net::Ipv6Addr::from(u128::from(ip) & mask)))
+        }
+        _ => None,
+    }
+}
+
 const NAME_RULE: &str =
     "must be 1-64 characters of letters, digits, '-', '_' or '.', starting with a letter or digit";
 
@@ -524,6 +633,32 @@ pub struct CreateRequest {
     pub user_data: Option<String>,
     pub tags: BTreeMap<String, String>,
     pub namespace: Option<String>,
+    pub ingress: Vec<IngressRequest>,
+    /// Address the request came from, for ingress rules with `cidr: "caller"`.
+    pub caller_ip: Option<IpAddr>,
+}
+
+/// One ingress rule as the client sent it.
+#[derive(Debug, Clone, Default)]
+pub struct IngressRequest {
+    pub port: Option<i64>,
+    pub protocol: Option<String>,
+    pub cidr: Option<String>,
+}
+
+/// Traffic let in to the instances of one request: `protocol` (`tcp` or `udp`) to `port` from
+/// the address range `cidr` (IPv4 or IPv6).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngressRule {
+    pub port: u16,
+    pub protocol: String,
+    pub cidr: String,
+}
+
+impl IngressRule {
+    pub fn is_ipv6(&self) -> bool {
+        self.cidr.contains(':')
+    }
 }
 
 /// A create request that passed every static rule: what to launch, and the name of each
@@ -541,6 +676,9 @@ pub struct LaunchSpec {
     pub user_data: Option<String>,
     pub tags: BTreeMap<String, String>,
     pub cpu_credits: CpuCredits,
+    /// Rules of the security group corral creates for the request; empty: none is created.
+    #[serde(default)]
+    pub ingress: Vec<IngressRule>,
 }
 
 /// What the cloud says about an AMI.
@@ -827,5 +965,57 @@ mod tests {
         policy.storage_gb = StorageRange { min: 10, max: 5, default: 8 };
         let problems = policy.validate().unwrap_err();
         assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+
+    #[test]
+    fn ingress_rules_are_checked_and_caller_becomes_one_address() {
+        let rule = |port: i64, protocol: Option<&str>, cidr: Option<&str>| IngressRequest {
+            port: Some(port),
+            protocol: protocol.map(str::to_string),
+            cidr: cidr.map(str::to_string),
+        };
+        let mut request = valid_request();
+        request.caller_ip = Some("198.51.100.7".parse().unwrap());
+        request.ingress = vec![
+            rule(22, None, Some("caller")),
+            rule(8080, Some("udp"), Some("10.1.2.3/16")),
+            rule(443, None, Some("2001:db8::1/32")),
+            rule(22, Some("tcp"), Some("caller")),
+        ];
+        let spec = Policy::free_tier().check_request(&request).unwrap();
+        let rendered: Vec<String> =
+            spec.ingress.iter().map(|r| format!("{}/{} {}", r.protocol, r.port, r.cidr)).collect();
+        assert_eq!(
+            rendered,
+            ["tcp/22 198.51.100.7/32", "udp/8080 10.1.0.0/16", "tcp/443 2001:db8::/32"],
+            "a repeated rule is kept once"
+        );
+
+        request.caller_ip = Some("::ffff:192.0.2.9".parse().unwrap());
+        request.ingress = vec![rule(22, None, Some("caller"))];
+        let spec = Policy::free_tier().check_request(&request).unwrap();
+        assert_eq!(spec.ingress[0].cidr, "192.0.2.9/32");
+
+        request.caller_ip = None;
+        request.ingress = vec![
+            rule(0, None, Some("10.0.0.0/8")),
+            rule(22, Some("icmp"), Some("10.0.0.0/8")),
+            rule(22, None, Some("10.0.0.0/33")),
+            rule(22, None, None),
+            rule(22, None, Some("caller")),
+        ];
+        let violations = Policy::free_tier().check_request(&request).unwrap_err();
+        let fields: Vec<&str> = violations.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "ingress[0].port",
+                "ingress[1].protocol",
+                "ingress[2].cidr",
+                "ingress[3].cidr",
+                "ingress[4].cidr"
+            ]
+        );
+        assert!(violations[2].message.contains("'10.0.0.0/33' is not an address range"));
     }
 }

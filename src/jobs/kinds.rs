@@ -20,6 +20,13 @@ use crate::storage::{InstanceRecord, Observation};
 pub use create_instances::CreatePayload;
 
 pub use refresh::refresh_region;
+
+/// Arguments of a `delete_key_pair` job: the key pair and every region it may be in.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DeleteKeyPairPayload {
+    pub name: String,
+    pub regions: Vec<String>,
+}
 pub use tag::TagPayload;
 
 /// Runs one attempt of a job.
@@ -28,6 +35,20 @@ pub async fn run(run: &JobRun<'_>) -> Result<(), JobError> {
         JobKind::CreateInstances => create_instances::run(run).await,
         JobKind::RefreshInstances => refresh::run(run).await,
         JobKind::TagInstances => tag::run(run).await,
+        JobKind::DeleteKeyPair => {
+            let payload: DeleteKeyPairPayload = serde_json::from_value(run.job.job.payload.clone())
+                .map_err(|err| JobError::Permanent(format!("unreadable job payload: {err}")))?;
+            for region in &payload.regions {
+                run.ctx.provider.delete_key_pair(region, &payload.name).await?;
+            }
+            run.step(format!(
+                "deleted key pair {} wherever it was ({})",
+                payload.name,
+                payload.regions.join(", ")
+            ))
+            .await;
+            Ok(())
+        }
         JobKind::Reconcile => {
             let summary = crate::jobs::reconcile_all(run.ctx).await?;
             run.step(format!(

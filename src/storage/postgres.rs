@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::domain::{Action, StateConflict};
 use crate::domain::{EventType, JobKind, Notification, Role, subscribed};
+use crate::storage::access_sql::access_store;
 use crate::storage::identity_sql::{identity_store, quota_value, user_value};
 use crate::storage::notify_sql::{drift_notification, notified, notify_store, subscription_value};
 use crate::storage::rows::{
@@ -23,10 +24,10 @@ use crate::storage::sql::{Dialect, sql_store};
 use crate::storage::{
     Actor, Admission, ApiKeyRecord, AuditEntry, AuditFilter, AuditRecord, Channel, ClaimedDelivery,
     Counts, DeliveryFilter, DeliveryOutcome, DeliveryRecord, DriftRecord, IdempotencyKey,
-    InstanceFilter, InstanceRecord, JobEvent, JobFilter, JobOutcome, JobRecord, Millis,
-    NamespaceRecord, NewJob, Observation, OrphanRecord, PageRequest, QuotaExceeded, Reconciliation,
-    SYSTEM_ACTOR, StorageError, StoreEvent, SubscriptionRecord, UserChanges, UserRecord, UserWrite,
-    now_millis, redact_url, to_datetime,
+    InstanceFilter, InstanceRecord, JobEvent, JobFilter, JobOutcome, JobRecord, KEY_PAIR_COLUMNS,
+    KeyPairRecord, LockOutcome, Millis, NamespaceRecord, NewJob, Observation, OrphanRecord,
+    PageRequest, QuotaExceeded, Reconciliation, SYSTEM_ACTOR, StorageError, StoreEvent,
+    SubscriptionRecord, UserChanges, UserRecord, UserWrite, now_millis, redact_url, to_datetime,
 };
 
 /// Channel on which a stored job is announced (payload: job id).
@@ -87,3 +88,4 @@ impl PgStore {
 sql_store!(PgStore, Postgres, Dialect::Postgres);
 identity_store!(PgStore, Postgres, Dialect::Postgres);
 notify_store!(PgStore, Postgres, Dialect::Postgres);
+access_store!(PgStore, Postgres);

@@ -9,6 +9,7 @@ use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
 use crate::domain::{Action, StateConflict};
 use crate::domain::{EventType, JobKind, Notification, Role, subscribed};
+use crate::storage::access_sql::access_store;
 use crate::storage::identity_sql::{identity_store, quota_value, user_value};
 use crate::storage::notify_sql::{drift_notification, notified, notify_store, subscription_value};
 use crate::storage::rows::{
@@ -20,10 +21,10 @@ use crate::storage::sql::{Dialect, sql_store};
 use crate::storage::{
     Actor, Admission, ApiKeyRecord, AuditEntry, AuditFilter, AuditRecord, Channel, ClaimedDelivery,
     Counts, DeliveryFilter, DeliveryOutcome, DeliveryRecord, DriftRecord, IdempotencyKey,
-    InstanceFilter, InstanceRecord, JobEvent, JobFilter, JobOutcome, JobRecord, Millis,
-    NamespaceRecord, NewJob, Observation, OrphanRecord, PageRequest, QuotaExceeded, Reconciliation,
-    SYSTEM_ACTOR, StorageError, SubscriptionRecord, UserChanges, UserRecord, UserWrite, now_millis,
-    to_datetime,
+    InstanceFilter, InstanceRecord, JobEvent, JobFilter, JobOutcome, JobRecord, KEY_PAIR_COLUMNS,
+    KeyPairRecord, LockOutcome, Millis, NamespaceRecord, NewJob, Observation, OrphanRecord,
+    PageRequest, QuotaExceeded, Reconciliation, SYSTEM_ACTOR, StorageError, SubscriptionRecord,
+    UserChanges, UserRecord, UserWrite, now_millis, to_datetime,
 };
 
 #[derive(Clone)]
@@ -62,3 +63,4 @@ impl SqliteStore {
 sql_store!(SqliteStore, Sqlite, Dialect::Sqlite);
 identity_store!(SqliteStore, Sqlite, Dialect::Sqlite);
 notify_store!(SqliteStore, Sqlite, Dialect::Sqlite);
+access_store!(SqliteStore, Sqlite);

@@ -96,6 +96,10 @@ fn table() -> BTreeMap<&'static str, (Rule, Option<Value>)> {
         ("delete_email_subscription", (AlphaDelete, None)),
         ("list_notifications", (Anyone, None)),
         ("retry_notification", (AlphaWrite, None)),
+        ("create_key_pair", (AlphaWrite, Some(json!({ "name": "matrix", "namespace": "alpha" })))),
+        ("list_key_pairs", (Anyone, None)),
+        ("get_key_pair", (AlphaRead, None)),
+        ("delete_key_pair", (AlphaDelete, None)),
     ])
 }
 
@@ -174,6 +178,12 @@ async fn every_route_answers_each_kind_of_caller_as_its_role_allows() {
             let created: Value = app.post_json(path, &body, None).await.json().await.unwrap();
             ids.insert(operation, created["id"].as_str().unwrap().to_string());
         }
+    }
+    for (operation, name) in [("get_key_pair", "alpha-kept"), ("delete_key_pair", "alpha-doomed")] {
+        let body = json!({ "name": name, "namespace": "alpha" });
+        let response = app.post_json("/v1/keypairs", &body, None).await;
+        assert_eq!(response.status(), StatusCode::CREATED, "key pair {name}");
+        ids.insert(operation, name.to_string());
     }
     let viewer = app.user_key("viewer", json!({ "alpha": "viewer" })).await;
     let stranger = app.user_key("stranger", json!({ "beta": "operator" })).await;
@@ -254,6 +264,7 @@ fn fill(path: &str, id: &str, object_id: &str) -> String {
     path.replace("{id}", object_id)
         .replace("{cloud_id}", "i-0123456789abcdef0")
         .replace("{namespace}", "alpha")
+        .replace("{name}", object_id)
         .replace("{username}", username)
 }
 

@@ -331,6 +331,19 @@ impl TestApp {
     }
 
     /// Polls a job until it has finished, for tests that did not pass `?wait=`.
+    /// The messages of a job's history, one per line.
+    pub async fn job_steps(&self, job_id: &str) -> String {
+        let events: Value =
+            self.get(&format!("/v1/jobs/{job_id}/events")).await.json().await.unwrap();
+        let messages: Vec<&str> = events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|event| event["message"].as_str())
+            .collect();
+        messages.join("\n")
+    }
+
     pub async fn wait_for_job(&self, id: &str) -> Value {
         for _ in 0..1200 {
             let job: Value = self.get_job(id).await.json().await.unwrap();

@@ -16,6 +16,7 @@ mod jobs;
 mod notify;
 mod policy;
 mod proxy;
+mod reach;
 mod reconcile;
 mod resilience;
 mod storage;

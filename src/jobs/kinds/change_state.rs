@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::cloud::TAG_JOB_ID;
 use crate::domain::Action;
 use crate::jobs::kinds::{observe, wait_for_state};
 use crate::jobs::{JobError, JobRun};
@@ -53,6 +54,32 @@ pub async fn run(run: &JobRun<'_>, action: Action) -> Result<(), JobError> {
                 observe(run, region, &instances).await?;
             }
         }
+        if action == Action::Terminate {
+            delete_unused_security_groups(run, region, &instances).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the security groups corral created for the requests that launched `instances` once
+/// none of those requests' instances is left.
+async fn delete_unused_security_groups(
+    run: &JobRun<'_>,
+    region: &str,
+    instances: &[InstanceRecord],
+) -> Result<(), JobError> {
+    let ctx = run.ctx;
+    let mut creators: Vec<String> = instances.iter().map(|i| i.created_by_job.clone()).collect();
+    creators.sort();
+    creators.dedup();
+    let in_use = ctx.store.jobs_with_live_instances(&creators).await?;
+    creators.retain(|job| !in_use.contains(job));
+    for (group_id, job_id) in
+        ctx.provider.find_security_groups(region, TAG_JOB_ID, &creators).await?
+    {
+        ctx.provider.delete_security_group(region, &group_id).await?;
+        run.step(format!("deleted security group {group_id} of job {job_id}: no instance uses it"))
+            .await;
     }
     Ok(())
 }

@@ -18,7 +18,9 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 use crate::cloud::CloudError;
-use crate::cloud::{CloudInstance, LaunchRequest, TAG_INSTANCE_ID, TAG_JOB_ID, TAG_NAMESPACE};
+use crate::cloud::{
+    CloudInstance, LaunchRequest, SecurityGroupSpec, TAG_INSTANCE_ID, TAG_JOB_ID, TAG_NAMESPACE,
+};
 use crate::domain::{InstanceState, LaunchSpec};
 use crate::jobs::kinds::{observation, wait_for_state};
 use crate::jobs::{JobContext, JobError, JobRun};
@@ -115,6 +117,8 @@ async fn launch(
     if let [only] = job.instances.as_slice() {
         tags.extend(own_tags(only));
     }
+    let mut security_group_ids = spec.security_group_ids.clone();
+    security_group_ids.extend(prepare_access(run, spec).await?);
     let request = LaunchRequest {
         client_token: payload.client_token.clone(),
         count: count as i64,
@@ -123,7 +127,7 @@ async fn launch(
         storage_gb: spec.storage_gb,
         root_device_name: image.root_device_name.clone(),
         key_name: spec.key_name.clone(),
-        security_group_ids: spec.security_group_ids.clone(),
+        security_group_ids,
         user_data: spec.user_data.clone(),
         cpu_credits: instance_type.burstable.then_some(spec.cpu_credits),
         tags,
@@ -165,6 +169,45 @@ async fn launch(
         )));
     }
     Ok(launched)
+}
+
+/// Makes what the instances need to be reached exist before they launch: the key pair, when
+/// corral holds its public key (imported into the region on first use), and the request's own
+/// security group when it asks for ingress rules. Returns the group's id. Both steps find what an
+/// earlier attempt made instead of making it twice.
+async fn prepare_access(run: &JobRun<'_>, spec: &LaunchSpec) -> Result<Option<String>, JobError> {
+    let (ctx, job) = (run.ctx, run.job);
+    let region = spec.region.as_str();
+    let tags = BTreeMap::from([
+        (TAG_JOB_ID.to_string(), job.job.id.clone()),
+        (TAG_NAMESPACE.to_string(), spec.namespace.clone()),
+    ]);
+    if let Some(key_name) = &spec.key_name
+        && let Some(pair) = ctx.store.find_key_pair(key_name).await?
+    {
+        let tags = BTreeMap::from([(TAG_NAMESPACE.to_string(), pair.namespace.clone())]);
+        if ctx.provider.ensure_key_pair(region, &pair.name, &pair.public_key, &tags).await? {
+            run.step(format!(
+                "imported key pair {} into {region} ({})",
+                pair.name, pair.fingerprint
+            ))
+            .await;
+        }
+    }
+    if spec.ingress.is_empty() {
+        return Ok(None);
+    }
+    let group = SecurityGroupSpec {
+        name: format!("corral-{}", job.job.id),
+        description: format!("corral: ingress of job {} in {}", job.job.id, spec.namespace),
+        rules: spec.ingress.clone(),
+        tags,
+    };
+    let group_id = ctx.provider.ensure_security_group(region, &group).await?;
+    let rules: Vec<String> =
+        spec.ingress.iter().map(|r| format!("{}/{} from {}", r.protocol, r.port, r.cidr)).collect();
+    run.step(format!("security group {group_id} lets in {}", rules.join(", "))).await;
+    Ok(Some(group_id))
 }
 
 /// Pairs launched cloud instances with the stored ones and records their cloud ids at once, so
