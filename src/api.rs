@@ -24,6 +24,7 @@ mod notifications;
 mod orphans;
 mod policy;
 mod subscriptions;
+mod terraform_state;
 mod users;
 
 use std::sync::Arc;
@@ -60,6 +61,10 @@ pub struct ApiContext {
     pub catalog: Arc<Catalog>,
     /// Where EC2 calls go when not to AWS itself (an emulator), for exported configurations.
     pub endpoint_url: Option<Arc<str>>,
+    /// Whether `terraform` is installed here, so that `?backend=terraform` can be accepted.
+    pub terraform_available: bool,
+    /// Backend of create requests that name none.
+    pub default_backend: crate::domain::Backend,
     /// What notification subscriptions may name (the SSRF guard, whether email is set up).
     pub notify: Arc<crate::config::NotifySettings>,
 }
@@ -83,6 +88,7 @@ pub fn router(ctx: ApiContext) -> Router {
         .merge(orphans::router())
         .merge(policy::router())
         .merge(subscriptions::router())
+        .merge(terraform_state::router())
         .merge(users::router());
     let protected = Router::new()
         .nest("/v1", v1)

@@ -17,6 +17,7 @@ mod token;
 use std::time::Duration;
 
 use axum::http::HeaderMap;
+use base64::Engine;
 
 use crate::config::AuthSettings;
 use crate::domain::{Credential, Principal};
@@ -28,6 +29,10 @@ pub use secrets::{hash_password, new_api_key, random_string, verify_password};
 pub const API_KEY_HEADER: &str = "x-api-key";
 /// Username of the admin created on first start.
 pub const BOOTSTRAP_ADMIN: &str = "admin";
+/// Subject prefix of the tokens given to Terraform runs; user ids never start with it.
+const WORKSPACE_SUBJECT: &str = "workspace:";
+const WRONG_SCHEME: &str = "the Authorization header must be 'Bearer <token>', or 'Basic' with an \
+     API key or token as the password";
 /// The `settings` row that keeps a generated token signing key.
 const JWT_SECRET_SETTING: &str = "jwt_secret";
 
@@ -126,17 +131,41 @@ impl Authenticator {
                  from POST /v1/token",
             ));
         };
-        let token = authorization
+        let (scheme, value) = authorization
             .to_str()
             .ok()
-            .and_then(|value| {
-                let (scheme, token) = value.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-            })
-            .ok_or(AuthError::Unauthenticated(
-                "the Authorization header must be 'Bearer <token>'",
-            ))?;
-        let claims = self.keys.verify(token).map_err(AuthError::Unauthenticated)?;
+            .and_then(|value| value.split_once(' '))
+            .ok_or(AuthError::Unauthenticated(WRONG_SCHEME))?;
+        let token = if scheme.eq_ignore_ascii_case("bearer") {
+            value.trim().to_string()
+        } else if scheme.eq_ignore_ascii_case("basic") {
+            // Terraform's HTTP backend sends username and password: the password is an API key
+            // or a token; the username is not used.
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(value.trim())
+                .ok()
+                .and_then(|bytes| String::from_utf8(bytes).ok())
+                .ok_or(AuthError::Unauthenticated(WRONG_SCHEME))?;
+            let (_, secret) =
+                decoded.split_once(':').ok_or(AuthError::Unauthenticated(WRONG_SCHEME))?;
+            if secret.starts_with(secrets::API_KEY_PREFIX) {
+                return self.authenticate_key(secret).await;
+            }
+            secret.to_string()
+        } else {
+            return Err(AuthError::Unauthenticated(WRONG_SCHEME));
+        };
+        let claims = self.keys.verify(&token).map_err(AuthError::Unauthenticated)?;
+        if let Some(workspace) = claims.sub.strip_prefix(WORKSPACE_SUBJECT) {
+            let job_id = claims.name.strip_prefix("job:").unwrap_or(&claims.name).to_string();
+            return Ok(Principal {
+                user_id: claims.sub.clone(),
+                username: claims.name.clone(),
+                admin: false,
+                roles: Default::default(),
+                credential: Credential::Workspace { workspace: workspace.to_string(), job_id },
+            });
+        }
         let user = self
             .store
             .user_by_id(&claims.sub)
@@ -160,6 +189,16 @@ impl Authenticator {
         }
         let user = self.store.user_by_id(&record.user_id).await?.ok_or(INVALID)?;
         Ok(principal(user, Credential::ApiKey { id: record.id, prefix: record.prefix }))
+    }
+
+    /// A token for the Terraform run of job `job_id`, valid for `ttl_secs`, that reaches
+    /// workspace `workspace` of the state API only.
+    pub fn workspace_token(&self, workspace: &str, job_id: &str, ttl_secs: u64) -> String {
+        self.keys.issue(
+            &format!("{WORKSPACE_SUBJECT}{workspace}"),
+            &format!("job:{job_id}"),
+            ttl_secs,
+        )
     }
 
     /// Checks a username and password from `address` and issues a token; failures are

@@ -111,6 +111,10 @@ pub trait Provider: Send + Sync + 'static {
         None
     }
 
+    /// The credentials this provider calls with, as the environment variables other tools
+    /// (Terraform's AWS provider) read them.
+    async fn credentials_env(&self) -> Result<Vec<(String, String)>, CloudError>;
+
     /// Facts about an AMI; `Rejected` with the cloud's message when it does not exist.
     async fn describe_image(&self, region: &str, ami: &str) -> Result<ImageFacts, CloudError>;
 

@@ -22,11 +22,24 @@ use crate::domain::Policy;
 
 /// Top-level keys that environment variables may set; other `CORRAL_*` variables (client
 /// settings, test harness settings) are not part of the server's configuration.
-const ENV_KEYS: [&str; 9] =
-    ["listen", "database_url", "role", "aws", "jobs", "reconcile", "policy", "auth", "notify"];
+const ENV_KEYS: [&str; 10] = [
+    "listen",
+    "database_url",
+    "role",
+    "aws",
+    "jobs",
+    "reconcile",
+    "policy",
+    "auth",
+    "notify",
+    "terraform",
+];
 
 /// Short environment names and the keys they set.
-const ENV_ALIASES: [(&str, &str); 12] = [
+const ENV_ALIASES: [(&str, &str); 15] = [
+    ("default_backend", "terraform__default_backend"),
+    ("terraform_cli_config", "terraform__cli_config"),
+    ("terraform_state_url", "terraform__state_url"),
     ("admin_password", "auth__admin_password"),
     ("smtp_host", "notify__smtp_host"),
     ("smtp_port", "notify__smtp_port"),
@@ -56,6 +69,40 @@ pub struct Settings {
     pub policy: Policy,
     pub auth: AuthSettings,
     pub notify: NotifySettings,
+    pub terraform: TerraformSettings,
+}
+
+/// The Terraform backend: which binary runs, where it finds providers, and how it reaches
+/// corral's state API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TerraformSettings {
+    /// Backend of create requests without `?backend=` (`CORRAL_DEFAULT_BACKEND`): `aws` or
+    /// `terraform`.
+    pub default_backend: String,
+    /// The terraform executable: a path, or a name looked up on `PATH`.
+    pub binary: String,
+    /// A Terraform CLI configuration (`TF_CLI_CONFIG_FILE`), e.g. one naming a provider mirror
+    /// (`CORRAL_TERRAFORM_CLI_CONFIG`).
+    pub cli_config: Option<String>,
+    /// Base URL at which Terraform, run by this process's workers, reaches corral's API for
+    /// its state (`CORRAL_TERRAFORM_STATE_URL`); default: `notify.public_url`, else this
+    /// process's own listener. Worker-only processes must set one of them.
+    pub state_url: Option<String>,
+    /// Where each run gets its working directory (default: the system's temporary folder).
+    pub work_dir: Option<String>,
+}
+
+impl Default for TerraformSettings {
+    fn default() -> TerraformSettings {
+        TerraformSettings {
+            default_backend: "aws".to_string(),
+            binary: "terraform".to_string(),
+            cli_config: None,
+            state_url: None,
+            work_dir: None,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -70,6 +117,7 @@ impl Default for Settings {
             policy: Policy::free_tier(),
             auth: AuthSettings::default(),
             notify: NotifySettings::default(),
+            terraform: TerraformSettings::default(),
         }
     }
 }
@@ -523,6 +571,12 @@ impl Settings {
             problems.push(problem);
         }
         problems.extend(self.notify.validate());
+        if !["aws", "terraform"].contains(&self.terraform.default_backend.as_str()) {
+            problems.push(format!(
+                "terraform.default_backend: '{}' is not a backend; allowed: aws, terraform",
+                self.terraform.default_backend
+            ));
+        }
         if self.jobs.concurrency == 0 {
             problems.push("jobs.concurrency: must be at least 1".to_string());
         }

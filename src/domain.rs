@@ -11,7 +11,7 @@ mod notification;
 mod policy;
 
 pub use identity::{Access, Credential, MIN_PASSWORD_LEN, Principal, Role, is_valid_username};
-pub use instance::{Action, InstanceState, StateConflict, ssh_command};
+pub use instance::{Action, Backend, InstanceState, StateConflict, ssh_command};
 pub use job::{JobKind, JobStatus};
 pub use notification::{DriftChange, EventType, Notification, NotifiedInstance, subscribed};
 pub use policy::{

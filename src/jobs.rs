@@ -41,6 +41,8 @@ pub struct JobContext {
     pub describer: DescribeBatcher,
     pub policy: Policy,
     pub settings: JobSettings,
+    /// How this process runs Terraform; `None` when `terraform` is not installed here.
+    pub terraform: Option<Arc<crate::terraform::Terraform>>,
 }
 
 /// Shared handle between the API and the workers of one process.

@@ -3,7 +3,8 @@
 //! Modules in the order a newcomer should read them: `domain` (the vocabulary and the policy,
 //! pure), `cloud` (the provider trait and AWS), `storage` (all SQL), `jobs` (the durable queue
 //! and one reconciler per job kind), `notify` (email and webhooks from an outbox), `auth` (who a
-//! request comes from), `api` (HTTP), `config`,
+//! request comes from), `terraform` (the Terraform backend's configuration and runs), `api`
+//! (HTTP), `config`,
 //! `telemetry`, `startup` (wiring), `cli` (the command line). See ARCHITECTURE.md.
 
 pub mod domain;
@@ -15,6 +16,7 @@ pub mod jobs;
 pub mod notify;
 
 pub mod auth;
+pub mod terraform;
 
 pub mod api;
 

@@ -14,9 +14,11 @@ use crate::api::{self, ApiContext};
 use crate::auth::Authenticator;
 use crate::cloud::{AwsProvider, Catalog, DescribeBatcher, Provider};
 use crate::config::{ReconcileSettings, Role, Settings};
+use crate::domain::Backend;
 use crate::jobs::{self, JobContext, Queue};
 use crate::notify::{self, Notifier};
 use crate::storage::Store;
+use crate::terraform::Terraform;
 
 pub struct Application {
     listener: TcpListener,
@@ -66,10 +68,40 @@ impl Application {
         let public_url =
             settings.notify.public_url.clone().unwrap_or_else(|| format!("http://{local_addr}"));
         let notifier = Arc::new(Notifier::new(store.clone(), settings.notify.clone(), public_url)?);
-        let auth = Authenticator::new(store.clone(), &settings.auth).await?;
+        let auth = Arc::new(Authenticator::new(store.clone(), &settings.auth).await?);
         if settings.role.serves_api() {
             auth.bootstrap(&settings.auth).await?;
         }
+        let terraform = match Terraform::locate(&settings.terraform.binary) {
+            Some(binary) => {
+                let state_url = settings
+                    .terraform
+                    .state_url
+                    .clone()
+                    .or_else(|| settings.notify.public_url.clone())
+                    .unwrap_or_else(|| {
+                        let ip = match local_addr.ip() {
+                            ip if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+                            ip => ip,
+                        };
+                        format!("http://{}", SocketAddr::new(ip, local_addr.port()))
+                    });
+                tracing::info!(binary = %binary.display(), state_url, "Terraform backend available");
+                Some(Arc::new(Terraform::new(&settings.terraform, binary, state_url, auth.clone())))
+            }
+            None => {
+                tracing::info!(
+                    binary = settings.terraform.binary,
+                    "terraform not found: the Terraform backend is unavailable"
+                );
+                None
+            }
+        };
+        anyhow::ensure!(
+            terraform.is_some() || settings.terraform.default_backend != "terraform",
+            "terraform.default_backend is terraform, but '{}' was not found",
+            settings.terraform.binary
+        );
         let queue = Queue::new(store.clone());
         let catalog = Arc::new(Catalog::new(
             provider.clone(),
@@ -83,7 +115,10 @@ impl Application {
             started_at: Instant::now(),
             cloud_endpoint: provider.describe_endpoint().into(),
             endpoint_url: provider.endpoint_url().map(Into::into),
-            auth: Arc::new(auth),
+            auth,
+            terraform_available: terraform.is_some(),
+            default_backend: Backend::parse(&settings.terraform.default_backend)
+                .unwrap_or_default(),
             catalog: catalog.clone(),
             notify: Arc::new(settings.notify),
         };
@@ -95,6 +130,7 @@ impl Application {
             describer,
             policy: settings.policy,
             settings: settings.jobs,
+            terraform,
         });
         Ok(Application {
             listener,

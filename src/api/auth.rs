@@ -34,6 +34,14 @@ pub async fn require_auth(
 ) -> Response {
     match ctx.auth.authenticate(request.headers()).await {
         Ok(principal) => {
+            if let Credential::Workspace { workspace, .. } = &principal.credential
+                && request.uri().path() != format!("/v1/terraform/state/{workspace}")
+            {
+                return ApiError::Forbidden(format!(
+                    "this token reaches Terraform state workspace {workspace} only"
+                ))
+                .into_response();
+            }
             request.extensions_mut().insert(principal);
             next.run(request).await
         }
@@ -234,6 +242,7 @@ pub async fn get_me(caller: Caller) -> Json<MeBody> {
     let (authenticated_with, api_key_prefix) = match principal.credential {
         Credential::Password => ("password", None),
         Credential::ApiKey { prefix, .. } => ("api_key", Some(prefix)),
+        Credential::Workspace { .. } => ("workspace_token", None),
     };
     Json(MeBody {
         username: principal.username,

@@ -12,7 +12,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::api::{
     api_keys, audit, auth, error, export, health, instances, jobs, key_pairs, namespaces,
-    notifications, orphans, policy, subscriptions, users,
+    notifications, orphans, policy, subscriptions, terraform_state, users,
 };
 
 #[derive(OpenApi)]
@@ -64,6 +64,7 @@ use crate::api::{
         key_pairs::list_key_pairs,
         key_pairs::get_key_pair,
         key_pairs::delete_key_pair,
+        terraform_state::state,
         export::export_instance,
         export::export_namespace,
         jobs::get_job,
@@ -88,6 +89,7 @@ use crate::api::{
         (name = "notifications", description = "Email and webhooks on lifecycle events, and their deliveries"),
         (name = "instances", description = "Instances and their lifecycle"),
         (name = "keypairs", description = "SSH key pairs: imported public keys, or generated once"),
+        (name = "terraform", description = "Terraform's HTTP state backend (GET, POST, DELETE, LOCK, UNLOCK)"),
         (name = "jobs", description = "Durable jobs behind every change"),
         (name = "orphans", description = "Instances tagged by corral that it does not know"),
         (name = "policy", description = "Guardrails in force"),

@@ -191,7 +191,11 @@ pub async fn problem_responses(
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|value| value.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
-    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+    // 423 carries the holder's lock info, which Terraform reads as it is.
+    if !(status.is_client_error() || status.is_server_error())
+        || is_problem
+        || status == StatusCode::LOCKED
+    {
         return response;
     }
     let (parts, body) = response.into_parts();

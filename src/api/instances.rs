@@ -25,7 +25,7 @@ use crate::api::namespaces::namespace_not_found;
 use crate::api::{ApiContext, ApiError, FieldError};
 use crate::cloud::CloudError;
 use crate::domain::{
-    Action, CreateRequest, IngressRequest, InstanceState, JobKind, LaunchSpec, Role,
+    Action, Backend, CreateRequest, IngressRequest, InstanceState, JobKind, LaunchSpec, Role,
     check_name_and_tags, ssh_command,
 };
 use crate::jobs::{CreatePayload, TagPayload};
@@ -34,8 +34,6 @@ use crate::storage::{
     to_datetime,
 };
 
-/// Names `?backend=` accepts: `aws`, and `awscli`, its older name.
-const BACKENDS: [&str; 2] = ["aws", "awscli"];
 /// Most ids one bulk action may name.
 const MAX_BULK_IDS: usize = 1000;
 
@@ -169,7 +167,7 @@ pub fn router() -> Router<ApiContext> {
     request_body = CreateInstancesBody,
     params(
         ("wait" = Option<i64>, Query, description = "Seconds (up to 60) to wait for the job to finish"),
-        ("backend" = Option<String>, Query, description = "aws (default) or awscli, the same native backend"),
+        ("backend" = Option<String>, Query, description = "aws (native AWS API; awscli is its older name) or terraform; default from terraform.default_backend"),
     ),
     responses(
         (status = 201, description = "The job finished within `wait`", body = JobBody),
@@ -190,16 +188,25 @@ pub async fn create_instances(
 ) -> Result<Response, ApiError> {
     params.allow_only(&["wait", "backend"])?;
     let wait = wait_param(&params)?;
-    let backend = params.one("backend")?.unwrap_or("aws");
-    if !BACKENDS.contains(&backend) {
+    let backend = match params.one("backend")? {
+        None => ctx.default_backend,
+        Some(name) => Backend::parse(name).ok_or_else(|| {
+            ApiError::bad_field(
+                "backend",
+                format!("unknown backend '{name}'; allowed: aws (or awscli), terraform"),
+            )
+        })?,
+    };
+    if backend == Backend::Terraform && !ctx.terraform_available {
         return Err(ApiError::bad_field(
             "backend",
-            format!("unknown backend '{backend}'; allowed: {}", BACKENDS.join(", ")),
+            "the Terraform backend is unavailable: terraform is not installed on this server \
+             (terraform.binary); use backend=aws",
         ));
     }
     let namespace = body.namespace.clone().unwrap_or_else(|| "default".to_string());
     caller.require(&namespace, Role::Operator, || namespace_not_found(&namespace))?;
-    let fingerprinted = serde_json::json!({ "backend": backend, "body": &body });
+    let fingerprinted = serde_json::json!({ "backend": backend.as_str(), "body": &body });
     let key = idempotency.with_request(&caller, "POST", "/v1/instances", Some(&fingerprinted));
     if let Some(replay) = replay(&ctx, key.as_ref(), wait, StatusCode::CREATED).await? {
         return Ok(replay);
@@ -240,10 +247,13 @@ pub async fn create_instances(
     let job_id = new_id();
     let now = now_millis();
     let instances: Vec<InstanceRecord> = (0..spec.names.len())
-        .map(|idx| InstanceRecord::desired(&spec, &job_id, idx, vcpus, now))
+        .map(|idx| InstanceRecord {
+            backend: backend.as_str().to_string(),
+            ..InstanceRecord::desired(&spec, &job_id, idx, vcpus, now)
+        })
         .collect();
     let namespace = Some(spec.namespace.clone());
-    let payload = CreatePayload { spec, client_token: uuid::Uuid::new_v4().to_string() };
+    let payload = CreatePayload { spec, client_token: uuid::Uuid::new_v4().to_string(), backend };
     let job = NewJob {
         id: job_id,
         kind: JobKind::CreateInstances,

@@ -157,6 +157,27 @@ impl Provider for AwsProvider {
         AwsProvider::endpoint_url(self).map(str::to_string)
     }
 
+    async fn credentials_env(&self) -> Result<Vec<(String, String)>, CloudError> {
+        use aws_sdk_ec2::config::ProvideCredentials as _;
+        let provider =
+            self.sdk_config.credentials_provider().ok_or_else(|| CloudError::Rejected {
+                code: "NoCredentials".to_string(),
+                message: "no AWS credentials are configured".to_string(),
+            })?;
+        let credentials = provider
+            .provide_credentials()
+            .await
+            .map_err(|err| CloudError::Transient(format!("loading AWS credentials: {err}")))?;
+        let mut env = vec![
+            ("AWS_ACCESS_KEY_ID".to_string(), credentials.access_key_id().to_string()),
+            ("AWS_SECRET_ACCESS_KEY".to_string(), credentials.secret_access_key().to_string()),
+        ];
+        if let Some(token) = credentials.session_token() {
+            env.push(("AWS_SESSION_TOKEN".to_string(), token.to_string()));
+        }
+        Ok(env)
+    }
+
     fn describe_endpoint(&self) -> String {
         match AwsProvider::endpoint_url(self) {
             Some(url) => format!("EC2 emulator or custom endpoint at {url}"),

@@ -62,6 +62,10 @@ impl Provider for FakeProvider {
         "fake".to_string()
     }
 
+    async fn credentials_env(&self) -> Result<Vec<(String, String)>, CloudError> {
+        Ok(Vec::new())
+    }
+
     async fn describe_image(&self, _region: &str, ami: &str) -> Result<ImageFacts, CloudError> {
         self.count("describe_image");
         Ok(ImageFacts {

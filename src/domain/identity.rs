@@ -51,6 +51,9 @@ pub enum Credential {
     Password,
     /// An API key, named by its prefix.
     ApiKey { id: String, prefix: String },
+    /// A token corral gave the Terraform run of one job: it reaches that job's workspace of
+    /// Terraform state and nothing else.
+    Workspace { workspace: String, job_id: String },
 }
 
 /// An authenticated user, as one request acts.
@@ -79,6 +82,7 @@ impl Principal {
         match &self.credential {
             Credential::Password => self.username.clone(),
             Credential::ApiKey { prefix, .. } => prefix.clone(),
+            Credential::Workspace { job_id, .. } => format!("job:{job_id}"),
         }
     }
 

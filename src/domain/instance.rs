@@ -163,6 +163,33 @@ pub struct StateConflict {
     pub reason: String,
 }
 
+/// Which engine makes an instance's changes in the cloud: the AWS API directly, or Terraform.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    #[default]
+    Aws,
+    Terraform,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Aws => "aws",
+            Backend::Terraform => "terraform",
+        }
+    }
+
+    /// The backend a request names; `awscli` is the older name of `aws`.
+    pub fn parse(name: &str) -> Option<Backend> {
+        match name {
+            "aws" | "awscli" => Some(Backend::Aws),
+            "terraform" => Some(Backend::Terraform),
+            _ => None,
+        }
+    }
+}
+
 /// How to log in to an instance with a key pair and a public address. The user name depends on
 /// the AMI (`ec2-user` on Amazon Linux, `ubuntu` on Ubuntu).
 pub fn ssh_command(key_name: Option<&str>, public_ip: Option<&str>) -> Option<String> {

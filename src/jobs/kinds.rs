@@ -8,6 +8,7 @@ mod change_state;
 mod create_instances;
 mod refresh;
 mod tag;
+mod terraform;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -100,6 +100,7 @@ fn table() -> BTreeMap<&'static str, (Rule, Option<Value>)> {
         ("list_key_pairs", (Anyone, None)),
         ("get_key_pair", (AlphaRead, None)),
         ("delete_key_pair", (AlphaDelete, None)),
+        ("get_terraform_state", (AlphaRead, None)),
     ])
 }
 
@@ -197,7 +198,8 @@ async fn every_route_answers_each_kind_of_caller_as_its_role_allows() {
     let deliveries: Value = app.get("/v1/notifications").await.json().await.unwrap();
     ids.insert("retry_notification", deliveries["items"][0]["id"].as_str().unwrap().to_string());
     ids.insert("get_job", job_id.clone());
-    ids.insert("get_job_events", job_id);
+    ids.insert("get_job_events", job_id.clone());
+    ids.insert("get_terraform_state", job_id);
     ids.insert("revoke_api_key", "no-such-key".to_string());
 
     let token = crate::helpers::login(&app.address, "admin", crate::helpers::ADMIN_PASSWORD).await;
@@ -265,6 +267,7 @@ fn fill(path: &str, id: &str, object_id: &str) -> String {
         .replace("{cloud_id}", "i-0123456789abcdef0")
         .replace("{namespace}", "alpha")
         .replace("{name}", object_id)
+        .replace("{workspace}", object_id)
         .replace("{username}", username)
 }
 

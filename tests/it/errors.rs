@@ -71,7 +71,11 @@ async fn bad_query_parameters_are_400s_naming_the_parameter() {
     let app = spawn_app().await;
     let body = create_body("q");
     let cases = [
-        ("?backend=terraform", "backend", "unknown backend 'terraform'; allowed: aws, awscli"),
+        (
+            "?backend=pulumi",
+            "backend",
+            "unknown backend 'pulumi'; allowed: aws (or awscli), terraform",
+        ),
         ("?wait=61", "wait", "must be an integer from 0 to 60, got '61'"),
         ("?wait=soon", "wait", "must be an integer from 0 to 60, got 'soon'"),
         ("?colour=red", "colour", "unknown query parameter; known: wait, backend"),

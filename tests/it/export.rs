@@ -2,66 +2,16 @@
 //! that must import the instances, not create or destroy any) against moto, with the provider
 //! from the machine's local mirror; the CloudFormation template is read back as YAML.
 
-use std::process::Stdio;
-
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, assert_problem, create_body, spawn_app};
-
-/// The folder holding `registry.terraform.io/hashicorp/aws/…`, when terraform can run here.
-fn terraform_mirror() -> Option<String> {
-    let mirror = std::env::var("CORRAL_TEST_TF_MIRROR").ok().filter(|m| !m.is_empty());
-    let found = std::process::Command::new("terraform").arg("version").output().is_ok();
-    match (found, mirror) {
-        (true, Some(mirror)) => Some(mirror),
-        _ => {
-            eprintln!(
-                "SKIPPED: terraform or its provider mirror is missing (CORRAL_TEST_TF_MIRROR, set \
-                 by scripts/test when it finds terraform-provider-aws on this machine)"
-            );
-            None
-        }
-    }
-}
-
-/// Runs terraform in `dir` with the mirror as its only source of the AWS provider.
-async fn terraform(app: &TestApp, dir: &std::path::Path, mirror: &str, args: &[&str]) -> String {
-    let rc = dir.join("cli.tfrc");
-    std::fs::write(
-        &rc,
-        format!(
-            "provider_installation {{\n  filesystem_mirror {{\n    path = \"{mirror}\"\n    \
-             include = [\"registry.terraform.io/hashicorp/aws\"]\n  }}\n  direct {{\n    \
-             exclude = [\"registry.terraform.io/hashicorp/aws\"]\n  }}\n}}\n"
-        ),
-    )
-    .unwrap();
-    let (key, secret) = &app.aws_credentials;
-    let output = tokio::process::Command::new("terraform")
-        .args(args)
-        .current_dir(dir)
-        .env("TF_CLI_CONFIG_FILE", &rc)
-        .env("TF_IN_AUTOMATION", "1")
-        .env("AWS_ACCESS_KEY_ID", key)
-        .env("AWS_SECRET_ACCESS_KEY", secret)
-        .env_remove("AWS_PROFILE")
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "terraform {args:?}:\n{text}");
-    text
-}
+use crate::helpers::{assert_problem, create_body, spawn_app, terraform_mirror};
 
 #[tokio::test]
 async fn a_namespace_exported_to_terraform_validates_and_its_plan_imports_without_replacing() {
-    let Some(mirror) = terraform_mirror() else { return };
+    if terraform_mirror().is_none() {
+        return;
+    }
     // Arrange: two instances in alpha, one with a key pair, and a terminated one left out.
     let app = spawn_app().await;
     app.create_namespaces(&["alpha"]).await;
@@ -89,9 +39,10 @@ async fn a_namespace_exported_to_terraform_validates_and_its_plan_imports_withou
     assert_eq!(config.matches("import {").count(), 2, "{config}");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("main.tf"), &config).unwrap();
-    terraform(&app, dir.path(), &mirror, &["init", "-input=false", "-no-color"]).await;
-    terraform(&app, dir.path(), &mirror, &["validate", "-no-color"]).await;
-    let plan = terraform(&app, dir.path(), &mirror, &["plan", "-input=false", "-no-color"]).await;
+    app.terraform(dir.path(), &["init", "-input=false", "-no-color"], &[]).await.unwrap();
+    app.terraform(dir.path(), &["validate", "-no-color"], &[]).await.unwrap();
+    let plan =
+        app.terraform(dir.path(), &["plan", "-input=false", "-no-color"], &[]).await.unwrap();
     let summary =
         plan.lines().find(|line| line.starts_with("Plan:")).unwrap_or_else(|| panic!("{plan}"));
     assert!(summary.contains("2 to import, 0 to add"), "{summary}");

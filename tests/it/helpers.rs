@@ -79,6 +79,12 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     settings.reconcile.interval = 0.0;
     settings.auth.admin_password = Some(ADMIN_PASSWORD.to_string());
     settings.auth.jwt_secret = Some(JWT_SECRET.to_string());
+    if let Some(mirror) = terraform_mirror_path() {
+        let rc = dir.path().join("cli.tfrc");
+        std::fs::write(&rc, terraform_cli_config(&mirror)).unwrap();
+        settings.terraform.cli_config = Some(rc.display().to_string());
+        settings.terraform.work_dir = Some(dir.path().join("terraform").display().to_string());
+    }
     configure(&mut settings);
     let database_url = settings.database_url.clone();
     let app = Application::build(settings).await.expect("corral builds");
@@ -93,6 +99,72 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         create_api_key(&client_with("authorization", &format!("Bearer {token}")), &address).await;
     let client = client_with("x-api-key", &admin_key);
     TestApp { address, database_url, client, admin_key, ec2, aws_credentials, shutdown, _dir: dir }
+}
+
+/// The folder holding `registry.terraform.io/hashicorp/aws/…`, set by `scripts/test` when it
+/// finds the provider on this machine.
+fn terraform_mirror_path() -> Option<String> {
+    std::env::var("CORRAL_TEST_TF_MIRROR").ok().filter(|m| !m.is_empty())
+}
+
+/// The provider mirror when terraform can run here; otherwise `None`, after saying that the
+/// calling test is skipped.
+pub fn terraform_mirror() -> Option<String> {
+    let found = std::process::Command::new("terraform").arg("version").output().is_ok();
+    match (found, terraform_mirror_path()) {
+        (true, Some(mirror)) => Some(mirror),
+        _ => {
+            eprintln!(
+                "SKIPPED: terraform or its provider mirror is missing (CORRAL_TEST_TF_MIRROR, set \
+                 by scripts/test when it finds terraform-provider-aws on this machine)"
+            );
+            None
+        }
+    }
+}
+
+/// A Terraform CLI configuration that takes the AWS provider from `mirror` only.
+fn terraform_cli_config(mirror: &str) -> String {
+    format!(
+        "provider_installation {{\n  filesystem_mirror {{\n    path = \"{mirror}\"\n    \
+         include = [\"registry.terraform.io/hashicorp/aws\"]\n  }}\n  direct {{\n    \
+         exclude = [\"registry.terraform.io/hashicorp/aws\"]\n  }}\n}}\n"
+    )
+}
+
+impl TestApp {
+    /// Runs terraform in `dir` as a user would, with this app's emulator account and the
+    /// provider mirror; returns its output, or the output as the error when it fails.
+    pub async fn terraform(
+        &self,
+        dir: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<String, String> {
+        let mirror = terraform_mirror_path().expect("callers check terraform_mirror()");
+        let rc = dir.join("cli.tfrc");
+        std::fs::write(&rc, terraform_cli_config(&mirror)).unwrap();
+        let (key, secret) = &self.aws_credentials;
+        let output = tokio::process::Command::new("terraform")
+            .args(args)
+            .current_dir(dir)
+            .env("TF_CLI_CONFIG_FILE", &rc)
+            .env("TF_IN_AUTOMATION", "1")
+            .env("AWS_ACCESS_KEY_ID", key)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .env_remove("AWS_PROFILE")
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if output.status.success() { Ok(text) } else { Err(text) }
+    }
 }
 
 /// A token for `username` from `POST /v1/token`.

@@ -20,4 +20,5 @@ mod reach;
 mod reconcile;
 mod resilience;
 mod storage;
+mod terraform;
 mod tidy;

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use crate::cloud::TAG_JOB_ID;
-use crate::domain::Action;
+use crate::domain::{Action, Backend};
 use crate::jobs::kinds::{observe, wait_for_state};
 use crate::jobs::{JobError, JobRun};
 use crate::storage::InstanceRecord;
@@ -15,6 +15,7 @@ use crate::storage::InstanceRecord;
 pub async fn run(run: &JobRun<'_>, action: Action) -> Result<(), JobError> {
     let job = run.job;
     let mut by_region: BTreeMap<&str, Vec<InstanceRecord>> = BTreeMap::new();
+    let mut through_terraform = Vec::new();
     for instance in &job.instances {
         if instance.cloud_id.is_none() {
             return Err(JobError::Permanent(format!(
@@ -22,7 +23,15 @@ pub async fn run(run: &JobRun<'_>, action: Action) -> Result<(), JobError> {
                 instance.id
             )));
         }
+        // Terraform has no reboot: those go through the native API.
+        if instance.backend == Backend::Terraform.as_str() && action != Action::Reboot {
+            through_terraform.push(instance.clone());
+            continue;
+        }
         by_region.entry(instance.region.as_str()).or_default().push(instance.clone());
+    }
+    if !through_terraform.is_empty() {
+        super::terraform::change(run, action, through_terraform).await?;
     }
     for (region, instances) in by_region {
         let observations = observe(run, region, &instances).await?;

@@ -21,7 +21,7 @@ use crate::cloud::CloudError;
 use crate::cloud::{
     CloudInstance, LaunchRequest, SecurityGroupSpec, TAG_INSTANCE_ID, TAG_JOB_ID, TAG_NAMESPACE,
 };
-use crate::domain::{InstanceState, LaunchSpec};
+use crate::domain::{Backend, ImageFacts, InstanceState, InstanceTypeFacts, LaunchSpec};
 use crate::jobs::kinds::{observation, wait_for_state};
 use crate::jobs::{JobContext, JobError, JobRun};
 use crate::storage::{InstanceRecord, JobView};
@@ -32,12 +32,18 @@ pub struct CreatePayload {
     pub spec: LaunchSpec,
     /// EC2 ClientToken: the same for every attempt, so EC2 itself refuses to launch twice.
     pub client_token: String,
+    /// Which engine launches the instances.
+    #[serde(default)]
+    pub backend: Backend,
 }
 
 pub async fn run(run: &JobRun<'_>) -> Result<(), JobError> {
     let (ctx, job) = (run.ctx, run.job);
     let payload: CreatePayload = serde_json::from_value(job.job.payload.clone())
         .map_err(|err| JobError::Permanent(format!("unreadable job payload: {err}")))?;
+    if payload.backend == Backend::Terraform {
+        return super::terraform::create(run, &payload).await;
+    }
     let spec = &payload.spec;
     let region = spec.region.as_str();
     let mut instances = job.instances.clone();
@@ -100,16 +106,7 @@ async fn launch(
     let (ctx, job): (&JobContext, &JobView) = (run.ctx, run.job);
     let spec = &payload.spec;
     let region = spec.region.as_str();
-    let image = ctx.catalog.image(region, &spec.ami).await?;
-    let instance_type = ctx.catalog.instance_type(region, &spec.instance_type).await?;
-    let violations = ctx.policy.check_image(spec, &image, &instance_type);
-    if !violations.is_empty() {
-        let messages: Vec<String> = violations.iter().map(|v| v.to_string()).collect();
-        return Err(JobError::Permanent(format!("policy violation: {}", messages.join("; "))));
-    }
-    // The request may have been admitted without the vCPU count (no vCPU quota, cloud not
-    // asked); record it now so that later quotas count these instances right.
-    ctx.store.record_vcpus(&job.job.id, i64::from(instance_type.vcpus)).await?;
+    let (image, instance_type) = check_cloud_rules(run, spec).await?;
 
     let mut tags = spec.tags.clone();
     tags.insert(TAG_JOB_ID.to_string(), job.job.id.clone());
@@ -171,17 +168,32 @@ async fn launch(
     Ok(launched)
 }
 
-/// Makes what the instances need to be reached exist before they launch: the key pair, when
-/// corral holds its public key (imported into the region on first use), and the request's own
-/// security group when it asks for ingress rules. Returns the group's id. Both steps find what an
-/// earlier attempt made instead of making it twice.
-async fn prepare_access(run: &JobRun<'_>, spec: &LaunchSpec) -> Result<Option<String>, JobError> {
-    let (ctx, job) = (run.ctx, run.job);
+/// Checks the policy rules that need the cloud's facts about the AMI and instance type, and
+/// records the type's vCPUs; returns those facts.
+pub(super) async fn check_cloud_rules(
+    run: &JobRun<'_>,
+    spec: &LaunchSpec,
+) -> Result<(ImageFacts, InstanceTypeFacts), JobError> {
+    let ctx = run.ctx;
     let region = spec.region.as_str();
-    let tags = BTreeMap::from([
-        (TAG_JOB_ID.to_string(), job.job.id.clone()),
-        (TAG_NAMESPACE.to_string(), spec.namespace.clone()),
-    ]);
+    let image = ctx.catalog.image(region, &spec.ami).await?;
+    let instance_type = ctx.catalog.instance_type(region, &spec.instance_type).await?;
+    let violations = ctx.policy.check_image(spec, &image, &instance_type);
+    if !violations.is_empty() {
+        let messages: Vec<String> = violations.iter().map(|v| v.to_string()).collect();
+        return Err(JobError::Permanent(format!("policy violation: {}", messages.join("; "))));
+    }
+    // The request may have been admitted without the vCPU count (no vCPU quota, cloud not
+    // asked); record it now so that later quotas count these instances right.
+    ctx.store.record_vcpus(&run.job.job.id, i64::from(instance_type.vcpus)).await?;
+    Ok((image, instance_type))
+}
+
+/// Imports the request's key pair into its region when corral holds the public key and the
+/// region does not have it yet.
+pub(super) async fn import_key_pair(run: &JobRun<'_>, spec: &LaunchSpec) -> Result<(), JobError> {
+    let ctx = run.ctx;
+    let region = spec.region.as_str();
     if let Some(key_name) = &spec.key_name
         && let Some(pair) = ctx.store.find_key_pair(key_name).await?
     {
@@ -194,9 +206,24 @@ async fn prepare_access(run: &JobRun<'_>, spec: &LaunchSpec) -> Result<Option<St
             .await;
         }
     }
+    Ok(())
+}
+
+/// Makes what the instances need to be reached exist before they launch: the key pair, when
+/// corral holds its public key (imported into the region on first use), and the request's own
+/// security group when it asks for ingress rules. Returns the group's id. Both steps find what an
+/// earlier attempt made instead of making it twice.
+async fn prepare_access(run: &JobRun<'_>, spec: &LaunchSpec) -> Result<Option<String>, JobError> {
+    let (ctx, job) = (run.ctx, run.job);
+    let region = spec.region.as_str();
+    import_key_pair(run, spec).await?;
     if spec.ingress.is_empty() {
         return Ok(None);
     }
+    let tags = BTreeMap::from([
+        (TAG_JOB_ID.to_string(), job.job.id.clone()),
+        (TAG_NAMESPACE.to_string(), spec.namespace.clone()),
+    ]);
     let group = SecurityGroupSpec {
         name: format!("corral-{}", job.job.id),
         description: format!("corral: ingress of job {} in {}", job.job.id, spec.namespace),
@@ -292,6 +319,7 @@ mod tests {
             provider,
             policy: Policy::free_tier(),
             settings,
+            terraform: None,
         };
         Harness { ctx, fake, _dir: dir }
     }
@@ -311,7 +339,7 @@ mod tests {
         let instances: Vec<InstanceRecord> = (0..spec.names.len())
             .map(|idx| InstanceRecord::desired(&spec, &job_id, idx, 2, now))
             .collect();
-        let payload = CreatePayload { spec, client_token: "token-1".into() };
+        let payload = CreatePayload { spec, client_token: "token-1".into(), backend: Backend::Aws };
         let job = NewJob {
             id: job_id,
             kind: JobKind::CreateInstances,

@@ -1,0 +1,139 @@
+//! `/v1/terraform/state/{workspace}`: Terraform's HTTP backend protocol, so that the state of
+//! Terraform-backed instances lives in corral's database rather than on a worker's disk.
+//!
+//! `GET` reads the state (204 when there is none), `POST` writes it and `DELETE` removes it;
+//! `LOCK` and `UNLOCK` take and release the workspace's lock, answering `423 Locked` with the
+//! holder's lock info. A write while another lock holds the workspace is refused the same way.
+//! A workspace is the id of the create job that made its instances; it is read by the
+//! namespace's viewers and changed by its operators, or by the Terraform run of a job that
+//! corral gave a token for that workspace alone. Terraform authenticates with HTTP Basic, the
+//! password being an API key or a token.
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+
+use crate::api::auth::Caller;
+use crate::api::extract::QueryParams;
+use crate::api::{ApiContext, ApiError};
+use crate::domain::{Credential, Role};
+use crate::storage::LockOutcome;
+
+/// Largest state document accepted.
+const MAX_STATE_BYTES: usize = 16 * 1024 * 1024;
+
+pub fn router() -> Router<ApiContext> {
+    Router::new().route(
+        "/terraform/state/{workspace}",
+        any(state).layer(DefaultBodyLimit::max(MAX_STATE_BYTES)),
+    )
+}
+
+/// Reads a workspace's Terraform state (204 when none); `POST` writes it, `DELETE` removes it,
+/// and the methods `LOCK`/`UNLOCK` of Terraform's HTTP backend take and release its lock
+/// (423 with the holder's lock info when another holds it).
+#[utoipa::path(get, path = "/v1/terraform/state/{workspace}", tag = "terraform",
+    operation_id = "get_terraform_state",
+    params(("workspace" = String, Path, description = "The id of the create job whose instances the state holds")),
+    responses((status = 200, description = "The state document"), (status = 204, description = "No state yet"),
+        (status = 404, body = crate::api::Problem)))]
+pub async fn state(
+    State(ctx): State<ApiContext>,
+    caller: Caller,
+    method: Method,
+    Path(workspace): Path<String>,
+    params: QueryParams,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let body = axum::body::to_bytes(request.into_body(), MAX_STATE_BYTES)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge(MAX_STATE_BYTES))?;
+    let reading = method == Method::GET;
+    authorize(&ctx, &caller, &workspace, if reading { Role::Viewer } else { Role::Operator })
+        .await?;
+    params.allow_only(&["ID"])?;
+    let lock_id = params.one("ID")?;
+    match method.as_str() {
+        "GET" => Ok(match ctx.store.terraform_state(&workspace).await? {
+            Some(state) => ([(header::CONTENT_TYPE, "application/json")], state).into_response(),
+            None => StatusCode::NO_CONTENT.into_response(),
+        }),
+        "POST" => {
+            let state = std::str::from_utf8(&body)
+                .ok()
+                .filter(|text| serde_json::from_str::<serde_json::Value>(text).is_ok())
+                .ok_or_else(|| ApiError::bad_field("body", "the state must be a JSON document"))?;
+            let outcome = ctx.store.write_terraform_state(&workspace, Some(state), lock_id).await?;
+            Ok(answer(outcome))
+        }
+        "DELETE" => {
+            let outcome = ctx.store.write_terraform_state(&workspace, None, lock_id).await?;
+            Ok(answer(outcome))
+        }
+        "LOCK" => {
+            let info = lock_info(&body)?;
+            let id = info["ID"].as_str().filter(|id| !id.is_empty()).ok_or_else(|| {
+                ApiError::bad_field("ID", "the lock info must name the lock's ID")
+            })?;
+            let job_id = match &caller.principal.credential {
+                Credential::Workspace { job_id, .. } => Some(job_id.as_str()),
+                _ => None,
+            };
+            let text = info.to_string();
+            Ok(answer(ctx.store.lock_terraform_state(&workspace, id, &text, job_id).await?))
+        }
+        "UNLOCK" => {
+            // `terraform force-unlock` sends the ID too; an empty body releases any lock.
+            let info = if body.is_empty() { serde_json::Value::Null } else { lock_info(&body)? };
+            let id = info["ID"].as_str().filter(|id| !id.is_empty());
+            Ok(answer(ctx.store.unlock_terraform_state(&workspace, id).await?))
+        }
+        other => Err(ApiError::BadRequest {
+            detail: format!(
+                "method {other} is not part of Terraform's HTTP backend protocol; use GET, POST, \
+                 DELETE, LOCK or UNLOCK"
+            ),
+            errors: Vec::new(),
+        }),
+    }
+}
+
+fn lock_info(body: &[u8]) -> Result<serde_json::Value, ApiError> {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .filter(serde_json::Value::is_object)
+        .ok_or_else(|| ApiError::bad_field("body", "the lock info must be a JSON object"))
+}
+
+fn answer(outcome: LockOutcome) -> Response {
+    match outcome {
+        LockOutcome::Done => StatusCode::OK.into_response(),
+        LockOutcome::HeldBy(info) => (
+            StatusCode::LOCKED,
+            [(header::CONTENT_TYPE, "application/json")],
+            info.unwrap_or_else(|| "{}".to_string()),
+        )
+            .into_response(),
+    }
+}
+
+/// A workspace exists when a create job of that id does; its namespace decides who may use it.
+async fn authorize(
+    ctx: &ApiContext,
+    caller: &Caller,
+    workspace: &str,
+    role: Role,
+) -> Result<(), ApiError> {
+    let not_found = || ApiError::NotFound(format!("no Terraform workspace '{workspace}'"));
+    if let Credential::Workspace { workspace: allowed, .. } = &caller.principal.credential {
+        // The middleware lets such a token reach its own workspace only.
+        return if allowed == workspace { Ok(()) } else { Err(not_found()) };
+    }
+    let job = ctx.store.get_job(workspace).await?.ok_or_else(not_found)?;
+    match &job.job.namespace {
+        Some(namespace) => caller.require(namespace, role, not_found),
+        None => caller.require_admin(),
+    }
+}

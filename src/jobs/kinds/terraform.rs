@@ -1,0 +1,286 @@
+//! The Terraform backend's jobs: create, start, stop and terminate by running Terraform on the
+//! workspace of the request that created the instances (its create job's id).
+//!
+//! Each run writes the workspace's configuration afresh from corral's records into a new
+//! working directory, then runs `init`, `plan` and `apply` (a terminate plans `-destroy`,
+//! targeted at its instances unless it ends the whole request), recording each command's
+//! output in the job's history. A failed command is retried as the job is; the last attempt
+//! fails with Terraform's error. Afterwards the instances are observed through the cloud API,
+//! as with the native backend: corral records what the cloud reports, not what Terraform says.
+//!
+//! Safe to resume after a crash at any point:
+//! - the state lives in corral's database; a lock left by an earlier attempt of the same job is
+//!   released first (this attempt holds the job's lease, so that run has ended);
+//! - instances and the security group an interrupted `apply` made before it could save the
+//!   state are found by their `corral:job-id` tag and adopted with `import` blocks, never made
+//!   twice;
+//! - runs on one workspace take turns in job order, so that no run writes a configuration from
+//!   records another run is about to change.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::cloud::{TAG_INSTANCE_ID, TAG_JOB_ID};
+use crate::domain::{Action, InstanceState};
+use crate::jobs::kinds::create_instances::{CreatePayload, check_cloud_rules, import_key_pair};
+use crate::jobs::kinds::wait_for_state;
+use crate::jobs::{JobError, JobRun};
+use crate::storage::InstanceRecord;
+use crate::terraform::{
+    ConfigInstance, RunOutput, SECURITY_GROUP, Session, Terraform, WorkspaceConfig, configuration,
+};
+
+/// Longest a job waits for earlier jobs on its workspace before it gives the attempt up.
+const TURN_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// Creates the request's instances with `terraform apply`.
+pub async fn create(run: &JobRun<'_>, payload: &CreatePayload) -> Result<(), JobError> {
+    let (ctx, job) = (run.ctx, run.job);
+    let terraform = terraform(run)?;
+    let spec = &payload.spec;
+    let region = spec.region.as_str();
+    let workspace = job.job.id.as_str();
+    let mut instances = job.instances.clone();
+    instances.sort_by_key(|instance| instance.launch_index);
+
+    let (_, instance_type) = check_cloud_rules(run, spec).await?;
+    import_key_pair(run, spec).await?;
+
+    let mut imports = Vec::new();
+    if job.job.launch_started_at.is_some() {
+        release_stale_lock(run, workspace).await?;
+        // What an interrupted apply made before it could save the state.
+        for cloud in ctx.provider.find_tagged(region, TAG_JOB_ID, workspace).await? {
+            let ended =
+                matches!(cloud.state, InstanceState::Terminated | InstanceState::ShuttingDown);
+            let owner = cloud.tags.get(TAG_INSTANCE_ID);
+            if let Some(instance) = instances.iter().find(|i| Some(&i.id) == owner)
+                && !ended
+            {
+                imports.push((format!("aws_instance.{}", resource(instance)), cloud.cloud_id));
+            }
+        }
+        if !spec.ingress.is_empty() {
+            let groups = ctx
+                .provider
+                .find_security_groups(region, TAG_JOB_ID, &[workspace.to_string()])
+                .await?;
+            imports.extend(groups.into_iter().map(|(id, _)| (SECURITY_GROUP.to_string(), id)));
+        }
+        if !imports.is_empty() {
+            let adopted: Vec<&str> = imports.iter().map(|(_, id)| id.as_str()).collect();
+            run.step(format!(
+                "adopting what an earlier attempt made, by its corral:job-id tag: {}",
+                adopted.join(", ")
+            ))
+            .await;
+        }
+    }
+    // Recorded before anything is made, so that every later attempt looks for it.
+    if !ctx.store.mark_launch_started(&job.job.id, run.worker).await? {
+        return Err(JobError::Retryable("the job's lease was lost before the apply".to_string()));
+    }
+
+    let endpoint = ctx.provider.endpoint_url();
+    let config = WorkspaceConfig {
+        workspace,
+        state_address: terraform.state_address(workspace),
+        endpoint_url: endpoint.as_deref(),
+        spec,
+        instances: instances.iter().map(|i| config_instance(i, Some("running"))).collect(),
+        burstable: instance_type.burstable,
+        imports,
+    };
+    let session = apply(run, terraform, &config, &[]).await?;
+
+    let outputs = session
+        .outputs()
+        .await
+        .map_err(|err| JobError::Retryable(format!("running terraform output: {err}")))?
+        .map_err(|err| JobError::Retryable(format!("terraform output failed: {err}")))?;
+    for instance in &mut instances {
+        let id = outputs["instances"]["value"][resource(instance)]["id"].as_str();
+        let Some(id) = id.filter(|id| id.starts_with("i-")) else {
+            return Err(JobError::Retryable(format!(
+                "terraform applied, but its outputs name no instance for {} ({})",
+                instance.name, instance.id
+            )));
+        };
+        instance.cloud_id = Some(id.to_string());
+    }
+    let made: Vec<&str> = instances.iter().filter_map(|i| i.cloud_id.as_deref()).collect();
+    run.step(format!("terraform made {}", made.join(", "))).await;
+    wait_for_state(run, region, &instances, InstanceState::Running).await
+}
+
+/// Starts, stops or terminates Terraform-backed instances, one workspace at a time.
+pub async fn change(
+    run: &JobRun<'_>,
+    action: Action,
+    instances: Vec<InstanceRecord>,
+) -> Result<(), JobError> {
+    let ctx = run.ctx;
+    let terraform = terraform(run)?;
+    let mut by_workspace: BTreeMap<String, Vec<InstanceRecord>> = BTreeMap::new();
+    for instance in instances {
+        by_workspace.entry(instance.created_by_job.clone()).or_default().push(instance);
+    }
+    for (workspace, acting) in by_workspace {
+        wait_for_turn(run, &workspace).await?;
+        let create = ctx.store.get_job(&workspace).await?.ok_or_else(|| {
+            JobError::Permanent(format!("the create job {workspace} of these instances is gone"))
+        })?;
+        let payload: CreatePayload = serde_json::from_value(create.job.payload.clone())
+            .map_err(|err| JobError::Permanent(format!("unreadable create payload: {err}")))?;
+        let spec = &payload.spec;
+        let region = spec.region.as_str();
+        let instance_type = ctx.catalog.instance_type(region, &spec.instance_type).await?;
+        release_stale_lock(run, &workspace).await?;
+
+        // Everything of the workspace that still exists stays declared; only the instances
+        // this job acts on get a state resource.
+        let live: Vec<&InstanceRecord> = create
+            .instances
+            .iter()
+            .filter(|i| {
+                i.cloud_id.is_some()
+                    && !matches!(i.state, InstanceState::Terminated | InstanceState::Failed)
+            })
+            .collect();
+        let acting_ids: Vec<&str> = acting.iter().map(|i| i.id.as_str()).collect();
+        let target = match action {
+            Action::Start => Some("running"),
+            Action::Stop => Some("stopped"),
+            _ => None,
+        };
+        let config_instances = live
+            .iter()
+            .map(|i| config_instance(i, target.filter(|_| acting_ids.contains(&i.id.as_str()))))
+            .collect();
+        let endpoint = ctx.provider.endpoint_url();
+        let config = WorkspaceConfig {
+            workspace: &workspace,
+            state_address: terraform.state_address(&workspace),
+            endpoint_url: endpoint.as_deref(),
+            spec,
+            instances: config_instances,
+            burstable: instance_type.burstable,
+            imports: Vec::new(),
+        };
+        let plan_args: Vec<String> = match action {
+            Action::Terminate if live.iter().all(|i| acting_ids.contains(&i.id.as_str())) => {
+                vec!["-destroy".to_string()]
+            }
+            Action::Terminate => std::iter::once("-destroy".to_string())
+                .chain(acting.iter().map(|i| format!("-target=aws_instance.{}", resource(i))))
+                .collect(),
+            _ => Vec::new(),
+        };
+        apply(run, terraform, &config, &plan_args).await?;
+        let target_state = action.target_state().expect("reboots go through the native API");
+        wait_for_state(run, region, &acting, target_state).await?;
+    }
+    Ok(())
+}
+
+fn terraform<'a>(run: &JobRun<'a>) -> Result<&'a Terraform, JobError> {
+    run.ctx.terraform.as_deref().ok_or_else(|| {
+        JobError::Permanent(
+            "this worker has no terraform (terraform.binary); install it where workers run"
+                .to_string(),
+        )
+    })
+}
+
+fn resource(instance: &InstanceRecord) -> String {
+    format!("i{}", instance.launch_index)
+}
+
+fn config_instance(instance: &InstanceRecord, state: Option<&'static str>) -> ConfigInstance {
+    ConfigInstance {
+        id: instance.id.clone(),
+        name: instance.name.clone(),
+        tags: instance.tags.clone(),
+        launch_index: instance.launch_index,
+        state,
+    }
+}
+
+/// Writes the configuration and runs init, plan (with `plan_args`) and apply; every command's
+/// output goes to the job's history. Returns the session, for the outputs.
+async fn apply(
+    run: &JobRun<'_>,
+    terraform: &Terraform,
+    config: &WorkspaceConfig<'_>,
+    plan_args: &[String],
+) -> Result<Session, JobError> {
+    let credentials = run.ctx.provider.credentials_env().await?;
+    let session =
+        terraform.session(config.workspace, &run.job.job.id, credentials).map_err(|err| {
+            JobError::Retryable(format!("making a Terraform working directory: {err}"))
+        })?;
+    session
+        .write_config(&configuration(config))
+        .await
+        .map_err(|err| JobError::Retryable(format!("writing main.tf.json: {err}")))?;
+    let verb = if plan_args.iter().any(|arg| arg == "-destroy") { "destroy" } else { "apply" };
+    step(run, "init", session.init().await).await?;
+    step(run, &format!("plan {}", plan_args.join(" ")), session.plan(plan_args).await).await?;
+    step(run, verb, session.apply().await).await?;
+    Ok(session)
+}
+
+/// Records a command's output; a failed command fails the attempt with Terraform's error.
+async fn step(
+    run: &JobRun<'_>,
+    command: &str,
+    output: std::io::Result<RunOutput>,
+) -> Result<(), JobError> {
+    let command = command.trim();
+    let output = output.map_err(|err| {
+        JobError::Retryable(format!("terraform {command} could not be run: {err}"))
+    })?;
+    let outcome = if output.success { "done" } else { "failed" };
+    run.step(format!("terraform {command}: {outcome}\n{}", output.text)).await;
+    if output.success {
+        return Ok(());
+    }
+    // Terraform's own error, without the output before it.
+    let error = output.text.find("Error:").map_or(output.text.as_str(), |at| &output.text[at..]);
+    Err(JobError::Retryable(format!("terraform {command} failed: {}", error.trim())))
+}
+
+/// Releases the workspace's lock when an earlier attempt of this job left it.
+async fn release_stale_lock(run: &JobRun<'_>, workspace: &str) -> Result<(), JobError> {
+    if run.ctx.store.release_job_lock(workspace, &run.job.job.id).await? {
+        run.step(format!("released the lock an earlier attempt of this job left on {workspace}"))
+            .await;
+    }
+    Ok(())
+}
+
+/// Waits until no earlier job owns an instance of `workspace`: runs on one workspace take
+/// turns in the order their jobs were made (job ids grow with time).
+async fn wait_for_turn(run: &JobRun<'_>, workspace: &str) -> Result<(), JobError> {
+    let deadline = tokio::time::Instant::now() + TURN_TIMEOUT;
+    let mut announced = false;
+    loop {
+        let create = run.ctx.store.get_job(workspace).await?;
+        let earlier = create.as_ref().and_then(|create| {
+            create.instances.iter().find_map(|i| {
+                i.active_job_id.clone().filter(|owner| owner.as_str() < run.job.job.id.as_str())
+            })
+        });
+        let Some(earlier) = earlier else { return Ok(()) };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(JobError::Retryable(format!(
+                "job {earlier} still works on Terraform workspace {workspace}"
+            )));
+        }
+        if !announced {
+            run.step(format!("waiting for job {earlier}, which works on {workspace} first")).await;
+            announced = true;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

@@ -1,0 +1,472 @@
+//! Terraform as a backend: the configuration corral writes for a workspace, and running the
+//! `terraform` executable on it.
+//!
+//! A workspace is one create request (named by its job id). Every run gets a fresh working
+//! directory with a generated `main.tf.json`; the state lives in corral's database, reached
+//! through the HTTP backend protocol (`api::terraform_state`) with a token that opens that
+//! workspace only, so a lost working directory loses nothing. Output is captured with every
+//! secret the run was given replaced by `[redacted]`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::auth::Authenticator;
+use crate::cloud::{TAG_INSTANCE_ID, TAG_JOB_ID, TAG_NAMESPACE};
+use crate::config::TerraformSettings;
+use crate::domain::LaunchSpec;
+
+/// Resource name of the security group a request with ingress rules gets.
+pub const SECURITY_GROUP: &str = "aws_security_group.ingress";
+/// How long a run waits for the workspace's lock when another run holds it.
+const LOCK_TIMEOUT: &str = "-lock-timeout=120s";
+/// Longest a single terraform command may run.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Most output kept per command, from its end.
+const MAX_OUTPUT: usize = 12 * 1024;
+
+/// How this process runs Terraform.
+pub struct Terraform {
+    binary: PathBuf,
+    cli_config: Option<PathBuf>,
+    state_url: String,
+    work_dir: PathBuf,
+    auth: Arc<Authenticator>,
+}
+
+impl Terraform {
+    /// The executable `binary` names (a path, or a name on `PATH`), if it exists.
+    pub fn locate(binary: &str) -> Option<PathBuf> {
+        if binary.contains('/') {
+            let path = PathBuf::from(binary);
+            return path.is_file().then_some(path);
+        }
+        let paths = std::env::var_os("PATH")?;
+        std::env::split_paths(&paths).map(|dir| dir.join(binary)).find(|path| path.is_file())
+    }
+
+    pub fn new(
+        settings: &TerraformSettings,
+        binary: PathBuf,
+        state_url: String,
+        auth: Arc<Authenticator>,
+    ) -> Terraform {
+        Terraform {
+            binary,
+            cli_config: settings.cli_config.as_ref().map(PathBuf::from),
+            state_url: state_url.trim_end_matches('/').to_string(),
+            work_dir: settings.work_dir.as_ref().map_or_else(std::env::temp_dir, PathBuf::from),
+            auth,
+        }
+    }
+
+    /// Where Terraform reads and writes the state of `workspace`.
+    pub fn state_address(&self, workspace: &str) -> String {
+        format!("{}/v1/terraform/state/{workspace}", self.state_url)
+    }
+
+    /// A fresh working directory for a run of job `job_id` on `workspace`, with the cloud
+    /// credentials `cloud_env` and a state token for that workspace alone.
+    pub fn session(
+        &self,
+        workspace: &str,
+        job_id: &str,
+        cloud_env: Vec<(String, String)>,
+    ) -> std::io::Result<Session> {
+        std::fs::create_dir_all(&self.work_dir)?;
+        let dir = tempfile::Builder::new().prefix("corral-tf-").tempdir_in(&self.work_dir)?;
+        let token = self.auth.workspace_token(workspace, job_id, 6 * 3600);
+        let mut secrets: Vec<String> = vec![token.clone()];
+        secrets.extend(
+            cloud_env
+                .iter()
+                .filter(|(name, _)| name != "AWS_ACCESS_KEY_ID")
+                .map(|(_, value)| value.clone()),
+        );
+        let mut env = cloud_env;
+        env.extend([
+            ("TF_HTTP_USERNAME".to_string(), "corral".to_string()),
+            ("TF_HTTP_PASSWORD".to_string(), token),
+            ("TF_IN_AUTOMATION".to_string(), "1".to_string()),
+            ("TF_INPUT".to_string(), "0".to_string()),
+            ("CHECKPOINT_DISABLE".to_string(), "1".to_string()),
+        ]);
+        if let Some(config) = &self.cli_config {
+            env.push(("TF_CLI_CONFIG_FILE".to_string(), config.display().to_string()));
+        }
+        Ok(Session { dir, binary: self.binary.clone(), env, secrets })
+    }
+}
+
+/// One working directory and the environment its commands run with.
+pub struct Session {
+    dir: tempfile::TempDir,
+    binary: PathBuf,
+    env: Vec<(String, String)>,
+    secrets: Vec<String>,
+}
+
+/// What a command printed (stdout, then stderr; redacted, at most the last 12 KiB), and
+/// whether it succeeded.
+pub struct RunOutput {
+    pub success: bool,
+    pub text: String,
+}
+
+impl Session {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub async fn write_config(&self, config: &Value) -> std::io::Result<()> {
+        let text = serde_json::to_string_pretty(config).expect("JSON serializes");
+        tokio::fs::write(self.dir.path().join("main.tf.json"), text).await
+    }
+
+    /// `terraform init`, against the state backend.
+    pub async fn init(&self) -> std::io::Result<RunOutput> {
+        self.run(&["init", "-no-color", "-input=false", LOCK_TIMEOUT]).await
+    }
+
+    /// `terraform plan` saved to `plan.out`.
+    pub async fn plan(&self, extra: &[String]) -> std::io::Result<RunOutput> {
+        let mut args = vec!["plan", "-no-color", "-input=false", LOCK_TIMEOUT, "-out=plan.out"];
+        args.extend(extra.iter().map(String::as_str));
+        self.run(&args).await
+    }
+
+    /// `terraform apply` of the saved plan.
+    pub async fn apply(&self) -> std::io::Result<RunOutput> {
+        self.run(&["apply", "-no-color", "-input=false", LOCK_TIMEOUT, "plan.out"]).await
+    }
+
+    /// `terraform output -json`: every output by name.
+    pub async fn outputs(&self) -> std::io::Result<Result<Value, String>> {
+        let output = self.run(&["output", "-no-color", "-json"]).await?;
+        if !output.success {
+            return Ok(Err(output.text));
+        }
+        Ok(serde_json::from_str(&output.text).map_err(|err| format!("{err}: {}", output.text)))
+    }
+
+    async fn run(&self, args: &[&str]) -> std::io::Result<RunOutput> {
+        let mut command = tokio::process::Command::new(&self.binary);
+        command
+            .args(args)
+            .current_dir(self.dir.path())
+            .env_remove("AWS_PROFILE")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let output = match tokio::time::timeout(COMMAND_TIMEOUT, command.output()).await {
+            Ok(output) => output?,
+            Err(_) => {
+                return Ok(RunOutput {
+                    success: false,
+                    text: format!(
+                        "terraform {} did not finish within {} minutes and was stopped",
+                        args[0],
+                        COMMAND_TIMEOUT.as_secs() / 60
+                    ),
+                });
+            }
+        };
+        let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&output.stderr));
+        for secret in self.secrets.iter().filter(|s| s.len() >= 8) {
+            text = text.replace(secret.as_str(), "[redacted]");
+        }
+        Ok(RunOutput { success: output.status.success(), text: tail(text.trim(), MAX_OUTPUT) })
+    }
+}
+
+/// The last `max` bytes of `text`, cut at a character boundary.
+fn tail(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("[… earlier output left out]\n{}", &text[start..])
+}
+
+/// One instance of a workspace as the configuration declares it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigInstance {
+    /// corral id.
+    pub id: String,
+    pub name: String,
+    /// The user's tags, as corral has them now (a `PATCH` may have changed them since).
+    pub tags: BTreeMap<String, String>,
+    pub launch_index: i64,
+    /// `running` or `stopped` when the run sets the instance's state; `None` leaves it as is.
+    pub state: Option<&'static str>,
+}
+
+impl ConfigInstance {
+    /// Terraform resource name: names may hold characters identifiers may not.
+    pub fn resource(&self) -> String {
+        format!("i{}", self.launch_index)
+    }
+}
+
+/// Everything a workspace's `main.tf.json` is written from.
+pub struct WorkspaceConfig<'a> {
+    pub workspace: &'a str,
+    pub state_address: String,
+    pub endpoint_url: Option<&'a str>,
+    pub spec: &'a LaunchSpec,
+    /// The instances that exist or are to be created; the others are left out.
+    pub instances: Vec<ConfigInstance>,
+    /// Whether the AMI's type is burstable, so that the credit mode applies.
+    pub burstable: bool,
+    /// Existing cloud objects to adopt into the state: (resource address, cloud id).
+    pub imports: Vec<(String, String)>,
+}
+
+/// The configuration in Terraform's JSON syntax: the HTTP state backend, the AWS provider for
+/// the region (endpoints overridden for an emulator), one `aws_instance` per instance with the
+/// tags, storage, key, security groups and user_data the native backend would use, the request's
+/// security group when it has ingress rules, `aws_ec2_instance_state` for the instances whose
+/// state the run sets, and an output of every instance's id and addresses.
+pub fn configuration(config: &WorkspaceConfig<'_>) -> Value {
+    let spec = config.spec;
+    let mut provider = json!({ "region": spec.region });
+    if let Some(url) = config.endpoint_url {
+        provider["endpoints"] = json!({ "ec2": url });
+        provider["skip_credentials_validation"] = json!(true);
+        provider["skip_requesting_account_id"] = json!(true);
+        provider["skip_metadata_api_check"] = json!(true);
+    }
+    let mut security_groups: Vec<String> = spec.security_group_ids.clone();
+    let mut resources = serde_json::Map::new();
+    if !spec.ingress.is_empty() {
+        security_groups.push(format!("${{{SECURITY_GROUP}.id}}"));
+        let rule = |from: u16, protocol: &str, v4: Vec<&str>, v6: Vec<&str>| {
+            json!({
+                "from_port": from, "to_port": from, "protocol": protocol,
+                "cidr_blocks": v4, "ipv6_cidr_blocks": v6, "description": "",
+                "prefix_list_ids": [], "security_groups": [], "self": false,
+            })
+        };
+        let ingress: Vec<Value> = spec
+            .ingress
+            .iter()
+            .map(|r| {
+                let (v4, v6) = if r.is_ipv6() {
+                    (vec![], vec![r.cidr.as_str()])
+                } else {
+                    (vec![r.cidr.as_str()], vec![])
+                };
+                rule(r.port, &r.protocol, v4, v6)
+            })
+            .collect();
+        let mut egress = rule(0, "-1", vec!["0.0.0.0/0"], vec![]);
+        egress["to_port"] = json!(0);
+        resources.insert(
+            "aws_security_group".to_string(),
+            json!({ "ingress": {
+                "name": format!("corral-{}", config.workspace),
+                "description": format!("corral: ingress of job {} in {}", config.workspace, spec.namespace),
+                "ingress": ingress,
+                "egress": [egress],
+                "tags": {
+                    TAG_JOB_ID: config.workspace,
+                    TAG_NAMESPACE: spec.namespace,
+                },
+            }}),
+        );
+    }
+    let mut instances = serde_json::Map::new();
+    let mut states = serde_json::Map::new();
+    let mut outputs = serde_json::Map::new();
+    for instance in &config.instances {
+        let resource = instance.resource();
+        let mut tags: BTreeMap<&str, &str> =
+            instance.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        tags.insert("Name", &instance.name);
+        tags.insert(TAG_INSTANCE_ID, &instance.id);
+        tags.insert(TAG_JOB_ID, config.workspace);
+        tags.insert(TAG_NAMESPACE, &spec.namespace);
+        let mut body = json!({
+            "ami": spec.ami,
+            "instance_type": spec.instance_type,
+            "tags": tags,
+            "volume_tags": tags,
+            "root_block_device": {
+                "volume_size": spec.storage_gb,
+                "volume_type": "gp3",
+                "delete_on_termination": true,
+            },
+        });
+        if let Some(key_name) = &spec.key_name {
+            body["key_name"] = json!(key_name);
+        }
+        if !security_groups.is_empty() {
+            body["vpc_security_group_ids"] = json!(security_groups);
+        }
+        if let Some(user_data) = &spec.user_data {
+            body["user_data"] = json!(user_data);
+        }
+        if config.burstable {
+            body["credit_specification"] = json!({ "cpu_credits": spec.cpu_credits.as_str() });
+        }
+        if let Some(state) = instance.state {
+            states.insert(
+                resource.clone(),
+                json!({ "instance_id": format!("${{aws_instance.{resource}.id}}"), "state": state }),
+            );
+        }
+        outputs.insert(
+            resource.clone(),
+            json!({
+                "id": format!("${{aws_instance.{resource}.id}}"),
+                "public_ip": format!("${{aws_instance.{resource}.public_ip}}"),
+                "private_ip": format!("${{aws_instance.{resource}.private_ip}}"),
+            }),
+        );
+        instances.insert(resource, body);
+    }
+    if !instances.is_empty() {
+        resources.insert("aws_instance".to_string(), Value::Object(instances));
+    }
+    if !states.is_empty() {
+        resources.insert("aws_ec2_instance_state".to_string(), Value::Object(states));
+    }
+    let mut document = json!({
+        "terraform": {
+            "required_providers": { "aws": { "source": "hashicorp/aws", "version": ">= 5.0" } },
+            "backend": { "http": {
+                "address": config.state_address,
+                "lock_address": config.state_address,
+                "unlock_address": config.state_address,
+            }},
+        },
+        "provider": { "aws": provider },
+        "output": { "instances": { "value": outputs } },
+    });
+    if !resources.is_empty() {
+        document["resource"] = Value::Object(resources);
+    }
+    if !config.imports.is_empty() {
+        document["import"] =
+            config.imports.iter().map(|(to, id)| json!({ "to": to, "id": id })).collect();
+    }
+    document
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{CpuCredits, IngressRule};
+
+    fn spec() -> LaunchSpec {
+        LaunchSpec {
+            names: vec!["web-1".into(), "web-2".into()],
+            namespace: "alpha".into(),
+            region: "us-east-1".into(),
+            ami: "ami-0123".into(),
+            instance_type: "t3.micro".into(),
+            storage_gb: 12,
+            key_name: Some("deploy".into()),
+            security_group_ids: vec!["sg-0aa".into()],
+            user_data: Some("#!/bin/sh\necho hi\n".into()),
+            tags: BTreeMap::from([("team".into(), "blue".into())]),
+            cpu_credits: CpuCredits::Standard,
+            ingress: vec![IngressRule {
+                port: 22,
+                protocol: "tcp".into(),
+                cidr: "1.2.3.4/32".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn the_configuration_declares_what_the_native_backend_would_launch() {
+        let spec = spec();
+        let instances = vec![
+            ConfigInstance {
+                id: "c1".into(),
+                name: "web-1".into(),
+                tags: spec.tags.clone(),
+                launch_index: 0,
+                state: Some("running"),
+            },
+            ConfigInstance {
+                id: "c2".into(),
+                name: "web-2".into(),
+                tags: BTreeMap::new(),
+                launch_index: 1,
+                state: None,
+            },
+        ];
+        let config = configuration(&WorkspaceConfig {
+            workspace: "job-1",
+            state_address: "http://127.0.0.1:1/v1/terraform/state/job-1".into(),
+            endpoint_url: Some("http://127.0.0.1:2"),
+            spec: &spec,
+            instances,
+            burstable: true,
+            imports: vec![("aws_instance.i1".into(), "i-0abc".into())],
+        });
+
+        let http = &config["terraform"]["backend"]["http"];
+        assert_eq!(http["address"], "http://127.0.0.1:1/v1/terraform/state/job-1");
+        assert!(http.get("password").is_none(), "credentials come from the environment");
+        assert_eq!(config["provider"]["aws"]["endpoints"]["ec2"], "http://127.0.0.1:2");
+        let web1 = &config["resource"]["aws_instance"]["i0"];
+        assert_eq!(web1["tags"]["Name"], "web-1");
+        assert_eq!(web1["tags"]["corral:instance-id"], "c1");
+        assert_eq!(web1["tags"]["corral:job-id"], "job-1");
+        assert_eq!(web1["tags"]["team"], "blue");
+        assert_eq!(web1["root_block_device"]["volume_size"], 12);
+        assert_eq!(web1["key_name"], "deploy");
+        assert_eq!(web1["user_data"], "#!/bin/sh\necho hi\n");
+        assert_eq!(web1["credit_specification"]["cpu_credits"], "standard");
+        assert_eq!(
+            web1["vpc_security_group_ids"],
+            json!(["sg-0aa", "${aws_security_group.ingress.id}"])
+        );
+        let group = &config["resource"]["aws_security_group"]["ingress"];
+        assert_eq!(group["ingress"][0]["cidr_blocks"], json!(["1.2.3.4/32"]));
+        assert_eq!(group["egress"][0]["protocol"], "-1");
+        let states = config["resource"]["aws_ec2_instance_state"].as_object().unwrap();
+        assert_eq!(states.keys().collect::<Vec<_>>(), ["i0"], "only the instances the run sets");
+        assert_eq!(states["i0"]["instance_id"], "${aws_instance.i0.id}");
+        assert_eq!(config["import"], json!([{ "to": "aws_instance.i1", "id": "i-0abc" }]));
+        assert_eq!(config["output"]["instances"]["value"]["i1"]["id"], "${aws_instance.i1.id}");
+    }
+
+    #[test]
+    fn without_an_emulator_the_provider_talks_to_aws() {
+        let mut spec = spec();
+        spec.ingress.clear();
+        spec.security_group_ids.clear();
+        let config = configuration(&WorkspaceConfig {
+            workspace: "job-1",
+            state_address: "https://corral.example/v1/terraform/state/job-1".into(),
+            endpoint_url: None,
+            spec: &spec,
+            instances: Vec::new(),
+            burstable: false,
+            imports: Vec::new(),
+        });
+        assert_eq!(config["provider"]["aws"], json!({ "region": "us-east-1" }));
+        assert!(config.get("resource").is_none() && config.get("import").is_none());
+    }
+
+    #[test]
+    fn long_output_keeps_its_end() {
+        let text = format!("{}END", "é".repeat(10_000));
+        let kept = tail(&text, 101);
+        assert!(kept.ends_with("END") && kept.starts_with("[… earlier output left out]"));
+    }
+}
