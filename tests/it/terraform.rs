@@ -125,3 +125,98 @@ async fn a_server_without_terraform_refuses_the_backend_at_request_time() {
     let listed: Value = app.get("/v1/instances").await.json().await.unwrap();
     assert!(listed["items"].as_array().unwrap().is_empty(), "nothing was stored");
 }
+
+#[tokio::test]
+async fn the_state_lock_is_kept_by_corral_and_a_second_run_waits_for_its_holder() {
+    if terraform_mirror().is_none() {
+        return;
+    }
+    let app = spawn_app().await;
+    let created = create_with_terraform(&app, &create_body("tf-locked")).await;
+    assert_eq!(created["status"], "succeeded", "{created}");
+    let workspace = created["id"].as_str().unwrap().to_string();
+    let instance_id = created["instances"][0]["id"].as_str().unwrap().to_string();
+    let cloud_id = created["instances"][0]["cloud_id"].as_str().unwrap().to_string();
+    let address = app.url(&format!("/v1/terraform/state/{workspace}"));
+    let lock = |id: &str| {
+        json!({ "ID": id, "Operation": "OperationTypeApply", "Who": "alice@laptop",
+                "Version": "1.11.4", "Created": "2026-11-25T12:00:00Z", "Path": "", "Info": "" })
+    };
+    let method = |name: &str| reqwest::Method::from_bytes(name.as_bytes()).unwrap();
+
+    // Someone's run holds the lock: another lock, and a write under another lock, are refused
+    // with the holder's lock info.
+    let taken = app.client.request(method("LOCK"), &address).json(&lock("alice-1")).send().await;
+    assert_eq!(taken.unwrap().status(), StatusCode::OK);
+    let refused =
+        app.client.request(method("LOCK"), &address).json(&lock("bob-1")).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::LOCKED);
+    let holder: Value = refused.json().await.unwrap();
+    assert_eq!(
+        (holder["ID"].as_str(), holder["Who"].as_str()),
+        (Some("alice-1"), Some("alice@laptop"))
+    );
+    let state = app.get(&format!("/v1/terraform/state/{workspace}")).await.text().await.unwrap();
+    let write = app.client.post(format!("{address}?ID=bob-1")).body(state.clone()).send().await;
+    assert_eq!(write.unwrap().status(), StatusCode::LOCKED);
+
+    // Terraform itself, run by a user with an API key as its password, names the holding lock.
+    let dir = tempfile::tempdir().unwrap();
+    let config = json!({ "terraform": { "backend": { "http": {
+        "address": address, "lock_address": address, "unlock_address": address } } } });
+    std::fs::write(dir.path().join("main.tf.json"), config.to_string()).unwrap();
+    let env = [("TF_HTTP_USERNAME", "me"), ("TF_HTTP_PASSWORD", app.admin_key.as_str())];
+    app.terraform(dir.path(), &["init", "-input=false", "-no-color"], &env).await.unwrap();
+    let failed = app
+        .terraform(dir.path(), &["plan", "-input=false", "-no-color", "-lock-timeout=0s"], &env)
+        .await
+        .unwrap_err();
+    assert!(failed.contains("Error acquiring the state lock"), "{failed}");
+    assert!(failed.contains("HTTP remote state already locked: ID=alice-1"), "{failed}");
+
+    // corral's own run waits for the lock instead of failing, and goes on once it is released.
+    let stop = app.act(&instance_id, "stop", "").await;
+    assert_eq!(stop.status(), StatusCode::ACCEPTED);
+    let stop: Value = stop.json().await.unwrap();
+    let stop_id = stop["id"].as_str().unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(12)).await;
+    let waiting: Value = app.get_job(stop_id).await.json().await.unwrap();
+    assert_eq!(waiting["status"], "running", "{waiting}");
+    assert_eq!(cloud_state(&app, &cloud_id).await, InstanceStateName::Running);
+    let released =
+        app.client.request(method("UNLOCK"), &address).json(&lock("alice-1")).send().await;
+    assert_eq!(released.unwrap().status(), StatusCode::OK);
+    let stopped = app.wait_for_job(stop_id).await;
+    assert_eq!(stopped["status"], "succeeded", "{stopped}");
+    assert_eq!(cloud_state(&app, &cloud_id).await, InstanceStateName::Stopped);
+    let steps = app.job_steps(stop_id).await;
+    assert!(steps.contains("Acquiring state lock"), "{steps}");
+
+    // The lock was released by the run; a token of one workspace opens no other route.
+    let relock = app.client.request(method("LOCK"), &address).json(&lock("carol-1")).send().await;
+    assert_eq!(relock.unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_failing_apply_is_retried_then_fails_with_terraforms_error() {
+    if terraform_mirror().is_none() {
+        return;
+    }
+    let app = spawn_app_with(|settings| settings.jobs.max_attempts = 2).await;
+    let mut body = create_body("tf-broken");
+    body["key_name"] = json!("no-such-key");
+
+    let job = create_with_terraform(&app, &body).await;
+
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["attempts"], 2, "{job}");
+    let error = job["error"].as_str().unwrap();
+    assert!(error.contains("terraform apply failed: Error: creating EC2 Instance"), "{error}");
+    assert!(error.contains("no-such-key"), "{error}");
+    let steps = app.job_steps(job["id"].as_str().unwrap()).await;
+    assert_eq!(steps.matches("terraform apply: failed").count(), 2, "{steps}");
+    let filter =
+        Filter::builder().name("tag:corral:job-id").values(job["id"].as_str().unwrap()).build();
+    let made = app.ec2.describe_instances().filters(filter).send().await.unwrap();
+    assert!(made.reservations().is_empty(), "{made:?}");
+}
