@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use aws_sdk_ec2::types::Filter;
 use serde_json::{Value, json};
 
 use crate::helpers::{
@@ -25,6 +26,9 @@ struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // The server leads a process group of its own: its terraform runs go with it.
+        let _ =
+            Command::new("kill").args(["-KILL", "--", &format!("-{}", self.child.id())]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -37,6 +41,17 @@ impl Server {
     }
 
     async fn start_against(endpoint: &str, database: &str, key: &str, secret: &str) -> Server {
+        Server::start_with(endpoint, database, key, secret, &[]).await
+    }
+
+    async fn start_with(
+        endpoint: &str,
+        database: &str,
+        key: &str,
+        secret: &str,
+        env: &[(&str, &str)],
+    ) -> Server {
+        use std::os::unix::process::CommandExt;
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new(env!("CARGO_BIN_EXE_corral"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--database", database])
@@ -57,6 +72,8 @@ impl Server {
             .env("CORRAL_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .env("CORRAL_AUTH__JWT_SECRET", JWT_SECRET)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -85,6 +102,13 @@ impl Server {
     /// SIGKILL: no shutdown, no cleanup.
     fn kill_9(mut self) {
         self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGKILL to the server and every process it started, as when its machine dies.
+    fn kill_9_with_children(mut self) {
+        let group = format!("-{}", self.child.id());
+        assert!(Command::new("kill").args(["-KILL", "--", &group]).status().unwrap().success());
         self.child.wait().unwrap();
     }
 }
@@ -444,4 +468,87 @@ async fn three_replicas_on_one_postgres_run_300_jobs_once_and_take_over_a_killed
         proxy.calls_of("RunInstances"),
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn kill_9_mid_terraform_apply_then_restart_adopts_what_it_made_instead_of_duplicating() {
+    let Some(mirror) = crate::helpers::terraform_mirror() else { return };
+    let (key, secret) = new_moto_account().await;
+    let dir = tempfile::tempdir().unwrap();
+    let database = crate::helpers::fresh_database_url(dir.path()).await;
+    let rc = dir.path().join("cli.tfrc");
+    std::fs::write(&rc, crate::helpers::terraform_cli_config(&mirror)).unwrap();
+    let work = dir.path().join("terraform");
+    let env = [
+        ("CORRAL_TERRAFORM_CLI_CONFIG", rc.to_str().unwrap()),
+        ("CORRAL_TERRAFORM__WORK_DIR", work.to_str().unwrap()),
+    ];
+    let server = Server::start_with(&moto_url(), &database, &key, &secret, &env).await;
+    let client = admin_client(&server.url).await;
+    let body = json!({ "name": "tf-crash", "ami": AMI_X86, "instance_type": "t3.micro",
+                       "ingress": [{ "port": 22, "cidr": "caller" }] });
+    let job: Value = client
+        .post(format!("{}/v1/instances?backend=terraform", server.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let job_id = job["id"].as_str().unwrap().to_string();
+
+    // Act: as soon as the apply has made the instance, corral and its terraform die together,
+    // before the run can finish; then corral starts again.
+    let ec2 = crate::helpers::ec2_client(&key, &secret);
+    let tagged = || Filter::builder().name("tag:corral:job-id").values(&job_id).build();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let found = ec2.describe_instances().filters(tagged()).send().await.unwrap();
+        if !found.reservations().is_empty() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "terraform made no instance");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.kill_9_with_children();
+    let server = Server::start_with(&moto_url(), &database, &key, &secret, &env).await;
+    let client = admin_client(&server.url).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    let job = loop {
+        let job: Value = client
+            .get(format!("{}/v1/jobs/{job_id}", server.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if job["status"] == "succeeded" || job["status"] == "failed" {
+            break job;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the job did not finish: {job}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+
+    // Assert: one instance and one security group, the ones the first run made.
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert!(job["attempts"].as_i64().unwrap() >= 2, "{job}");
+    let found = ec2.describe_instances().filters(tagged()).send().await.unwrap();
+    let instances: Vec<&aws_sdk_ec2::types::Instance> =
+        found.reservations().iter().flat_map(|r| r.instances()).collect();
+    assert_eq!(instances.len(), 1, "one instance, never two: {instances:?}");
+    assert_eq!(instances[0].instance_id(), job["instances"][0]["cloud_id"].as_str());
+    let groups = ec2.describe_security_groups().filters(tagged()).send().await.unwrap();
+    assert_eq!(groups.security_groups().len(), 1, "{groups:?}");
+    let events: Value = client
+        .get(format!("{}/v1/jobs/{job_id}/events", server.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let steps = events.to_string();
+    assert!(steps.contains("adopting what an earlier attempt made"), "{steps}");
 }

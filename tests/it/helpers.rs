@@ -124,7 +124,7 @@ pub fn terraform_mirror() -> Option<String> {
 }
 
 /// A Terraform CLI configuration that takes the AWS provider from `mirror` only.
-fn terraform_cli_config(mirror: &str) -> String {
+pub fn terraform_cli_config(mirror: &str) -> String {
     format!(
         "provider_installation {{\n  filesystem_mirror {{\n    path = \"{mirror}\"\n    \
          include = [\"registry.terraform.io/hashicorp/aws\"]\n  }}\n  direct {{\n    \
