@@ -27,7 +27,8 @@ use crate::startup::Application;
 use crate::storage::Store;
 use client::{Client, Credential, Failure, Outcome};
 use commands::{
-    ApiKeysCommand, AuditArgs, InstancesCommand, JobsCommand, NamespacesCommand, UsersCommand,
+    ApiKeysCommand, AuditArgs, InstancesCommand, JobsCommand, KeyPairsCommand, NamespacesCommand,
+    UsersCommand,
 };
 use output::{Format, Out};
 use profile::{ConfigFile, Environment, Profile};
@@ -132,6 +133,9 @@ pub enum Command {
     /// API keys for scripts.
     #[command(subcommand)]
     ApiKeys(ApiKeysCommand),
+    /// SSH key pairs instances are created with.
+    #[command(subcommand)]
+    Keypairs(KeyPairsCommand),
     /// Prints a shell completion script.
     ///
     /// Example: corral completions bash > /etc/bash_completion.d/corral
@@ -229,6 +233,7 @@ async fn client(cli: Cli) -> Outcome<()> {
         Command::Namespaces(command) => commands::namespaces(&client, &out, command).await,
         Command::Users(command) => commands::users(&client, &out, command).await,
         Command::ApiKeys(command) => commands::api_keys(&client, &out, command).await,
+        Command::Keypairs(command) => commands::key_pairs(&client, &out, command).await,
         Command::Interactive => menu::run(&client).await,
         Command::Serve { .. }
         | Command::Migrate { .. }

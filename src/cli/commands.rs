@@ -118,6 +118,13 @@ pub struct CreateInstances {
     /// A file whose contents run at first boot (a shell script or cloud-init).
     #[arg(long, value_name = "FILE")]
     pub user_data_file: Option<std::path::PathBuf>,
+    /// Lets traffic in (repeatable): PORT[/udp][=CIDR]; without a CIDR, from this machine's
+    /// address alone (as the server sees it). corral makes a security group for the request.
+    #[arg(long = "ingress", value_name = "PORT[/PROTO][=CIDR]")]
+    pub ingress: Vec<String>,
+    /// aws (the AWS API) or terraform; default: the server's.
+    #[arg(long)]
+    pub backend: Option<String>,
     /// Sent as Idempotency-Key: the same key never creates twice.
     #[arg(long)]
     pub idempotency_key: Option<String>,
@@ -248,6 +255,38 @@ pub enum UsersCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum KeyPairsCommand {
+    /// Lists key pairs of the namespaces you can see.
+    List,
+    Get {
+        name: String,
+    },
+    /// Generates a key pair and saves its private key to a new file (mode 0600); corral keeps
+    /// only the public key. With --public-key-file, registers that key instead.
+    ///
+    /// Examples:
+    ///   corral keypairs create deploy              # writes ./deploy.pem
+    ///   corral keypairs create laptop --public-key-file ~/.ssh/id_ed25519.pub
+    Create {
+        name: String,
+        #[arg(long)]
+        namespace: Option<String>,
+        /// An OpenSSH public key to register (ssh-ed25519 or ssh-rsa).
+        #[arg(long, value_name = "FILE")]
+        public_key_file: Option<std::path::PathBuf>,
+        /// Where the generated private key goes (default NAME.pem); never overwritten.
+        #[arg(long, value_name = "FILE")]
+        private_key_file: Option<std::path::PathBuf>,
+    },
+    /// Forgets a key pair and deletes it in every region (a job).
+    Delete {
+        name: String,
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ApiKeysCommand {
     /// Lists API keys (yours; everyone's for admins).
     List,
@@ -323,6 +362,14 @@ const API_KEY_COLUMNS: &[Column] = &[
     Column::field("EXPIRES", "expires_at"),
     Column::field("REVOKED", "revoked_at"),
     Column::field("KEY", "key"),
+];
+
+const KEY_PAIR_COLUMNS: &[Column] = &[
+    Column::field("NAME", "name"),
+    Column::field("NAMESPACE", "namespace"),
+    Column::field("TYPE", "key_type"),
+    Column::field("FINGERPRINT", "fingerprint"),
+    Column::field("CREATED", "created_at"),
 ];
 
 const AUDIT_COLUMNS: &[Column] = &[
@@ -467,7 +514,11 @@ pub async fn instances(client: &Client, out: &Out, command: InstancesCommand) ->
         }
         InstancesCommand::Create(create) => {
             let body = create_body(&create)?;
-            let mut request = client.request(reqwest::Method::POST, "/v1/instances").json(&body);
+            let path = match &create.backend {
+                Some(backend) => format!("/v1/instances?backend={}", encode(backend)),
+                None => "/v1/instances".to_string(),
+            };
+            let mut request = client.request(reqwest::Method::POST, &path).json(&body);
             if let Some(key) = &create.idempotency_key {
                 request = request.header("idempotency-key", key);
             }
@@ -538,7 +589,24 @@ fn create_body(create: &CreateInstances) -> Outcome<Value> {
             .map_err(|err| Failure::usage(format!("--user-data-file {}: {err}", path.display())))?;
         body["user_data"] = json!(script);
     }
+    if !create.ingress.is_empty() {
+        let rules: Outcome<Vec<Value>> =
+            create.ingress.iter().map(|rule| ingress_rule(rule)).collect();
+        body["ingress"] = json!(rules?);
+    }
     Ok(body)
+}
+
+/// `22`, `53/udp=10.0.0.0/8`, `443=0.0.0.0/0` as the API's ingress rule.
+fn ingress_rule(text: &str) -> Outcome<Value> {
+    let (port, cidr) = text.split_once('=').unwrap_or((text, "caller"));
+    let (port, protocol) = port.split_once('/').unwrap_or((port, "tcp"));
+    let port: i64 = port.parse().map_err(|_| {
+        Failure::usage(format!(
+            "--ingress {text}: expected PORT[/PROTO][=CIDR], e.g. 22 or 53/udp=10.0.0.0/8"
+        ))
+    })?;
+    Ok(json!({ "port": port, "protocol": protocol, "cidr": cidr }))
 }
 
 /// One job for a lifecycle action on many instances.
@@ -764,6 +832,71 @@ pub async fn api_keys(client: &Client, out: &Out, command: ApiKeysCommand) -> Ou
         }
     }
     Ok(())
+}
+
+pub async fn key_pairs(client: &Client, out: &Out, command: KeyPairsCommand) -> Outcome<()> {
+    match command {
+        KeyPairsCommand::List => {
+            let list = client.get("/v1/keypairs").await?;
+            out.items(list["items"].as_array().map_or(&[][..], Vec::as_slice), KEY_PAIR_COLUMNS)?;
+        }
+        KeyPairsCommand::Get { name } => {
+            let pair = client.get(&format!("/v1/keypairs/{}", encode(&name))).await?;
+            out.item(&pair, KEY_PAIR_COLUMNS)?;
+        }
+        KeyPairsCommand::Create { name, namespace, public_key_file, private_key_file } => {
+            let mut body = json!({ "name": name, "namespace": namespace });
+            let mut private_file = None;
+            match public_key_file {
+                Some(path) => {
+                    let key = std::fs::read_to_string(&path).map_err(|err| {
+                        Failure::usage(format!("--public-key-file {}: {err}", path.display()))
+                    })?;
+                    body["public_key"] = json!(key.trim());
+                }
+                None => {
+                    // Opened before the request, so that a key is never made with nowhere to go.
+                    let path = private_key_file.unwrap_or_else(|| format!("{name}.pem").into());
+                    let file = new_private_file(&path)?;
+                    private_file = Some((path, file));
+                }
+            }
+            let created = match client.post("/v1/keypairs", &body).await {
+                Ok(created) => created,
+                Err(failure) => {
+                    if let Some((path, _)) = &private_file {
+                        let _ = std::fs::remove_file(path);
+                    }
+                    return Err(failure);
+                }
+            };
+            if let (Some((path, mut file)), Some(key)) =
+                (private_file, created["private_key"].as_str())
+            {
+                std::io::Write::write_all(&mut file, key.as_bytes())?;
+                eprintln!(
+                    "private key saved to {} (mode 0600); corral does not keep it",
+                    path.display()
+                );
+            }
+            out.item(&created, KEY_PAIR_COLUMNS)?;
+        }
+        KeyPairsCommand::Delete { name, wait } => {
+            let job = client.delete(&format!("/v1/keypairs/{}", encode(&name))).await?;
+            job_result(client, out, job, wait).await?;
+        }
+    }
+    Ok(())
+}
+
+/// A new file only its owner can read; an existing file is never overwritten.
+fn new_private_file(path: &std::path::Path) -> Outcome<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path).map_err(|err| {
+        Failure::usage(format!("cannot write the private key to {}: {err}", path.display()))
+    })
 }
 
 /// A yes/no question on the terminal.

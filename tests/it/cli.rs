@@ -453,3 +453,77 @@ async fn namespaces_users_and_api_keys_are_managed_from_the_command_line() {
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["instances"][0]["state"], "terminated");
 }
+
+#[tokio::test]
+async fn a_generated_key_pair_is_saved_privately_and_instances_use_it_with_ingress() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = spawn_app().await;
+    let corral = Corral::new(&app);
+
+    let created = corral.json(&["keypairs", "create", "deploy"]).await;
+    assert!(created.get("private_key").is_some(), "-o json shows the answer as it came");
+    let pem = corral.home.path().join("deploy.pem");
+    let saved = std::fs::read_to_string(&pem).unwrap();
+    assert!(saved.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"), "{saved}");
+    assert_eq!(std::fs::metadata(&pem).unwrap().permissions().mode() & 0o777, 0o600);
+
+    // An existing file is never overwritten, and no key pair is made for nowhere.
+    let again =
+        corral.run(&["keypairs", "create", "other", "--private-key-file", "deploy.pem"]).await;
+    assert_eq!(code(&again), 2, "{}", describe(&again));
+    assert_eq!(std::fs::read_to_string(&pem).unwrap(), saved);
+    let listed = corral.ok(&["keypairs", "list", "-q"]).await;
+    assert_eq!(listed.trim(), "deploy");
+
+    let job = corral
+        .json(&[
+            "instances",
+            "create",
+            "reachable",
+            "--ami",
+            crate::helpers::AMI_X86,
+            "--instance-type",
+            "t3.micro",
+            "--key-name",
+            "deploy",
+            "--ingress",
+            "22",
+            "--ingress",
+            "53/udp=10.0.0.0/8",
+            "--wait",
+        ])
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let job_id = job["id"].as_str().unwrap();
+    let filter =
+        aws_sdk_ec2::types::Filter::builder().name("tag:corral:job-id").values(job_id).build();
+    let groups = app.ec2.describe_security_groups().filters(filter).send().await.unwrap();
+    let mut rules: Vec<String> = groups.security_groups()[0]
+        .ip_permissions()
+        .iter()
+        .map(|p| {
+            let cidr = p.ip_ranges()[0].cidr_ip().unwrap();
+            format!("{}/{} {cidr}", p.ip_protocol().unwrap(), p.from_port().unwrap())
+        })
+        .collect();
+    rules.sort();
+    assert_eq!(rules, ["tcp/22 127.0.0.1/32", "udp/53 10.0.0.0/8"]);
+    let ssh = job["instances"][0]["ssh_command"].as_str().unwrap();
+    assert!(ssh.starts_with("ssh -i deploy.pem"), "{ssh}");
+
+    let bad = corral
+        .run(&[
+            "instances",
+            "create",
+            "x",
+            "--ami",
+            "ami-1",
+            "--instance-type",
+            "t3.micro",
+            "--ingress",
+            "ssh",
+        ])
+        .await;
+    assert_eq!(code(&bad), 2, "{}", describe(&bad));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--ingress ssh"), "{}", describe(&bad));
+}
