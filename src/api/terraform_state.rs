@@ -4,9 +4,10 @@
 //! `GET` reads the state (204 when there is none), `POST` writes it and `DELETE` removes it;
 //! `LOCK` and `UNLOCK` take and release the workspace's lock, answering `423 Locked` with the
 //! holder's lock info. A write while another lock holds the workspace is refused the same way.
-//! A workspace is the id of the create job that made its instances; it is read by the
-//! namespace's viewers and changed by its operators, or by the Terraform run of a job that
-//! corral gave a token for that workspace alone. Terraform authenticates with HTTP Basic, the
+//! A workspace is the id of the create job that made its instances; it is used by the
+//! namespace's operators (state documents hold every attribute of the resources, so viewers do
+//! not read them), or by the Terraform run of a job that corral gave a token for that workspace
+//! alone. Terraform authenticates with HTTP Basic, the
 //! password being an API key or a token.
 
 use axum::Router;
@@ -50,9 +51,8 @@ pub async fn state(
     let body = axum::body::to_bytes(request.into_body(), MAX_STATE_BYTES)
         .await
         .map_err(|_| ApiError::PayloadTooLarge(MAX_STATE_BYTES))?;
-    let reading = method == Method::GET;
-    authorize(&ctx, &caller, &workspace, if reading { Role::Viewer } else { Role::Operator })
-        .await?;
+    // Even reading takes an operator: state documents hold every attribute of the resources.
+    authorize(&ctx, &caller, &workspace, Role::Operator).await?;
     params.allow_only(&["ID"])?;
     let lock_id = params.one("ID")?;
     match method.as_str() {

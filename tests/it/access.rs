@@ -100,7 +100,7 @@ fn table() -> BTreeMap<&'static str, (Rule, Option<Value>)> {
         ("list_key_pairs", (Anyone, None)),
         ("get_key_pair", (AlphaRead, None)),
         ("delete_key_pair", (AlphaDelete, None)),
-        ("get_terraform_state", (AlphaRead, None)),
+        ("get_terraform_state", (AlphaWrite, None)),
     ])
 }
 
@@ -304,4 +304,41 @@ impl TestApp {
         let client = client_with("authorization", &format!("Bearer {token}"));
         crate::helpers::create_api_key(&client, &self.address).await
     }
+}
+
+#[tokio::test]
+async fn a_terraform_run_token_opens_its_own_workspace_and_nothing_else() {
+    let app = crate::helpers::spawn_app().await;
+    let first = app.create_running(&crate::helpers::create_body("one")).await;
+    let second = app.create_running(&crate::helpers::create_body("two")).await;
+    let (mine, other) = (first["id"].as_str().unwrap(), second["id"].as_str().unwrap());
+    let now = chrono::Utc::now().timestamp();
+    let claims = json!({ "sub": format!("workspace:{mine}"), "name": "job:run-1",
+                         "iat": now, "exp": now + 600, "iss": "corral" });
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )
+    .unwrap();
+    // As Terraform sends it: HTTP Basic, the token as password.
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("corral:{token}"));
+    let run = client_with("authorization", &format!("Basic {basic}"));
+
+    let own = run.get(app.url(&format!("/v1/terraform/state/{mine}"))).send().await.unwrap();
+    assert_eq!(own.status(), StatusCode::NO_CONTENT, "no state written yet");
+    for path in [
+        format!("/v1/terraform/state/{other}"),
+        "/v1/instances".to_string(),
+        format!("/v1/jobs/{mine}"),
+    ] {
+        let response = run.get(app.url(&path)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{path}");
+    }
+    // An API key works as the Basic password too, for people running terraform themselves.
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("me:{}", app.admin_key));
+    let person = client_with("authorization", &format!("Basic {basic}"));
+    let response = person.get(app.url(&format!("/v1/terraform/state/{other}"))).send().await;
+    assert_eq!(response.unwrap().status(), StatusCode::NO_CONTENT);
 }
