@@ -72,7 +72,19 @@ impl Application {
         if settings.role.serves_api() {
             auth.bootstrap(&settings.auth).await?;
         }
+        // A worker-only process serves no state API of its own: its runs need to be told where
+        // one is.
+        let state_url_known = settings.role.serves_api()
+            || settings.terraform.state_url.is_some()
+            || settings.notify.public_url.is_some();
         let terraform = match Terraform::locate(&settings.terraform.binary) {
+            Some(_) if !state_url_known => {
+                tracing::warn!(
+                    "the Terraform backend is off in this worker: set terraform.state_url \
+                     (CORRAL_TERRAFORM_STATE_URL) to the API's address"
+                );
+                None
+            }
             Some(binary) => {
                 let state_url = settings
                     .terraform

@@ -463,6 +463,46 @@ mod tests {
         assert!(config.get("resource").is_none() && config.get("import").is_none());
     }
 
+    #[tokio::test]
+    async fn a_run_has_its_credentials_and_its_output_never_shows_them() {
+        let dir = tempfile::tempdir().unwrap();
+        // A stand-in for terraform that prints what it was given.
+        let binary = dir.path().join("terraform");
+        std::fs::write(
+            &binary,
+            "#!/bin/sh\necho \"$1 token=$TF_HTTP_PASSWORD secret=$AWS_SECRET_ACCESS_KEY \
+             id=$AWS_ACCESS_KEY_ID config=$TF_CLI_CONFIG_FILE\"\nexit 3\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&binary, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = crate::storage::Store::connect(&url).await.unwrap();
+        let auth =
+            Authenticator::new(store, &crate::config::AuthSettings::default()).await.unwrap();
+        let settings = TerraformSettings {
+            cli_config: Some("/etc/mirror.tfrc".into()),
+            work_dir: Some(dir.path().join("runs").display().to_string()),
+            ..TerraformSettings::default()
+        };
+        let terraform = Terraform::new(&settings, binary, "http://h:1/".into(), Arc::new(auth));
+        assert_eq!(terraform.state_address("ws-1"), "http://h:1/v1/terraform/state/ws-1");
+        let credentials = vec![
+            ("AWS_ACCESS_KEY_ID".to_string(), "AKIDEXAMPLE".to_string()),
+            ("AWS_SECRET_ACCESS_KEY".to_string(), "wJalrXUtnFEMI/K7MDENG".to_string()),
+        ];
+
+        let session = terraform.session("ws-1", "job-1", credentials).unwrap();
+        let output = session.init().await.unwrap();
+
+        assert!(!output.success);
+        assert!(session.path().starts_with(dir.path().join("runs")));
+        assert_eq!(
+            output.text,
+            "init token=[redacted] secret=[redacted] id=AKIDEXAMPLE config=/etc/mirror.tfrc"
+        );
+    }
+
     #[test]
     fn long_output_keeps_its_end() {
         let text = format!("{}END", "é".repeat(10_000));

@@ -186,7 +186,8 @@ pub async fn change(
 fn terraform<'a>(run: &JobRun<'a>) -> Result<&'a Terraform, JobError> {
     run.ctx.terraform.as_deref().ok_or_else(|| {
         JobError::Permanent(
-            "this worker has no terraform (terraform.binary); install it where workers run"
+            "the Terraform backend is off in this worker: install terraform (terraform.binary), \
+             and on worker-only processes set terraform.state_url"
                 .to_string(),
         )
     })
