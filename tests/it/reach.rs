@@ -193,3 +193,24 @@ async fn bad_ingress_rules_are_refused_naming_each() {
         .collect();
     assert_eq!(fields, ["ingress[0].port", "ingress[1].cidr"], "{problem}");
 }
+
+#[tokio::test]
+async fn a_launch_that_fails_for_good_leaves_no_security_group_behind() {
+    let app = spawn_app().await;
+    let mut body = create_body("unreachable");
+    body["key_name"] = json!("no-such-key");
+    body["ingress"] = json!([{ "port": 22, "cidr": "caller" }]);
+
+    let response = app.post_instances(&body, "?wait=30").await;
+
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let job: Value = response.json().await.unwrap();
+    assert_eq!(job["status"], "failed", "{job}");
+    assert!(job["error"].as_str().unwrap().contains("InvalidKeyPair.NotFound"), "{job}");
+    let steps = app.job_steps(job["id"].as_str().unwrap()).await;
+    assert!(steps.contains("nothing launched"), "{steps}");
+    let filter =
+        Filter::builder().name("tag:corral:job-id").values(job["id"].as_str().unwrap()).build();
+    let groups = app.ec2.describe_security_groups().filters(filter).send().await.unwrap();
+    assert!(groups.security_groups().is_empty(), "{groups:?}");
+}

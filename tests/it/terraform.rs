@@ -205,6 +205,7 @@ async fn a_failing_apply_is_retried_then_fails_with_terraforms_error() {
     let app = spawn_app_with(|settings| settings.jobs.max_attempts = 2).await;
     let mut body = create_body("tf-broken");
     body["key_name"] = json!("no-such-key");
+    body["ingress"] = json!([{ "port": 22, "cidr": "caller" }]);
 
     let job = create_with_terraform(&app, &body).await;
 
@@ -217,6 +218,10 @@ async fn a_failing_apply_is_retried_then_fails_with_terraforms_error() {
     assert_eq!(steps.matches("terraform apply: failed").count(), 2, "{steps}");
     let filter =
         Filter::builder().name("tag:corral:job-id").values(job["id"].as_str().unwrap()).build();
-    let made = app.ec2.describe_instances().filters(filter).send().await.unwrap();
+    let made = app.ec2.describe_instances().filters(filter.clone()).send().await.unwrap();
     assert!(made.reservations().is_empty(), "{made:?}");
+    // The security group the failed runs made went with the request.
+    assert!(steps.contains("terraform destroy: done"), "{steps}");
+    let groups = app.ec2.describe_security_groups().filters(filter).send().await.unwrap();
+    assert!(groups.security_groups().is_empty(), "{groups:?}");
 }

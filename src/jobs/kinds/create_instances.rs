@@ -57,7 +57,15 @@ pub async fn run(run: &JobRun<'_>) -> Result<(), JobError> {
             Some(_) => ctx.provider.find_tagged(region, TAG_JOB_ID, &job.job.id).await?,
         };
         if launched.is_empty() {
-            let launched = launch(run, &payload, instances.len()).await?;
+            let launched = match launch(run, &payload, instances.len()).await {
+                Ok(launched) => launched,
+                Err(err) => {
+                    if is_final(run, &err) {
+                        delete_own_security_group(run, spec).await;
+                    }
+                    return Err(err);
+                }
+            };
             adopt(ctx, &mut instances, launched, &mut known_tags).await?;
         } else if launched.len() == instances.len() {
             run.step(format!(
@@ -235,6 +243,36 @@ async fn prepare_access(run: &JobRun<'_>, spec: &LaunchSpec) -> Result<Option<St
         spec.ingress.iter().map(|r| format!("{}/{} from {}", r.protocol, r.port, r.cidr)).collect();
     run.step(format!("security group {group_id} lets in {}", rules.join(", "))).await;
     Ok(Some(group_id))
+}
+
+/// Whether `err` ends the job: it is permanent, or this was the last attempt.
+pub(super) fn is_final(run: &JobRun<'_>, err: &JobError) -> bool {
+    matches!(err, JobError::Permanent(_)) || run.job.job.attempts >= run.job.job.max_attempts
+}
+
+/// Deletes the security group made for a request whose launch failed for good, so that it does
+/// not outlive the request. Best effort: the job's own error is what the job reports.
+async fn delete_own_security_group(run: &JobRun<'_>, spec: &LaunchSpec) {
+    if spec.ingress.is_empty() {
+        return;
+    }
+    let (ctx, region) = (run.ctx, spec.region.as_str());
+    let job_id = run.job.job.id.clone();
+    let groups = match ctx.provider.find_security_groups(region, TAG_JOB_ID, &[job_id]).await {
+        Ok(groups) => groups,
+        Err(err) => {
+            run.step(format!("could not look for this request's security group: {err}")).await;
+            return;
+        }
+    };
+    for (group_id, _) in groups {
+        match ctx.provider.delete_security_group(region, &group_id).await {
+            Ok(()) => {
+                run.step(format!("deleted security group {group_id}: nothing launched")).await
+            }
+            Err(err) => run.step(format!("security group {group_id} is left: {err}")).await,
+        }
+    }
 }
 
 /// Pairs launched cloud instances with the stored ones and records their cloud ids at once, so

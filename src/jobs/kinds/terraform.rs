@@ -22,7 +22,9 @@ use std::time::Duration;
 
 use crate::cloud::{TAG_INSTANCE_ID, TAG_JOB_ID};
 use crate::domain::{Action, InstanceState};
-use crate::jobs::kinds::create_instances::{CreatePayload, check_cloud_rules, import_key_pair};
+use crate::jobs::kinds::create_instances::{
+    CreatePayload, check_cloud_rules, import_key_pair, is_final,
+};
 use crate::jobs::kinds::wait_for_state;
 use crate::jobs::{JobError, JobRun};
 use crate::storage::InstanceRecord;
@@ -91,7 +93,20 @@ pub async fn create(run: &JobRun<'_>, payload: &CreatePayload) -> Result<(), Job
         burstable: instance_type.burstable,
         imports,
     };
-    let session = apply(run, terraform, &config, &[]).await?;
+    let session = match apply(run, terraform, &config, &[]).await {
+        Ok(session) => session,
+        Err(err) => {
+            if is_final(run, &err) {
+                // Nothing of a request that failed for good is left behind.
+                let destroy = WorkspaceConfig { imports: Vec::new(), ..config };
+                if let Err(cleanup) = apply(run, terraform, &destroy, &["-destroy".into()]).await {
+                    run.step(format!("what the failed run made could not be destroyed: {cleanup}"))
+                        .await;
+                }
+            }
+            return Err(err);
+        }
+    };
 
     let outputs = session
         .outputs()
