@@ -185,8 +185,10 @@ pub trait Provider: Send + Sync + 'static {
         tags: &BTreeMap<String, String>,
     ) -> Result<bool, CloudError>;
 
-    /// Deletes key pair `name`; a key pair that does not exist is not an error.
-    async fn delete_key_pair(&self, region: &str, name: &str) -> Result<(), CloudError>;
+    /// Deletes key pair `name` if corral imported it (it carries the `corral:namespace` tag);
+    /// returns whether it did. A key pair of that name that corral did not import is left alone,
+    /// and one that does not exist is not an error.
+    async fn delete_key_pair(&self, region: &str, name: &str) -> Result<bool, CloudError>;
 
     /// The id of the group `spec` describes, created in the region's default VPC if its
     /// `corral:job-id` tag finds none, with every rule of `spec` authorised.

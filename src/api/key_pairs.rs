@@ -22,7 +22,7 @@ use crate::api::extract::{QueryParams, ValidJson, wait_param};
 use crate::api::instances::{admitted, new_id};
 use crate::api::namespaces::namespace_not_found;
 use crate::api::{ApiContext, ApiError, FieldError};
-use crate::domain::{JobKind, KEY_NAME_RULE, Role, is_valid_key_name};
+use crate::domain::{JobKind, KEY_NAME_RULE, Role, is_valid_key_name, is_valid_namespace};
 use crate::jobs::DeleteKeyPairPayload;
 use crate::storage::{KeyPairRecord, NewJob, now_millis, to_datetime};
 
@@ -94,6 +94,9 @@ pub async fn create_key_pair(
     ValidJson(body): ValidJson<CreateKeyPairBody>,
 ) -> Result<Response, ApiError> {
     let namespace = body.namespace.unwrap_or_else(|| "default".to_string());
+    if !is_valid_namespace(&namespace) {
+        return Err(namespace_not_found(&namespace));
+    }
     caller.require(&namespace, Role::Operator, || namespace_not_found(&namespace))?;
     if !is_valid_key_name(&body.name) {
         return Err(ApiError::Validation(vec![FieldError::new("name", KEY_NAME_RULE)]));

@@ -446,11 +446,19 @@ impl Provider for AwsProvider {
         }
     }
 
-    async fn delete_key_pair(&self, region: &str, name: &str) -> Result<(), CloudError> {
+    async fn delete_key_pair(&self, region: &str, name: &str) -> Result<bool, CloudError> {
+        match self.key_pair_imported_by_corral(region, name).await {
+            Ok(true) => {}
+            // Absent, or someone else's key pair of the same name: nothing of corral's to delete.
+            Ok(false) | Err(CloudError::Rejected { .. }) => return Ok(false),
+            Err(err) => return Err(err),
+        }
         let call = self.client(region).delete_key_pair().key_name(name).send();
         match self.send(region, ApiClass::Mutate, call).await {
-            Err(CloudError::Rejected { code, .. }) if code == "InvalidKeyPair.NotFound" => Ok(()),
-            other => other.map(|_| ()),
+            Err(CloudError::Rejected { code, .. }) if code == "InvalidKeyPair.NotFound" => {
+                Ok(false)
+            }
+            other => other.map(|_| true),
         }
     }
 

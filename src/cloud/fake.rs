@@ -246,10 +246,10 @@ impl Provider for FakeProvider {
         Ok(state.key_pairs.insert(key, public_key.to_string()).is_none())
     }
 
-    async fn delete_key_pair(&self, region: &str, name: &str) -> Result<(), CloudError> {
+    async fn delete_key_pair(&self, region: &str, name: &str) -> Result<bool, CloudError> {
         self.count("delete_key_pair");
-        self.state.lock().unwrap().key_pairs.remove(&(region.to_string(), name.to_string()));
-        Ok(())
+        let mut state = self.state.lock().unwrap();
+        Ok(state.key_pairs.remove(&(region.to_string(), name.to_string())).is_some())
     }
 
     async fn ensure_security_group(

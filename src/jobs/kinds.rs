@@ -39,12 +39,16 @@ pub async fn run(run: &JobRun<'_>) -> Result<(), JobError> {
         JobKind::DeleteKeyPair => {
             let payload: DeleteKeyPairPayload = serde_json::from_value(run.job.job.payload.clone())
                 .map_err(|err| JobError::Permanent(format!("unreadable job payload: {err}")))?;
+            let mut deleted = Vec::new();
             for region in &payload.regions {
-                run.ctx.provider.delete_key_pair(region, &payload.name).await?;
+                if run.ctx.provider.delete_key_pair(region, &payload.name).await? {
+                    deleted.push(region.as_str());
+                }
             }
             run.step(format!(
-                "deleted key pair {} wherever it was ({})",
+                "key pair {}: deleted in {}; looked in {}",
                 payload.name,
+                if deleted.is_empty() { "no region".to_string() } else { deleted.join(", ") },
                 payload.regions.join(", ")
             ))
             .await;

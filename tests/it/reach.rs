@@ -27,10 +27,12 @@ async fn a_generated_private_key_is_answered_once_and_launches_instances() {
     assert!(fetched.get("private_key").is_none(), "{fetched}");
     let listed = app.get("/v1/keypairs").await.text().await.unwrap();
     assert!(listed.contains("deploy") && !listed.contains("PRIVATE KEY"), "{listed}");
-    let secret_part = private_key.lines().nth(2).unwrap();
-    let database = std::fs::read(app.database_url.trim_start_matches("sqlite://")).unwrap();
-    let database = String::from_utf8_lossy(&database);
-    assert!(!database.contains(secret_part), "the private key is in the database");
+    // On SQLite the whole database is one file to search (the PostgreSQL pass has no file).
+    if let Some(path) = app.database_url.strip_prefix("sqlite://") {
+        let secret_part = private_key.lines().nth(2).unwrap();
+        let database = String::from_utf8_lossy(&std::fs::read(path).unwrap()).into_owned();
+        assert!(!database.contains(secret_part), "the private key is in the database");
+    }
 
     // A second key pair of that name is refused; the first is intact.
     let again = app.post_json("/v1/keypairs", &json!({ "name": "deploy" }), None).await;
@@ -68,6 +70,16 @@ async fn a_generated_private_key_is_answered_once_and_launches_instances() {
     let left = app.ec2.describe_key_pairs().filters(filter).send().await.unwrap();
     assert!(left.key_pairs().is_empty());
     assert_eq!(app.get("/v1/keypairs/deploy").await.status(), StatusCode::NOT_FOUND);
+
+    // A same-named key pair that corral did not import is never deleted by it.
+    app.ec2.create_key_pair().key_name("shared").send().await.unwrap();
+    let response = app.post_json("/v1/keypairs", &json!({ "name": "shared" }), None).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let response = app.client.delete(app.url("/v1/keypairs/shared?wait=30")).send().await.unwrap();
+    let deleted: Value = response.json().await.unwrap();
+    assert_eq!(deleted["status"], "succeeded", "{deleted}");
+    let kept = app.ec2.describe_key_pairs().key_names("shared").send().await.unwrap();
+    assert_eq!(kept.key_pairs().len(), 1, "someone else's key pair was deleted");
 }
 
 #[tokio::test]

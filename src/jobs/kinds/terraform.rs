@@ -158,8 +158,16 @@ pub async fn change(
             .instances
             .iter()
             .filter(|i| {
+                // An instance the cloud no longer has stays out: declaring it would make
+                // Terraform create it again.
                 i.cloud_id.is_some()
-                    && !matches!(i.state, InstanceState::Terminated | InstanceState::Failed)
+                    && !matches!(
+                        i.state,
+                        InstanceState::Terminated
+                            | InstanceState::ShuttingDown
+                            | InstanceState::Failed
+                            | InstanceState::Missing
+                    )
             })
             .collect();
         let acting_ids: Vec<&str> = acting.iter().map(|i| i.id.as_str()).collect();
