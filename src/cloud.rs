@@ -79,6 +79,22 @@ pub struct SecurityGroupSpec {
     pub tags: BTreeMap<String, String>,
 }
 
+impl SecurityGroupSpec {
+    /// The group of create request (job) `job_id` in `namespace`, letting in `rules`; both
+    /// backends make it so.
+    pub fn for_request(job_id: &str, namespace: &str, rules: &[IngressRule]) -> SecurityGroupSpec {
+        SecurityGroupSpec {
+            name: format!("corral-{job_id}"),
+            description: format!("corral: ingress of job {job_id} in {namespace}"),
+            rules: rules.to_vec(),
+            tags: BTreeMap::from([
+                (TAG_JOB_ID.to_string(), job_id.to_string()),
+                (TAG_NAMESPACE.to_string(), namespace.to_string()),
+            ]),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CloudError {
     /// The cloud asked us to slow down; retry later.

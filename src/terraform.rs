@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::auth::Authenticator;
-use crate::cloud::{TAG_INSTANCE_ID, TAG_JOB_ID, TAG_NAMESPACE};
+use crate::cloud::{SecurityGroupSpec, TAG_INSTANCE_ID, TAG_JOB_ID, TAG_NAMESPACE};
 use crate::config::TerraformSettings;
 use crate::domain::LaunchSpec;
 
@@ -98,6 +98,10 @@ impl Terraform {
         if let Some(config) = &self.cli_config {
             env.push(("TF_CLI_CONFIG_FILE".to_string(), config.display().to_string()));
         }
+        // Providers are fetched once for every run, not once per working directory.
+        let plugin_cache = self.work_dir.join("corral-terraform-plugins");
+        std::fs::create_dir_all(&plugin_cache)?;
+        env.push(("TF_PLUGIN_CACHE_DIR".to_string(), plugin_cache.display().to_string()));
         Ok(Session { dir, binary: self.binary.clone(), env, secrets })
     }
 }
@@ -257,8 +261,10 @@ pub fn configuration(config: &WorkspaceConfig<'_>) -> Value {
                 "prefix_list_ids": [], "security_groups": [], "self": false,
             })
         };
-        let ingress: Vec<Value> = spec
-            .ingress
+        let group =
+            SecurityGroupSpec::for_request(config.workspace, &spec.namespace, &spec.ingress);
+        let ingress: Vec<Value> = group
+            .rules
             .iter()
             .map(|r| {
                 let (v4, v6) = if r.is_ipv6() {
@@ -274,14 +280,11 @@ pub fn configuration(config: &WorkspaceConfig<'_>) -> Value {
         resources.insert(
             "aws_security_group".to_string(),
             json!({ "ingress": {
-                "name": format!("corral-{}", config.workspace),
-                "description": format!("corral: ingress of job {} in {}", config.workspace, spec.namespace),
+                "name": group.name,
+                "description": group.description,
                 "ingress": ingress,
                 "egress": [egress],
-                "tags": {
-                    TAG_JOB_ID: config.workspace,
-                    TAG_NAMESPACE: spec.namespace,
-                },
+                "tags": group.tags,
             }}),
         );
     }

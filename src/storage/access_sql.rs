@@ -139,14 +139,7 @@ macro_rules! access_store {
                 lock_id: Option<&str>,
             ) -> Result<LockOutcome, StorageError> {
                 let mut tx = self.pool.begin().await?;
-                sqlx::query(
-                    "INSERT INTO terraform_states (workspace, updated_at) VALUES ($1, $2) \
-                     ON CONFLICT (workspace) DO NOTHING",
-                )
-                .bind(workspace)
-                .bind(now_millis())
-                .execute(&mut *tx)
-                .await?;
+                ensure_state_row(&mut tx, workspace).await?;
                 let written = sqlx::query(
                     "UPDATE terraform_states SET state = $2, updated_at = $3 \
                      WHERE workspace = $1 AND (lock_id IS NULL OR lock_id = $4)",
@@ -158,13 +151,7 @@ macro_rules! access_store {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-                if written == 1 {
-                    tx.commit().await?;
-                    return Ok(LockOutcome::Done);
-                }
-                let holder = lock_holder(&mut tx, workspace).await?;
-                tx.rollback().await?;
-                Ok(LockOutcome::HeldBy(holder))
+                finish_guarded(tx, workspace, written == 1).await
             }
 
             /// Takes the lock of `workspace` for `lock_id`, recording Terraform's lock info and
@@ -178,14 +165,7 @@ macro_rules! access_store {
                 job_id: Option<&str>,
             ) -> Result<LockOutcome, StorageError> {
                 let mut tx = self.pool.begin().await?;
-                sqlx::query(
-                    "INSERT INTO terraform_states (workspace, updated_at) VALUES ($1, $2) \
-                     ON CONFLICT (workspace) DO NOTHING",
-                )
-                .bind(workspace)
-                .bind(now_millis())
-                .execute(&mut *tx)
-                .await?;
+                ensure_state_row(&mut tx, workspace).await?;
                 let taken = sqlx::query(
                     "UPDATE terraform_states SET lock_id = $2, lock_info = $3, lock_job = $4 \
                      WHERE workspace = $1 AND (lock_id IS NULL OR lock_id = $2)",
@@ -197,13 +177,7 @@ macro_rules! access_store {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-                if taken == 1 {
-                    tx.commit().await?;
-                    return Ok(LockOutcome::Done);
-                }
-                let holder = lock_holder(&mut tx, workspace).await?;
-                tx.rollback().await?;
-                Ok(LockOutcome::HeldBy(holder))
+                finish_guarded(tx, workspace, taken == 1).await
             }
 
             /// Releases the lock of `workspace` if `lock_id` holds it (any lock without an id:
@@ -253,6 +227,38 @@ macro_rules! access_store {
                 .rows_affected();
                 Ok(released == 1)
             }
+        }
+
+        /// Makes the row of `workspace` exist, so that a guarded update has one to change.
+        async fn ensure_state_row(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            workspace: &str,
+        ) -> Result<(), StorageError> {
+            sqlx::query(
+                "INSERT INTO terraform_states (workspace, updated_at) VALUES ($1, $2) \
+                 ON CONFLICT (workspace) DO NOTHING",
+            )
+            .bind(workspace)
+            .bind(now_millis())
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+
+        /// Commits an update that the lock allowed (`changed`); otherwise rolls it back and
+        /// names the holder.
+        async fn finish_guarded(
+            mut tx: sqlx::Transaction<'_, $db>,
+            workspace: &str,
+            changed: bool,
+        ) -> Result<LockOutcome, StorageError> {
+            if changed {
+                tx.commit().await?;
+                return Ok(LockOutcome::Done);
+            }
+            let holder = lock_holder(&mut tx, workspace).await?;
+            tx.rollback().await?;
+            Ok(LockOutcome::HeldBy(holder))
         }
 
         /// Terraform's lock info of whoever holds `workspace`'s lock.

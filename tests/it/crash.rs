@@ -146,11 +146,15 @@ fn send_all(
         .collect()
 }
 
+async fn get_json(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 async fn all_pages(client: &reqwest::Client, url: &str) -> Vec<Value> {
     let mut items = Vec::new();
     let mut next = format!("{url}?limit=100");
     loop {
-        let page: Value = client.get(&next).send().await.unwrap().json().await.unwrap();
+        let page: Value = get_json(client, &next).await;
         items.extend(page["items"].as_array().unwrap().iter().cloned());
         match page["next_cursor"].as_str() {
             Some(cursor) => next = format!("{url}?limit=100&cursor={cursor}"),
@@ -303,14 +307,8 @@ async fn sigterm_hands_unfinished_jobs_back_and_they_finish_after_a_restart() {
     }
     // Wait until jobs are running (each needs several slow calls, far more than the grace).
     for _ in 0..100 {
-        let running: Value = client
-            .get(format!("{}/v1/jobs?status=running", server.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let running: Value =
+            get_json(&client, format!("{}/v1/jobs?status=running", server.url)).await;
         if !running["items"].as_array().unwrap().is_empty() {
             break;
         }
@@ -337,14 +335,11 @@ async fn sigterm_hands_unfinished_jobs_back_and_they_finish_after_a_restart() {
     assert!(jobs.iter().all(|j| j["status"] == "succeeded"), "{jobs:?}");
     let mut handed_back = 0;
     for job in &jobs {
-        let events: Value = client
-            .get(format!("{}/v1/jobs/{}/events", server.url, job["id"].as_str().unwrap()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let events: Value = get_json(
+            &client,
+            format!("{}/v1/jobs/{}/events", server.url, job["id"].as_str().unwrap()),
+        )
+        .await;
         let messages = events["items"].as_array().unwrap();
         handed_back += messages
             .iter()
@@ -434,14 +429,7 @@ async fn three_replicas_on_one_postgres_run_300_jobs_once_and_take_over_a_killed
     let mut takeover = Duration::ZERO;
     for job in &jobs {
         let id = job["id"].as_str().unwrap();
-        let events: Value = client
-            .get(format!("{}/v1/jobs/{id}/events", a.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let events: Value = get_json(&client, format!("{}/v1/jobs/{id}/events", a.url)).await;
         let last_start = events["items"]
             .as_array()
             .unwrap()
@@ -516,14 +504,7 @@ async fn kill_9_mid_terraform_apply_then_restart_adopts_what_it_made_instead_of_
     let client = admin_client(&server.url).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     let job = loop {
-        let job: Value = client
-            .get(format!("{}/v1/jobs/{job_id}", server.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let job: Value = get_json(&client, format!("{}/v1/jobs/{job_id}", server.url)).await;
         if job["status"] == "succeeded" || job["status"] == "failed" {
             break job;
         }
@@ -541,14 +522,7 @@ async fn kill_9_mid_terraform_apply_then_restart_adopts_what_it_made_instead_of_
     assert_eq!(instances[0].instance_id(), job["instances"][0]["cloud_id"].as_str());
     let groups = ec2.describe_security_groups().filters(tagged()).send().await.unwrap();
     assert_eq!(groups.security_groups().len(), 1, "{groups:?}");
-    let events: Value = client
-        .get(format!("{}/v1/jobs/{job_id}/events", server.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let events: Value = get_json(&client, format!("{}/v1/jobs/{job_id}/events", server.url)).await;
     let steps = events.to_string();
     assert!(steps.contains("adopting what an earlier attempt made"), "{steps}");
 }

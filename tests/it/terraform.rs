@@ -192,7 +192,7 @@ async fn the_state_lock_is_kept_by_corral_and_a_second_run_waits_for_its_holder(
     let steps = app.job_steps(stop_id).await;
     assert!(steps.contains("Acquiring state lock"), "{steps}");
 
-    // The lock was released by the run; a token of one workspace opens no other route.
+    // The run released the lock it took: the workspace can be locked again.
     let relock = app.client.request(method("LOCK"), &address).json(&lock("carol-1")).send().await;
     assert_eq!(relock.unwrap().status(), StatusCode::OK);
 }
@@ -224,4 +224,36 @@ async fn a_failing_apply_is_retried_then_fails_with_terraforms_error() {
     assert!(steps.contains("terraform destroy: done"), "{steps}");
     let groups = app.ec2.describe_security_groups().filters(filter).send().await.unwrap();
     assert!(groups.security_groups().is_empty(), "{groups:?}");
+}
+
+#[tokio::test]
+async fn the_configured_default_backend_applies_to_requests_that_name_none() {
+    let refused = corral::startup::Application::build(corral::config::Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        terraform: corral::config::TerraformSettings {
+            default_backend: "terraform".to_string(),
+            binary: "/nonexistent/terraform".to_string(),
+            ..Default::default()
+        },
+        database_url: format!("sqlite://{}/t.db", tempfile::tempdir().unwrap().path().display()),
+        ..Default::default()
+    })
+    .await;
+    let err = refused.err().expect("a terraform default without terraform is refused at start");
+    assert!(format!("{err:#}").contains("/nonexistent/terraform"), "{err:#}");
+
+    if terraform_mirror().is_none() {
+        return;
+    }
+    let app =
+        spawn_app_with(|settings| settings.terraform.default_backend = "terraform".into()).await;
+    let response = app.post_instances(&create_body("tf-default"), "").await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let job: Value = response.json().await.unwrap();
+    let job = app.wait_for_job(job["id"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let id = job["instances"][0]["id"].as_str().unwrap();
+    let instance: Value = app.get(&format!("/v1/instances/{id}")).await.json().await.unwrap();
+    assert_eq!(instance["backend"], "terraform");
+    assert!(app.job_steps(job["id"].as_str().unwrap()).await.contains("terraform apply: done"));
 }

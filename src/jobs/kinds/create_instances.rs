@@ -228,16 +228,7 @@ async fn prepare_access(run: &JobRun<'_>, spec: &LaunchSpec) -> Result<Option<St
     if spec.ingress.is_empty() {
         return Ok(None);
     }
-    let tags = BTreeMap::from([
-        (TAG_JOB_ID.to_string(), job.job.id.clone()),
-        (TAG_NAMESPACE.to_string(), spec.namespace.clone()),
-    ]);
-    let group = SecurityGroupSpec {
-        name: format!("corral-{}", job.job.id),
-        description: format!("corral: ingress of job {} in {}", job.job.id, spec.namespace),
-        rules: spec.ingress.clone(),
-        tags,
-    };
+    let group = SecurityGroupSpec::for_request(&job.job.id, &spec.namespace, &spec.ingress);
     let group_id = ctx.provider.ensure_security_group(region, &group).await?;
     let rules: Vec<String> =
         spec.ingress.iter().map(|r| format!("{}/{} from {}", r.protocol, r.port, r.cidr)).collect();

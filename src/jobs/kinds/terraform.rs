@@ -27,7 +27,7 @@ use crate::jobs::kinds::create_instances::{
 };
 use crate::jobs::kinds::wait_for_state;
 use crate::jobs::{JobError, JobRun};
-use crate::storage::InstanceRecord;
+use crate::storage::{InstanceRecord, JobView};
 use crate::terraform::{
     ConfigInstance, RunOutput, SECURITY_GROUP, Session, Terraform, WorkspaceConfig, configuration,
 };
@@ -141,10 +141,7 @@ pub async fn change(
         by_workspace.entry(instance.created_by_job.clone()).or_default().push(instance);
     }
     for (workspace, acting) in by_workspace {
-        wait_for_turn(run, &workspace).await?;
-        let create = ctx.store.get_job(&workspace).await?.ok_or_else(|| {
-            JobError::Permanent(format!("the create job {workspace} of these instances is gone"))
-        })?;
+        let create = wait_for_turn(run, &workspace).await?;
         let payload: CreatePayload = serde_json::from_value(create.job.payload.clone())
             .map_err(|err| JobError::Permanent(format!("unreadable create payload: {err}")))?;
         let spec = &payload.spec;
@@ -284,18 +281,19 @@ async fn release_stale_lock(run: &JobRun<'_>, workspace: &str) -> Result<(), Job
 }
 
 /// Waits until no earlier job owns an instance of `workspace`: runs on one workspace take
-/// turns in the order their jobs were made (job ids grow with time).
-async fn wait_for_turn(run: &JobRun<'_>, workspace: &str) -> Result<(), JobError> {
+/// turns in the order their jobs were made (job ids grow with time). Returns the workspace's
+/// create job as it is then, with its instances.
+async fn wait_for_turn(run: &JobRun<'_>, workspace: &str) -> Result<JobView, JobError> {
     let deadline = tokio::time::Instant::now() + TURN_TIMEOUT;
     let mut announced = false;
     loop {
-        let create = run.ctx.store.get_job(workspace).await?;
-        let earlier = create.as_ref().and_then(|create| {
-            create.instances.iter().find_map(|i| {
-                i.active_job_id.clone().filter(|owner| owner.as_str() < run.job.job.id.as_str())
-            })
+        let create = run.ctx.store.get_job(workspace).await?.ok_or_else(|| {
+            JobError::Permanent(format!("the create job {workspace} of these instances is gone"))
+        })?;
+        let earlier = create.instances.iter().find_map(|i| {
+            i.active_job_id.clone().filter(|owner| owner.as_str() < run.job.job.id.as_str())
         });
-        let Some(earlier) = earlier else { return Ok(()) };
+        let Some(earlier) = earlier else { return Ok(create) };
         if tokio::time::Instant::now() >= deadline {
             return Err(JobError::Retryable(format!(
                 "job {earlier} still works on Terraform workspace {workspace}"
