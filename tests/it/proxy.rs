@@ -23,6 +23,8 @@ struct State {
     fault_permille: AtomicU32,
     /// Added to every call, in milliseconds.
     delay_ms: AtomicU32,
+    /// How long a delayed call is held before it is forwarded, in milliseconds.
+    fault_delay_ms: AtomicU32,
     calls: Mutex<BTreeMap<String, u64>>,
     faults: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -48,6 +50,7 @@ impl FaultProxy {
             client: crate::helpers::http(),
             fault_permille: AtomicU32::new((fault_rate * 1000.0) as u32),
             delay_ms: AtomicU32::new(0),
+            fault_delay_ms: AtomicU32::new(1500),
             calls: Mutex::default(),
             faults: Mutex::default(),
         });
@@ -82,6 +85,12 @@ impl FaultProxy {
     /// Slows every call down by `delay`.
     pub fn set_delay(&self, delay: Duration) {
         self.state.delay_ms.store(delay.as_millis() as u32, Ordering::SeqCst);
+    }
+
+    /// Holds a delayed call for `delay` (1.5 s unless set) before forwarding it: set it past
+    /// corral's call timeout.
+    pub fn set_fault_delay(&self, delay: Duration) {
+        self.state.fault_delay_ms.store(delay.as_millis() as u32, Ordering::SeqCst);
     }
 
     /// Faults injected so far, per kind.
@@ -132,7 +141,8 @@ async fn handle(
         }
         Some(4) => {
             record("delay");
-            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let delay = state.fault_delay_ms.load(Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(delay.into())).await;
         }
         _ => {}
     }

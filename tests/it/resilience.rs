@@ -1,6 +1,8 @@
 //! Faults between corral and the cloud: errors, throttling, resets, lost answers, delays; and
 //! the number of calls each operation costs.
 
+use std::time::Duration;
+
 use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -11,10 +13,13 @@ use crate::proxy::FaultProxy;
 #[tokio::test]
 async fn with_30_percent_of_calls_failing_every_job_still_succeeds_without_duplicates() {
     // Arrange
+    // The call timeout leaves moto room to be slow on a loaded machine (a whole suite shares
+    // it); a delayed call is held past it.
     let proxy = FaultProxy::start(moto_url(), 0.30).await;
+    proxy.set_fault_delay(Duration::from_secs(6));
     let app = spawn_app_with(|settings| {
         settings.aws.endpoint_url = Some(proxy.url.clone());
-        settings.aws.call_timeout_secs = 1;
+        settings.aws.call_timeout_secs = 5;
         settings.jobs.max_attempts = 8;
         settings.jobs.retry_delay = 0.05;
         settings.jobs.retry_max_delay = 0.5;
@@ -191,7 +196,7 @@ async fn jobs_waiting_in_one_region_share_their_state_polls() {
     proxy.reset_calls();
     // Every call takes 300 ms, so the ten launches, made at once, end together and the jobs
     // wait at the same time, however loaded the machine is.
-    proxy.set_delay(std::time::Duration::from_millis(300));
+    proxy.set_delay(Duration::from_millis(300));
 
     let creates = (0..10).map(|n| {
         let body = create_body(&format!("shared-{n}"));
