@@ -99,7 +99,9 @@ impl Application {
                         format!("http://{}", SocketAddr::new(ip, local_addr.port()))
                     });
                 tracing::info!(binary = %binary.display(), state_url, "Terraform backend available");
-                Some(Arc::new(Terraform::new(&settings.terraform, binary, state_url, auth.clone())))
+                Some(Arc::new(
+                    Terraform::new(&settings.terraform, binary, state_url, auth.clone()).await,
+                ))
             }
             None => {
                 tracing::info!(

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{Action, InstanceState, JobKind, JobStatus, Role, StateConflict};
+use crate::domain::{Action, Backend, InstanceState, JobKind, JobStatus, Role, StateConflict};
 
 /// How long an `Idempotency-Key` is remembered.
 pub const IDEMPOTENCY_KEY_TTL_MS: Millis = 24 * 3600 * 1000;
@@ -37,13 +37,13 @@ pub enum StorageError {
 /// The database behind corral.
 #[derive(Clone)]
 pub struct Store {
-    backend: Backend,
+    database: Database,
     /// Addresses every notification is mailed to (`notify.email`), besides subscriptions.
     recipients: std::sync::Arc<[String]>,
 }
 
 #[derive(Clone)]
-enum Backend {
+enum Database {
     Sqlite(SqliteStore),
     Postgres(PgStore),
 }
@@ -51,9 +51,9 @@ enum Backend {
 /// Calls the same method on whichever database is behind the store.
 macro_rules! dispatch {
     ($store:expr, $method:ident($($arg:expr),*)) => {
-        match &$store.backend {
-            Backend::Sqlite(db) => db.$method($($arg),*).await,
-            Backend::Postgres(db) => db.$method($($arg),*).await,
+        match &$store.database {
+            Database::Sqlite(db) => db.$method($($arg),*).await,
+            Database::Postgres(db) => db.$method($($arg),*).await,
         }
     };
 }
@@ -388,11 +388,22 @@ pub struct NamespaceRecord {
     pub name: String,
     pub max_instances: Option<i64>,
     pub max_vcpus: Option<i64>,
+    /// The backend of create requests that name none; `None`: the server's default.
+    pub default_backend: Option<Backend>,
     /// Instances that exist or are being created (not terminated, not failed).
     pub instances: i64,
     pub vcpus: i64,
     pub created_at: Millis,
     pub updated_at: Millis,
+}
+
+/// What a namespace update changes; `None` leaves a setting as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamespaceChange {
+    /// Both quotas: most instances, most vCPUs (`None`: no limit).
+    pub quota: Option<(Option<i64>, Option<i64>)>,
+    /// `Some(None)` returns the namespace to the server's default backend.
+    pub default_backend: Option<Option<Backend>>,
 }
 
 /// One event for the audit log.
@@ -670,17 +681,17 @@ impl Store {
     /// Opens the database at `url` (`sqlite://PATH`, created if needed, or
     /// `postgres://…`) and applies pending migrations.
     pub async fn connect(url: &str) -> anyhow::Result<Store> {
-        let backend = if url.starts_with("sqlite:") {
-            Backend::Sqlite(SqliteStore::connect(url).await?)
+        let database = if url.starts_with("sqlite:") {
+            Database::Sqlite(SqliteStore::connect(url).await?)
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Backend::Postgres(PgStore::connect(url).await?)
+            Database::Postgres(PgStore::connect(url).await?)
         } else {
             anyhow::bail!(
                 "unsupported database URL '{}': expected sqlite://PATH or postgres://…",
                 redact_url(url)
             );
         };
-        Ok(Store { backend, recipients: std::sync::Arc::from([]) })
+        Ok(Store { database, recipients: std::sync::Arc::from([]) })
     }
 
     /// The store, mailing every notification to `recipients` as well as to subscribers.
@@ -690,7 +701,7 @@ impl Store {
 
     /// Whether several processes may share this database.
     pub fn is_shared(&self) -> bool {
-        matches!(self.backend, Backend::Postgres(_))
+        matches!(self.database, Database::Postgres(_))
     }
 
     /// Events from other processes sharing the database; `None` for SQLite, which one process
@@ -698,9 +709,9 @@ impl Store {
     pub async fn subscribe(
         &self,
     ) -> anyhow::Result<Option<tokio::sync::mpsc::Receiver<StoreEvent>>> {
-        match &self.backend {
-            Backend::Sqlite(_) => Ok(None),
-            Backend::Postgres(db) => Ok(Some(db.subscribe().await?)),
+        match &self.database {
+            Database::Sqlite(_) => Ok(None),
+            Database::Postgres(db) => Ok(Some(db.subscribe().await?)),
         }
     }
 
@@ -1026,16 +1037,26 @@ impl Store {
         dispatch!(self, create_namespace(namespace, actor))
     }
 
-    /// Sets a namespace's quotas; the namespace after the change, or `None` if it does not exist.
-    pub async fn set_quota(
+    /// Changes a namespace's settings; the namespace after the change, or `None` if it does not
+    /// exist.
+    pub async fn update_namespace(
         &self,
         name: &str,
-        max_instances: Option<i64>,
-        max_vcpus: Option<i64>,
+        change: &NamespaceChange,
         actor: &Actor,
     ) -> Result<Option<NamespaceRecord>, StorageError> {
-        dispatch!(self, set_quota(name, max_instances, max_vcpus, actor))?;
+        dispatch!(self, update_namespace(name, change, actor))?;
         self.find_namespace(name).await
+    }
+
+    /// The backend a namespace's create requests default to, if it sets one (and exists).
+    pub async fn namespace_default_backend(
+        &self,
+        name: &str,
+    ) -> Result<Option<Backend>, StorageError> {
+        let name = dispatch!(self, namespace_default_backend(name))?;
+        // The column's CHECK admits backend names only.
+        Ok(name.as_deref().and_then(Backend::parse))
     }
 
     /// Namespaces with their use, by name: all, or only `visible` ones.

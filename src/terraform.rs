@@ -6,6 +6,11 @@
 //! through the HTTP backend protocol (`api::terraform_state`) with a token that opens that
 //! workspace only, so a lost working directory loses nothing. Output is captured with every
 //! secret the run was given replaced by `[redacted]`.
+//!
+//! A run never outlives corral: it is killed when its job's future is dropped (shutdown,
+//! timeout), and, through util-linux's `setpriv --pdeathsig KILL`, when corral itself is killed
+//! with SIGKILL. Otherwise a run could go on applying while the job's next attempt, elsewhere
+//! or after a restart, runs the same workspace again.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -32,6 +37,8 @@ const MAX_OUTPUT: usize = 12 * 1024;
 /// How this process runs Terraform.
 pub struct Terraform {
     binary: PathBuf,
+    /// `setpriv`, if it can give a run the parent-death signal.
+    setpriv: Option<PathBuf>,
     cli_config: Option<PathBuf>,
     state_url: String,
     work_dir: PathBuf,
@@ -49,14 +56,25 @@ impl Terraform {
         std::env::split_paths(&paths).map(|dir| dir.join(binary)).find(|path| path.is_file())
     }
 
-    pub fn new(
+    pub async fn new(
         settings: &TerraformSettings,
         binary: PathBuf,
         state_url: String,
         auth: Arc<Authenticator>,
     ) -> Terraform {
+        let setpriv = match Terraform::locate("setpriv") {
+            Some(setpriv) if gives_parent_death_signal(&setpriv).await => Some(setpriv),
+            _ => {
+                tracing::warn!(
+                    "setpriv --pdeathsig (util-linux) is unavailable: a terraform run would go on \
+                     if corral were killed with SIGKILL"
+                );
+                None
+            }
+        };
         Terraform {
             binary,
+            setpriv,
             cli_config: settings.cli_config.as_ref().map(PathBuf::from),
             state_url: state_url.trim_end_matches('/').to_string(),
             work_dir: settings.work_dir.as_ref().map_or_else(std::env::temp_dir, PathBuf::from),
@@ -102,14 +120,27 @@ impl Terraform {
         let plugin_cache = self.work_dir.join("corral-terraform-plugins");
         std::fs::create_dir_all(&plugin_cache)?;
         env.push(("TF_PLUGIN_CACHE_DIR".to_string(), plugin_cache.display().to_string()));
-        Ok(Session { dir, binary: self.binary.clone(), env, secrets })
+        let mut program = Vec::new();
+        if let Some(setpriv) = &self.setpriv {
+            program.extend([setpriv.clone(), "--pdeathsig".into(), "KILL".into(), "--".into()]);
+        }
+        program.push(self.binary.clone());
+        Ok(Session { dir, program, env, secrets })
     }
+}
+
+/// Whether `setpriv` knows `--pdeathsig` (util-linux 2.33 and later).
+async fn gives_parent_death_signal(setpriv: &Path) -> bool {
+    let mut probe = tokio::process::Command::new(setpriv);
+    probe.args(["--pdeathsig", "KILL", "--", "true"]).stdout(Stdio::null()).stderr(Stdio::null());
+    probe.status().await.is_ok_and(|status| status.success())
 }
 
 /// One working directory and the environment its commands run with.
 pub struct Session {
     dir: tempfile::TempDir,
-    binary: PathBuf,
+    /// The terraform executable, behind `setpriv --pdeathsig KILL --` where available.
+    program: Vec<PathBuf>,
     env: Vec<(String, String)>,
     secrets: Vec<String>,
 }
@@ -158,8 +189,9 @@ impl Session {
     }
 
     async fn run(&self, args: &[&str]) -> std::io::Result<RunOutput> {
-        let mut command = tokio::process::Command::new(&self.binary);
+        let mut command = tokio::process::Command::new(&self.program[0]);
         command
+            .args(&self.program[1..])
             .args(args)
             .current_dir(self.dir.path())
             .env_remove("AWS_PROFILE")
@@ -488,7 +520,8 @@ mod tests {
             work_dir: Some(dir.path().join("runs").display().to_string()),
             ..TerraformSettings::default()
         };
-        let terraform = Terraform::new(&settings, binary, "http://h:1/".into(), Arc::new(auth));
+        let terraform =
+            Terraform::new(&settings, binary, "http://h:1/".into(), Arc::new(auth)).await;
         assert_eq!(terraform.state_address("ws-1"), "http://h:1/v1/terraform/state/ws-1");
         let credentials = vec![
             ("AWS_ACCESS_KEY_ID".to_string(), "AKIDEXAMPLE".to_string()),

@@ -167,7 +167,7 @@ pub fn router() -> Router<ApiContext> {
     request_body = CreateInstancesBody,
     params(
         ("wait" = Option<i64>, Query, description = "Seconds (up to 60) to wait for the job to finish"),
-        ("backend" = Option<String>, Query, description = "aws (native AWS API; awscli is its older name) or terraform; default from terraform.default_backend"),
+        ("backend" = Option<String>, Query, description = "aws (native AWS API; awscli is its older name) or terraform; default: the namespace's default_backend, else terraform.default_backend"),
     ),
     responses(
         (status = 201, description = "The job finished within `wait`", body = JobBody),
@@ -188,25 +188,37 @@ pub async fn create_instances(
 ) -> Result<Response, ApiError> {
     params.allow_only(&["wait", "backend"])?;
     let wait = wait_param(&params)?;
-    let backend = match params.one("backend")? {
-        None => ctx.default_backend,
-        Some(name) => Backend::parse(name).ok_or_else(|| {
-            ApiError::bad_field(
-                "backend",
-                format!("unknown backend '{name}'; allowed: aws (or awscli), terraform"),
-            )
-        })?,
-    };
-    if backend == Backend::Terraform && !ctx.terraform_available {
-        return Err(ApiError::bad_field(
-            "backend",
-            "the Terraform backend is unavailable: terraform is not installed on this server \
-             (terraform.binary); use backend=aws",
-        ));
-    }
+    let named = params.one("backend")?;
+    let named = named
+        .map(|name| {
+            Backend::parse(name).ok_or_else(|| {
+                ApiError::bad_field(
+                    "backend",
+                    format!("unknown backend '{name}'; allowed: aws (or awscli), terraform"),
+                )
+            })
+        })
+        .transpose()?;
     let namespace = body.namespace.clone().unwrap_or_else(|| "default".to_string());
     caller.require(&namespace, Role::Operator, || namespace_not_found(&namespace))?;
-    let fingerprinted = serde_json::json!({ "backend": backend.as_str(), "body": &body });
+    // An unknown namespace is refused when the job is stored, after the policy's checks.
+    let namespace_default = ctx.store.namespace_default_backend(&namespace).await?;
+    let backend = named.or(namespace_default).unwrap_or(ctx.default_backend);
+    if backend == Backend::Terraform && !ctx.terraform_available {
+        let chosen_by = match named {
+            Some(_) => String::new(),
+            None => format!(" (namespace '{namespace}' defaults to it)"),
+        };
+        return Err(ApiError::bad_field(
+            "backend",
+            format!(
+                "the Terraform backend is unavailable{chosen_by}: terraform is not installed on \
+                 this server (terraform.binary); use backend=aws"
+            ),
+        ));
+    }
+    // The request as sent: a retry replays its job even if the namespace's default changed.
+    let fingerprinted = serde_json::json!({ "backend": named.map(Backend::as_str), "body": &body });
     let key = idempotency.with_request(&caller, "POST", "/v1/instances", Some(&fingerprinted));
     if let Some(replay) = replay(&ctx, key.as_ref(), wait, StatusCode::CREATED).await? {
         return Ok(replay);

@@ -7,15 +7,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
 use crate::api::auth::Caller;
 use crate::api::extract::{QueryParams, ValidJson, wait_param};
 use crate::api::instances::{admitted, new_id};
 use crate::api::{ApiContext, ApiError, FieldError};
-use crate::domain::{JobKind, Role, is_valid_namespace};
-use crate::storage::{NamespaceRecord, NewJob, now_millis, to_datetime};
+use crate::domain::{Backend, JobKind, Role, is_valid_namespace};
+use crate::storage::{NamespaceChange, NamespaceRecord, NewJob, now_millis, to_datetime};
 
 #[derive(Debug, Default, Clone, Copy, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -33,13 +33,26 @@ pub struct CreateNamespaceBody {
     pub name: String,
     #[serde(default)]
     pub quota: Quota,
+    /// The backend (aws or terraform) of create requests in the namespace that name none;
+    /// null or absent: the server's `terraform.default_backend`.
+    pub default_backend: Option<String>,
 }
 
+/// Changes the settings given; the others stay as they are.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateNamespaceBody {
     /// Replaces both quotas.
-    pub quota: Quota,
+    pub quota: Option<Quota>,
+    /// aws or terraform; null returns the namespace to the server's default.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub default_backend: Option<Option<String>>,
+}
+
+/// Tells a field given as null (`Some(None)`) from one left out (`None`, by `serde(default)`).
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(deserializer).map(Some)
 }
 
 #[derive(Serialize, ToSchema)]
@@ -53,6 +66,8 @@ pub struct Usage {
 pub struct NamespaceBody {
     pub name: String,
     pub quota: Quota,
+    /// The backend of create requests that name none; null: the server's default.
+    pub default_backend: Option<&'static str>,
     pub usage: Usage,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -68,6 +83,7 @@ impl From<&NamespaceRecord> for NamespaceBody {
         NamespaceBody {
             name: namespace.name.clone(),
             quota: Quota { instances: namespace.max_instances, vcpus: namespace.max_vcpus },
+            default_backend: namespace.default_backend.map(Backend::as_str),
             usage: Usage { instances: namespace.instances, vcpus: namespace.vcpus },
             created_at: to_datetime(namespace.created_at),
             updated_at: to_datetime(namespace.updated_at),
@@ -82,7 +98,7 @@ pub fn router() -> Router<ApiContext> {
         .route("/namespaces/{namespace}/instances", delete(terminate_namespace))
 }
 
-/// Creates a namespace, optionally with quotas (admins only).
+/// Creates a namespace, optionally with quotas and a default backend (admins only).
 #[utoipa::path(post, path = "/v1/namespaces", tag = "namespaces", operation_id = "create_namespace",
     request_body = CreateNamespaceBody,
     responses(
@@ -106,6 +122,7 @@ pub async fn create_namespace(
         ));
     }
     check_quota(&body.quota, &mut errors);
+    let default_backend = check_backend(&ctx, body.default_backend.as_deref(), &mut errors);
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
@@ -114,6 +131,7 @@ pub async fn create_namespace(
         name: body.name.clone(),
         max_instances: body.quota.instances,
         max_vcpus: body.quota.vcpus,
+        default_backend,
         instances: 0,
         vcpus: 0,
         created_at: now,
@@ -155,8 +173,9 @@ pub async fn get_namespace(
     Ok(Json(NamespaceBody::from(&namespace)))
 }
 
-/// Sets a namespace's quotas (admins only). Lowering a quota below the current use refuses new
-/// instances until the use is below it again; nothing running is touched.
+/// Sets a namespace's quotas or default backend (admins only); what the body leaves out stays.
+/// Lowering a quota below the current use refuses new instances until the use is below it
+/// again; nothing running is touched. A new default backend applies to later requests only.
 #[utoipa::path(patch, path = "/v1/namespaces/{namespace}", tag = "namespaces", operation_id = "update_namespace",
     params(("namespace" = String, Path)),
     request_body = UpdateNamespaceBody,
@@ -174,13 +193,24 @@ pub async fn update_namespace(
 ) -> Result<Json<NamespaceBody>, ApiError> {
     caller.require_admin()?;
     let mut errors = Vec::new();
-    check_quota(&body.quota, &mut errors);
+    if let Some(quota) = &body.quota {
+        check_quota(quota, &mut errors);
+    }
+    let default_backend =
+        body.default_backend.as_ref().map(|name| check_backend(&ctx, name.as_deref(), &mut errors));
+    if body.quota.is_none() && body.default_backend.is_none() {
+        errors.push(FieldError::new("body", "nothing to change: give quota or default_backend"));
+    }
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
+    let change = NamespaceChange {
+        quota: body.quota.map(|quota| (quota.instances, quota.vcpus)),
+        default_backend,
+    };
     let namespace = ctx
         .store
-        .set_quota(&name, body.quota.instances, body.quota.vcpus, &caller.actor())
+        .update_namespace(&name, &change, &caller.actor())
         .await?
         .ok_or_else(|| namespace_not_found(&name))?;
     Ok(Json(NamespaceBody::from(&namespace)))
@@ -230,6 +260,28 @@ fn check_quota(quota: &Quota, errors: &mut Vec<FieldError>) {
             errors.push(FieldError::new(field, "must be 0 or more, or null for no limit"));
         }
     }
+}
+
+/// The backend a namespace setting names, if it is one this server can run.
+fn check_backend(
+    ctx: &ApiContext,
+    name: Option<&str>,
+    errors: &mut Vec<FieldError>,
+) -> Option<Backend> {
+    let name = name?;
+    let Some(backend) = Backend::parse(name) else {
+        let message = format!("unknown backend '{name}'; allowed: aws, terraform, or null");
+        errors.push(FieldError::new("default_backend", message));
+        return None;
+    };
+    if backend == Backend::Terraform && !ctx.terraform_available {
+        errors.push(FieldError::new(
+            "default_backend",
+            "the Terraform backend is unavailable: terraform is not installed on this server \
+             (terraform.binary)",
+        ));
+    }
+    Some(backend)
 }
 
 pub fn namespace_not_found(name: &str) -> ApiError {

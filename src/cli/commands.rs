@@ -122,7 +122,7 @@ pub struct CreateInstances {
     /// address alone (as the server sees it). corral makes a security group for the request.
     #[arg(long = "ingress", value_name = "PORT[/PROTO][=CIDR]")]
     pub ingress: Vec<String>,
-    /// aws (the AWS API) or terraform; default: the server's.
+    /// aws (the AWS API) or terraform; default: the namespace's, else the server's.
     #[arg(long)]
     pub backend: Option<String>,
     /// Sent as Idempotency-Key: the same key never creates twice.
@@ -198,14 +198,23 @@ pub enum NamespacesCommand {
         max_instances: Option<i64>,
         #[arg(long)]
         max_vcpus: Option<i64>,
+        /// Backend of create requests that name none (default: the server's).
+        #[arg(long, value_parser = ["aws", "terraform"])]
+        default_backend: Option<String>,
     },
-    /// Sets a namespace's quotas; an omitted quota becomes unlimited.
+    /// Sets a namespace's quotas (an omitted one becomes unlimited) and, with
+    /// --default-backend only, keeps the quotas and changes the default backend.
+    ///
+    /// Example: corral namespaces update team-a --default-backend terraform
     Update {
         name: String,
         #[arg(long)]
         max_instances: Option<i64>,
         #[arg(long)]
         max_vcpus: Option<i64>,
+        /// Backend of create requests that name none; "server" follows the server's default.
+        #[arg(long, value_parser = ["aws", "terraform", "server"])]
+        default_backend: Option<String>,
     },
     /// Terminates every instance of a namespace after showing them and asking (or --yes).
     Terminate {
@@ -343,6 +352,9 @@ const NAMESPACE_COLUMNS: &[Column] = &[
     }),
     Column::computed("VCPUS", "vcpus", |ns| {
         format!("{}/{}", scalar(&ns["usage"]["vcpus"]), limit(&ns["quota"]["vcpus"]))
+    }),
+    Column::computed("BACKEND", "default_backend", |ns| {
+        ns["default_backend"].as_str().unwrap_or("(server)").to_string()
     }),
     Column::field("CREATED", "created_at"),
 ];
@@ -732,12 +744,27 @@ pub async fn namespaces(client: &Client, out: &Out, command: NamespacesCommand) 
                 NAMESPACE_COLUMNS,
             )?;
         }
-        NamespacesCommand::Create { name, max_instances, max_vcpus } => {
-            let body = json!({ "name": name, "quota": { "instances": max_instances, "vcpus": max_vcpus } });
+        NamespacesCommand::Create { name, max_instances, max_vcpus, default_backend } => {
+            let body = json!({
+                "name": name,
+                "quota": { "instances": max_instances, "vcpus": max_vcpus },
+                "default_backend": default_backend,
+            });
             out.item(&client.post("/v1/namespaces", &body).await?, NAMESPACE_COLUMNS)?;
         }
-        NamespacesCommand::Update { name, max_instances, max_vcpus } => {
-            let body = json!({ "quota": { "instances": max_instances, "vcpus": max_vcpus } });
+        NamespacesCommand::Update { name, max_instances, max_vcpus, default_backend } => {
+            let quota = json!({ "instances": max_instances, "vcpus": max_vcpus });
+            let body = match default_backend.as_deref() {
+                None => json!({ "quota": quota }),
+                Some(backend) => {
+                    let backend = (backend != "server").then_some(backend);
+                    if max_instances.is_none() && max_vcpus.is_none() {
+                        json!({ "default_backend": backend })
+                    } else {
+                        json!({ "quota": quota, "default_backend": backend })
+                    }
+                }
+            };
             let path = format!("/v1/namespaces/{}", encode(&name));
             out.item(&client.patch(&path, &body).await?, NAMESPACE_COLUMNS)?;
         }

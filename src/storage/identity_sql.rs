@@ -262,12 +262,13 @@ macro_rules! identity_store {
             pub async fn create_namespace(&self, namespace: &NamespaceRecord, actor: &Actor) -> Result<bool, StorageError> {
                 let mut tx = self.pool.begin().await?;
                 let inserted = sqlx::query(
-                    "INSERT INTO namespaces (name, max_instances, max_vcpus, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $4) ON CONFLICT (name) DO NOTHING",
+                    "INSERT INTO namespaces (name, max_instances, max_vcpus, default_backend, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (name) DO NOTHING",
                 )
                 .bind(&namespace.name)
                 .bind(namespace.max_instances)
                 .bind(namespace.max_vcpus)
+                .bind(namespace.default_backend.map(Backend::as_str))
                 .bind(namespace.created_at)
                 .execute(&mut *tx)
                 .await?
@@ -278,44 +279,61 @@ macro_rules! identity_store {
                 }
                 let entry = AuditEntry::new("namespace.create", &namespace.name)
                     .namespace(&namespace.name)
-                    .new_value(quota_value(namespace.max_instances, namespace.max_vcpus));
+                    .new_value(namespace_value(namespace.max_instances, namespace.max_vcpus, namespace.default_backend));
                 insert_audit(&mut tx, actor, &entry).await?;
                 tx.commit().await?;
                 Ok(true)
             }
 
-            pub async fn set_quota(
+            pub async fn update_namespace(
                 &self,
                 name: &str,
-                max_instances: Option<i64>,
-                max_vcpus: Option<i64>,
+                change: &NamespaceChange,
                 actor: &Actor,
             ) -> Result<(), StorageError> {
                 let mut tx = self.pool.begin().await?;
-                let before: Option<(Option<i64>, Option<i64>)> = sqlx::query_as(
-                    "UPDATE namespaces SET updated_at = $1 WHERE name = $2 RETURNING max_instances, max_vcpus",
+                // Touching the row first locks it, and answers the settings it had.
+                let before: Option<(Option<i64>, Option<i64>, Option<String>)> = sqlx::query_as(
+                    "UPDATE namespaces SET updated_at = $1 WHERE name = $2 \
+                     RETURNING max_instances, max_vcpus, default_backend",
                 )
                 .bind(now_millis())
                 .bind(name)
                 .fetch_optional(&mut *tx)
                 .await?;
-                let Some((old_instances, old_vcpus)) = before else {
+                let Some((old_instances, old_vcpus, old_backend)) = before else {
                     tx.rollback().await?;
                     return Ok(());
                 };
-                sqlx::query("UPDATE namespaces SET max_instances = $1, max_vcpus = $2 WHERE name = $3")
-                    .bind(max_instances)
-                    .bind(max_vcpus)
-                    .bind(name)
-                    .execute(&mut *tx)
-                    .await?;
+                let old_backend = old_backend.as_deref().and_then(Backend::parse);
+                let (max_instances, max_vcpus) = change.quota.unwrap_or((old_instances, old_vcpus));
+                let backend = change.default_backend.unwrap_or(old_backend);
+                sqlx::query(
+                    "UPDATE namespaces SET max_instances = $1, max_vcpus = $2, default_backend = $3 \
+                     WHERE name = $4",
+                )
+                .bind(max_instances)
+                .bind(max_vcpus)
+                .bind(backend.map(Backend::as_str))
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
                 let entry = AuditEntry::new("namespace.update", name)
                     .namespace(name)
-                    .old(quota_value(old_instances, old_vcpus))
-                    .new_value(quota_value(max_instances, max_vcpus));
+                    .old(namespace_value(old_instances, old_vcpus, old_backend))
+                    .new_value(namespace_value(max_instances, max_vcpus, backend));
                 insert_audit(&mut tx, actor, &entry).await?;
                 tx.commit().await?;
                 Ok(())
+            }
+
+            pub async fn namespace_default_backend(&self, name: &str) -> Result<Option<String>, StorageError> {
+                let row: Option<(Option<String>,)> =
+                    sqlx::query_as("SELECT default_backend FROM namespaces WHERE name = $1")
+                        .bind(name)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                Ok(row.and_then(|(backend,)| backend))
             }
 
             pub async fn list_namespaces(&self, visible: Option<&[String]>) -> Result<Vec<NamespaceRecord>, StorageError> {
@@ -323,7 +341,7 @@ macro_rules! identity_store {
                     return Ok(Vec::new());
                 }
                 let mut query = QueryBuilder::<$db>::new(
-                    "SELECT n.name, n.max_instances, n.max_vcpus, n.created_at, n.updated_at, \
+                    "SELECT n.name, n.max_instances, n.max_vcpus, n.default_backend, n.created_at, n.updated_at, \
                      CAST(COALESCE(u.instances, 0) AS BIGINT) AS instances, \
                      CAST(COALESCE(u.vcpus, 0) AS BIGINT) AS vcpus \
                      FROM namespaces n LEFT JOIN (SELECT namespace, COUNT(*) AS instances, SUM(vcpus) AS vcpus \
@@ -563,6 +581,8 @@ macro_rules! identity_store {
 
 pub(crate) use identity_store;
 
+use crate::domain::Backend;
+
 /// A user's admin flag and roles, as the audit log records them.
 pub fn user_value(
     admin: bool,
@@ -573,7 +593,14 @@ pub fn user_value(
     serde_json::json!({ "admin": admin, "roles": roles })
 }
 
-/// A namespace's quotas, as the audit log records them.
-pub fn quota_value(instances: Option<i64>, vcpus: Option<i64>) -> serde_json::Value {
-    serde_json::json!({ "quota": { "instances": instances, "vcpus": vcpus } })
+/// A namespace's settings, as the audit log records them.
+pub fn namespace_value(
+    instances: Option<i64>,
+    vcpus: Option<i64>,
+    default_backend: Option<Backend>,
+) -> serde_json::Value {
+    serde_json::json!({
+        "quota": { "instances": instances, "vcpus": vcpus },
+        "default_backend": default_backend.map(Backend::as_str),
+    })
 }

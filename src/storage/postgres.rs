@@ -10,10 +10,10 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use tokio::sync::mpsc;
 
-use crate::domain::{Action, StateConflict};
+use crate::domain::{Action, Backend, StateConflict};
 use crate::domain::{EventType, JobKind, Notification, Role, subscribed};
 use crate::storage::access_sql::access_store;
-use crate::storage::identity_sql::{identity_store, quota_value, user_value};
+use crate::storage::identity_sql::{identity_store, namespace_value, user_value};
 use crate::storage::notify_sql::{drift_notification, notified, notify_store, subscription_value};
 use crate::storage::rows::{
     API_KEY_SELECT, ApiKeyRow, AuditRow, ClaimedRow, DeliveryRow, DriftRow, InstanceRow,
@@ -25,9 +25,10 @@ use crate::storage::{
     Actor, Admission, ApiKeyRecord, AuditEntry, AuditFilter, AuditRecord, Channel, ClaimedDelivery,
     Counts, DeliveryFilter, DeliveryOutcome, DeliveryRecord, DriftRecord, IdempotencyKey,
     InstanceFilter, InstanceRecord, JobEvent, JobFilter, JobOutcome, JobRecord, KEY_PAIR_COLUMNS,
-    KeyPairRecord, LockOutcome, Millis, NamespaceRecord, NewJob, Observation, OrphanRecord,
-    PageRequest, QuotaExceeded, Reconciliation, SYSTEM_ACTOR, StorageError, StoreEvent,
-    SubscriptionRecord, UserChanges, UserRecord, UserWrite, now_millis, redact_url, to_datetime,
+    KeyPairRecord, LockOutcome, Millis, NamespaceChange, NamespaceRecord, NewJob, Observation,
+    OrphanRecord, PageRequest, QuotaExceeded, Reconciliation, SYSTEM_ACTOR, StorageError,
+    StoreEvent, SubscriptionRecord, UserChanges, UserRecord, UserWrite, now_millis, redact_url,
+    to_datetime,
 };
 
 /// Channel on which a stored job is announced (payload: job id).

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::domain::Role;
+use crate::domain::{Backend, Role};
 use crate::storage::{
     ApiKeyRecord, AuditRecord, ClaimedDelivery, DeliveryRecord, DriftRecord, InstanceRecord,
     JobRecord, NamespaceRecord, OrphanRecord, StorageError, SubscriptionRecord, UserRecord,
@@ -247,6 +247,7 @@ pub struct NamespaceRow {
     name: String,
     max_instances: Option<i64>,
     max_vcpus: Option<i64>,
+    default_backend: Option<String>,
     created_at: i64,
     updated_at: i64,
     instances: i64,
@@ -259,6 +260,8 @@ impl From<NamespaceRow> for NamespaceRecord {
             name: row.name,
             max_instances: row.max_instances,
             max_vcpus: row.max_vcpus,
+            // The column's CHECK admits backend names only.
+            default_backend: row.default_backend.as_deref().and_then(Backend::parse),
             instances: row.instances,
             vcpus: row.vcpus,
             created_at: row.created_at,

@@ -7,10 +7,10 @@ use anyhow::Context;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
-use crate::domain::{Action, StateConflict};
+use crate::domain::{Action, Backend, StateConflict};
 use crate::domain::{EventType, JobKind, Notification, Role, subscribed};
 use crate::storage::access_sql::access_store;
-use crate::storage::identity_sql::{identity_store, quota_value, user_value};
+use crate::storage::identity_sql::{identity_store, namespace_value, user_value};
 use crate::storage::notify_sql::{drift_notification, notified, notify_store, subscription_value};
 use crate::storage::rows::{
     API_KEY_SELECT, ApiKeyRow, AuditRow, ClaimedRow, DeliveryRow, DriftRow, InstanceRow,
@@ -22,9 +22,9 @@ use crate::storage::{
     Actor, Admission, ApiKeyRecord, AuditEntry, AuditFilter, AuditRecord, Channel, ClaimedDelivery,
     Counts, DeliveryFilter, DeliveryOutcome, DeliveryRecord, DriftRecord, IdempotencyKey,
     InstanceFilter, InstanceRecord, JobEvent, JobFilter, JobOutcome, JobRecord, KEY_PAIR_COLUMNS,
-    KeyPairRecord, LockOutcome, Millis, NamespaceRecord, NewJob, Observation, OrphanRecord,
-    PageRequest, QuotaExceeded, Reconciliation, SYSTEM_ACTOR, StorageError, SubscriptionRecord,
-    UserChanges, UserRecord, UserWrite, now_millis, to_datetime,
+    KeyPairRecord, LockOutcome, Millis, NamespaceChange, NamespaceRecord, NewJob, Observation,
+    OrphanRecord, PageRequest, QuotaExceeded, Reconciliation, SYSTEM_ACTOR, StorageError,
+    SubscriptionRecord, UserChanges, UserRecord, UserWrite, now_millis, to_datetime,
 };
 
 #[derive(Clone)]

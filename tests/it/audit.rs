@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{assert_problem, client_with, create_body, spawn_app};
+use crate::helpers::{assert_problem, client_with, create_body, problem_fields, spawn_app};
 
 #[tokio::test]
 async fn requests_and_observed_state_changes_are_audited_with_actor_and_request_id() {
@@ -111,12 +111,7 @@ async fn patching_an_instance_records_old_and_new_values_and_retags_it_in_the_cl
         .await
         .unwrap();
     let problem = assert_problem(bad, StatusCode::UNPROCESSABLE_ENTITY).await;
-    let fields: Vec<&str> = problem["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].as_str().unwrap())
-        .collect();
+    let fields = problem_fields(&problem);
     assert_eq!(fields, ["name", "tags.corral:x"]);
     let stored: Value = app.get_instance(id).await.json().await.unwrap();
     assert_eq!(stored["name"], "after");
@@ -170,11 +165,11 @@ async fn the_log_pages_newest_first_with_totals_and_viewers_see_only_their_names
     assert_eq!(update["total"], 1);
     assert_eq!(
         update["logs"][0]["old_value"],
-        json!({ "quota": { "instances": null, "vcpus": null } })
+        json!({ "quota": { "instances": null, "vcpus": null }, "default_backend": null })
     );
     assert_eq!(
         update["logs"][0]["new_value"],
-        json!({ "quota": { "instances": 3, "vcpus": null } })
+        json!({ "quota": { "instances": 3, "vcpus": null }, "default_backend": null })
     );
 
     // A viewer of beta sees beta's events only, with totals to match.

@@ -412,6 +412,19 @@ async fn namespaces_users_and_api_keys_are_managed_from_the_command_line() {
         "{table}"
     );
     assert_eq!(corral.json(&["namespaces", "get", "team-a"]).await["name"], "team-a");
+    // A default backend alone keeps the quotas; "server" hands the choice back.
+    let updated =
+        corral.json(&["namespaces", "update", "team-a", "--default-backend", "aws"]).await;
+    assert_eq!(
+        (updated["quota"]["instances"].as_i64(), &updated["default_backend"]),
+        (Some(5), &json!("aws"))
+    );
+    let table = corral.ok(&["namespaces", "get", "team-a"]).await;
+    assert!(table.contains("BACKEND") && table.contains(" aws "), "{table}");
+    let updated =
+        corral.json(&["namespaces", "update", "team-a", "--default-backend", "server"]).await;
+    assert_eq!(updated["default_backend"], Value::Null);
+    assert_eq!(updated["quota"]["vcpus"], 8);
 
     // Users: the password comes from stdin, never from the command line.
     let args = ["users", "create", "dana", "--role", "team-a=operator", "-o", "json"];

@@ -105,12 +105,31 @@ impl Server {
         self.child.wait().unwrap();
     }
 
-    /// SIGKILL to the server and every process it started, as when its machine dies.
-    fn kill_9_with_children(mut self) {
-        let group = format!("-{}", self.child.id());
-        assert!(Command::new("kill").args(["-KILL", "--", &group]).status().unwrap().success());
+    /// SIGKILL to the server alone; answers what is left of its process group by name after
+    /// `grace` (the rest is killed when `self` is dropped).
+    async fn kill_9_alone(mut self, grace: Duration) -> Vec<String> {
+        let group = self.child.id();
+        self.child.kill().unwrap();
         self.child.wait().unwrap();
+        tokio::time::sleep(grace).await;
+        process_group(group)
     }
+}
+
+/// Names of the live processes in process group `group`, from /proc.
+fn process_group(group: u32) -> Vec<String> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // pid (comm) state ppid pgrp …; comm may hold spaces, so split after its ')'.
+        let Some((head, rest)) = stat.rsplit_once(')') else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let (state, pgrp) = (fields[0], fields[2].parse::<u32>().unwrap_or_default());
+        if pgrp == group && state != "Z" {
+            names.push(head.split_once('(').map_or("", |(_, comm)| comm).to_string());
+        }
+    }
+    names
 }
 
 fn random_ms(min: u64, max: u64) -> Duration {
@@ -486,8 +505,8 @@ async fn kill_9_mid_terraform_apply_then_restart_adopts_what_it_made_instead_of_
         .unwrap();
     let job_id = job["id"].as_str().unwrap().to_string();
 
-    // Act: as soon as the apply has made the instance, corral and its terraform die together,
-    // before the run can finish; then corral starts again.
+    // Act: as soon as the apply has made the instance, corral is killed, before the run can
+    // finish (its terraform must die with it); then corral starts again.
     let ec2 = crate::helpers::ec2_client(&key, &secret);
     let tagged = || Filter::builder().name("tag:corral:job-id").values(&job_id).build();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
@@ -499,7 +518,9 @@ async fn kill_9_mid_terraform_apply_then_restart_adopts_what_it_made_instead_of_
         assert!(tokio::time::Instant::now() < deadline, "terraform made no instance");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    server.kill_9_with_children();
+    let left = server.kill_9_alone(Duration::from_secs(5)).await;
+    assert!(!left.iter().any(|name| name == "terraform"), "terraform outlived corral: {left:?}");
+    eprintln!("5 s after corral's SIGKILL, its process group holds: {left:?}");
     let server = Server::start_with(&moto_url(), &database, &key, &secret, &env).await;
     let client = admin_client(&server.url).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);

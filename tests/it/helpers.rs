@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
 use corral::config::Settings;
 use corral::startup::Application;
 use reqwest::{Response, StatusCode};
@@ -402,7 +403,6 @@ impl TestApp {
         self.get(&format!("/v1/jobs{query}")).await
     }
 
-    /// Polls a job until it has finished, for tests that did not pass `?wait=`.
     /// The messages of a job's history, one per line.
     pub async fn job_steps(&self, job_id: &str) -> String {
         let events: Value =
@@ -416,6 +416,8 @@ impl TestApp {
         messages.join("\n")
     }
 
+    /// Polls a job until it has finished, for tests that did not pass `?wait=` or whose wait
+    /// ran out.
     pub async fn wait_for_job(&self, id: &str) -> Value {
         for _ in 0..1200 {
             let job: Value = self.get_job(id).await.json().await.unwrap();
@@ -432,8 +434,30 @@ impl TestApp {
         let response = self.post_instances(body, "?wait=30").await;
         assert_eq!(response.status(), StatusCode::CREATED);
         let job: Value = response.json().await.unwrap();
+        let job = self.wait_for_job(job["id"].as_str().unwrap()).await;
         assert_eq!(job["status"], "succeeded", "{job}");
         job
+    }
+
+    /// Launches one instance straight in the emulator, behind corral's back, with these tags;
+    /// answers its EC2 id.
+    pub async fn launch_in_moto(&self, tags: &[(&str, &str)]) -> String {
+        let mut spec = TagSpecification::builder().resource_type(ResourceType::Instance);
+        for (key, value) in tags {
+            spec = spec.tags(Tag::builder().key(*key).value(*value).build());
+        }
+        let output = self
+            .ec2
+            .run_instances()
+            .image_id(AMI_X86)
+            .instance_type("t3.micro".into())
+            .min_count(1)
+            .max_count(1)
+            .tag_specifications(spec.build())
+            .send()
+            .await
+            .unwrap();
+        output.instances()[0].instance_id().unwrap().to_string()
     }
 
     /// Every instance in the emulator account, by EC2 id.
@@ -451,6 +475,12 @@ impl TestApp {
         let instances = self.moto_instances().await;
         instances[cloud_id].state().unwrap().name().unwrap().as_str().to_string()
     }
+}
+
+/// The fields a problem's `errors` name, in order.
+pub fn problem_fields(problem: &Value) -> Vec<&str> {
+    let errors = problem["errors"].as_array().expect("the problem lists its errors");
+    errors.iter().map(|error| error["field"].as_str().expect("each error names a field")).collect()
 }
 
 pub fn tags_of(instance: &aws_sdk_ec2::types::Instance) -> BTreeMap<String, String> {

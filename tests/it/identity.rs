@@ -6,7 +6,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    ADMIN_PASSWORD, AMI_X86, assert_problem, client_with, create_body, login, spawn_app,
+    ADMIN_PASSWORD, AMI_X86, assert_problem, client_with, create_body, login, problem_fields,
+    spawn_app,
 };
 
 #[tokio::test]
@@ -162,12 +163,7 @@ async fn users_are_validated_unique_and_the_last_admin_stays() {
         StatusCode::UNPROCESSABLE_ENTITY,
     )
     .await;
-    let fields: Vec<&str> = problem["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].as_str().unwrap())
-        .collect();
+    let fields = problem_fields(&problem);
     assert_eq!(fields, ["username", "password", "roles.alpha"]);
 
     let ghost = json!({ "username": "ann", "password": "long enough password", "roles": { "ghost": "viewer" } });
@@ -350,6 +346,50 @@ async fn a_vcpu_quota_counts_the_vcpus_the_cloud_reports_for_the_type() {
         .unwrap();
     assert_eq!(raised.status(), StatusCode::OK);
     assert_eq!(app.post_instances(&body, "").await.status(), StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn a_namespace_update_changes_only_what_it_names() {
+    let app = spawn_app().await;
+    let body = json!({ "name": "team", "quota": { "instances": 4 }, "default_backend": "aws" });
+    let created: Value = app.post_json("/v1/namespaces", &body, None).await.json().await.unwrap();
+    assert_eq!(
+        (created["quota"]["instances"].as_i64(), &created["default_backend"]),
+        (Some(4), &json!("aws"))
+    );
+    let patch = |body: Value| {
+        let request = app.client.patch(app.url("/v1/namespaces/team")).json(&body).send();
+        async move { request.await.unwrap() }
+    };
+
+    // A quota alone keeps the backend; the backend alone keeps the quotas; null clears it.
+    let changed: Value = patch(json!({ "quota": { "vcpus": 8 } })).await.json().await.unwrap();
+    assert_eq!(changed["quota"], json!({ "instances": null, "vcpus": 8 }));
+    assert_eq!(changed["default_backend"], "aws");
+    let changed: Value = patch(json!({ "default_backend": null })).await.json().await.unwrap();
+    assert_eq!(changed["quota"], json!({ "instances": null, "vcpus": 8 }));
+    assert_eq!(changed["default_backend"], Value::Null);
+
+    // Bad changes are refused whole, each named; nothing changes.
+    let problem = assert_problem(
+        patch(json!({ "quota": { "instances": -1 }, "default_backend": "ansible" })).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    let fields = problem_fields(&problem);
+    assert_eq!(fields, ["quota.instances", "default_backend"], "{problem}");
+    assert!(problem.to_string().contains("unknown backend 'ansible'"), "{problem}");
+    let problem = assert_problem(patch(json!({})).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert!(problem.to_string().contains("nothing to change"), "{problem}");
+    let now: Value = app.get("/v1/namespaces/team").await.json().await.unwrap();
+    assert_eq!((&now["quota"], &now["default_backend"]), (&changed["quota"], &Value::Null));
+
+    // The audit log keeps each setting before and after.
+    let audit: Value =
+        app.get("/v1/audit?namespace=team&action=namespace.update").await.json().await.unwrap();
+    assert_eq!(audit["total"], 2);
+    assert_eq!(audit["logs"][0]["old_value"]["default_backend"], "aws");
+    assert_eq!(audit["logs"][0]["new_value"]["default_backend"], Value::Null);
 }
 
 #[tokio::test]

@@ -16,7 +16,7 @@ use sha2::Sha256;
 use tokio::io::AsyncBufReadExt;
 
 use crate::helpers::{
-    TestApp, assert_problem, client_with, create_body, spawn_app, spawn_app_with,
+    TestApp, assert_problem, client_with, create_body, problem_fields, spawn_app, spawn_app_with,
 };
 
 /// An aiosmtpd server on 127.0.0.1 that writes what it receives to a file.
@@ -431,12 +431,7 @@ async fn subscriptions_refuse_private_targets_unknown_events_and_other_namespace
         StatusCode::UNPROCESSABLE_ENTITY,
     )
     .await;
-    let fields: Vec<&str> = problem["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].as_str().unwrap())
-        .collect();
+    let fields = problem_fields(&problem);
     assert_eq!(fields, ["events[0]", "secret", "url"], "{problem}");
     // Email needs an SMTP server.
     let email = json!({ "email": "dev@example.com", "namespace": "alpha" });

@@ -4,7 +4,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    AMI_ARM, AMI_OTHER_OWNER, AMI_X86, assert_problem, create_body, spawn_app, spawn_app_with,
+    AMI_ARM, AMI_OTHER_OWNER, AMI_X86, assert_problem, create_body, problem_fields, spawn_app,
+    spawn_app_with,
 };
 
 #[tokio::test]
@@ -46,12 +47,7 @@ async fn every_static_rule_is_refused_with_its_field() {
         body[key] = value;
         let response = app.post_instances(&body, "").await;
         let problem = assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
-        let fields: Vec<&str> = problem["errors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["field"].as_str().unwrap())
-            .collect();
+        let fields = problem_fields(&problem);
         assert_eq!(fields, [field], "{key}: {problem}");
     }
     let jobs: Value = app.get_jobs("").await.json().await.unwrap();
@@ -66,12 +62,7 @@ async fn all_violations_of_one_request_are_reported_together() {
     let response = app.post_instances(&body, "").await;
 
     let problem = assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
-    let fields: Vec<&str> = problem["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].as_str().unwrap())
-        .collect();
+    let fields = problem_fields(&problem);
     assert_eq!(fields, ["name", "region", "instance_type", "ami", "storage_gb"]);
     assert_eq!(
         problem["errors"][1]["message"],

@@ -6,7 +6,7 @@ use base64::Engine;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{assert_problem, create_body, spawn_app};
+use crate::helpers::{assert_problem, create_body, problem_fields, spawn_app};
 
 #[tokio::test]
 async fn a_generated_private_key_is_answered_once_and_launches_instances() {
@@ -197,12 +197,7 @@ async fn bad_ingress_rules_are_refused_naming_each() {
     let response = app.post_instances(&body, "").await;
     assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let problem: Value = response.json().await.unwrap();
-    let fields: Vec<&str> = problem["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].as_str().unwrap())
-        .collect();
+    let fields = problem_fields(&problem);
     assert_eq!(fields, ["ingress[0].port", "ingress[1].cidr"], "{problem}");
 }
 

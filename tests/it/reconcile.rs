@@ -1,7 +1,6 @@
 //! The reconciler: drift made behind corral's back, vanished instances, orphans, and forced
 //! refreshes; and the job history.
 
-use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -75,29 +74,9 @@ async fn an_instance_the_cloud_no_longer_knows_is_marked_missing_not_deleted() {
 }
 
 async fn launch_behind_corrals_back(app: &crate::helpers::TestApp, name: &str) -> String {
-    let tags = TagSpecification::builder()
-        .resource_type(ResourceType::Instance)
-        .tags(
-            Tag::builder()
-                .key("corral:job-id")
-                .value("0190b7a0-0000-7000-8000-00000000dead")
-                .build(),
-        )
-        .tags(Tag::builder().key("corral:namespace").value("lost").build())
-        .tags(Tag::builder().key("Name").value(name).build())
-        .build();
-    let output = app
-        .ec2
-        .run_instances()
-        .image_id(AMI_X86)
-        .instance_type("t3.micro".into())
-        .min_count(1)
-        .max_count(1)
-        .tag_specifications(tags)
-        .send()
+    let job_id = "0190b7a0-0000-7000-8000-00000000dead";
+    app.launch_in_moto(&[("corral:job-id", job_id), ("corral:namespace", "lost"), ("Name", name)])
         .await
-        .unwrap();
-    output.instances()[0].instance_id().unwrap().to_string()
 }
 
 #[tokio::test]

@@ -1,7 +1,8 @@
 //! The Terraform backend, with the real `terraform` of this machine and the AWS provider from
 //! its local mirror, against moto: the lifecycle, one request's destroy leaving another's
 //! instances alone, the state and its lock kept by corral, retries that end with Terraform's
-//! error, and a server without terraform. Skipped, saying so, where terraform is absent.
+//! error and leave nothing behind, namespace and server default backends, and a server without
+//! terraform. Skipped, saying so, where terraform is absent.
 
 use aws_sdk_ec2::types::{Filter, InstanceStateName};
 use reqwest::StatusCode;
@@ -42,7 +43,18 @@ async fn terraform_creates_stops_starts_and_destroys_one_request_leaving_another
     first["ingress"] = json!([{ "port": 22, "cidr": "caller" }]);
     first["tags"] = json!({ "team": "blue" });
     let first = create_with_terraform(&app, &first).await;
-    let second = create_with_terraform(&app, &create_body("tf-second")).await;
+    // The second names no backend: its namespace defaults to Terraform (the server to aws).
+    let namespace = json!({ "name": "tf-team", "default_backend": "terraform" });
+    assert_eq!(
+        app.post_json("/v1/namespaces", &namespace, None).await.status(),
+        StatusCode::CREATED
+    );
+    let mut second = create_body("tf-second");
+    second["namespace"] = json!("tf-team");
+    let response = app.post_instances(&second, "").await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let second: Value = response.json().await.unwrap();
+    let second = app.wait_for_job(second["id"].as_str().unwrap()).await;
 
     for job in [&first, &second] {
         assert_eq!(job["status"], "succeeded", "{job}");
@@ -54,8 +66,11 @@ async fn terraform_creates_stops_starts_and_destroys_one_request_leaving_another
     let first_id = first["instances"][0]["id"].as_str().unwrap().to_string();
     let first_cloud = first["instances"][0]["cloud_id"].as_str().unwrap().to_string();
     let second_cloud = second["instances"][0]["cloud_id"].as_str().unwrap().to_string();
-    let instance: Value = app.get(&format!("/v1/instances/{first_id}")).await.json().await.unwrap();
-    assert_eq!(instance["backend"], "terraform");
+    for job in [&first, &second] {
+        let id = job["instances"][0]["id"].as_str().unwrap();
+        let instance: Value = app.get(&format!("/v1/instances/{id}")).await.json().await.unwrap();
+        assert_eq!(instance["backend"], "terraform");
+    }
 
     // The job's history shows each Terraform command and its output, without secrets.
     let workspace = first["id"].as_str().unwrap();
@@ -124,6 +139,24 @@ async fn a_server_without_terraform_refuses_the_backend_at_request_time() {
     assert!(problem.to_string().contains("terraform is not installed"), "{problem}");
     let listed: Value = app.get("/v1/instances").await.json().await.unwrap();
     assert!(listed["items"].as_array().unwrap().is_empty(), "nothing was stored");
+
+    // Nor can a namespace default to it, made or changed.
+    let namespace = json!({ "name": "tf-team", "default_backend": "terraform" });
+    let problem = assert_problem(
+        app.post_json("/v1/namespaces", &namespace, None).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(problem["errors"][0]["field"], "default_backend", "{problem}");
+    assert!(problem.to_string().contains("terraform is not installed"), "{problem}");
+    assert_eq!(app.get("/v1/namespaces/tf-team").await.status(), StatusCode::NOT_FOUND);
+    app.create_namespaces(&["plain"]).await;
+    let change = json!({ "default_backend": "terraform" });
+    let response = app.client.patch(app.url("/v1/namespaces/plain")).json(&change).send();
+    let problem = assert_problem(response.await.unwrap(), StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(problem["errors"][0]["field"], "default_backend", "{problem}");
+    let plain: Value = app.get("/v1/namespaces/plain").await.json().await.unwrap();
+    assert_eq!(plain["default_backend"], Value::Null);
 }
 
 #[tokio::test]
@@ -198,7 +231,7 @@ async fn the_state_lock_is_kept_by_corral_and_a_second_run_waits_for_its_holder(
 }
 
 #[tokio::test]
-async fn a_failing_apply_is_retried_then_fails_with_terraforms_error() {
+async fn a_failing_apply_is_retried_then_fails_with_terraforms_error_leaving_nothing() {
     if terraform_mirror().is_none() {
         return;
     }
@@ -207,7 +240,13 @@ async fn a_failing_apply_is_retried_then_fails_with_terraforms_error() {
     body["key_name"] = json!("no-such-key");
     body["ingress"] = json!([{ "port": 22, "cidr": "caller" }]);
 
-    let job = create_with_terraform(&app, &body).await;
+    let response = app.post_instances(&body, "?backend=terraform").await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let job_id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    // An instance tagged with the job that its state never names, as an apply interrupted
+    // before it could save the state leaves behind (a destroy does not see it).
+    let stray = app.launch_in_moto(&[("corral:job-id", &job_id)]).await;
+    let job = app.wait_for_job(&job_id).await;
 
     assert_eq!(job["status"], "failed", "{job}");
     assert_eq!(job["attempts"], 2, "{job}");
@@ -216,10 +255,18 @@ async fn a_failing_apply_is_retried_then_fails_with_terraforms_error() {
     assert!(error.contains("no-such-key"), "{error}");
     let steps = app.job_steps(job["id"].as_str().unwrap()).await;
     assert_eq!(steps.matches("terraform apply: failed").count(), 2, "{steps}");
-    let filter =
-        Filter::builder().name("tag:corral:job-id").values(job["id"].as_str().unwrap()).build();
+    // The stray went with the request; the failed runs made no instance of their own.
+    assert_eq!(cloud_state(&app, &stray).await, InstanceStateName::Terminated);
+    assert!(steps.contains(&format!("terminated {stray}, tagged with this failed request")));
+    let filter = Filter::builder().name("tag:corral:job-id").values(&job_id).build();
     let made = app.ec2.describe_instances().filters(filter.clone()).send().await.unwrap();
-    assert!(made.reservations().is_empty(), "{made:?}");
+    let made: Vec<&str> = made
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter_map(|i| i.instance_id())
+        .collect();
+    assert_eq!(made, [stray.as_str()]);
     // The security group the failed runs made went with the request.
     assert!(steps.contains("terraform destroy: done"), "{steps}");
     let groups = app.ec2.describe_security_groups().filters(filter).send().await.unwrap();
@@ -227,7 +274,7 @@ async fn a_failing_apply_is_retried_then_fails_with_terraforms_error() {
 }
 
 #[tokio::test]
-async fn the_configured_default_backend_applies_to_requests_that_name_none() {
+async fn the_configured_default_backend_applies_to_requests_whose_namespace_names_none() {
     let refused = corral::startup::Application::build(corral::config::Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
         terraform: corral::config::TerraformSettings {
@@ -256,4 +303,18 @@ async fn the_configured_default_backend_applies_to_requests_that_name_none() {
     let instance: Value = app.get(&format!("/v1/instances/{id}")).await.json().await.unwrap();
     assert_eq!(instance["backend"], "terraform");
     assert!(app.job_steps(job["id"].as_str().unwrap()).await.contains("terraform apply: done"));
+
+    // A namespace's default comes before the server's.
+    let namespace = json!({ "name": "native", "default_backend": "aws" });
+    assert_eq!(
+        app.post_json("/v1/namespaces", &namespace, None).await.status(),
+        StatusCode::CREATED
+    );
+    let mut body = create_body("native-default");
+    body["namespace"] = json!("native");
+    let job = app.create_running(&body).await;
+    let id = job["instances"][0]["id"].as_str().unwrap();
+    let instance: Value = app.get(&format!("/v1/instances/{id}")).await.json().await.unwrap();
+    assert_eq!(instance["backend"], "aws");
+    assert!(!app.job_steps(job["id"].as_str().unwrap()).await.contains("terraform"));
 }

@@ -5,8 +5,10 @@
 //! working directory, then runs `init`, `plan` and `apply` (a terminate plans `-destroy`,
 //! targeted at its instances unless it ends the whole request), recording each command's
 //! output in the job's history. A failed command is retried as the job is; the last attempt
-//! fails with Terraform's error. Afterwards the instances are observed through the cloud API,
-//! as with the native backend: corral records what the cloud reports, not what Terraform says.
+//! fails with Terraform's error, after terminating the instances tagged with its job id (those
+//! its state never named included) and destroying what else the request made. Afterwards
+//! the instances are observed through the cloud API, as with the native backend: corral records
+//! what the cloud reports, not what Terraform says.
 //!
 //! Safe to resume after a crash at any point:
 //! - the state lives in corral's database; a lock left by an earlier attempt of the same job is
@@ -97,7 +99,10 @@ pub async fn create(run: &JobRun<'_>, payload: &CreatePayload) -> Result<(), Job
         Ok(session) => session,
         Err(err) => {
             if is_final(run, &err) {
-                // Nothing of a request that failed for good is left behind.
+                // Nothing of a request that failed for good is left behind. Its instances go
+                // first, by tag: the destroy could not see those an interrupted attempt made,
+                // and they would hold the security group it deletes.
+                terminate_tagged(run, region, workspace).await;
                 let destroy = WorkspaceConfig { imports: Vec::new(), ..config };
                 if let Err(cleanup) = apply(run, terraform, &destroy, &["-destroy".into()]).await {
                     run.step(format!("what the failed run made could not be destroyed: {cleanup}"))
@@ -201,6 +206,33 @@ pub async fn change(
         wait_for_state(run, region, &acting, target_state).await?;
     }
     Ok(())
+}
+
+/// Terminates the live instances tagged with a failed request's job id, those its state never
+/// named included: an interrupted attempt's, which a destroy cannot see (Terraform ignores
+/// `import` blocks when destroying). Best effort: the job's own error is what it reports.
+async fn terminate_tagged(run: &JobRun<'_>, region: &str, workspace: &str) {
+    let provider = &run.ctx.provider;
+    let live: Vec<String> = match provider.find_tagged(region, TAG_JOB_ID, workspace).await {
+        Ok(found) => found
+            .into_iter()
+            .filter(|i| !matches!(i.state, InstanceState::Terminated | InstanceState::ShuttingDown))
+            .map(|instance| instance.cloud_id)
+            .collect(),
+        Err(err) => {
+            run.step(format!("could not look for this request's instances: {err}")).await;
+            return;
+        }
+    };
+    if live.is_empty() {
+        return;
+    }
+    let listed = live.join(", ");
+    match provider.apply(region, Action::Terminate, &live).await {
+        Ok(()) => run.step(format!("terminated {listed}, tagged with this failed request")),
+        Err(err) => run.step(format!("{listed} could not be terminated: {err}")),
+    }
+    .await;
 }
 
 fn terraform<'a>(run: &JobRun<'a>) -> Result<&'a Terraform, JobError> {
