@@ -139,6 +139,10 @@ pub enum JobError {
     /// No attempt can succeed: the request is invalid or the cloud refused it.
     #[error("{0}")]
     Permanent(String),
+    /// Not a failure: the job cannot go on until another job has finished. The attempt is
+    /// handed back, uncounted, and the job runs again shortly, its worker free meanwhile.
+    #[error("{0}")]
+    NotYet(String),
 }
 
 impl From<CloudError> for JobError {

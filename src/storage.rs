@@ -237,6 +237,12 @@ pub enum JobOutcome {
         error: String,
         run_at: Millis,
     },
+    /// Queued again to run at `run_at` without counting the attempt: it did not fail (a
+    /// shutdown, or a job waiting for another). The job keeps the error it had.
+    HandBack {
+        reason: String,
+        run_at: Millis,
+    },
 }
 
 /// One step, error or outcome in the life of a job.

@@ -9,6 +9,9 @@ use tokio_util::sync::CancellationToken;
 use crate::jobs::{JobContext, JobError, JobRun, Queue, kinds};
 use crate::storage::{JobOutcome, JobView, Millis, now_millis};
 
+/// How soon a job that could not go on yet (`JobError::NotYet`) runs again.
+const NOT_YET_DELAY: Duration = Duration::from_secs(5);
+
 /// Runs `ctx.settings.concurrency` workers until `shutdown` is cancelled, then lets running jobs
 /// finish for a grace period and hands back the rest.
 pub async fn run_workers(ctx: Arc<JobContext>, queue: Queue, shutdown: CancellationToken) {
@@ -120,11 +123,15 @@ impl Worker {
             }
         };
         let outcome = match result {
-            None => JobOutcome::Retry {
-                error: "handed back at shutdown".to_string(),
+            None => JobOutcome::HandBack {
+                reason: "handed back at shutdown".to_string(),
                 run_at: now_millis(),
             },
             Some(Ok(())) => JobOutcome::Succeeded,
+            Some(Err(JobError::NotYet(reason))) => JobOutcome::HandBack {
+                reason,
+                run_at: now_millis() + NOT_YET_DELAY.as_millis() as Millis,
+            },
             Some(Err(JobError::Permanent(error))) => JobOutcome::Failed { error },
             Some(Err(JobError::Retryable(error))) if attempts >= max_attempts => {
                 JobOutcome::Failed { error: format!("gave up after {attempts} attempts: {error}") }
@@ -144,6 +151,10 @@ impl Worker {
             JobOutcome::Retry { error, run_at } => {
                 let delay = (run_at - now_millis()).max(0) as f64 / 1000.0;
                 vec![("error", format!("{error}; retrying in {delay:.1}s"))]
+            }
+            JobOutcome::HandBack { reason, run_at } => {
+                let delay = (run_at - now_millis()).max(0) as f64 / 1000.0;
+                vec![("step", format!("{reason}; attempt not counted, again in {delay:.1}s"))]
             }
         };
         match self.ctx.store.finish_job(&job_id, &self.id, &outcome, attempts, &events).await {
@@ -168,6 +179,10 @@ impl Worker {
             }
             JobOutcome::Retry { error, .. } => {
                 tracing::warn!(%error, "job attempt failed; will retry");
+                self.queue.wake_workers();
+            }
+            JobOutcome::HandBack { reason, .. } => {
+                tracing::info!(%reason, "job handed back");
                 self.queue.wake_workers();
             }
         }

@@ -566,9 +566,14 @@ macro_rules! sql_store {
                     JobOutcome::Retry { error, run_at } => {
                         ("queued", Some(error.as_str()), Some(*run_at), None)
                     }
+                    JobOutcome::HandBack { run_at, .. } => ("queued", None, Some(*run_at), None),
                 };
+                // A handed-back attempt gives back the attempt its claim counted.
+                let uncounted = i64::from(matches!(outcome, JobOutcome::HandBack { .. }));
                 let result = sqlx::query(
-                    "UPDATE jobs SET status = $1, error = $2, run_at = COALESCE($3, run_at), \
+                    "UPDATE jobs SET status = $1, \
+                     error = CASE WHEN $8 = 1 THEN error ELSE $2 END, \
+                     attempts = attempts - $8, run_at = COALESCE($3, run_at), \
                      finished_at = $4, locked_by = NULL, lease_expires_at = NULL, updated_at = $5 \
                      WHERE id = $6 AND locked_by = $7 AND status = 'running'",
                 )
@@ -579,6 +584,7 @@ macro_rules! sql_store {
                 .bind(now)
                 .bind(job_id)
                 .bind(worker)
+                .bind(uncounted)
                 .execute(&mut *tx)
                 .await?;
                 if result.rows_affected() != 1 {

@@ -98,6 +98,26 @@ async fn a_held_lease_keeps_the_job_and_a_retry_waits_for_its_time() {
 }
 
 #[tokio::test]
+async fn a_handed_back_attempt_is_not_counted_and_keeps_the_jobs_error() {
+    let (store, _dir) = store().await;
+    let id = enqueue(&store).await;
+    store.claim_job("w1", now_millis() + 60_000).await.unwrap().unwrap();
+    let retry = JobOutcome::Retry { error: "throttled".into(), run_at: now_millis() };
+    assert!(store.finish_job(&id, "w1", &retry, 1, &[]).await.unwrap());
+    let claimed = store.claim_job("w1", now_millis() + 60_000).await.unwrap().unwrap();
+    assert_eq!(claimed.job.attempts, 2);
+
+    let back = JobOutcome::HandBack { reason: "waiting".into(), run_at: now_millis() + 60_000 };
+    assert!(store.finish_job(&id, "w1", &back, 2, &[]).await.unwrap());
+
+    let view = store.get_job(&id).await.unwrap().unwrap();
+    assert_eq!(view.job.status.as_str(), "queued");
+    assert_eq!(view.job.attempts, 1, "the handed-back attempt gave its count back");
+    assert_eq!(view.job.error.as_deref(), Some("throttled"));
+    assert!(store.claim_job("w2", now_millis() + 60_000).await.unwrap().is_none(), "not due yet");
+}
+
+#[tokio::test]
 async fn an_idempotency_key_replays_its_job_or_refuses_another_request() {
     let (store, _dir) = store().await;
     let key = IdempotencyKey { key: "k".into(), fingerprint: "a".into() };

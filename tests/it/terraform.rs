@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    TestApp, assert_problem, create_body, spawn_app, spawn_app_with, terraform_mirror,
+    AMI_X86, TestApp, assert_problem, create_body, spawn_app, spawn_app_with, terraform_mirror,
 };
 
 /// What moto says of an instance's state.
@@ -165,11 +165,15 @@ async fn the_state_lock_is_kept_by_corral_and_a_second_run_waits_for_its_holder(
         return;
     }
     let app = spawn_app().await;
-    let created = create_with_terraform(&app, &create_body("tf-locked")).await;
+    let body = json!({ "name_prefix": "tf-locked", "count": 2, "ami": AMI_X86,
+                       "instance_type": "t3.micro" });
+    let created = create_with_terraform(&app, &body).await;
     assert_eq!(created["status"], "succeeded", "{created}");
     let workspace = created["id"].as_str().unwrap().to_string();
     let instance_id = created["instances"][0]["id"].as_str().unwrap().to_string();
     let cloud_id = created["instances"][0]["cloud_id"].as_str().unwrap().to_string();
+    let other_id = created["instances"][1]["id"].as_str().unwrap().to_string();
+    let other_cloud_id = created["instances"][1]["cloud_id"].as_str().unwrap().to_string();
     let address = app.url(&format!("/v1/terraform/state/{workspace}"));
     let lock = |id: &str| {
         json!({ "ID": id, "Operation": "OperationTypeApply", "Who": "alice@laptop",
@@ -208,21 +212,35 @@ async fn the_state_lock_is_kept_by_corral_and_a_second_run_waits_for_its_holder(
     assert!(failed.contains("HTTP remote state already locked: ID=alice-1"), "{failed}");
 
     // corral's own run waits for the lock instead of failing, and goes on once it is released.
-    let stop = app.act(&instance_id, "stop", "").await;
-    assert_eq!(stop.status(), StatusCode::ACCEPTED);
-    let stop: Value = stop.json().await.unwrap();
-    let stop_id = stop["id"].as_str().unwrap();
+    // A later job on the same workspace waits its turn without holding a worker: it hands its
+    // attempt back, uncounted.
+    let mut stops = Vec::new();
+    for id in [&instance_id, &other_id] {
+        let stop = app.act(id, "stop", "").await;
+        assert_eq!(stop.status(), StatusCode::ACCEPTED);
+        stops.push(stop.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string());
+    }
     tokio::time::sleep(std::time::Duration::from_secs(12)).await;
-    let waiting: Value = app.get_job(stop_id).await.json().await.unwrap();
+    let waiting: Value = app.get_job(&stops[0]).await.json().await.unwrap();
     assert_eq!(waiting["status"], "running", "{waiting}");
     assert_eq!(cloud_state(&app, &cloud_id).await, InstanceStateName::Running);
+    let turn = format!(
+        "waiting for job {}, which works on Terraform workspace {workspace} first; attempt not \
+         counted",
+        stops[0]
+    );
+    assert!(app.job_steps(&stops[1]).await.contains(&turn), "{}", app.job_steps(&stops[1]).await);
     let released =
         app.client.request(method("UNLOCK"), &address).json(&lock("alice-1")).send().await;
     assert_eq!(released.unwrap().status(), StatusCode::OK);
-    let stopped = app.wait_for_job(stop_id).await;
-    assert_eq!(stopped["status"], "succeeded", "{stopped}");
+    for stop_id in &stops {
+        let stopped = app.wait_for_job(stop_id).await;
+        assert_eq!(stopped["status"], "succeeded", "{stopped}");
+        assert_eq!(stopped["attempts"], 1, "{stopped}");
+    }
     assert_eq!(cloud_state(&app, &cloud_id).await, InstanceStateName::Stopped);
-    let steps = app.job_steps(stop_id).await;
+    assert_eq!(cloud_state(&app, &other_cloud_id).await, InstanceStateName::Stopped);
+    let steps = app.job_steps(&stops[0]).await;
     assert!(steps.contains("Acquiring state lock"), "{steps}");
 
     // The run released the lock it took: the workspace can be locked again.

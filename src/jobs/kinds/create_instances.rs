@@ -238,7 +238,11 @@ async fn prepare_access(run: &JobRun<'_>, spec: &LaunchSpec) -> Result<Option<St
 
 /// Whether `err` ends the job: it is permanent, or this was the last attempt.
 pub(super) fn is_final(run: &JobRun<'_>, err: &JobError) -> bool {
-    matches!(err, JobError::Permanent(_)) || run.job.job.attempts >= run.job.job.max_attempts
+    match err {
+        JobError::Permanent(_) => true,
+        JobError::Retryable(_) => run.job.job.attempts >= run.job.job.max_attempts,
+        JobError::NotYet(_) => false,
+    }
 }
 
 /// Deletes the security group made for a request whose launch failed for good, so that it does

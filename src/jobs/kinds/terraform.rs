@@ -17,7 +17,8 @@
 //!   state are found by their `corral:job-id` tag and adopted with `import` blocks, never made
 //!   twice;
 //! - runs on one workspace take turns in job order, so that no run writes a configuration from
-//!   records another run is about to change.
+//!   records another run is about to change; a job whose turn has not come hands its attempt
+//!   back uncounted rather than hold a worker for long.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -34,8 +35,9 @@ use crate::terraform::{
     ConfigInstance, RunOutput, SECURITY_GROUP, Session, Terraform, WorkspaceConfig, configuration,
 };
 
-/// Longest a job waits for earlier jobs on its workspace before it gives the attempt up.
-const TURN_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// Longest a job holds its worker waiting for an earlier job on its workspace; then it hands
+/// the attempt back (uncounted) so that the worker can run other jobs, the earlier one included.
+const TURN_WAIT: Duration = Duration::from_secs(10);
 
 /// Creates the request's instances with `terraform apply`.
 pub async fn create(run: &JobRun<'_>, payload: &CreatePayload) -> Result<(), JobError> {
@@ -314,10 +316,9 @@ async fn release_stale_lock(run: &JobRun<'_>, workspace: &str) -> Result<(), Job
 
 /// Waits until no earlier job owns an instance of `workspace`: runs on one workspace take
 /// turns in the order their jobs were made (job ids grow with time). Returns the workspace's
-/// create job as it is then, with its instances.
+/// create job as it is then, with its instances; `NotYet` after `TURN_WAIT`.
 async fn wait_for_turn(run: &JobRun<'_>, workspace: &str) -> Result<JobView, JobError> {
-    let deadline = tokio::time::Instant::now() + TURN_TIMEOUT;
-    let mut announced = false;
+    let deadline = tokio::time::Instant::now() + TURN_WAIT;
     loop {
         let create = run.ctx.store.get_job(workspace).await?.ok_or_else(|| {
             JobError::Permanent(format!("the create job {workspace} of these instances is gone"))
@@ -327,13 +328,9 @@ async fn wait_for_turn(run: &JobRun<'_>, workspace: &str) -> Result<JobView, Job
         });
         let Some(earlier) = earlier else { return Ok(create) };
         if tokio::time::Instant::now() >= deadline {
-            return Err(JobError::Retryable(format!(
-                "job {earlier} still works on Terraform workspace {workspace}"
+            return Err(JobError::NotYet(format!(
+                "waiting for job {earlier}, which works on Terraform workspace {workspace} first"
             )));
-        }
-        if !announced {
-            run.step(format!("waiting for job {earlier}, which works on {workspace} first")).await;
-            announced = true;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
