@@ -89,14 +89,22 @@ impl Terraform {
 
     /// A fresh working directory for a run of job `job_id` on `workspace`, with the cloud
     /// credentials `cloud_env` and a state token for that workspace alone.
-    pub fn session(
+    pub async fn session(
         &self,
         workspace: &str,
         job_id: &str,
         cloud_env: Vec<(String, String)>,
     ) -> std::io::Result<Session> {
-        std::fs::create_dir_all(&self.work_dir)?;
-        let dir = tempfile::Builder::new().prefix("corral-tf-").tempdir_in(&self.work_dir)?;
+        // Providers are fetched once for every run, not once per working directory.
+        let plugin_cache = self.work_dir.join("corral-terraform-plugins");
+        // File system calls run off the async runtime, here and when the session is dropped.
+        let (work_dir, cache) = (self.work_dir.clone(), plugin_cache.clone());
+        let dir = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&cache)?;
+            tempfile::Builder::new().prefix("corral-tf-").tempdir_in(&work_dir)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
         let token = self.auth.workspace_token(workspace, job_id, 6 * 3600);
         let mut secrets: Vec<String> = vec![token.clone()];
         secrets.extend(
@@ -116,16 +124,13 @@ impl Terraform {
         if let Some(config) = &self.cli_config {
             env.push(("TF_CLI_CONFIG_FILE".to_string(), config.display().to_string()));
         }
-        // Providers are fetched once for every run, not once per working directory.
-        let plugin_cache = self.work_dir.join("corral-terraform-plugins");
-        std::fs::create_dir_all(&plugin_cache)?;
         env.push(("TF_PLUGIN_CACHE_DIR".to_string(), plugin_cache.display().to_string()));
         let mut program = Vec::new();
         if let Some(setpriv) = &self.setpriv {
             program.extend([setpriv.clone(), "--pdeathsig".into(), "KILL".into(), "--".into()]);
         }
         program.push(self.binary.clone());
-        Ok(Session { dir, program, env, secrets })
+        Ok(Session { dir: Some(dir), program, env, secrets })
     }
 }
 
@@ -138,8 +143,11 @@ async fn gives_parent_death_signal(setpriv: &Path) -> bool {
 
 /// One working directory and the environment its commands run with.
 pub struct Session {
-    dir: tempfile::TempDir,
-    /// The terraform executable, behind `setpriv --pdeathsig KILL --` where available.
+    /// Present until the session is dropped.
+    dir: Option<tempfile::TempDir>,
+    /// The terraform executable, behind `setpriv --pdeathsig KILL --` where available. The
+    /// signal follows the thread that started the run; runs start on the runtime's worker
+    /// threads (never `spawn_blocking` ones), which live as long as the process.
     program: Vec<PathBuf>,
     env: Vec<(String, String)>,
     secrets: Vec<String>,
@@ -152,14 +160,23 @@ pub struct RunOutput {
     pub text: String,
 }
 
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Removed off the async runtime where there is one, else here.
+        if let (Some(dir), Ok(runtime)) = (self.dir.take(), tokio::runtime::Handle::try_current()) {
+            runtime.spawn_blocking(move || drop(dir));
+        }
+    }
+}
+
 impl Session {
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        self.dir.as_ref().expect("the directory lives as long as the session").path()
     }
 
     pub async fn write_config(&self, config: &Value) -> std::io::Result<()> {
         let text = serde_json::to_string_pretty(config).expect("JSON serializes");
-        tokio::fs::write(self.dir.path().join("main.tf.json"), text).await
+        tokio::fs::write(self.path().join("main.tf.json"), text).await
     }
 
     /// `terraform init`, against the state backend.
@@ -193,7 +210,7 @@ impl Session {
         command
             .args(&self.program[1..])
             .args(args)
-            .current_dir(self.dir.path())
+            .current_dir(self.path())
             .env_remove("AWS_PROFILE")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
@@ -528,7 +545,7 @@ mod tests {
             ("AWS_SECRET_ACCESS_KEY".to_string(), "wJalrXUtnFEMI/K7MDENG".to_string()),
         ];
 
-        let session = terraform.session("ws-1", "job-1", credentials).unwrap();
+        let session = terraform.session("ws-1", "job-1", credentials).await.unwrap();
         let output = session.init().await.unwrap();
 
         assert!(!output.success);

@@ -271,7 +271,7 @@ async fn apply(
 ) -> Result<Session, JobError> {
     let credentials = run.ctx.provider.credentials_env().await?;
     let session =
-        terraform.session(config.workspace, &run.job.job.id, credentials).map_err(|err| {
+        terraform.session(config.workspace, &run.job.job.id, credentials).await.map_err(|err| {
             JobError::Retryable(format!("making a Terraform working directory: {err}"))
         })?;
     session
