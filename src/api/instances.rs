@@ -162,6 +162,15 @@ pub fn router() -> Router<ApiContext> {
         .route("/instances/{id}/drift", get(list_drift))
 }
 
+/// Why a request or setting naming the Terraform backend is refused on this server.
+pub const TERRAFORM_UNAVAILABLE: &str = "the Terraform backend is unavailable: terraform is not installed on this server \
+     (terraform.binary)";
+
+/// Why `name` is not a backend.
+pub fn unknown_backend(name: &str) -> String {
+    format!("unknown backend '{name}'; allowed: aws (or awscli), terraform")
+}
+
 /// Creates `count` instances as one job, after checking the request against the policy.
 #[utoipa::path(post, path = "/v1/instances", tag = "instances", operation_id = "create_instances",
     request_body = CreateInstancesBody,
@@ -191,12 +200,8 @@ pub async fn create_instances(
     let named = params.one("backend")?;
     let named = named
         .map(|name| {
-            Backend::parse(name).ok_or_else(|| {
-                ApiError::bad_field(
-                    "backend",
-                    format!("unknown backend '{name}'; allowed: aws (or awscli), terraform"),
-                )
-            })
+            Backend::parse(name)
+                .ok_or_else(|| ApiError::bad_field("backend", unknown_backend(name)))
         })
         .transpose()?;
     let namespace = body.namespace.clone().unwrap_or_else(|| "default".to_string());
@@ -211,10 +216,7 @@ pub async fn create_instances(
         };
         return Err(ApiError::bad_field(
             "backend",
-            format!(
-                "the Terraform backend is unavailable{chosen_by}: terraform is not installed on \
-                 this server (terraform.binary); use backend=aws"
-            ),
+            format!("{TERRAFORM_UNAVAILABLE}{chosen_by}; use backend=aws"),
         ));
     }
     // The request as sent: a retry replays its job even if the namespace's default changed.

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 use crate::api::auth::Caller;
 use crate::api::extract::{QueryParams, ValidJson, wait_param};
-use crate::api::instances::{admitted, new_id};
+use crate::api::instances::{TERRAFORM_UNAVAILABLE, admitted, new_id, unknown_backend};
 use crate::api::{ApiContext, ApiError, FieldError};
 use crate::domain::{Backend, JobKind, Role, is_valid_namespace};
 use crate::storage::{NamespaceChange, NamespaceRecord, NewJob, now_millis, to_datetime};
@@ -270,16 +270,11 @@ fn check_backend(
 ) -> Option<Backend> {
     let name = name?;
     let Some(backend) = Backend::parse(name) else {
-        let message = format!("unknown backend '{name}'; allowed: aws, terraform, or null");
-        errors.push(FieldError::new("default_backend", message));
+        errors.push(FieldError::new("default_backend", unknown_backend(name)));
         return None;
     };
     if backend == Backend::Terraform && !ctx.terraform_available {
-        errors.push(FieldError::new(
-            "default_backend",
-            "the Terraform backend is unavailable: terraform is not installed on this server \
-             (terraform.binary)",
-        ));
+        errors.push(FieldError::new("default_backend", TERRAFORM_UNAVAILABLE));
     }
     Some(backend)
 }

@@ -19,8 +19,9 @@ async fn cloud_state(app: &TestApp, cloud_id: &str) -> InstanceStateName {
     instance.state().unwrap().name().unwrap().clone()
 }
 
-async fn create_with_terraform(app: &TestApp, body: &Value) -> Value {
-    let response = app.post_instances(body, "?backend=terraform").await;
+/// Posts a create with `query` (no wait) and waits for its job.
+async fn create_and_wait(app: &TestApp, body: &Value, query: &str) -> Value {
+    let response = app.post_instances(body, query).await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let job: Value = response.json().await.unwrap();
     app.wait_for_job(job["id"].as_str().unwrap()).await
@@ -42,7 +43,7 @@ async fn terraform_creates_stops_starts_and_destroys_one_request_leaving_another
     let mut first = create_body("tf-first");
     first["ingress"] = json!([{ "port": 22, "cidr": "caller" }]);
     first["tags"] = json!({ "team": "blue" });
-    let first = create_with_terraform(&app, &first).await;
+    let first = create_and_wait(&app, &first, "?backend=terraform").await;
     // The second names no backend: its namespace defaults to Terraform (the server to aws).
     let namespace = json!({ "name": "tf-team", "default_backend": "terraform" });
     assert_eq!(
@@ -51,10 +52,7 @@ async fn terraform_creates_stops_starts_and_destroys_one_request_leaving_another
     );
     let mut second = create_body("tf-second");
     second["namespace"] = json!("tf-team");
-    let response = app.post_instances(&second, "").await;
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
-    let second: Value = response.json().await.unwrap();
-    let second = app.wait_for_job(second["id"].as_str().unwrap()).await;
+    let second = create_and_wait(&app, &second, "").await;
 
     for job in [&first, &second] {
         assert_eq!(job["status"], "succeeded", "{job}");
@@ -167,7 +165,7 @@ async fn the_state_lock_is_kept_by_corral_and_a_second_run_waits_for_its_holder(
     let app = spawn_app().await;
     let body = json!({ "name_prefix": "tf-locked", "count": 2, "ami": AMI_X86,
                        "instance_type": "t3.micro" });
-    let created = create_with_terraform(&app, &body).await;
+    let created = create_and_wait(&app, &body, "?backend=terraform").await;
     assert_eq!(created["status"], "succeeded", "{created}");
     let workspace = created["id"].as_str().unwrap().to_string();
     let instance_id = created["instances"][0]["id"].as_str().unwrap().to_string();
