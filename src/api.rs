@@ -67,6 +67,8 @@ pub struct ApiContext {
     pub default_backend: crate::domain::Backend,
     /// What notification subscriptions may name (the SSRF guard, whether email is set up).
     pub notify: Arc<crate::config::NotifySettings>,
+    /// Reverse proxies whose `X-Forwarded-For` is believed (`extract::ClientAddress`).
+    pub trusted_proxies: Arc<[ipnet::IpNet]>,
 }
 
 /// `/health` and `/ready` only, for processes that run jobs but serve no API.

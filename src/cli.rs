@@ -257,11 +257,7 @@ async fn login(
     let mut config = ConfigFile::read(&path)?;
     let name = env.profile_name(profile_flag);
     let existing = config.profiles.get(&name).cloned().unwrap_or_default();
-    let server = server_flag
-        .map(str::to_string)
-        .or_else(|| env.var("CORRAL_SERVER"))
-        .or(existing.server)
-        .unwrap_or_else(|| profile::DEFAULT_SERVER.to_string());
+    let server = profile::login_server(env, server_flag, existing.server.as_deref())?;
     let password = commands::read_secret("password")?;
     let anonymous = Client::new(&server, Credential::None)?;
     let form =
@@ -280,7 +276,9 @@ async fn login(
         let with_token = Client::new(&server, Credential::Token(token))?;
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
         let key_name = format!("corral CLI on {}", host.trim()).trim().to_string();
-        let created = with_token.post("/v1/api-keys", &json!({ "name": key_name })).await?;
+        // The password lets the key outlive the 30-minute token that asks for it.
+        let request = json!({ "name": key_name, "password": password });
+        let created = with_token.post("/v1/api-keys", &request).await?;
         profile.api_key = created["key"].as_str().map(str::to_string);
     }
     config.profiles.insert(name.clone(), profile);

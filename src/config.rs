@@ -22,9 +22,11 @@ use crate::domain::Policy;
 
 /// Top-level keys that environment variables may set; other `CORRAL_*` variables (client
 /// settings, test harness settings) are not part of the server's configuration.
-const ENV_KEYS: [&str; 10] = [
+const ENV_KEYS: [&str; 12] = [
     "listen",
+    "server",
     "database_url",
+    "data_dir",
     "role",
     "aws",
     "jobs",
@@ -59,8 +61,13 @@ const ENV_ALIASES: [(&str, &str); 15] = [
 pub struct Settings {
     /// Address the HTTP API listens on (`CORRAL_LISTEN`).
     pub listen: SocketAddr,
+    pub server: ServerSettings,
     /// `sqlite://path` (`CORRAL_DATABASE_URL`); the file and its folder are created if missing.
     pub database_url: String,
+    /// Where corral keeps files of its own, made private to its user: the Terraform plugin
+    /// cache, the first admin's generated password (`CORRAL_DATA_DIR`; default: the SQLite
+    /// database's folder, else `./data`).
+    pub data_dir: Option<String>,
     /// What this process does (`CORRAL_ROLE`): serve the API, run jobs, or both.
     pub role: Role,
     pub aws: AwsSettings,
@@ -70,6 +77,92 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub notify: NotifySettings,
     pub terraform: TerraformSettings,
+}
+
+/// How the HTTP listener treats connections: TLS, the proxies in front of it, and the limits
+/// that keep one client from holding the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// PEM certificate chain and private key: with both, `serve` speaks HTTPS itself
+    /// (`CORRAL_SERVER__TLS_CERT`, `CORRAL_SERVER__TLS_KEY`).
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    /// Address ranges of reverse proxies (e.g. `10.0.0.0/8`): for connections from them, the
+    /// client is read from `X-Forwarded-For` (login throttling, `"cidr": "caller"`). Empty:
+    /// the header is ignored, as any client could write it.
+    pub trusted_proxies: Vec<String>,
+    /// Longest a client may take to send a request's headers.
+    pub header_timeout_secs: u64,
+    /// Longest an ordinary request may take (answered `503` past it); event streams and
+    /// `?wait=` are exempt (a wait is bounded by its own length).
+    pub request_timeout_secs: u64,
+    /// Connections served at once; further ones are answered `503` and closed.
+    pub max_connections: usize,
+    /// Event streams (`/v1/jobs/{id}/events`) open at once, in all and per caller; further
+    /// ones are answered `429`.
+    pub max_event_streams: usize,
+    pub max_event_streams_per_caller: usize,
+}
+
+impl Default for ServerSettings {
+    fn default() -> ServerSettings {
+        ServerSettings {
+            tls_cert: None,
+            tls_key: None,
+            trusted_proxies: Vec::new(),
+            header_timeout_secs: 30,
+            request_timeout_secs: 60,
+            max_connections: 1024,
+            max_event_streams: 256,
+            max_event_streams_per_caller: 16,
+        }
+    }
+}
+
+impl ServerSettings {
+    /// The trusted proxies' ranges, or what is wrong with them.
+    pub fn trusted_proxies(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        self.trusted_proxies
+            .iter()
+            .map(|cidr| {
+                let cidr = cidr.trim();
+                cidr.parse::<ipnet::IpNet>()
+                    .or_else(|_| cidr.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map(|net| net.trunc())
+                    .map_err(|_| {
+                        format!(
+                            "server.trusted_proxies: '{cidr}' is not an address range; expected \
+                             e.g. 10.0.0.0/8 or fd00::/8"
+                        )
+                    })
+            })
+            .collect()
+    }
+
+    fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Err(problem) = self.trusted_proxies() {
+            problems.push(problem);
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            problems.push(
+                "server.tls_cert and server.tls_key go together: set both or neither".to_string(),
+            );
+        }
+        for (name, value) in [
+            ("header_timeout_secs", self.header_timeout_secs as usize),
+            ("request_timeout_secs", self.request_timeout_secs as usize),
+            ("max_connections", self.max_connections),
+            ("max_event_streams", self.max_event_streams),
+            ("max_event_streams_per_caller", self.max_event_streams_per_caller),
+        ] {
+            if value == 0 {
+                problems.push(format!("server.{name}: must be at least 1"));
+            }
+        }
+        problems
+    }
 }
 
 /// The Terraform backend: which binary runs, where it finds providers, and how it reaches
@@ -91,6 +184,10 @@ pub struct TerraformSettings {
     pub state_url: Option<String>,
     /// Where each run gets its working directory (default: the system's temporary folder).
     pub work_dir: Option<String>,
+    /// An HTTP(S) proxy through which runs reach the cloud and the provider registry
+    /// (`HTTPS_PROXY` and `HTTP_PROXY` of each run). Runs never inherit corral's own
+    /// environment, proxies included.
+    pub proxy: Option<String>,
 }
 
 impl Default for TerraformSettings {
@@ -101,6 +198,7 @@ impl Default for TerraformSettings {
             cli_config: None,
             state_url: None,
             work_dir: None,
+            proxy: None,
         }
     }
 }
@@ -109,7 +207,9 @@ impl Default for Settings {
     fn default() -> Settings {
         Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            server: ServerSettings::default(),
             database_url: "sqlite://./data/corral.db".to_string(),
+            data_dir: None,
             role: Role::All,
             aws: AwsSettings::default(),
             jobs: JobSettings::default(),
@@ -539,7 +639,47 @@ fn comma_separated<'de, D: serde::Deserializer<'de>>(
         .collect())
 }
 
+/// Why Terraform runs may not send their state token to `url`: plain HTTP to a host other
+/// than this machine would carry it, and the state, in clear over the network. `None` when
+/// the URL is fine.
+pub fn plain_http_to_another_host(url: &str) -> Option<String> {
+    let parsed = match url::Url::parse(url) {
+        Ok(parsed) => parsed,
+        Err(err) => return Some(format!("'{url}' is not a URL: {err}")),
+    };
+    let loopback = match parsed.host() {
+        Some(url::Host::Domain(name)) => name == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    (parsed.scheme() == "http" && !loopback).then(|| {
+        format!(
+            "'{url}' is plain HTTP to another host: Terraform runs would send their state token \
+             and the state in clear. Use https:// (serve with server.tls_cert and \
+             server.tls_key, or behind a TLS proxy), or a loopback address"
+        )
+    })
+}
+
 impl Settings {
+    /// `data_dir`, else the folder of the SQLite database file, else `./data`.
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        if let Some(dir) = &self.data_dir {
+            return dir.into();
+        }
+        let sqlite_file = ["sqlite://", "sqlite:"]
+            .iter()
+            .find_map(|scheme| self.database_url.strip_prefix(scheme))
+            .map(|rest| rest.split('?').next().unwrap_or_default())
+            .filter(|file| !file.is_empty() && *file != ":memory:");
+        match sqlite_file.and_then(|file| Path::new(file).parent()) {
+            Some(parent) if parent.as_os_str().is_empty() => ".".into(),
+            Some(parent) => parent.to_path_buf(),
+            None => "./data".into(),
+        }
+    }
+
     /// Reads defaults, then `config_file` if given, then `CORRAL_*` variables.
     pub fn load(config_file: Option<&Path>) -> anyhow::Result<Settings> {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
@@ -571,6 +711,12 @@ impl Settings {
             problems.push(problem);
         }
         problems.extend(self.notify.validate());
+        problems.extend(self.server.validate());
+        if let Some(url) = &self.terraform.state_url
+            && let Some(problem) = plain_http_to_another_host(url)
+        {
+            problems.push(format!("terraform.state_url: {problem}"));
+        }
         if !["aws", "terraform"].contains(&self.terraform.default_backend.as_str()) {
             problems.push(format!(
                 "terraform.default_backend: '{}' is not a backend; allowed: aws, terraform",

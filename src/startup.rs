@@ -70,7 +70,7 @@ impl Application {
         let notifier = Arc::new(Notifier::new(store.clone(), settings.notify.clone(), public_url)?);
         let auth = Arc::new(Authenticator::new(store.clone(), &settings.auth).await?);
         if settings.role.serves_api() {
-            auth.bootstrap(&settings.auth).await?;
+            auth.bootstrap(&settings.auth, &settings.data_dir()).await?;
         }
         // A worker-only process serves no state API of its own: its runs need to be told where
         // one is.
@@ -100,7 +100,14 @@ impl Application {
                     });
                 tracing::info!(binary = %binary.display(), state_url, "Terraform backend available");
                 Some(Arc::new(
-                    Terraform::new(&settings.terraform, binary, state_url, auth.clone()).await,
+                    Terraform::new(
+                        &settings.terraform,
+                        binary,
+                        state_url,
+                        &settings.data_dir(),
+                        auth.clone(),
+                    )
+                    .await,
                 ))
             }
             None => {
@@ -135,6 +142,7 @@ impl Application {
                 .unwrap_or_default(),
             catalog: catalog.clone(),
             notify: Arc::new(settings.notify),
+            trusted_proxies: settings.server.trusted_proxies().map_err(anyhow::Error::msg)?.into(),
         };
         let describer = DescribeBatcher::new(provider.clone(), Duration::from_millis(50));
         let jobs = Arc::new(JobContext {

@@ -165,6 +165,8 @@ pub struct JobRecord {
     pub launch_started_at: Option<Millis>,
     /// Who asked for the job.
     pub actor: String,
+    /// The id of the user who asked for the job; `None` for corral's own jobs.
+    pub user_id: Option<String>,
     /// The namespace the job works in; `None` when it spans several, or none.
     pub namespace: Option<String>,
 }
@@ -173,7 +175,7 @@ pub struct JobRecord {
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
     pub status: Option<JobStatus>,
-    /// Only jobs in these namespaces, or asked for by `own`; `None` for all jobs.
+    /// Only jobs in these namespaces, or asked for by the user of id `own`; `None` for all.
     pub visible: Option<(Vec<String>, String)>,
 }
 
@@ -201,13 +203,15 @@ pub struct NewJob {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Actor {
     pub name: String,
+    /// The user behind the name; `None` for corral itself.
+    pub user_id: Option<String>,
     pub request_id: Option<String>,
 }
 
 impl Actor {
     /// corral itself: workers, the reconciler, start-up.
     pub fn system() -> Actor {
-        Actor { name: SYSTEM_ACTOR.to_string(), request_id: None }
+        Actor { name: SYSTEM_ACTOR.to_string(), user_id: None, request_id: None }
     }
 }
 
@@ -347,6 +351,10 @@ pub struct UserRecord {
     pub password_hash: String,
     pub admin: bool,
     pub roles: BTreeMap<String, Role>,
+    /// Raised by every password change; tokens issued under another value are refused.
+    pub credentials_version: i64,
+    /// The password was generated: the user must choose one before doing anything else.
+    pub must_change_password: bool,
     pub created_at: Millis,
     pub updated_at: Millis,
 }
@@ -354,6 +362,7 @@ pub struct UserRecord {
 /// Changes to a user; `None` leaves a field as it is.
 #[derive(Debug, Clone, Default)]
 pub struct UserChanges {
+    /// A new password: raises the user's credentials version, which ends their tokens.
     pub password_hash: Option<String>,
     pub admin: Option<bool>,
     /// Replaces every role binding of the user.

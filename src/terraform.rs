@@ -34,14 +34,22 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Most output kept per command, from its end.
 const MAX_OUTPUT: usize = 12 * 1024;
 
+/// Environment variables a run takes from corral's own environment, when set: what finds
+/// programs and trusted certificates. Nothing else of corral's environment (database URL,
+/// secrets, `TF_LOG`, `TF_CLI_ARGS`, proxies) reaches Terraform.
+const INHERITED_ENV: [&str; 4] = ["PATH", "SSL_CERT_FILE", "SSL_CERT_DIR", "AWS_CA_BUNDLE"];
+
 /// How this process runs Terraform.
 pub struct Terraform {
     binary: PathBuf,
     /// `setpriv`, if it can give a run the parent-death signal.
     setpriv: Option<PathBuf>,
     cli_config: Option<PathBuf>,
+    proxy: Option<String>,
     state_url: String,
     work_dir: PathBuf,
+    /// Providers fetched once for every run: a directory only corral's user can open.
+    plugin_cache: PathBuf,
     auth: Arc<Authenticator>,
 }
 
@@ -56,10 +64,12 @@ impl Terraform {
         std::env::split_paths(&paths).map(|dir| dir.join(binary)).find(|path| path.is_file())
     }
 
+    /// Runs `binary` with `settings`; the plugin cache goes under `data_dir`.
     pub async fn new(
         settings: &TerraformSettings,
         binary: PathBuf,
         state_url: String,
+        data_dir: &Path,
         auth: Arc<Authenticator>,
     ) -> Terraform {
         let setpriv = match Terraform::locate("setpriv") {
@@ -76,8 +86,10 @@ impl Terraform {
             binary,
             setpriv,
             cli_config: settings.cli_config.as_ref().map(PathBuf::from),
+            proxy: settings.proxy.clone(),
             state_url: state_url.trim_end_matches('/').to_string(),
             work_dir: settings.work_dir.as_ref().map_or_else(std::env::temp_dir, PathBuf::from),
+            plugin_cache: data_dir.join("terraform-plugins"),
             auth,
         }
     }
@@ -88,50 +100,92 @@ impl Terraform {
     }
 
     /// A fresh working directory for a run of job `job_id` on `workspace`, with the cloud
-    /// credentials `cloud_env` and a state token for that workspace alone.
+    /// credentials `cloud_env` and a state token for that workspace alone. The run's
+    /// environment is made here, from nothing: see `INHERITED_ENV`.
     pub async fn session(
         &self,
         workspace: &str,
         job_id: &str,
         cloud_env: Vec<(String, String)>,
     ) -> std::io::Result<Session> {
-        // Providers are fetched once for every run, not once per working directory.
-        let plugin_cache = self.work_dir.join("corral-terraform-plugins");
         // File system calls run off the async runtime, here and when the session is dropped.
-        let (work_dir, cache) = (self.work_dir.clone(), plugin_cache.clone());
+        let (work_dir, cache) = (self.work_dir.clone(), self.plugin_cache.clone());
         let dir = tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&cache)?;
+            private_dir(&cache)?;
+            std::fs::create_dir_all(&work_dir)?;
             tempfile::Builder::new().prefix("corral-tf-").tempdir_in(&work_dir)
         })
         .await
         .map_err(std::io::Error::other)??;
         let token = self.auth.workspace_token(workspace, job_id, 6 * 3600);
-        let mut secrets: Vec<String> = vec![token.clone()];
+        let mut secrets = vec![token.clone(), format!("corral:{token}")];
         secrets.extend(
             cloud_env
                 .iter()
                 .filter(|(name, _)| name != "AWS_ACCESS_KEY_ID")
                 .map(|(_, value)| value.clone()),
         );
-        let mut env = cloud_env;
+        let mut env: Vec<(String, String)> = INHERITED_ENV
+            .iter()
+            .filter_map(|name| Some((name.to_string(), std::env::var(name).ok()?)))
+            .collect();
+        env.extend(cloud_env);
         env.extend([
+            ("HOME".to_string(), dir.path().display().to_string()),
             ("TF_HTTP_USERNAME".to_string(), "corral".to_string()),
             ("TF_HTTP_PASSWORD".to_string(), token),
             ("TF_IN_AUTOMATION".to_string(), "1".to_string()),
             ("TF_INPUT".to_string(), "0".to_string()),
             ("CHECKPOINT_DISABLE".to_string(), "1".to_string()),
+            ("TF_PLUGIN_CACHE_DIR".to_string(), self.plugin_cache.display().to_string()),
         ]);
         if let Some(config) = &self.cli_config {
             env.push(("TF_CLI_CONFIG_FILE".to_string(), config.display().to_string()));
         }
-        env.push(("TF_PLUGIN_CACHE_DIR".to_string(), plugin_cache.display().to_string()));
+        if let Some(proxy) = &self.proxy {
+            for name in ["HTTPS_PROXY", "HTTP_PROXY"] {
+                env.push((name.to_string(), proxy.clone()));
+            }
+            // corral's own state API is reached directly.
+            let host = url::Url::parse(&self.state_url)
+                .ok()
+                .and_then(|url| url.host_str().map(str::to_string));
+            env.push(("NO_PROXY".to_string(), host.unwrap_or_default()));
+        }
         let mut program = Vec::new();
         if let Some(setpriv) = &self.setpriv {
             program.extend([setpriv.clone(), "--pdeathsig".into(), "KILL".into(), "--".into()]);
         }
         program.push(self.binary.clone());
-        Ok(Session { dir: Some(dir), program, env, secrets })
+        Ok(Session { dir: Some(dir), program, env, secrets: redacted_forms(secrets) })
     }
+}
+
+/// Makes `dir` (and its parents) if missing, and leaves it open to corral's user only.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Each secret as it may appear in output: as given, base64-encoded (an HTTP Basic header
+/// Terraform logs) and URL-encoded. Short strings are left out: redacting them would mangle
+/// the output without hiding anything.
+fn redacted_forms(secrets: Vec<String>) -> Vec<String> {
+    use base64::Engine;
+    let mut forms = Vec::new();
+    for secret in secrets.into_iter().filter(|s| s.len() >= 8) {
+        forms.push(base64::engine::general_purpose::STANDARD.encode(&secret));
+        forms.push(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&secret));
+        let encoded: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+        forms.push(encoded.replace('+', "%20"));
+        forms.push(encoded);
+        forms.push(secret);
+    }
+    // Longer forms first, so that no part of one is left behind by a shorter one's redaction.
+    forms.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    forms.dedup();
+    forms
 }
 
 /// Whether `setpriv` knows `--pdeathsig` (util-linux 2.33 and later).
@@ -211,7 +265,7 @@ impl Session {
             .args(&self.program[1..])
             .args(args)
             .current_dir(self.path())
-            .env_remove("AWS_PROFILE")
+            .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -232,10 +286,30 @@ impl Session {
         };
         let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
         text.push_str(&String::from_utf8_lossy(&output.stderr));
-        for secret in self.secrets.iter().filter(|s| s.len() >= 8) {
+        for secret in &self.secrets {
             text = text.replace(secret.as_str(), "[redacted]");
         }
         Ok(RunOutput { success: output.status.success(), text: tail(text.trim(), MAX_OUTPUT) })
+    }
+}
+
+/// `text` as a literal in Terraform's template syntax: `${` and `%{` would start an
+/// interpolation or a directive, in JSON string values and object keys alike, so they are
+/// doubled (`$${`, `%%{`), which Terraform reads back as the original text.
+pub fn literal(text: &str) -> String {
+    text.replace("${", "$${").replace("%{", "%%{")
+}
+
+/// `value` with every string and object key in it made `literal`: user text (names, tags,
+/// user_data, key names) reaches the cloud as it was given, never evaluated.
+fn literal_json(value: Value) -> Value {
+    match value {
+        Value::String(text) => Value::String(literal(&text)),
+        Value::Array(items) => Value::Array(items.into_iter().map(literal_json).collect()),
+        Value::Object(fields) => {
+            Value::Object(fields.into_iter().map(|(k, v)| (literal(&k), literal_json(v))).collect())
+        }
+        other => other,
     }
 }
 
@@ -292,17 +366,15 @@ pub struct WorkspaceConfig<'a> {
 /// state the run sets, and an output of every instance's id and addresses.
 pub fn configuration(config: &WorkspaceConfig<'_>) -> Value {
     let spec = config.spec;
-    let mut provider = json!({ "region": spec.region });
+    let mut provider = json!({ "region": literal(&spec.region) });
     if let Some(url) = config.endpoint_url {
         provider["endpoints"] = json!({ "ec2": url });
         provider["skip_credentials_validation"] = json!(true);
         provider["skip_requesting_account_id"] = json!(true);
         provider["skip_metadata_api_check"] = json!(true);
     }
-    let mut security_groups: Vec<String> = spec.security_group_ids.clone();
     let mut resources = serde_json::Map::new();
     if !spec.ingress.is_empty() {
-        security_groups.push(format!("${{{SECURITY_GROUP}.id}}"));
         let rule = |from: u16, protocol: &str, v4: Vec<&str>, v6: Vec<&str>| {
             json!({
                 "from_port": from, "to_port": from, "protocol": protocol,
@@ -328,13 +400,13 @@ pub fn configuration(config: &WorkspaceConfig<'_>) -> Value {
         egress["to_port"] = json!(0);
         resources.insert(
             "aws_security_group".to_string(),
-            json!({ "ingress": {
+            literal_json(json!({ "ingress": {
                 "name": group.name,
                 "description": group.description,
                 "ingress": ingress,
                 "egress": [egress],
                 "tags": group.tags,
-            }}),
+            }})),
         );
     }
     let mut instances = serde_json::Map::new();
@@ -362,14 +434,21 @@ pub fn configuration(config: &WorkspaceConfig<'_>) -> Value {
         if let Some(key_name) = &spec.key_name {
             body["key_name"] = json!(key_name);
         }
-        if !security_groups.is_empty() {
-            body["vpc_security_group_ids"] = json!(security_groups);
-        }
         if let Some(user_data) = &spec.user_data {
             body["user_data"] = json!(user_data);
         }
         if config.burstable {
             body["credit_specification"] = json!({ "cpu_credits": spec.cpu_credits.as_str() });
+        }
+        // Everything so far came from the request; corral's own references come after.
+        let mut body = literal_json(body);
+        let mut security_groups: Vec<Value> =
+            spec.security_group_ids.iter().map(|id| json!(literal(id))).collect();
+        if !spec.ingress.is_empty() {
+            security_groups.push(json!(format!("${{{SECURITY_GROUP}.id}}")));
+        }
+        if !security_groups.is_empty() {
+            body["vpc_security_group_ids"] = Value::Array(security_groups);
         }
         if let Some(state) = instance.state {
             states.insert(
@@ -410,7 +489,7 @@ pub fn configuration(config: &WorkspaceConfig<'_>) -> Value {
     }
     if !config.imports.is_empty() {
         document["import"] =
-            config.imports.iter().map(|(to, id)| json!({ "to": to, "id": id })).collect();
+            config.imports.iter().map(|(to, id)| json!({ "to": to, "id": literal(id) })).collect();
     }
     document
 }
@@ -498,6 +577,39 @@ mod tests {
     }
 
     #[test]
+    fn user_text_is_never_a_template() {
+        let mut spec = spec();
+        spec.user_data = Some("echo ${file(\"/etc/passwd\")} %{if true}x%{endif}".into());
+        spec.tags = BTreeMap::from([("${k}".into(), "$${v} %%{w}".into())]);
+        spec.security_group_ids = vec!["sg-${x}".into()];
+        let instances = vec![ConfigInstance {
+            id: "c1".into(),
+            name: "web-1".into(),
+            tags: spec.tags.clone(),
+            launch_index: 0,
+            state: None,
+        }];
+        let config = configuration(&WorkspaceConfig {
+            workspace: "job-1",
+            state_address: "http://127.0.0.1:1/v1/terraform/state/job-1".into(),
+            endpoint_url: None,
+            spec: &spec,
+            instances,
+            burstable: false,
+            imports: Vec::new(),
+        });
+        let web1 = &config["resource"]["aws_instance"]["i0"];
+        assert_eq!(web1["user_data"], "echo $${file(\"/etc/passwd\")} %%{if true}x%%{endif}");
+        assert_eq!(web1["tags"]["$${k}"], "$$${v} %%%{w}");
+        assert_eq!(web1["volume_tags"]["$${k}"], "$$${v} %%%{w}");
+        // corral's own references stay references.
+        assert_eq!(
+            web1["vpc_security_group_ids"],
+            json!(["sg-$${x}", "${aws_security_group.ingress.id}"])
+        );
+    }
+
+    #[test]
     fn without_an_emulator_the_provider_talks_to_aws() {
         let mut spec = spec();
         spec.ingress.clear();
@@ -516,14 +628,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_run_has_its_credentials_and_its_output_never_shows_them() {
+    async fn a_run_has_its_credentials_and_nothing_else_of_corrals_environment() {
         let dir = tempfile::tempdir().unwrap();
-        // A stand-in for terraform that prints what it was given.
+        // A stand-in for terraform that prints what it was given: its arguments, its
+        // credentials as given and encoded, and every variable of its environment.
         let binary = dir.path().join("terraform");
         std::fs::write(
             &binary,
             "#!/bin/sh\necho \"$1 token=$TF_HTTP_PASSWORD secret=$AWS_SECRET_ACCESS_KEY \
-             id=$AWS_ACCESS_KEY_ID config=$TF_CLI_CONFIG_FILE\"\nexit 3\n",
+             id=$AWS_ACCESS_KEY_ID config=$TF_CLI_CONFIG_FILE\"\n\
+             printf 'basic=%s\\n' \"$(printf '%s' \"corral:$TF_HTTP_PASSWORD\" | base64 -w0)\"\n\
+             echo url=wJalrXUtnFEMI%2FK7MDENG\n\
+             echo home=$HOME\n\
+             env | cut -d= -f1 | sed 's/^/variable /'\nexit 3\n",
         )
         .unwrap();
         std::fs::set_permissions(&binary, std::os::unix::fs::PermissionsExt::from_mode(0o755))
@@ -537,8 +654,10 @@ mod tests {
             work_dir: Some(dir.path().join("runs").display().to_string()),
             ..TerraformSettings::default()
         };
+        let data_dir = dir.path().join("data");
         let terraform =
-            Terraform::new(&settings, binary, "http://h:1/".into(), Arc::new(auth)).await;
+            Terraform::new(&settings, binary, "http://h:1/".into(), &data_dir, Arc::new(auth))
+                .await;
         assert_eq!(terraform.state_address("ws-1"), "http://h:1/v1/terraform/state/ws-1");
         let credentials = vec![
             ("AWS_ACCESS_KEY_ID".to_string(), "AKIDEXAMPLE".to_string()),
@@ -550,10 +669,31 @@ mod tests {
 
         assert!(!output.success);
         assert!(session.path().starts_with(dir.path().join("runs")));
+        let lines: Vec<&str> = output.text.lines().collect();
         assert_eq!(
-            output.text,
-            "init token=[redacted] secret=[redacted] id=AKIDEXAMPLE config=/etc/mirror.tfrc"
+            lines[..3],
+            [
+                "init token=[redacted] secret=[redacted] id=AKIDEXAMPLE config=/etc/mirror.tfrc",
+                "basic=[redacted]",
+                "url=[redacted]",
+            ]
         );
+        assert_eq!(lines[3], format!("home={}", session.path().display()));
+        // The test process has CARGO_*, RUST_* and more: none of it reaches the run.
+        let allowed = |name: &str| {
+            INHERITED_ENV.contains(&name)
+                || ["HOME", "CHECKPOINT_DISABLE", "PWD", "SHLVL", "OLDPWD", "_"].contains(&name)
+                || name.starts_with("TF_")
+                || name.starts_with("AWS_")
+        };
+        let variables: Vec<&str> =
+            lines.iter().filter_map(|line| line.strip_prefix("variable ")).collect();
+        assert!(variables.contains(&"TF_HTTP_PASSWORD"), "{variables:?}");
+        let leaked: Vec<&&str> = variables.iter().filter(|name| !allowed(name)).collect();
+        assert!(leaked.is_empty(), "the run inherited {leaked:?}");
+        // The provider cache is corral's user's alone.
+        let cache = std::fs::metadata(data_dir.join("terraform-plugins")).unwrap();
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&cache.permissions()) & 0o777, 0o700);
     }
 
     #[test]

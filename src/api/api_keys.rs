@@ -1,5 +1,7 @@
 //! `/v1/api-keys`: long-lived credentials for scripts. A key acts as the user who created it;
-//! it is shown once, at creation, and stored only as a digest.
+//! it is shown once, at creation, and stored only as a digest. A key expires no later than the
+//! key or token that made it, unless the request proves the user's password again: a stolen
+//! 30-minute token cannot become a credential that never ends.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -11,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::api::auth::Caller;
-use crate::api::extract::{QueryParams, ValidJson};
+use crate::api::extract::{ClientAddress, QueryParams, ValidJson};
 use crate::api::{ApiContext, ApiError, FieldError};
 use crate::auth::{api_key_digest, new_api_key};
 use crate::storage::{ApiKeyRecord, now_millis, to_datetime};
@@ -21,8 +23,11 @@ use crate::storage::{ApiKeyRecord, now_millis, to_datetime};
 pub struct CreateApiKeyBody {
     /// What the key is for, 1-100 characters.
     pub name: String,
-    /// When the key stops working; never, when absent.
+    /// When the key stops working; when absent, never, or when the credential of this
+    /// request expires (a token, an expiring key), unless `password` is given.
     pub expires_at: Option<DateTime<Utc>>,
+    /// The user's password: lets the key outlive the credential that makes it.
+    pub password: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -81,6 +86,7 @@ pub fn router() -> Router<ApiContext> {
 pub async fn create_api_key(
     State(ctx): State<ApiContext>,
     caller: Caller,
+    ClientAddress(client): ClientAddress,
     ValidJson(body): ValidJson<CreateApiKeyBody>,
 ) -> Result<Response, ApiError> {
     let mut errors = Vec::new();
@@ -89,9 +95,20 @@ pub async fn create_api_key(
         errors.push(FieldError::new("name", "must be 1-100 characters"));
     }
     let now = now_millis();
-    let expires_at = body.expires_at.map(|at| at.timestamp_millis());
+    let mut expires_at = body.expires_at.map(|at| at.timestamp_millis());
     if expires_at.is_some_and(|at| at <= now) {
         errors.push(FieldError::new("expires_at", "must be in the future"));
+    }
+    let username = &caller.principal.username;
+    let proven = match &body.password {
+        Some(password) => ctx.auth.confirm_password(username, password, client).await?,
+        None => false,
+    };
+    if body.password.is_some() && !proven {
+        errors.push(FieldError::new("password", format!("is not the password of '{username}'")));
+    }
+    if let Some(limit) = caller.principal.expires_at.filter(|_| !proven) {
+        expires_at = Some(expires_at.map_or(limit, |at| at.min(limit)));
     }
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));

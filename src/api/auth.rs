@@ -3,10 +3,9 @@
 //! (`POST /v1/token`, OAuth2 password grant) and `GET /v1/me`.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
@@ -16,7 +15,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::api::extract::parse_json;
+use crate::api::extract::{ClientAddress, parse_json};
 use crate::api::{ApiContext, ApiError, FieldError};
 use crate::auth::AuthError;
 use crate::domain::{Access, Credential, Principal, Role};
@@ -42,11 +41,29 @@ pub async fn require_auth(
                 ))
                 .into_response();
             }
+            if principal.must_change_password && !changes_own_password(&principal, &request) {
+                return ApiError::Forbidden(format!(
+                    "the password of '{0}' was generated and must be changed first: PATCH \
+                     /v1/users/{0} with current_password and password (corral users passwd)",
+                    principal.username
+                ))
+                .into_response();
+            }
             request.extensions_mut().insert(principal);
             next.run(request).await
         }
         Err(err) => ApiError::from(err).into_response(),
     }
+}
+
+/// Whether `request` is all a user with a generated password may do: read who they are, or
+/// change their own password.
+fn changes_own_password(principal: &Principal, request: &Request) -> bool {
+    let path = request.uri().path();
+    let method = request.method();
+    (method == axum::http::Method::GET && path == "/v1/me")
+        || (method == axum::http::Method::PATCH
+            && path.strip_prefix("/v1/users/") == Some(principal.username.as_str()))
 }
 
 impl From<AuthError> for ApiError {
@@ -57,6 +74,7 @@ impl From<AuthError> for ApiError {
                 detail: err.to_string(),
                 retry_after_secs: wait.as_secs().max(1),
             },
+            AuthError::Busy(err) => ApiError::from(err),
             AuthError::Storage(err) => ApiError::from(err),
         }
     }
@@ -164,7 +182,7 @@ pub struct TokenBody {
     ))]
 pub async fn issue_token(
     State(ctx): State<ApiContext>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddress(client): ClientAddress,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<TokenBody>, ApiError> {
@@ -177,8 +195,7 @@ pub async fn issue_token(
             format!("unsupported grant type '{grant}'; only 'password' is supported"),
         )]));
     }
-    let issued =
-        ctx.auth.login(&request.username, &request.password, &peer.ip().to_string()).await?;
+    let issued = ctx.auth.login(&request.username, &request.password, client).await?;
     Ok(Json(TokenBody {
         access_token: issued.access_token,
         token_type: "bearer".to_string(),

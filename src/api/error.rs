@@ -61,6 +61,7 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// The server cannot serve this now; answered with `Retry-After: 1`.
     #[error("service unavailable: {0}")]
     Unavailable(String),
     /// Missing or wrong credentials; answered with a `WWW-Authenticate` challenge.
@@ -90,6 +91,12 @@ impl ApiError {
             detail: format!("{}: {}", error.field, error.message),
             errors: vec![error],
         }
+    }
+}
+
+impl From<crate::auth::Busy> for ApiError {
+    fn from(err: crate::auth::Busy) -> ApiError {
+        ApiError::Unavailable(err.to_string())
     }
 }
 
@@ -126,7 +133,10 @@ impl IntoResponse for ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "about:blank", detail, Vec::new())
             }
             ApiError::Unavailable(detail) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "about:blank", detail, Vec::new())
+                let mut response =
+                    problem(StatusCode::SERVICE_UNAVAILABLE, "about:blank", detail, Vec::new());
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(1));
+                return response;
             }
             ApiError::Unauthorized(detail) => {
                 let mut response =

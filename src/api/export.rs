@@ -296,7 +296,7 @@ fn alias(region: &str) -> String {
 
 /// A quoted HCL string: JSON escapes, plus `$${` and `%%{` so nothing is interpolated.
 fn hcl(value: &str) -> String {
-    json_string(value).replace("${", "$${").replace("%{", "%%{")
+    json_string(&crate::terraform::literal(value))
 }
 
 /// A double-quoted string, as JSON writes it (YAML reads it the same way).

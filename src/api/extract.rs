@@ -1,5 +1,6 @@
 //! Request extractors with the API's error envelope: JSON bodies whose errors name the field at
-//! fault, and query strings parsed strictly (unknown or repeated parameters are refused).
+//! fault, query strings parsed strictly (unknown or repeated parameters are refused), and the
+//! client's address (`ClientAddress`, through trusted proxies only).
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -8,6 +9,68 @@ use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use crate::api::error::{ApiError, FieldError};
+
+/// The address of the client a request comes from: the connection's peer, or, when the peer
+/// is a trusted proxy (`server.trusted_proxies`), the last address in `X-Forwarded-For` that
+/// is not one of the trusted proxies. A client can write the header, but only the addresses
+/// that trusted proxies appended are believed.
+pub struct ClientAddress(pub std::net::IpAddr);
+
+impl FromRequestParts<crate::api::ApiContext> for ClientAddress {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        ctx: &crate::api::ApiContext,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|info| info.0.ip())
+            .ok_or_else(|| {
+                ApiError::Internal(anyhow::anyhow!("the connection's address is not known"))
+            })?;
+        Ok(ClientAddress(client_address(peer, &parts.headers, &ctx.trusted_proxies)))
+    }
+}
+
+/// See `ClientAddress`.
+pub fn client_address(
+    peer: std::net::IpAddr,
+    headers: &axum::http::HeaderMap,
+    trusted: &[ipnet::IpNet],
+) -> std::net::IpAddr {
+    let is_trusted = |ip: &std::net::IpAddr| {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(*ip, std::net::IpAddr::V4),
+            v4 => *v4,
+        };
+        trusted.iter().any(|net| net.contains(&ip))
+    };
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    // Every X-Forwarded-For header, in order, as one list; read from the nearest hop back.
+    let mut hops = Vec::new();
+    for value in headers.get_all("x-forwarded-for") {
+        let Ok(text) = value.to_str() else { return peer };
+        for hop in text.split(',') {
+            match hop.trim().parse::<std::net::IpAddr>() {
+                Ok(ip) => hops.push(ip),
+                // A malformed list cannot be followed: the proxy itself is the client.
+                Err(_) => return peer,
+            }
+        }
+    }
+    let mut client = peer;
+    for hop in hops.into_iter().rev() {
+        client = hop;
+        if !is_trusted(&hop) {
+            break;
+        }
+    }
+    client
+}
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;

@@ -5,9 +5,8 @@
 //! An `Idempotency-Key` header makes a retried request return the job of the first one.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -18,7 +17,7 @@ use utoipa::ToSchema;
 
 use crate::api::auth::Caller;
 use crate::api::extract::{
-    IdempotencyHeader, QueryParams, ValidJson, encode_cursor, page_param, wait_param,
+    ClientAddress, IdempotencyHeader, QueryParams, ValidJson, encode_cursor, page_param, wait_param,
 };
 use crate::api::jobs::{JobBody, job_accepted};
 use crate::api::namespaces::namespace_not_found;
@@ -189,7 +188,7 @@ pub fn unknown_backend(name: &str) -> String {
     ))]
 pub async fn create_instances(
     State(ctx): State<ApiContext>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddress(client): ClientAddress,
     caller: Caller,
     params: QueryParams,
     idempotency: IdempotencyHeader,
@@ -249,7 +248,7 @@ pub async fn create_instances(
                 cidr: rule.cidr,
             })
             .collect(),
-        caller_ip: Some(peer.ip()),
+        caller_ip: Some(client),
     };
     let spec = ctx.policy.check_request(&request).map_err(|violations| {
         ApiError::Validation(

@@ -254,7 +254,7 @@ async fn visible_job(ctx: &ApiContext, caller: &Caller, id: &str) -> Result<JobV
 fn sees_job(caller: &Caller, job: &JobRecord) -> bool {
     caller.principal.admin
         || job.namespace.as_deref().is_some_and(|namespace| caller.sees(namespace))
-        || job.actor == caller.principal.actor()
+        || job.user_id.as_deref() == Some(caller.principal.user_id.as_str())
 }
 
 /// Jobs, newest first, optionally by status: every job for an admin, else those of the caller's
@@ -277,7 +277,7 @@ pub async fn list_jobs(
         visible: caller
             .principal
             .visible_namespaces()
-            .map(|namespaces| (namespaces, caller.principal.actor())),
+            .map(|namespaces| (namespaces, caller.principal.user_id.clone())),
     };
     let page = ctx.store.list_jobs(&filter, &page_param(&params)?).await?;
     Ok(Json(JobPage {

@@ -4,11 +4,13 @@
 //! `GET` reads the state (204 when there is none), `POST` writes it and `DELETE` removes it;
 //! `LOCK` and `UNLOCK` take and release the workspace's lock, answering `423 Locked` with the
 //! holder's lock info. A write while another lock holds the workspace is refused the same way.
-//! A workspace is the id of the create job that made its instances; it is used by the
-//! namespace's operators (state documents hold every attribute of the resources, so viewers do
-//! not read them), or by the Terraform run of a job that corral gave a token for that workspace
-//! alone. Terraform authenticates with HTTP Basic, the
-//! password being an API key or a token.
+//! A workspace is the id of the create job that made its instances. It is written (`POST`,
+//! `DELETE`, `LOCK`, `UNLOCK`) only by the Terraform run of a job that corral gave a token for
+//! that workspace alone, and by admins: corral applies what the state says under its own cloud
+//! identity, so whoever could write it could point corral at any instance of the account. The
+//! namespace's operators may read it (state documents hold every attribute of the resources, so
+//! viewers do not). Terraform authenticates with HTTP Basic, the password being an API key or a
+//! token. Callers are authorized before the body is read.
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
@@ -48,12 +50,11 @@ pub async fn state(
     params: QueryParams,
     request: Request,
 ) -> Result<Response, ApiError> {
+    authorize(&ctx, &caller, &workspace, method == Method::GET).await?;
+    params.allow_only(&["ID"])?;
     let body = axum::body::to_bytes(request.into_body(), MAX_STATE_BYTES)
         .await
         .map_err(|_| ApiError::PayloadTooLarge(MAX_STATE_BYTES))?;
-    // Even reading takes an operator: state documents hold every attribute of the resources.
-    authorize(&ctx, &caller, &workspace, Role::Operator).await?;
-    params.allow_only(&["ID"])?;
     let lock_id = params.one("ID")?;
     match method.as_str() {
         "GET" => Ok(match ctx.store.terraform_state(&workspace).await? {
@@ -119,12 +120,13 @@ fn answer(outcome: LockOutcome) -> Response {
     }
 }
 
-/// A workspace exists when a create job of that id does; its namespace decides who may use it.
+/// A workspace exists when a create job of that id does. Its own run's token may do anything
+/// with it, admins too; an operator of its namespace may only `read` it.
 async fn authorize(
     ctx: &ApiContext,
     caller: &Caller,
     workspace: &str,
-    role: Role,
+    read: bool,
 ) -> Result<(), ApiError> {
     let not_found = || ApiError::NotFound(format!("no Terraform workspace '{workspace}'"));
     if let Credential::Workspace { workspace: allowed, .. } = &caller.principal.credential {
@@ -133,7 +135,15 @@ async fn authorize(
     }
     let job = ctx.store.get_job(workspace).await?.ok_or_else(not_found)?;
     match &job.job.namespace {
-        Some(namespace) => caller.require(namespace, role, not_found),
-        None => caller.require_admin(),
+        Some(namespace) => caller.require(namespace, Role::Operator, not_found)?,
+        None => caller.require_admin()?,
     }
+    if read || caller.principal.admin {
+        return Ok(());
+    }
+    Err(ApiError::Forbidden(
+        "only corral's own Terraform runs and admins write a workspace's state or its lock: \
+         corral applies what the state names"
+            .to_string(),
+    ))
 }

@@ -1,5 +1,6 @@
 //! `/v1/users`: people, their passwords, the admin flag and their roles per namespace.
-//! Admins manage everyone; a user may read their own record and change their own password.
+//! Admins manage everyone; a user may read their own record and change their own password,
+//! proving the current one. A password change ends the user's tokens.
 
 use std::collections::BTreeMap;
 
@@ -14,10 +15,10 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::api::auth::Caller;
-use crate::api::extract::ValidJson;
+use crate::api::extract::{ClientAddress, ValidJson};
 use crate::api::{ApiContext, ApiError, FieldError};
 use crate::auth::hash_password;
-use crate::domain::{MIN_PASSWORD_LEN, Role, is_valid_username};
+use crate::domain::{MIN_PASSWORD_LEN, Role, is_reserved_username, is_valid_username};
 use crate::storage::{UserChanges, UserRecord, UserWrite, now_millis, to_datetime};
 
 #[derive(Deserialize, ToSchema)]
@@ -38,6 +39,9 @@ pub struct CreateUserBody {
 #[serde(deny_unknown_fields)]
 pub struct UpdateUserBody {
     pub password: Option<String>,
+    /// The password being replaced: needed to change one's own password (an admin resetting
+    /// someone else's does not give it).
+    pub current_password: Option<String>,
     /// Admins only.
     pub admin: Option<bool>,
     /// Replaces every role of the user (admins only).
@@ -97,6 +101,15 @@ pub async fn create_user(
             "username",
             "must be 1-63 characters of lowercase letters, digits, '.', '_' and '-'",
         ));
+    } else if is_reserved_username(&body.username) {
+        errors.push(FieldError::new(
+            "username",
+            format!(
+                "'{}' is reserved: corral's own actors (system, corral, root, anonymous) and API \
+                 key prefixes (crl_…) are not usernames",
+                body.username
+            ),
+        ));
     }
     check_password(&body.password, &mut errors);
     let roles = parse_roles(&body.roles, &mut errors);
@@ -110,6 +123,8 @@ pub async fn create_user(
         password_hash: hash_password(body.password).await?,
         admin: body.admin,
         roles,
+        credentials_version: 0,
+        must_change_password: false,
         created_at: now,
         updated_at: now,
     };
@@ -160,15 +175,37 @@ pub async fn get_user(
 pub async fn update_user(
     State(ctx): State<ApiContext>,
     caller: Caller,
+    ClientAddress(client): ClientAddress,
     Path(username): Path<String>,
     ValidJson(body): ValidJson<UpdateUserBody>,
 ) -> Result<Json<UserBody>, ApiError> {
-    if caller.principal.username != username || body.admin.is_some() || body.roles.is_some() {
+    let own = caller.principal.username == username;
+    if !own || body.admin.is_some() || body.roles.is_some() {
         caller.require_admin()?;
     }
     let mut errors = Vec::new();
     if let Some(password) = &body.password {
         check_password(password, &mut errors);
+        if own {
+            // Whoever holds a token or key of a user must not be able to take the account.
+            let proven = match &body.current_password {
+                Some(current) => ctx.auth.confirm_password(&username, current, client).await?,
+                None => false,
+            };
+            if !proven {
+                let message = if body.current_password.is_some() {
+                    "is not your current password"
+                } else {
+                    "required to change your own password"
+                };
+                errors.push(FieldError::new("current_password", message));
+            }
+            if body.current_password.as_deref() == Some(password.as_str()) {
+                errors.push(FieldError::new("password", "must differ from the current password"));
+            }
+        }
+    } else if body.current_password.is_some() {
+        errors.push(FieldError::new("current_password", "only goes with a new password"));
     }
     let roles = body.roles.as_ref().map(|roles| parse_roles(roles, &mut errors));
     if !errors.is_empty() {

@@ -16,27 +16,61 @@ const KEY_ID_LEN: usize = 8;
 /// Random characters of the secret part (~190 bits).
 const KEY_SECRET_LEN: usize = 32;
 
+/// Too many passwords are being hashed at once; the request may be retried in a moment.
+#[derive(Debug, thiserror::Error)]
+#[error("the server is busy checking passwords; retry in a moment")]
+pub struct Busy;
+
 /// Hashes a password with Argon2id and a random salt, off the async runtime.
-pub async fn hash_password(password: String) -> anyhow::Result<String> {
-    tokio::task::spawn_blocking(move || {
+pub async fn hash_password(password: String) -> Result<String, Busy> {
+    hashing(move || {
         let salt = SaltString::generate(&mut OsRng);
         Argon2::default()
             .hash_password(password.as_bytes(), &salt)
             .map(|hash| hash.to_string())
-            .map_err(|err| anyhow::anyhow!("hashing a password: {err}"))
+            .expect("Argon2id with its default parameters hashes any password")
     })
-    .await?
+    .await
 }
 
 /// Whether `password` matches `hash`, off the async runtime. A malformed hash never matches.
-pub async fn verify_password(hash: String, password: String) -> bool {
-    tokio::task::spawn_blocking(move || {
+pub async fn verify_password(hash: String, password: String) -> Result<bool, Busy> {
+    hashing(move || {
         PasswordHash::new(&hash).is_ok_and(|parsed| {
             Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok()
         })
     })
     .await
-    .unwrap_or(false)
+}
+
+/// Runs one Argon2 computation (~19 MiB and a core for tens of milliseconds) on a blocking
+/// thread, at most one per core at a time. A few more wait their turn, briefly; beyond that
+/// the caller is told `Busy` at once, so a flood of logins cannot exhaust memory or threads.
+async fn hashing<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, Busy> {
+    use std::sync::LazyLock;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static CORES: LazyLock<usize> =
+        LazyLock::new(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    static SLOTS: LazyLock<tokio::sync::Semaphore> =
+        LazyLock::new(|| tokio::sync::Semaphore::new(*CORES));
+    static WAITING: AtomicUsize = AtomicUsize::new(0);
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+    let permit = match SLOTS.try_acquire() {
+        Ok(permit) => permit,
+        Err(_) => {
+            if WAITING.fetch_add(1, Ordering::SeqCst) >= 4 * *CORES {
+                WAITING.fetch_sub(1, Ordering::SeqCst);
+                return Err(Busy);
+            }
+            let permit = tokio::time::timeout(WAIT, SLOTS.acquire()).await;
+            WAITING.fetch_sub(1, Ordering::SeqCst);
+            permit.map_err(|_| Busy)?.expect("the semaphore is never closed")
+        }
+    };
+    let result = tokio::task::spawn_blocking(work).await;
+    drop(permit);
+    Ok(result.expect("password hashing does not panic"))
 }
 
 /// `len` random letters and digits from the operating system's generator.
@@ -81,9 +115,9 @@ mod tests {
         let hash = hash_password("correct horse battery".into()).await.unwrap();
         assert!(hash.starts_with("$argon2id$"));
         assert!(!hash.contains("correct horse"));
-        assert!(verify_password(hash.clone(), "correct horse battery".into()).await);
-        assert!(!verify_password(hash, "correct horse battery!".into()).await);
-        assert!(!verify_password("not a hash".into(), "x".into()).await);
+        assert!(verify_password(hash.clone(), "correct horse battery".into()).await.unwrap());
+        assert!(!verify_password(hash, "correct horse battery!".into()).await.unwrap());
+        assert!(!verify_password("not a hash".into(), "x".into()).await.unwrap());
     }
 
     #[test]

@@ -12,6 +12,10 @@ pub struct Claims {
     pub iat: i64,
     pub exp: i64,
     pub iss: String,
+    /// The user's credentials version when the token was issued: a password change since
+    /// then ends the token.
+    #[serde(default)]
+    pub ver: i64,
 }
 
 const ISSUER: &str = "corral";
@@ -35,8 +39,9 @@ impl TokenKeys {
         }
     }
 
-    /// A token for user `id` named `name`, valid for `ttl_secs` from now.
-    pub fn issue(&self, id: &str, name: &str, ttl_secs: u64) -> String {
+    /// A token for user `id` named `name` at credentials version `ver`, valid for
+    /// `ttl_secs` from now.
+    pub fn issue(&self, id: &str, name: &str, ttl_secs: u64, ver: i64) -> String {
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
             sub: id.to_string(),
@@ -44,6 +49,7 @@ impl TokenKeys {
             iat: now,
             exp: now + ttl_secs as i64,
             iss: ISSUER.to_string(),
+            ver,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing cannot fail")
@@ -67,7 +73,7 @@ mod tests {
     #[test]
     fn tokens_verify_until_they_expire_and_only_with_their_key() {
         let keys = TokenKeys::new(b"0123456789abcdef0123456789abcdef");
-        let token = keys.issue("u1", "alice", 60);
+        let token = keys.issue("u1", "alice", 60, 0);
         let claims = keys.verify(&token).unwrap();
         assert_eq!((claims.sub.as_str(), claims.name.as_str()), ("u1", "alice"));
 
@@ -88,6 +94,7 @@ mod tests {
                 iat: now - 3600,
                 exp: now - 1800,
                 iss: ISSUER.into(),
+                ver: 0,
             };
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &keys.encoding).unwrap()
         };

@@ -252,7 +252,8 @@ pub enum UsersCommand {
         /// Replaces the user's roles (repeatable).
         #[arg(long = "role", value_name = "NAMESPACE=ROLE")]
         roles: Vec<String>,
-        /// Read a new password from stdin.
+        /// Read a new password from stdin; for one's own account, the current password
+        /// first (asked for, or the line before the new one).
         #[arg(long)]
         password: bool,
     },
@@ -815,6 +816,10 @@ pub async fn users(client: &Client, out: &Out, command: UsersCommand) -> Outcome
                 body["roles"] = json!(pairs("role", &roles)?);
             }
             if password {
+                let me = client.get("/v1/me").await?;
+                if me["username"].as_str() == Some(username.as_str()) {
+                    body["current_password"] = json!(read_secret("current password")?);
+                }
                 body["password"] = json!(read_secret("new password")?);
             }
             let path = format!("/v1/users/{}", encode(&username));

@@ -3,7 +3,12 @@
 //!
 //! Everything is written through `Out`, whose errors the caller sees, so that a closed pipe
 //! (`corral … | head`) ends the command quietly instead of panicking.
+//!
+//! Values come from users (names, tags), so tables drop control characters (a tag cannot move
+//! the cursor or recolor the terminal), and CSV defuses cells a spreadsheet would run as
+//! formulas. JSON and YAML stay exact.
 
+use std::borrow::Cow;
 use std::io::Write;
 
 use serde_json::Value;
@@ -140,16 +145,20 @@ impl Out {
     }
 }
 
-/// Columns padded to their widest cell, two spaces apart.
+/// Columns padded to their widest cell, two spaces apart, with the cells `printable`.
 pub fn table(headers: &[String], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
+    let lines: Vec<Vec<String>> = std::iter::once(headers)
+        .chain(rows.iter().map(Vec::as_slice))
+        .map(|row| row.iter().map(|cell| printable(cell)).collect())
+        .collect();
+    let mut widths = vec![0usize; headers.len()];
+    for row in &lines {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
     let mut text = String::new();
-    for row in std::iter::once(headers).chain(rows.iter().map(Vec::as_slice)) {
+    for row in &lines {
         let cells: Vec<String> =
             row.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
         text.push_str(cells.join("  ").trim_end());
@@ -158,20 +167,37 @@ pub fn table(headers: &[String], rows: &[Vec<String>]) -> String {
     text
 }
 
-/// One CSV record (RFC 4180): fields with commas, quotes or line breaks are quoted.
+/// Text without control characters (C0, DEL, C1; terminal escapes start with ESC), so that
+/// it cannot drive the terminal it is shown on.
+fn printable(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).collect()
+}
+
+/// One CSV record (RFC 4180): fields are `inert`, and quoted when they hold commas,
+/// semicolons (the separator of some locales), quotes, tabs or line breaks.
 pub fn csv_row<S: AsRef<str>>(fields: &[S]) -> String {
     let quoted: Vec<String> = fields
         .iter()
         .map(|field| {
-            let field = field.as_ref();
-            if field.contains([',', '"', '\n', '\r']) {
+            let field = inert(field.as_ref());
+            if field.contains([',', ';', '"', '\t', '\n', '\r']) {
                 format!("\"{}\"", field.replace('"', "\"\""))
             } else {
-                field.to_string()
+                field.into_owned()
             }
         })
         .collect();
     format!("{}\n", quoted.join(","))
+}
+
+/// A CSV cell a spreadsheet shows rather than runs: one starting with `=`, `+`, `-`, `@`, a
+/// tab or a carriage return gets a leading `'` (OWASP's advice), unless it is a plain number
+/// such as `-1` or `-0.5`.
+fn inert(cell: &str) -> Cow<'_, str> {
+    let formula = cell.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    let number = cell.parse::<f64>().is_ok()
+        && cell.bytes().all(|byte| byte.is_ascii_digit() || b"+-.eE".contains(&byte));
+    if formula && !number { Cow::Owned(format!("'{cell}")) } else { Cow::Borrowed(cell) }
 }
 
 /// A JSON value as YAML (block style; strings double-quoted, which YAML reads as JSON does).
@@ -237,6 +263,38 @@ mod tests {
         let rows = vec![vec!["web-1".to_string(), "running".to_string()]];
         assert_eq!(table(&headers, &rows), "NAME   STATE\nweb-1  running\n");
         assert_eq!(csv_row(&["a", "b,c", "say \"hi\""]), "a,\"b,c\",\"say \"\"hi\"\"\"\n");
+    }
+
+    #[test]
+    fn csv_cells_that_spreadsheets_would_run_are_defused() {
+        let cell = |text: &str| csv_row(&[text]);
+        assert_eq!(cell("=1+2"), "'=1+2\n");
+        assert_eq!(cell("@SUM(A1:A9)"), "'@SUM(A1:A9)\n");
+        assert_eq!(cell("+1+cmd|' /C calc'!A0"), "'+1+cmd|' /C calc'!A0\n");
+        assert_eq!(cell("-2+3"), "'-2+3\n");
+        assert_eq!(cell("-inf"), "'-inf\n");
+        assert_eq!(cell("\t=1"), "\"'\t=1\"\n");
+        assert_eq!(cell("\r=1"), "\"'\r=1\"\n");
+        assert_eq!(cell("=HYPERLINK(\"http://x\")"), "\"'=HYPERLINK(\"\"http://x\"\")\"\n");
+        // A tag as the wide and CSV formats show it, its key first.
+        let tags = scalar(&json!({ "=cmd|'/C calc'!A0": "x" }));
+        assert_eq!(cell(tags.as_str()), "'=cmd|'/C calc'!A0=x\n");
+        // Where `;` separates cells, it cannot start a new cell either.
+        assert_eq!(cell("a;=1+2"), "\"a;=1+2\"\n");
+        // Plain numbers stay numbers; the rest is untouched.
+        for plain in ["-1", "-0.5", "+3", "-1e5", "web-1", "team=blue", ""] {
+            assert_eq!(cell(plain), format!("{plain}\n"));
+        }
+    }
+
+    #[test]
+    fn table_cells_cannot_drive_the_terminal() {
+        let headers = vec!["NAME".to_string(), "TAGS".to_string()];
+        let tag = "\u{1b}[31mred\u{1b}[0m\r\nx\u{9b}2J\u{7f}\u{7}\tend";
+        let rows = vec![vec!["web\u{1b}[1A-1".to_string(), scalar(&json!({ "team": tag }))]];
+        assert_eq!(table(&headers, &rows), "NAME      TAGS\nweb[1A-1  team=[31mred[0mx2Jend\n");
+        // JSON and YAML keep the value exact, escaped.
+        assert!(yaml(&json!({ "team": tag })).contains(r#""\u001b[31mred"#));
     }
 
     #[test]

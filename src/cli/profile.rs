@@ -5,12 +5,18 @@
 //! environment), then the named profile (`--profile`, `CORRAL_PROFILE`, default `default`) in
 //! the config file that `corral login` writes: `$XDG_CONFIG_HOME/corral/config.toml` or
 //! `~/.config/corral/config.toml`, readable by its owner only (0600).
+//!
+//! A credential goes only to the server it was given for: the profile's key or token only to
+//! the profile's server (compared by scheme, host, port and path), and a key or token from the
+//! environment never to a server that only `.env` names. Otherwise a `.env` in a cloned
+//! repository could send them elsewhere; such a run fails instead, naming both servers.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::cli::ExitCode;
 use crate::cli::client::{Credential, Failure, Outcome};
 
 /// The server used when nothing names one.
@@ -34,30 +40,70 @@ pub struct Profile {
     pub username: Option<String>,
 }
 
+/// Where a setting came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// `--server`.
+    Flag,
+    /// The process's environment.
+    Environment,
+    /// The working directory's `.env`.
+    DotEnv,
+    /// The profile (or, for the server, the default when the profile names none).
+    Profile,
+}
+
+impl Source {
+    /// Where a server named by this source was set, for messages.
+    fn server_origin(self) -> &'static str {
+        match self {
+            Source::Flag => "--server",
+            Source::Environment => "CORRAL_SERVER in the environment",
+            Source::DotEnv => "CORRAL_SERVER in ./.env",
+            Source::Profile => "the profile",
+        }
+    }
+}
+
 /// Reads the environment and the working directory's `.env`.
 pub struct Environment {
+    /// The process's variables (those that are valid UTF-8), as it started.
+    process: BTreeMap<String, String>,
     dotenv: BTreeMap<String, String>,
 }
 
 impl Environment {
+    /// The process's environment and the working directory's `.env`.
     pub fn load() -> Environment {
+        let process: BTreeMap<String, String> = std::env::vars_os()
+            .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+            .collect();
         let text = std::fs::read_to_string(".env").unwrap_or_default();
-        Environment { dotenv: parse_dotenv(&text) }
+        Environment { process, dotenv: parse_dotenv(&text) }
     }
 
     /// A variable from the environment, else from `.env`; empty values count as unset.
     pub fn var(&self, name: &str) -> Option<String> {
-        std::env::var(name)
-            .ok()
-            .or_else(|| self.dotenv.get(name).cloned())
-            .filter(|value| !value.is_empty())
+        self.lookup(name).map(|(value, _)| value)
     }
 
+    /// A variable as `var` finds it, and where it was found.
+    fn lookup(&self, name: &str) -> Option<(String, Source)> {
+        let found = match self.process.get(name) {
+            Some(value) => (value.clone(), Source::Environment),
+            None => (self.dotenv.get(name)?.clone(), Source::DotEnv),
+        };
+        Some(found).filter(|(value, _)| !value.is_empty())
+    }
+
+    /// Where profiles are kept; from the process's environment only, so that a `.env` cannot
+    /// choose where `corral login` writes a new key.
     pub fn config_path(&self) -> Outcome<PathBuf> {
-        if let Some(dir) = self.var("XDG_CONFIG_HOME") {
-            return Ok(Path::new(&dir).join("corral").join("config.toml"));
+        let process = |name: &str| self.process.get(name).filter(|value| !value.is_empty());
+        if let Some(dir) = process("XDG_CONFIG_HOME") {
+            return Ok(Path::new(dir).join("corral").join("config.toml"));
         }
-        match self.var("HOME") {
+        match process("HOME") {
             Some(home) => Ok(Path::new(&home).join(".config").join("corral").join("config.toml")),
             None => Err(Failure::failed("neither XDG_CONFIG_HOME nor HOME is set")),
         }
@@ -120,7 +166,8 @@ impl ConfigFile {
     }
 }
 
-/// Where to connect and how to authenticate, from every source.
+/// Where to connect and how to authenticate, from every source; a credential for another
+/// server than the one in use is refused (`check_destination`).
 pub fn resolve(
     env: &Environment,
     server_flag: Option<&str>,
@@ -135,23 +182,106 @@ pub fn resolve(
         )));
     }
     let profile = profile.unwrap_or_default();
-    let server = server_flag
-        .map(str::to_string)
-        .or_else(|| env.var("CORRAL_SERVER"))
-        .or(profile.server)
-        .unwrap_or_else(|| DEFAULT_SERVER.to_string());
-    let credential = if let Some(key) = env.var("CORRAL_API_KEY") {
-        Credential::ApiKey(key)
-    } else if let Some(token) = env.var("CORRAL_TOKEN") {
-        Credential::Token(token)
-    } else if let Some(key) = profile.api_key {
-        Credential::ApiKey(key)
-    } else if let Some(token) = profile.token {
-        Credential::Token(token)
-    } else {
-        Credential::None
+    let profile_server = profile.server.unwrap_or_else(|| DEFAULT_SERVER.to_string());
+    let (server, server_source) = match server_flag {
+        Some(flag) => (flag.to_string(), Source::Flag),
+        None => {
+            env.lookup("CORRAL_SERVER").unwrap_or_else(|| (profile_server.clone(), Source::Profile))
+        }
     };
+    let (credential, credential_source) = env
+        .lookup("CORRAL_API_KEY")
+        .map(|(key, source)| (Credential::ApiKey(key), source))
+        .or_else(|| {
+            env.lookup("CORRAL_TOKEN").map(|(token, source)| (Credential::Token(token), source))
+        })
+        .or_else(|| profile.api_key.map(|key| (Credential::ApiKey(key), Source::Profile)))
+        .or_else(|| profile.token.map(|token| (Credential::Token(token), Source::Profile)))
+        .unwrap_or((Credential::None, Source::Profile));
+    check_destination(
+        &credential,
+        credential_source,
+        &server,
+        server_source,
+        &name,
+        &profile_server,
+    )?;
     Ok((server, credential))
+}
+
+/// The server `corral login` sends a password to: `--server`, else `CORRAL_SERVER`, else the
+/// profile's (`profile_server`), else the default. A server only `./.env` names is refused
+/// unless it is the profile's own: a cloned repository must not collect passwords.
+pub fn login_server(
+    env: &Environment,
+    server_flag: Option<&str>,
+    profile_server: Option<&str>,
+) -> Outcome<String> {
+    let profile_server = profile_server.unwrap_or(DEFAULT_SERVER);
+    if let Some(flag) = server_flag {
+        return Ok(flag.to_string());
+    }
+    match env.lookup("CORRAL_SERVER") {
+        None => Ok(profile_server.to_string()),
+        Some((server, Source::DotEnv)) if !same_server(&server, profile_server) => {
+            Err(Failure::usage(format!(
+                "./.env names CORRAL_SERVER={server}, and corral login sends a password only to \
+                 a server named by --server, CORRAL_SERVER in the environment or the profile \
+                 ({profile_server}); pass --server {server} if that server is meant"
+            )))
+        }
+        Some((server, _)) => Ok(server),
+    }
+}
+
+/// Refuses to send a credential to a server it was not given for: the profile's goes only to
+/// the profile's server, and one from the environment never to a server only `.env` names.
+fn check_destination(
+    credential: &Credential,
+    credential_source: Source,
+    server: &str,
+    server_source: Source,
+    profile: &str,
+    profile_server: &str,
+) -> Outcome<()> {
+    let (what, variable) = match credential {
+        Credential::ApiKey(_) => ("an API key", "CORRAL_API_KEY"),
+        Credential::Token(_) => ("a token", "CORRAL_TOKEN"),
+        Credential::None => return Ok(()),
+    };
+    let refusal = match credential_source {
+        Source::Profile if !same_server(server, profile_server) => format!(
+            "profile '{profile}' holds {what} for {profile_server}, but the server is {server} \
+             ({origin}); a stored credential is only sent to the server it was stored for.\n  \
+             To use {server}: set CORRAL_API_KEY or CORRAL_TOKEN for it, or run \
+             `corral login --server {server} --profile <new profile>`.\n  \
+             To use the profile: pass --server {profile_server}.",
+            origin = server_source.server_origin(),
+        ),
+        Source::Environment if server_source == Source::DotEnv => format!(
+            "{variable} from the environment is not sent to {server}, which only ./.env names \
+             (CORRAL_SERVER); if that server is meant, pass --server {server} or set \
+             CORRAL_SERVER in the environment."
+        ),
+        _ => return Ok(()),
+    };
+    Err(Failure::new(ExitCode::Auth, refusal))
+}
+
+/// Whether two server URLs name the same server: scheme, host, port (written or the scheme's
+/// default) and path without its trailing slash. What does not parse as a URL compares as text.
+fn same_server(a: &str, b: &str) -> bool {
+    /// The parts of a URL that decide where requests go.
+    fn parts(server: &str) -> Option<(String, String, Option<u16>, String)> {
+        let url = url::Url::parse(server.trim()).ok()?;
+        let host = url.host_str()?.to_string();
+        let path = url.path().trim_end_matches('/').to_string();
+        Some((url.scheme().to_string(), host, url.port_or_known_default(), path))
+    }
+    match (parts(a), parts(b)) {
+        (Some(a), Some(b)) => a == b,
+        _ => a.trim().trim_end_matches('/') == b.trim().trim_end_matches('/'),
+    }
 }
 
 #[cfg(test)]
@@ -188,5 +318,175 @@ mod tests {
         assert_eq!(mode, 0o600);
         let read = ConfigFile::read(&path).unwrap();
         assert_eq!(read.profiles["staging"].api_key.as_deref(), Some("k"));
+    }
+
+    /// An environment of `process` variables and a `.env` reading `dotenv`, with a home of its
+    /// own whose `default` profile is `profile`.
+    fn setup(
+        profile: &Profile,
+        process: &[(&str, &str)],
+        dotenv: &str,
+    ) -> (tempfile::TempDir, Environment) {
+        let home = tempfile::tempdir().unwrap();
+        let mut config = ConfigFile::default();
+        config.profiles.insert("default".into(), profile.clone());
+        config.write(&home.path().join(".config").join("corral").join("config.toml")).unwrap();
+        let mut process: BTreeMap<String, String> =
+            process.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect();
+        process.insert("HOME".into(), home.path().to_str().unwrap().to_string());
+        (home, Environment { process, dotenv: parse_dotenv(dotenv) })
+    }
+
+    /// A profile that logged in to `https://corral.internal`.
+    fn stored(api_key: Option<&str>, token: Option<&str>) -> Profile {
+        Profile {
+            server: Some("https://corral.internal".into()),
+            api_key: api_key.map(str::to_string),
+            token: token.map(str::to_string),
+            username: Some("dana".into()),
+        }
+    }
+
+    /// Resolves for the `default` profile; the server and what would be sent to it.
+    fn sent(
+        profile: &Profile,
+        process: &[(&str, &str)],
+        dotenv: &str,
+        flag: Option<&str>,
+    ) -> (String, String) {
+        let (_home, env) = setup(profile, process, dotenv);
+        let (server, credential) = resolve(&env, flag, None).unwrap();
+        let credential = match credential {
+            Credential::ApiKey(key) => format!("key {key}"),
+            Credential::Token(token) => format!("token {token}"),
+            Credential::None => "nothing".to_string(),
+        };
+        (server, credential)
+    }
+
+    /// Resolves for the `default` profile, expecting a refusal.
+    fn refused(
+        profile: &Profile,
+        process: &[(&str, &str)],
+        dotenv: &str,
+        flag: Option<&str>,
+    ) -> Failure {
+        let (_home, env) = setup(profile, process, dotenv);
+        resolve(&env, flag, None).unwrap_err()
+    }
+
+    /// An expected server and credential.
+    fn pair(server: &str, credential: &str) -> (String, String) {
+        (server.to_string(), credential.to_string())
+    }
+
+    #[test]
+    fn login_never_sends_a_password_to_a_server_only_dotenv_names() {
+        let (_home, env) =
+            setup(&stored(None, None), &[], "CORRAL_SERVER=https://attacker.example\n");
+        let failure = login_server(&env, None, Some("https://corral.internal")).unwrap_err();
+        assert!(failure.message.contains("https://attacker.example"), "{}", failure.message);
+        // Named by the user, it is used; the profile's own server in .env is fine too.
+        let chosen = login_server(&env, Some("https://attacker.example"), None).unwrap();
+        assert_eq!(chosen, "https://attacker.example");
+        let (_home, env) =
+            setup(&stored(None, None), &[], "CORRAL_SERVER=https://corral.internal/\n");
+        let chosen = login_server(&env, None, Some("https://corral.internal")).unwrap();
+        assert_eq!(chosen, "https://corral.internal/");
+        let (_home, env) =
+            setup(&stored(None, None), &[("CORRAL_SERVER", "https://b.example")], "");
+        assert_eq!(login_server(&env, None, None).unwrap(), "https://b.example");
+    }
+
+    #[test]
+    fn dotenv_cannot_choose_where_profiles_are_written() {
+        let (home, env) = setup(&stored(None, None), &[], "XDG_CONFIG_HOME=./repo\nHOME=./repo\n");
+        let path = env.config_path().unwrap();
+        assert!(path.starts_with(home.path()), "{}", path.display());
+    }
+
+    #[test]
+    fn a_stored_credential_is_not_sent_to_a_server_named_elsewhere() {
+        let attacks = [
+            // A cloned repository's .env.
+            (".env", "https://attacker.example"),
+            // The profile's host as the user name of another host; another port; another scheme.
+            (".env", "https://corral.internal@attacker.example"),
+            (".env", "https://corral.internal:8443"),
+            ("environment", "http://corral.internal"),
+            // A flag, even one the user typed.
+            ("flag", "https://attacker.example"),
+        ];
+        for profile in [stored(Some("crl_stored"), None), stored(None, Some("stored-token"))] {
+            for (place, server) in attacks {
+                let dotenv = if place == ".env" {
+                    format!("CORRAL_SERVER={server}\n")
+                } else {
+                    String::new()
+                };
+                let process: Vec<(&str, &str)> = (place == "environment")
+                    .then_some(("CORRAL_SERVER", server))
+                    .into_iter()
+                    .collect();
+                let flag = (place == "flag").then_some(server);
+                let failure = refused(&profile, &process, &dotenv, flag);
+                let message = &failure.message;
+                assert_eq!(failure.code, ExitCode::Auth, "{message}");
+                assert!(message.contains(&format!("the server is {server} (")), "{message}");
+                assert!(message.contains("for https://corral.internal, but"), "{message}");
+                assert!(message.contains("CORRAL_API_KEY") && message.contains("corral login"));
+                assert!(message.contains("--server https://corral.internal."), "{message}");
+                assert!(!message.contains("crl_stored") && !message.contains("stored-token"));
+            }
+        }
+    }
+
+    #[test]
+    fn a_stored_credential_goes_to_its_own_server_however_it_is_written() {
+        let profile = stored(Some("crl_stored"), None);
+        let key = "key crl_stored";
+        let server = "https://corral.internal";
+        assert_eq!(sent(&profile, &[], "", None), pair(server, key));
+        let dotenv = "CORRAL_SERVER=HTTPS://Corral.Internal:443/\n";
+        assert_eq!(sent(&profile, &[], dotenv, None), pair("HTTPS://Corral.Internal:443/", key));
+        let process = [("CORRAL_SERVER", "https://corral.internal/")];
+        assert_eq!(sent(&profile, &process, "", None), pair("https://corral.internal/", key));
+        // The user's flag wins over the .env, and names the profile's server.
+        let dotenv = "CORRAL_SERVER=https://attacker.example\n";
+        assert_eq!(sent(&profile, &[], dotenv, Some(server)), pair(server, key));
+        // A profile naming no server logged in to the default one.
+        let serverless = Profile { server: None, ..profile.clone() };
+        let dotenv = format!("CORRAL_SERVER={DEFAULT_SERVER}/\n");
+        assert_eq!(sent(&serverless, &[], &dotenv, None), pair(&format!("{DEFAULT_SERVER}/"), key));
+    }
+
+    #[test]
+    fn a_credential_given_with_its_server_is_sent_there() {
+        let profile = stored(Some("crl_stored"), None);
+        let other = "https://other.example";
+        // A .env naming both sends its own key; the profile's stays home.
+        let dotenv = format!("CORRAL_SERVER={other}\nCORRAL_API_KEY=crl_dotenv\n");
+        assert_eq!(sent(&profile, &[], &dotenv, None), pair(other, "key crl_dotenv"));
+        // The environment naming both.
+        let process = [("CORRAL_SERVER", other), ("CORRAL_TOKEN", "env-token")];
+        assert_eq!(sent(&profile, &process, "", None), pair(other, "token env-token"));
+        // A flag, with a key from the environment.
+        let process = [("CORRAL_API_KEY", "crl_env")];
+        assert_eq!(sent(&profile, &process, "", Some(other)), pair(other, "key crl_env"));
+        // Nothing stored, nothing to keep: the server will ask for credentials itself.
+        let dotenv = format!("CORRAL_SERVER={other}\n");
+        assert_eq!(sent(&Profile::default(), &[], &dotenv, None), pair(other, "nothing"));
+    }
+
+    #[test]
+    fn a_dotenv_server_does_not_receive_the_environments_credential() {
+        let dotenv = "CORRAL_SERVER=https://attacker.example\n";
+        for (variable, secret) in [("CORRAL_API_KEY", "crl_env"), ("CORRAL_TOKEN", "env-token")] {
+            let failure = refused(&Profile::default(), &[(variable, secret)], dotenv, None);
+            let message = &failure.message;
+            assert_eq!(failure.code, ExitCode::Auth, "{message}");
+            assert!(message.contains(variable) && message.contains("https://attacker.example"));
+            assert!(message.contains("--server") && !message.contains(secret), "{message}");
+        }
     }
 }

@@ -64,6 +64,11 @@ pub struct Principal {
     pub admin: bool,
     pub roles: BTreeMap<String, Role>,
     pub credential: Credential,
+    /// When the credential stops working (Unix milliseconds); `None`: until revoked. What it
+    /// makes (an API key) expires no later.
+    pub expires_at: Option<i64>,
+    /// The user's password was generated: nothing but choosing one is allowed.
+    pub must_change_password: bool,
 }
 
 /// What a principal may do in one namespace.
@@ -111,6 +116,13 @@ pub fn is_valid_username(name: &str) -> bool {
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
 }
 
+/// Usernames no one may take, because the audit log and jobs name corral itself or a
+/// credential with them: `system`, `corral`, `root`, `anonymous`, and the `crl_` prefix of
+/// API keys.
+pub fn is_reserved_username(name: &str) -> bool {
+    ["system", "corral", "root", "anonymous"].contains(&name) || name.starts_with("crl_")
+}
+
 /// Shortest password accepted.
 pub const MIN_PASSWORD_LEN: usize = 12;
 
@@ -125,6 +137,8 @@ mod tests {
             admin,
             roles: roles.iter().map(|(ns, role)| (ns.to_string(), *role)).collect(),
             credential: Credential::Password,
+            expires_at: None,
+            must_change_password: false,
         }
     }
 
@@ -157,6 +171,8 @@ mod tests {
     #[test]
     fn usernames_are_checked() {
         assert!(is_valid_username("alice.smith-2"));
+        assert!(is_reserved_username("system") && is_reserved_username("crl_ab12cd34"));
+        assert!(!is_reserved_username("systems"));
         assert!(!is_valid_username("Alice"));
         assert!(!is_valid_username(""));
         assert!(!is_valid_username(&"a".repeat(64)));

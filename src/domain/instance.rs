@@ -193,12 +193,37 @@ impl Backend {
 /// How to log in to an instance with a key pair and a public address. The user name depends on
 /// the AMI (`ec2-user` on Amazon Linux, `ubuntu` on Ubuntu).
 pub fn ssh_command(key_name: Option<&str>, public_ip: Option<&str>) -> Option<String> {
-    Some(format!("ssh -i {}.pem ec2-user@{}", key_name?, public_ip?))
+    let address: std::net::IpAddr = public_ip?.parse().ok()?;
+    Some(format!("ssh -i {} ec2-user@{address}", shell_word(&format!("{}.pem", key_name?))))
+}
+
+/// `text` as one word for a POSIX shell: as it is when it holds only characters no shell
+/// treats specially, else in single quotes (a quote inside written `'\''`).
+pub fn shell_word(text: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "._-/+=:@,".contains(c);
+    if !text.is_empty() && text.chars().all(plain) {
+        return text.to_string();
+    }
+    format!("'{}'", text.replace('\'', "'\\''"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ssh_command_quotes_what_a_shell_would_run() {
+        assert_eq!(
+            ssh_command(Some("deploy"), Some("203.0.113.9")).unwrap(),
+            "ssh -i deploy.pem ec2-user@203.0.113.9"
+        );
+        assert_eq!(
+            ssh_command(Some("a;rm -rf ~ $(id)`x`"), Some("203.0.113.9")).unwrap(),
+            "ssh -i 'a;rm -rf ~ $(id)`x`.pem' ec2-user@203.0.113.9"
+        );
+        assert_eq!(shell_word("it's"), "'it'\\''s'");
+        assert_eq!(ssh_command(Some("k"), Some("1.2.3.4; id")), None);
+    }
 
     #[test]
     fn every_action_is_checked_against_every_state() {

@@ -8,10 +8,14 @@
 //! Unless `notify.webhook_allow_private` is set, a URL whose host is, or resolves to, a
 //! loopback, private, link-local or otherwise non-public address is refused: when the
 //! subscription is made, and again at every send (the resolver itself drops such addresses,
-//! so a name that changes its answer later cannot get through either). Redirects are not
-//! followed.
+//! so a name that changes its answer later cannot get through either). An IPv6 address that
+//! embeds an IPv4 one (mapped, compatible, NAT64, 6to4) is judged by the IPv4 address it
+//! embeds. Redirects are not followed, and no proxy from the environment (`HTTP_PROXY`,
+//! `ALL_PROXY`, ...) is used: a proxy would resolve the name itself, past the guard. Refusals
+//! name the host but never the addresses it resolved to, which are facts of the internal
+//! network.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +39,8 @@ impl WebhookSender {
             .timeout(timeout)
             .connect_timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
+            // A proxy would resolve the host itself, bypassing `GuardedResolver`.
+            .no_proxy()
             .user_agent(concat!("corral/", env!("CARGO_PKG_VERSION")))
             .dns_resolver(Arc::new(GuardedResolver { allow_private }))
             .build()?;
@@ -105,22 +111,38 @@ pub async fn check_url(url: &str, allow_private: bool) -> Result<Url, String> {
     if addresses.is_empty() {
         return Err(format!("'{host}' resolves to no address"));
     }
-    if !allow_private && let Some(private) = addresses.iter().find(|addr| !is_public(addr.ip())) {
-        return Err(format!(
-            "'{host}' resolves to {}, a loopback, private or link-local address; webhooks only \
-             go to public addresses unless CORRAL_WEBHOOK_ALLOW_PRIVATE=true",
-            private.ip()
-        ));
+    if !allow_private {
+        // The addresses themselves stay out of the message: they are internal network facts.
+        let public = addresses.iter().filter(|addr| is_public(addr.ip())).count();
+        if public < addresses.len() {
+            let what = if public == 0 {
+                "no public address"
+            } else {
+                "non-public addresses as well as public ones"
+            };
+            return Err(format!(
+                "webhook host '{host}' resolves to {what}; webhooks only go to public addresses \
+                 unless CORRAL_WEBHOOK_ALLOW_PRIVATE=true"
+            ));
+        }
     }
     Ok(parsed)
 }
 
-/// Whether `ip` is an ordinary public address (not loopback, private, link-local, shared,
-/// multicast, documentation or unspecified).
+/// Whether `ip` is an ordinary public address a webhook may go to.
+///
+/// IPv4: not loopback, private, link-local, shared (CGNAT), multicast, broadcast, reserved,
+/// documentation, benchmarking, IETF-assigned or unspecified. IPv6: an address that embeds an
+/// IPv4 one (see `embedded_ipv4`) is judged by that; otherwise only global unicast
+/// (`2000::/3`) counts, which leaves out loopback, unspecified, unique local (`fc00::/7`),
+/// link-local (`fe80::/10`), site-local (`fec0::/10`), multicast, discard-only (`100::/64`) and
+/// the local-use NAT64 prefix (`64:ff9b:1::/48`, whose embedded IPv4 sits where its operator
+/// chose), less the non-public ranges inside it: IETF protocol assignments (`2001::/23`, Teredo
+/// `2001::/32` among them) and documentation (`2001:db8::/32`, `3fff::/20`).
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(ip) => {
-            let [a, b, ..] = ip.octets();
+            let [a, b, c, _] = ip.octets();
             !(ip.is_loopback()
                 || ip.is_private()
                 || ip.is_link_local()
@@ -130,22 +152,35 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || ip.is_documentation()
                 || a == 0
                 || (a == 100 && (64..128).contains(&b)) // shared address space (RFC 6598)
-                || (a == 192 && b == 0 && ip.octets()[2] == 0) // IETF protocol assignments
+                || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
                 || (a == 198 && (b == 18 || b == 19)) // benchmarking
-                || a >= 240)
+                || a >= 240) // reserved
         }
         IpAddr::V6(ip) => {
-            if let Some(v4) = ip.to_ipv4_mapped() {
+            if let Some(v4) = embedded_ipv4(ip) {
                 return is_public(IpAddr::V4(v4));
             }
-            let first = ip.segments()[0];
-            !(ip.is_loopback()
-                || ip.is_unspecified()
-                || ip.is_multicast()
-                || (first & 0xfe00) == 0xfc00 // unique local
-                || (first & 0xffc0) == 0xfe80 // link-local
-                || first == 0x2001 && ip.segments()[1] == 0x0db8) // documentation
+            let [a, b, ..] = ip.segments();
+            (a & 0xe000) == 0x2000 // global unicast, 2000::/3
+                && !(a == 0x2001 && b < 0x0200) // IETF protocol assignments, Teredo among them
+                && !(a == 0x2001 && b == 0x0db8) // documentation
+                && !(a == 0x3fff && b < 0x1000) // documentation (RFC 9637)
         }
+    }
+}
+
+/// The IPv4 address that `ip` embeds and that a connection to it reaches: IPv4-mapped
+/// `::ffff:a.b.c.d`, IPv4-compatible `::a.b.c.d` (`::` and `::1` among them, as `0.0.0.0` and
+/// `0.0.0.1`), NAT64 `64:ff9b::a.b.c.d` (RFC 6052) in the last 32 bits; 6to4
+/// `2002:aabb:ccdd::/48` (RFC 3056) in bits 16 to 48.
+fn embedded_ipv4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let o = ip.octets();
+    match ip.segments() {
+        [0, 0, 0, 0, 0, 0xffff, _, _]
+        | [0, 0, 0, 0, 0, 0, _, _]
+        | [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(Ipv4Addr::new(o[12], o[13], o[14], o[15])),
+        [0x2002, ..] => Some(Ipv4Addr::new(o[2], o[3], o[4], o[5])),
+        _ => None,
     }
 }
 
@@ -163,7 +198,9 @@ impl Resolve for GuardedResolver {
             let allowed: Vec<SocketAddr> =
                 found.into_iter().filter(|addr| allow_private || is_public(addr.ip())).collect();
             if allowed.is_empty() {
-                let message = format!("'{}' has no public address", name.as_str());
+                // The addresses found stay out of the message: they are internal network facts.
+                let message =
+                    format!("webhook host '{}' resolves to no public address", name.as_str());
                 return Err(Box::<dyn std::error::Error + Send + Sync>::from(message));
             }
             Ok(Box::new(allowed.into_iter()) as Addrs)
@@ -208,6 +245,83 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_addresses_that_embed_ipv4_are_judged_by_it() {
+        let private = [
+            "64:ff9b::7f00:1",          // NAT64 of 127.0.0.1
+            "64:ff9b::169.254.169.254", // NAT64 of the metadata service
+            "64:ff9b::10.0.0.1",
+            "2002:7f00:1::",      // 6to4 of 127.0.0.1
+            "2002:a9fe:a9fe::1",  // 6to4 of 169.254.169.254
+            "2002:c0a8:101:1::1", // 6to4 of 192.168.1.1
+            "::127.0.0.1",        // IPv4-compatible
+            "::10.0.0.1",
+            "::ffff:10.0.0.1", // IPv4-mapped
+            "::ffff:100.64.0.1",
+        ];
+        for ip in private {
+            assert!(!is_public(ip.parse().unwrap()), "{ip} counted as public");
+        }
+        for ip in ["64:ff9b::8.8.8.8", "2002:808:808::1", "::8.8.8.8", "::ffff:93.184.216.34"] {
+            assert!(is_public(ip.parse().unwrap()), "{ip} counted as private");
+        }
+    }
+
+    #[test]
+    fn ipv6_outside_global_unicast_or_in_its_special_ranges_is_not_public() {
+        let private = [
+            "fec0::1",                              // site-local
+            "feff::1",                              // site-local
+            "fc00::1",                              // unique local
+            "fe80::1",                              // link-local
+            "ff02::1",                              // multicast
+            "100::1",                               // discard-only
+            "64:ff9b:1::808:808",                   // local-use NAT64, whatever its tail
+            "64:ff9b:0:0:1::1",                     // not the /96 NAT64 form
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2", // Teredo
+            "2001::1",
+            "2001:2::1",   // benchmarking
+            "2001:db8::1", // documentation
+            "3fff::1",     // documentation (RFC 9637)
+            "5f00::1",     // SRv6 SIDs, outside 2000::/3
+        ];
+        for ip in private {
+            assert!(!is_public(ip.parse().unwrap()), "{ip} counted as public");
+        }
+        for ip in ["2606:4700::1111", "2a00:1450:4001:80b::200e", "2400:cb00::1", "2a01:4f8::1"] {
+            assert!(is_public(ip.parse().unwrap()), "{ip} counted as private");
+        }
+    }
+
+    #[tokio::test]
+    async fn webhooks_use_no_proxy_from_the_environment() {
+        // reqwest's `Debug` for a client lists `proxies` when it has any; without `.no_proxy()`
+        // it always holds the system (environment) proxy matcher, set or not.
+        let sender = WebhookSender::new(Duration::from_secs(5), false).unwrap();
+        let client = format!("{:?}", sender.client);
+        assert!(!client.contains("proxies"), "the webhook client may use a proxy: {client}");
+    }
+
+    #[tokio::test]
+    async fn refusals_do_not_name_the_addresses_a_host_resolves_to() {
+        let err = check_url("http://localhost:9/hook", false).await.unwrap_err();
+        assert!(err.contains("webhook host 'localhost' resolves to no public address"), "{err}");
+        assert!(!err.contains("127.0.0.1") && !err.contains("::1"), "{err}");
+
+        let resolver = GuardedResolver { allow_private: false };
+        let err = resolver
+            .resolve("localhost".parse().unwrap())
+            .await
+            .err()
+            .expect("localhost has no public address")
+            .to_string();
+        assert!(err.contains("resolves to no public address"), "{err}");
+        assert!(!err.contains("127.0.0.1") && !err.contains("::1"), "{err}");
+
+        let open = GuardedResolver { allow_private: true };
+        assert!(open.resolve("localhost".parse().unwrap()).await.is_ok());
+    }
+
+    #[test]
     fn the_signature_is_the_hmac_of_timestamp_dot_body() {
         // Python: hmac.new(b's3cret', b'1700000000.{"a":1}', hashlib.sha256).hexdigest()
         let expected =
@@ -221,10 +335,14 @@ mod tests {
         let refused = [
             ("ftp://example.com/hook", "http or https"),
             ("http://user:pw@example.com/hook", "credentials"),
-            ("http://127.0.0.1:9/hook", "loopback, private or link-local"),
-            ("http://169.254.169.254/latest/meta-data", "loopback, private or link-local"),
-            ("http://[::1]:9/hook", "loopback, private or link-local"),
-            ("http://localhost:9/hook", "loopback, private or link-local"),
+            ("http://127.0.0.1:9/hook", "no public address"),
+            ("http://169.254.169.254/latest/meta-data", "no public address"),
+            ("http://[::1]:9/hook", "no public address"),
+            ("http://localhost:9/hook", "no public address"),
+            ("http://[::ffff:127.0.0.1]:9/hook", "no public address"),
+            ("http://[64:ff9b::a9fe:a9fe]/latest/meta-data", "no public address"),
+            ("http://[2002:a9fe:a9fe::]/latest/meta-data", "no public address"),
+            ("http://[fec0::1]:9/hook", "no public address"),
             ("not a url", "is not a URL"),
         ];
         for (url, reason) in refused {

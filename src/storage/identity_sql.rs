@@ -9,13 +9,15 @@ macro_rules! identity_store {
             pub async fn bootstrap_admin(&self, user: &UserRecord) -> Result<bool, StorageError> {
                 let mut tx = self.pool.begin().await?;
                 let created = sqlx::query(
-                    "INSERT INTO users (id, username, password_hash, is_admin, created_at, updated_at) \
-                     SELECT $1, $2, $3, TRUE, $4, $4 WHERE NOT EXISTS (SELECT 1 FROM users) \
+                    "INSERT INTO users (id, username, password_hash, is_admin, must_change_password, \
+                     created_at, updated_at) \
+                     SELECT $1, $2, $3, TRUE, $4, $5, $5 WHERE NOT EXISTS (SELECT 1 FROM users) \
                      ON CONFLICT (username) DO NOTHING",
                 )
                 .bind(&user.id)
                 .bind(&user.username)
                 .bind(&user.password_hash)
+                .bind(user.must_change_password)
                 .bind(user.created_at)
                 .execute(&mut *tx)
                 .await?
@@ -89,6 +91,9 @@ macro_rules! identity_store {
                 };
                 sqlx::query(
                     "UPDATE users SET password_hash = COALESCE($1, password_hash), \
+                     credentials_version = credentials_version + \
+                         CASE WHEN $1 IS NULL THEN 0 ELSE 1 END, \
+                     must_change_password = must_change_password AND $1 IS NULL, \
                      is_admin = COALESCE($2, is_admin) WHERE id = $3",
                 )
                 .bind(&changes.password_hash)

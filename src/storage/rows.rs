@@ -78,6 +78,7 @@ pub struct JobRow {
     finished_at: Option<i64>,
     launch_started_at: Option<i64>,
     actor: String,
+    user_id: Option<String>,
     namespace: Option<String>,
 }
 
@@ -101,6 +102,7 @@ impl TryFrom<JobRow> for JobRecord {
             finished_at: row.finished_at,
             launch_started_at: row.launch_started_at,
             actor: row.actor,
+            user_id: row.user_id,
             namespace: row.namespace,
         })
     }
@@ -158,7 +160,7 @@ pub fn convert<R, T: TryFrom<R, Error = StorageError>>(
 
 pub const JOB_COLUMNS: &str = "id, kind, status, payload, attempts, max_attempts, run_at, error, \
                                created_at, updated_at, started_at, finished_at, launch_started_at, actor, \
-                               namespace";
+                               user_id, namespace";
 
 impl From<DriftRow> for DriftRecord {
     fn from(row: DriftRow) -> DriftRecord {
@@ -179,11 +181,14 @@ pub struct UserRow {
     username: String,
     password_hash: String,
     is_admin: bool,
+    credentials_version: i64,
+    must_change_password: bool,
     created_at: i64,
     updated_at: i64,
 }
 
-pub const USER_COLUMNS: &str = "id, username, password_hash, is_admin, created_at, updated_at";
+pub const USER_COLUMNS: &str = "id, username, password_hash, is_admin, credentials_version, \
+                                must_change_password, created_at, updated_at";
 
 /// Users with their roles, from `(user_id, namespace, role)` bindings.
 pub fn with_roles(
@@ -203,6 +208,8 @@ pub fn with_roles(
             username: row.username,
             password_hash: row.password_hash,
             admin: row.is_admin,
+            credentials_version: row.credentials_version,
+            must_change_password: row.must_change_password,
             created_at: row.created_at,
             updated_at: row.updated_at,
         })

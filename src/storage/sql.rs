@@ -457,7 +457,7 @@ macro_rules! sql_store {
                     query.push(" AND status = ").push_bind(status.as_str());
                 }
                 if let Some((namespaces, own)) = &filter.visible {
-                    query.push(" AND (actor = ").push_bind(own);
+                    query.push(" AND (user_id = ").push_bind(own);
                     if !namespaces.is_empty() {
                         query.push(" OR namespace IN (");
                         let mut list = query.separated(", ");
@@ -1069,8 +1069,8 @@ macro_rules! sql_store {
             let now = now_millis();
             sqlx::query(
                 "INSERT INTO jobs (id, kind, status, payload, attempts, max_attempts, run_at, \
-                 created_at, updated_at, actor, namespace) \
-                 VALUES ($1, $2, 'queued', $3, 0, $4, $5, $5, $5, $6, $7)",
+                 created_at, updated_at, actor, user_id, namespace) \
+                 VALUES ($1, $2, 'queued', $3, 0, $4, $5, $5, $5, $6, $7, $8)",
             )
             .bind(&job.id)
             .bind(job.kind.as_str())
@@ -1078,6 +1078,7 @@ macro_rules! sql_store {
             .bind(job.max_attempts)
             .bind(now)
             .bind(&job.actor.name)
+            .bind(&job.actor.user_id)
             .bind(&job.namespace)
             .execute(&mut **tx)
             .await?;

@@ -58,12 +58,36 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let started = spawn_server(configure).await;
+    let token = login(&started.address, "admin", ADMIN_PASSWORD).await;
+    let admin_key =
+        create_api_key(&client_with("authorization", &format!("Bearer {token}")), &started.address)
+            .await;
+    let client = client_with("x-api-key", &admin_key);
+    let Started { address, database_url, ec2, aws_credentials, shutdown, dir } = started;
+    TestApp { address, database_url, client, admin_key, ec2, aws_credentials, shutdown, _dir: dir }
+}
+
+/// A corral started by `spawn_server`, before anyone logged in.
+pub struct Started {
+    pub address: String,
+    pub database_url: String,
+    pub ec2: aws_sdk_ec2::Client,
+    pub aws_credentials: (String, String),
+    pub shutdown: CancellationToken,
+    pub dir: tempfile::TempDir,
+}
+
+/// Starts corral as `spawn_app_with` does, without logging in (the admin's password is
+/// `ADMIN_PASSWORD` unless `configure` changes it). It stops when `shutdown` is cancelled.
+pub async fn spawn_server(configure: impl FnOnce(&mut Settings)) -> Started {
     corral::telemetry::init(if std::env::var("TEST_LOG").is_ok() { "info" } else { "off" });
     let dir = tempfile::tempdir().unwrap();
     let (key_id, secret) = new_moto_account().await;
     let mut settings = Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
         database_url: fresh_database_url(dir.path()).await,
+        data_dir: Some(dir.path().join("data").display().to_string()),
         ..Settings::default()
     };
     settings.aws.endpoint_url = Some(moto_url());
@@ -92,14 +116,8 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let address = format!("http://{}", app.local_addr());
     let shutdown = CancellationToken::new();
     tokio::spawn(app.run_until_stopped(shutdown.clone()));
-
     let ec2 = ec2_client(&key_id, &secret);
-    let aws_credentials = (key_id, secret);
-    let token = login(&address, "admin", ADMIN_PASSWORD).await;
-    let admin_key =
-        create_api_key(&client_with("authorization", &format!("Bearer {token}")), &address).await;
-    let client = client_with("x-api-key", &admin_key);
-    TestApp { address, database_url, client, admin_key, ec2, aws_credentials, shutdown, _dir: dir }
+    Started { address, database_url, ec2, aws_credentials: (key_id, secret), shutdown, dir }
 }
 
 /// The folder holding `registry.terraform.io/hashicorp/aws/…`, set by `scripts/test` when it

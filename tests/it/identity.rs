@@ -199,12 +199,14 @@ async fn users_are_validated_unique_and_the_last_admin_stays() {
     let ann_client = client_with("authorization", &format!("Bearer {token}"));
     let changed = ann_client
         .patch(app.url("/v1/users/ann"))
-        .json(&json!({ "password": "a brand new password" }))
+        .json(&json!({ "password": "a brand new password",
+                       "current_password": "long enough password" }))
         .send()
         .await
         .unwrap();
     assert_eq!(changed.status(), StatusCode::OK);
-    login(&app.address, "ann", "a brand new password").await;
+    let token = login(&app.address, "ann", "a brand new password").await;
+    let ann_client = client_with("authorization", &format!("Bearer {token}"));
     let old = crate::helpers::http()
         .post(app.url("/v1/token"))
         .form(&[("username", "ann"), ("password", "long enough password")])

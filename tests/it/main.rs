@@ -19,6 +19,7 @@ mod proxy;
 mod reach;
 mod reconcile;
 mod resilience;
+mod security;
 mod storage;
 mod terraform;
 mod tidy;

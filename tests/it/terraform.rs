@@ -334,3 +334,96 @@ async fn the_configured_default_backend_applies_to_requests_whose_namespace_name
     assert_eq!(instance["backend"], "aws");
     assert!(!app.job_steps(job["id"].as_str().unwrap()).await.contains("terraform"));
 }
+
+#[tokio::test]
+async fn template_syntax_in_tags_and_user_data_reaches_the_cloud_as_written() {
+    if terraform_mirror().is_none() {
+        return;
+    }
+    let app = spawn_app().await;
+    // Each would read a file of the server, or run a function, if Terraform evaluated it.
+    let tags = json!({
+        "${upper(\"key\")}": "${upper(\"probe\")}-${length(file(\"/etc/passwd\"))}",
+        "directive": "%{ if true }yes%{ endif }",
+        "escaped": "$${already} %%{doubled} $$ %",
+    });
+    let user_data =
+        "#!/bin/sh\necho '${file(\"/proc/self/environ\")}' %{for x in [1]}${x}%{endfor}\n";
+    for (name, query) in [("tf-literal", "?backend=terraform"), ("native-literal", "")] {
+        let mut body = create_body(name);
+        body["tags"] = tags.clone();
+        body["user_data"] = json!(user_data);
+        let job = create_and_wait(&app, &body, query).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+        let cloud_id = job["instances"][0]["cloud_id"].as_str().unwrap();
+
+        let instance = app.moto_instances().await.remove(cloud_id).unwrap();
+        let cloud_tags = crate::helpers::tags_of(&instance);
+        for (key, value) in tags.as_object().unwrap() {
+            assert_eq!(cloud_tags.get(key).map(String::as_str), value.as_str(), "{name} {key}");
+        }
+        let attribute = app
+            .ec2
+            .describe_instance_attribute()
+            .instance_id(cloud_id)
+            .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+            .send()
+            .await
+            .unwrap();
+        let encoded = attribute.user_data().and_then(|v| v.value()).unwrap();
+        use base64::Engine;
+        let decoded = base64::engine::general_purpose::STANDARD.decode(encoded).unwrap();
+        assert_eq!(String::from_utf8(decoded).unwrap(), user_data, "{name}");
+        let steps = app.job_steps(job["id"].as_str().unwrap()).await;
+        assert!(!steps.contains("PROBE") && !steps.contains("root:"), "{steps}");
+    }
+}
+
+#[tokio::test]
+async fn a_state_naming_another_requests_instance_is_refused_and_that_instance_keeps_running() {
+    if terraform_mirror().is_none() {
+        return;
+    }
+    let app = spawn_app().await;
+    let created =
+        create_and_wait(&app, &create_body("tf-victim-of-state"), "?backend=terraform").await;
+    assert_eq!(created["status"], "succeeded", "{created}");
+    let workspace = created["id"].as_str().unwrap();
+    let own_cloud = created["instances"][0]["cloud_id"].as_str().unwrap();
+    let instance_id = created["instances"][0]["id"].as_str().unwrap();
+    // Another team's instance, which corral's cloud identity can reach.
+    let foreign = app.launch_in_moto(&[("team", "other")]).await;
+
+    // Its id swapped into the state (only an admin can write it through the API).
+    let path = format!("/v1/terraform/state/{workspace}");
+    let state = app.get(&path).await.text().await.unwrap();
+    assert!(state.contains(own_cloud), "{state}");
+    let tampered = state.replace(own_cloud, &foreign);
+    let written = app.client.post(app.url(&path)).body(tampered).send().await.unwrap();
+    assert_eq!(written.status(), StatusCode::OK);
+
+    let stopped = act_and_wait(&app, instance_id, "stop").await;
+    assert_eq!(stopped["status"], "failed", "{stopped}");
+    assert_eq!(stopped["attempts"], 1, "refused at once, not retried: {stopped}");
+    let error = stopped["error"].as_str().unwrap();
+    assert!(error.contains(&format!("instance '{foreign}'")), "{error}");
+    assert!(error.contains("which this request did not make"), "{error}");
+    assert!(!app.job_steps(stopped["id"].as_str().unwrap()).await.contains("terraform plan"));
+    assert_eq!(cloud_state(&app, &foreign).await, InstanceStateName::Running);
+    assert_eq!(cloud_state(&app, own_cloud).await, InstanceStateName::Running);
+
+    // A resource corral never declares is refused the same way.
+    let mut added: Value = serde_json::from_str(&state).unwrap();
+    added["serial"] = json!(added["serial"].as_i64().unwrap() + 10);
+    added["resources"].as_array_mut().unwrap().push(json!({
+        "mode": "managed", "type": "aws_vpc", "name": "theirs",
+        "provider": "provider[\"registry.terraform.io/hashicorp/aws\"]",
+        "instances": [{ "schema_version": 1, "attributes": { "id": "vpc-0123" } }],
+    }));
+    let written = app.client.post(app.url(&path)).json(&added).send().await.unwrap();
+    assert_eq!(written.status(), StatusCode::OK);
+    let ended = act_and_wait(&app, instance_id, "terminate").await;
+    assert_eq!(ended["status"], "failed", "{ended}");
+    assert!(ended["error"].as_str().unwrap().contains("the resource aws_vpc.theirs"), "{ended}");
+    assert_eq!(cloud_state(&app, own_cloud).await, InstanceStateName::Running);
+}

@@ -16,6 +16,9 @@
 //! - instances and the security group an interrupted `apply` made before it could save the
 //!   state are found by their `corral:job-id` tag and adopted with `import` blocks, never made
 //!   twice;
+//! - before any run, the workspace's state is checked to name only what this request made
+//!   (its recorded instances, or what carries its `corral:job-id` tag): corral applies the
+//!   state under its own cloud identity, so a state naming another instance is refused;
 //! - runs on one workspace take turns in job order, so that no run writes a configuration from
 //!   records another run is about to change; a job whose turn has not come hands its attempt
 //!   back uncounted rather than hold a worker for long.
@@ -52,6 +55,7 @@ pub async fn create(run: &JobRun<'_>, payload: &CreatePayload) -> Result<(), Job
     let (_, instance_type) = check_cloud_rules(run, spec).await?;
     import_key_pair(run, spec).await?;
 
+    check_state(run, workspace, region, &instances).await?;
     let mut imports = Vec::new();
     if job.job.launch_started_at.is_some() {
         release_stale_lock(run, workspace).await?;
@@ -155,6 +159,7 @@ pub async fn change(
         let region = spec.region.as_str();
         let instance_type = ctx.catalog.instance_type(region, &spec.instance_type).await?;
         release_stale_lock(run, &workspace).await?;
+        check_state(run, &workspace, region, &create.instances).await?;
 
         // Everything of the workspace that still exists stays declared; only the instances
         // this job acts on get a state resource.
@@ -303,6 +308,67 @@ async fn step(
     // Terraform's own error, without the output before it.
     let error = output.text.find("Error:").map_or(output.text.as_str(), |at| &output.text[at..]);
     Err(JobError::Retryable(format!("terraform {command} failed: {}", error.trim())))
+}
+
+/// Refuses to run Terraform on a workspace whose state names anything this request did not
+/// make: a resource of a type corral never declares, or an instance or security group that is
+/// neither recorded for the request (`records`) nor tagged with its job id. Terraform would
+/// otherwise stop, change or destroy it under corral's cloud identity.
+async fn check_state(
+    run: &JobRun<'_>,
+    workspace: &str,
+    region: &str,
+    records: &[InstanceRecord],
+) -> Result<(), JobError> {
+    let Some(state) = run.ctx.store.terraform_state(workspace).await? else { return Ok(()) };
+    let refuse = |what: String| {
+        JobError::Permanent(format!(
+            "the Terraform state of workspace {workspace} names {what}, which this request did \
+             not make: corral does not run Terraform on it (an admin can repair the state at \
+             /v1/terraform/state/{workspace})"
+        ))
+    };
+    let state: serde_json::Value = serde_json::from_str(&state)
+        .map_err(|err| refuse(format!("something unreadable ({err})")))?;
+    let (mut instances, mut groups) = (Vec::new(), Vec::new());
+    let resources = state["resources"].as_array().map(Vec::as_slice).unwrap_or_default();
+    for resource in resources {
+        let kind = resource["type"].as_str().unwrap_or_default();
+        let (found, attribute) = match kind {
+            "aws_instance" => (&mut instances, "id"),
+            "aws_ec2_instance_state" => (&mut instances, "instance_id"),
+            "aws_security_group" => (&mut groups, "id"),
+            _ => {
+                let name = resource["name"].as_str().unwrap_or_default();
+                return Err(refuse(format!("the resource {kind}.{name}")));
+            }
+        };
+        let objects = resource["instances"].as_array().map(Vec::as_slice).unwrap_or_default();
+        for object in objects {
+            let id = object["attributes"][attribute].as_str().unwrap_or_default();
+            found.push(id.to_string());
+        }
+    }
+    instances.retain(|id| !records.iter().any(|r| r.cloud_id.as_deref() == Some(id)));
+    instances.sort();
+    instances.dedup();
+    let provider = &run.ctx.provider;
+    if !instances.is_empty() {
+        let tagged = provider.find_tagged(region, TAG_JOB_ID, workspace).await?;
+        instances.retain(|id| !tagged.iter().any(|t| &t.cloud_id == id));
+        if let Some(foreign) = instances.first() {
+            return Err(refuse(format!("instance '{foreign}'")));
+        }
+    }
+    if !groups.is_empty() {
+        let tagged =
+            provider.find_security_groups(region, TAG_JOB_ID, &[workspace.to_string()]).await?;
+        groups.retain(|id| !tagged.iter().any(|(t, _)| t == id));
+        if let Some(foreign) = groups.first() {
+            return Err(refuse(format!("security group '{foreign}'")));
+        }
+    }
+    Ok(())
 }
 
 /// Releases the workspace's lock when an earlier attempt of this job left it.

@@ -1,0 +1,336 @@
+//! Attacks by the actors of SECURITY.md, each shown to fail: operators writing Terraform state,
+//! password guessing and lockouts, credentials outliving what made them, two credentials in
+//! one request, a reused username, a generated first password. (Attacks that need the real
+//! terraform live in `terraform`, those on the CLI in `cli` and the unit tests of
+//! `cli::profile`.)
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    ADMIN_PASSWORD, TestApp, assert_problem, client_with, create_body, http, login, spawn_app,
+    spawn_app_with,
+};
+
+#[tokio::test]
+async fn an_operator_cannot_write_or_lock_terraform_state_only_read_it() {
+    let app = spawn_app().await;
+    let job = app.create_running(&create_body("stateful")).await;
+    let workspace = job["id"].as_str().unwrap();
+    let operator =
+        client_with("x-api-key", &app.user_key("olga", json!({ "default": "operator" })).await);
+    let address = app.url(&format!("/v1/terraform/state/{workspace}"));
+    let state = json!({ "version": 4, "serial": 1, "lineage": "x", "resources": [] });
+    let lock = json!({ "ID": "olga-1", "Operation": "OperationTypeApply" });
+
+    for (method, body) in
+        [("POST", &state), ("LOCK", &lock), ("UNLOCK", &lock), ("DELETE", &Value::Null)]
+    {
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let response = operator.request(method.clone(), &address).json(body).send().await.unwrap();
+        let problem = assert_problem(response, StatusCode::FORBIDDEN).await;
+        assert!(problem["detail"].as_str().unwrap().contains("admins"), "{method}: {problem}");
+    }
+    // Reading stays open to operators; nothing was written or locked.
+    let read = operator.get(&address).send().await.unwrap();
+    assert_eq!(read.status(), StatusCode::NO_CONTENT);
+    let admin_lock = app.client.request(Method::from_bytes(b"LOCK").unwrap(), &address);
+    assert_eq!(admin_lock.json(&lock).send().await.unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_stranger_is_refused_before_sending_a_state_body() {
+    let app = spawn_app().await;
+    let job = app.create_running(&create_body("big-state")).await;
+    let stranger = client_with("x-api-key", &app.user_key("sid", json!({})).await);
+    // 8 MiB announced, one chunk sent, the rest never: the answer comes without the body.
+    let (sender, mut receiver) =
+        tokio::sync::mpsc::channel::<Result<hyper::body::Frame<bytes::Bytes>, std::io::Error>>(1);
+    sender.send(Ok(hyper::body::Frame::data(bytes::Bytes::from(vec![b'{'; 1024])))).await.unwrap();
+    let stream = futures_util::stream::poll_fn(move |context| receiver.poll_recv(context));
+    let request = stranger
+        .post(app.url(&format!("/v1/terraform/state/{}", job["id"].as_str().unwrap())))
+        .header("content-length", (8 * 1024 * 1024).to_string())
+        .body(reqwest::Body::wrap(http_body_util::StreamBody::new(stream)));
+    let response = tokio::time::timeout(Duration::from_secs(10), request.send())
+        .await
+        .expect("answered before the body was sent")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    drop(sender);
+}
+
+/// `count` logins as `username` with `password` sent at once from `client`; their statuses.
+async fn logins_at_once(
+    app: &TestApp,
+    client: &reqwest::Client,
+    username: &str,
+    password: &str,
+    count: usize,
+) -> Vec<StatusCode> {
+    let attempts = (0..count).map(|_| {
+        client
+            .post(app.url("/v1/token"))
+            .form(&[("username", username), ("password", password)])
+            .send()
+    });
+    futures_util::future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(|response| response.unwrap().status())
+        .collect()
+}
+
+#[tokio::test]
+async fn guesses_sent_at_once_are_counted_before_any_password_is_hashed() {
+    let app = spawn_app().await;
+    let statuses = logins_at_once(&app, &http(), "admin", "a wrong guess", 30).await;
+    let wrong = statuses.iter().filter(|s| **s == StatusCode::UNAUTHORIZED).count();
+    let refused = statuses
+        .iter()
+        .filter(|s| [StatusCode::TOO_MANY_REQUESTS, StatusCode::SERVICE_UNAVAILABLE].contains(s))
+        .count();
+    // The limit is 5 failures per user and client: no more than 5 guesses were checked.
+    assert!(wrong <= 5, "{wrong} guesses were checked: {statuses:?}");
+    assert_eq!(wrong + refused, 30, "{statuses:?}");
+}
+
+#[tokio::test]
+async fn a_stranger_failing_logins_cannot_lock_the_user_out_elsewhere() {
+    let app = spawn_app_with(|settings| {
+        settings.server.trusted_proxies = vec!["127.0.0.1/32".to_string()];
+    })
+    .await;
+    // Behind a trusted proxy (here: loopback), each client is its X-Forwarded-For address.
+    let from = |address: &str| client_with("x-forwarded-for", address);
+    let attacker = from("203.0.113.66");
+    for _ in 0..6 {
+        let statuses = logins_at_once(&app, &attacker, "admin", "guess", 1).await;
+        assert_ne!(statuses[0], StatusCode::OK);
+    }
+    // The attacker's own client waits, even with the right password ...
+    let statuses = logins_at_once(&app, &attacker, "admin", ADMIN_PASSWORD, 1).await;
+    assert_eq!(statuses, [StatusCode::TOO_MANY_REQUESTS]);
+    // ... and the admin, elsewhere, is not held back at all, nor from another IPv6 /64.
+    for address in ["198.51.100.7", "2001:db8:1:1::5"] {
+        let statuses = logins_at_once(&app, &from(address), "admin", ADMIN_PASSWORD, 1).await;
+        assert_eq!(statuses, [StatusCode::OK], "from {address}");
+    }
+    // A forwarded address is believed from a trusted proxy only, and only its last hop: a
+    // client writing the header itself still counts as the address the proxy saw.
+    let spoofing = client_with("x-forwarded-for", "198.51.100.7, 203.0.113.66");
+    let statuses = logins_at_once(&app, &spoofing, "admin", ADMIN_PASSWORD, 1).await;
+    assert_eq!(statuses, [StatusCode::TOO_MANY_REQUESTS]);
+}
+
+#[tokio::test]
+async fn without_trusted_proxies_a_forwarded_address_is_ignored() {
+    let app = spawn_app().await;
+    for _ in 0..5 {
+        let guess = client_with("x-forwarded-for", &format!("203.0.113.{}", rand_octet()));
+        logins_at_once(&app, &guess, "admin", "guess", 1).await;
+    }
+    // Every guess came from 127.0.0.1, whatever the header said.
+    let statuses = logins_at_once(&app, &http(), "admin", ADMIN_PASSWORD, 1).await;
+    assert_eq!(statuses, [StatusCode::TOO_MANY_REQUESTS]);
+    // And `"cidr": "caller"` is the connection's address too.
+    let mut body = create_body("caller-rule");
+    body["ingress"] = json!([{ "port": 22, "cidr": "caller" }]);
+    let spoofed = app.client.post(app.url("/v1/instances?wait=30"));
+    let job: Value = spoofed
+        .header("x-forwarded-for", "0.0.0.0")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let groups = app.ec2.describe_security_groups().send().await.unwrap();
+    let cidrs: Vec<&str> = groups
+        .security_groups()
+        .iter()
+        .flat_map(|g| g.ip_permissions())
+        .flat_map(|p| p.ip_ranges())
+        .filter_map(|r| r.cidr_ip())
+        .collect();
+    assert!(cidrs.contains(&"127.0.0.1/32") && !cidrs.contains(&"0.0.0.0/32"), "{cidrs:?}");
+}
+
+fn rand_octet() -> u8 {
+    (uuid::Uuid::new_v4().as_u128() % 250) as u8 + 1
+}
+
+#[tokio::test]
+async fn an_overlong_username_is_refused_without_a_hash_or_a_count() {
+    let app = spawn_app_with(|settings| settings.auth.login_failures_per_address = 2).await;
+    let long = "a".repeat(10_000);
+    for _ in 0..5 {
+        let statuses = logins_at_once(&app, &http(), &long, "whatever", 1).await;
+        assert_eq!(statuses, [StatusCode::UNAUTHORIZED]);
+    }
+    // Nothing was counted against the client.
+    let statuses = logins_at_once(&app, &http(), "admin", ADMIN_PASSWORD, 1).await;
+    assert_eq!(statuses, [StatusCode::OK]);
+}
+
+#[tokio::test]
+async fn a_token_cannot_mint_a_key_that_outlives_it() {
+    let app = spawn_app().await;
+    let token = login(&app.address, "admin", ADMIN_PASSWORD).await;
+    let with_token = client_with("authorization", &format!("Bearer {token}"));
+    let minted = |client: &reqwest::Client, body: Value| {
+        let request = client.post(app.url("/v1/api-keys")).json(&body).send();
+        async move {
+            let response = request.await.unwrap();
+            let status = response.status();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let never = minted(&with_token, json!({ "name": "forever" })).await;
+    assert_eq!(never.0, StatusCode::CREATED);
+    let expires = chrono::DateTime::parse_from_rfc3339(never.1["expires_at"].as_str().unwrap())
+        .expect("the key expires");
+    let left = expires.signed_duration_since(chrono::Utc::now()).num_seconds();
+    assert!((1700..=1805).contains(&left), "expires in {left} s, as the token does");
+    // A key made by that key expires no later either.
+    let key = never.1["key"].as_str().unwrap().to_string();
+    let later = (chrono::Utc::now() + chrono::Duration::days(30)).to_rfc3339();
+    let child =
+        minted(&client_with("x-api-key", &key), json!({ "name": "c", "expires_at": later })).await;
+    assert_eq!(child.0, StatusCode::CREATED);
+    assert!(child.1["expires_at"].as_str().unwrap() <= never.1["expires_at"].as_str().unwrap());
+    // The password, proven again, lets a key outlive the token; a wrong one does not.
+    let wrong = minted(&with_token, json!({ "name": "w", "password": "not it at all" })).await;
+    assert_eq!(wrong.0, StatusCode::UNPROCESSABLE_ENTITY, "{}", wrong.1);
+    let proven = minted(&with_token, json!({ "name": "p", "password": ADMIN_PASSWORD })).await;
+    assert_eq!(proven.0, StatusCode::CREATED);
+    assert_eq!(proven.1["expires_at"], Value::Null);
+}
+
+#[tokio::test]
+async fn a_stolen_token_cannot_change_the_password_and_a_change_ends_old_tokens() {
+    let app = spawn_app().await;
+    app.user_key("ann", json!({})).await;
+    let token = login(&app.address, "ann", "ann-password-123").await;
+    let thief = client_with("authorization", &format!("Bearer {token}"));
+    let change = |client: &reqwest::Client, body: Value| {
+        client.patch(app.url("/v1/users/ann")).json(&body).send()
+    };
+    let taken = change(&thief, json!({ "password": "the thief's password" })).await.unwrap();
+    let problem = assert_problem(taken, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(problem["errors"][0]["field"], "current_password", "{problem}");
+    let wrong = json!({ "password": "the thief's password", "current_password": "a guess" });
+    let problem =
+        assert_problem(change(&thief, wrong).await.unwrap(), StatusCode::UNPROCESSABLE_ENTITY)
+            .await;
+    assert_eq!(problem["errors"][0]["message"], "is not your current password");
+    login(&app.address, "ann", "ann-password-123").await;
+
+    // Ann changes it herself: the old token stops working, a new login works.
+    let own = json!({ "password": "ann's new password", "current_password": "ann-password-123" });
+    assert_eq!(change(&thief, own).await.unwrap().status(), StatusCode::OK);
+    let after = thief.get(app.url("/v1/me")).send().await.unwrap();
+    let problem = assert_problem(after, StatusCode::UNAUTHORIZED).await;
+    assert!(problem["detail"].as_str().unwrap().contains("password changed"), "{problem}");
+    let fresh = login(&app.address, "ann", "ann's new password").await;
+    let me = client_with("authorization", &format!("Bearer {fresh}")).get(app.url("/v1/me"));
+    assert_eq!(me.send().await.unwrap().status(), StatusCode::OK);
+    // An admin resets someone else's password without knowing it.
+    let reset = app.client.patch(app.url("/v1/users/ann"));
+    let reset = reset.json(&json!({ "password": "reset by the admin" })).send().await.unwrap();
+    assert_eq!(reset.status(), StatusCode::OK);
+    login(&app.address, "ann", "reset by the admin").await;
+}
+
+#[tokio::test]
+async fn two_credentials_must_both_be_valid_and_the_same_user() {
+    let app = spawn_app().await;
+    let ann_key = app.user_key("ann", json!({})).await;
+    let admin_token = login(&app.address, "admin", ADMIN_PASSWORD).await;
+    let both = |key: &str, authorization: &str| {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("x-api-key", key.parse().unwrap());
+        headers.insert("authorization", authorization.parse().unwrap());
+        http().get(app.url("/v1/me")).headers(headers).send()
+    };
+    let bogus = both(&app.admin_key, "Bearer not-a-token").await.unwrap();
+    assert_eq!(bogus.status(), StatusCode::UNAUTHORIZED);
+    let bogus_key = both("crl_bogus", &format!("Bearer {admin_token}")).await.unwrap();
+    assert_eq!(bogus_key.status(), StatusCode::UNAUTHORIZED);
+    let mixed = both(&ann_key, &format!("Bearer {admin_token}")).await.unwrap();
+    let problem = assert_problem(mixed, StatusCode::UNAUTHORIZED).await;
+    assert!(problem["detail"].as_str().unwrap().contains("different users"), "{problem}");
+    let same = both(&app.admin_key, &format!("Bearer {admin_token}")).await.unwrap();
+    assert_eq!(same.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_reused_username_does_not_see_the_jobs_of_the_user_it_replaces() {
+    let app = spawn_app().await;
+    app.create_namespaces(&["team"]).await;
+    let as_dana = |token: String| client_with("authorization", &format!("Bearer {token}"));
+    app.user_key("dana", json!({ "team": "operator" })).await;
+    let first = as_dana(login(&app.address, "dana", "dana-password-123").await);
+    let mut body = create_body("dana-box");
+    body["namespace"] = json!("team");
+    let job: Value = first
+        .post(app.url("/v1/instances?wait=30"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(job["actor"], "dana", "{job}");
+    let job_path = format!("/v1/jobs/{}", job["id"].as_str().unwrap());
+
+    // dana leaves; someone new gets the name, with no role in the team.
+    let deleted = app.client.delete(app.url("/v1/users/dana")).send().await.unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    app.user_key("dana", json!({})).await;
+    let second = as_dana(login(&app.address, "dana", "dana-password-123").await);
+    let listed: Value = second.get(app.url("/v1/jobs")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed["items"], json!([]), "{listed}");
+    let read = second.get(app.url(&job_path)).send().await.unwrap();
+    assert_eq!(read.status(), StatusCode::NOT_FOUND);
+
+    // Names corral itself acts under cannot be taken.
+    for reserved in ["system", "crl_ab12cd34"] {
+        let body = json!({ "username": reserved, "password": "long enough password" });
+        let response = app.post_json("/v1/users", &body, None).await;
+        let problem = assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+        assert_eq!(problem["errors"][0]["field"], "username", "{problem}");
+    }
+}
+
+#[tokio::test]
+async fn a_generated_first_password_is_in_a_private_file_and_must_be_changed() {
+    let server = crate::helpers::spawn_server(|settings| settings.auth.admin_password = None).await;
+    let _stop = server.shutdown.clone().drop_guard();
+    let address = &server.address;
+    let file = server.dir.path().join("data").join("initial-admin-password");
+    let metadata = std::fs::metadata(&file).expect("the password is in the data directory");
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&metadata.permissions()) & 0o777, 0o600);
+    let password = std::fs::read_to_string(&file).unwrap().trim().to_string();
+    assert_eq!(password.len(), 24);
+
+    let token = login(address, "admin", &password).await;
+    let admin = client_with("authorization", &format!("Bearer {token}"));
+    let refused = admin.get(format!("{address}/v1/instances")).send().await.unwrap();
+    let problem = assert_problem(refused, StatusCode::FORBIDDEN).await;
+    assert!(problem["detail"].as_str().unwrap().contains("must be changed"), "{problem}");
+    let me = admin.get(format!("{address}/v1/me")).send().await.unwrap();
+    assert_eq!(me.status(), StatusCode::OK);
+    let change = json!({ "password": "the admin's own choice", "current_password": password });
+    let changed = admin.patch(format!("{address}/v1/users/admin")).json(&change).send().await;
+    assert_eq!(changed.unwrap().status(), StatusCode::OK);
+    let token = login(address, "admin", "the admin's own choice").await;
+    let admin = client_with("authorization", &format!("Bearer {token}"));
+    let listed = admin.get(format!("{address}/v1/instances")).send().await.unwrap();
+    assert_eq!(listed.status(), StatusCode::OK);
+}
