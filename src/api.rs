@@ -19,6 +19,7 @@ mod health;
 mod instances;
 mod jobs;
 mod key_pairs;
+pub mod limits;
 mod namespaces;
 mod notifications;
 mod orphans;
@@ -69,6 +70,8 @@ pub struct ApiContext {
     pub notify: Arc<crate::config::NotifySettings>,
     /// Reverse proxies whose `X-Forwarded-For` is believed (`extract::ClientAddress`).
     pub trusted_proxies: Arc<[ipnet::IpNet]>,
+    /// Request timeouts and the cap on event streams.
+    pub limits: Arc<limits::Limits>,
 }
 
 /// `/health` and `/ready` only, for processes that run jobs but serve no API.
@@ -101,8 +104,9 @@ pub fn router(ctx: ApiContext) -> Router {
         .merge(protected)
         .nest("/v1", auth::public_router())
         .merge(health::router())
-        .with_state(ctx)
+        .with_state(ctx.clone())
         .merge(docs::router())
+        .layer(axum::middleware::from_fn_with_state(ctx, limits::request_timeout))
         .layer(axum::middleware::from_fn(error::problem_responses))
         .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))

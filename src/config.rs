@@ -492,6 +492,11 @@ pub struct NotifySettings {
     /// The address people reach this corral at, for links in emails; by default the
     /// listening address.
     pub public_url: Option<String>,
+    /// Most subscriptions one namespace may hold, webhooks and email subscriptions counted
+    /// together (`CORRAL_NOTIFY__MAX_SUBSCRIPTIONS_PER_NAMESPACE`); a create past it is refused
+    /// with 422. Global subscriptions, which only admins make, are not counted or capped. 0
+    /// leaves namespaces none of their own.
+    pub max_subscriptions_per_namespace: u32,
 }
 
 /// How the SMTP connection is secured.
@@ -524,6 +529,7 @@ impl Default for NotifySettings {
             retry_max_delay: 900.0,
             poll_interval_ms: 1_000,
             public_url: None,
+            max_subscriptions_per_namespace: 50,
         }
     }
 }
@@ -782,6 +788,38 @@ mod tests {
         assert_eq!(settings.policy.instance_types, ["t3.micro"]);
         assert_eq!(settings.policy.storage_gb.max, 20);
         assert_eq!(settings.policy.regions, Policy::free_tier().regions);
+    }
+
+    #[test]
+    fn a_remote_state_url_over_plain_http_is_refused() {
+        for url in ["http://10.0.0.5:8080", "http://corral.internal"] {
+            let settings = Settings {
+                terraform: TerraformSettings { state_url: Some(url.into()), ..Default::default() },
+                ..Settings::default()
+            };
+            let err = format!("{:#}", settings.validate().unwrap_err());
+            assert!(err.contains("terraform.state_url") && err.contains("plain HTTP"), "{err}");
+        }
+        for url in ["https://corral.internal", "http://127.0.0.1:8080", "http://localhost:1"] {
+            assert_eq!(plain_http_to_another_host(url), None, "{url}");
+        }
+    }
+
+    #[test]
+    fn server_settings_name_what_is_wrong() {
+        let settings = Settings {
+            server: ServerSettings {
+                trusted_proxies: vec!["10.0.0.0/8".into(), "not-a-range".into()],
+                tls_cert: Some("cert.pem".into()),
+                max_connections: 0,
+                ..ServerSettings::default()
+            },
+            ..Settings::default()
+        };
+        let err = format!("{:#}", settings.validate().unwrap_err());
+        for expected in ["'not-a-range'", "server.tls_key", "server.max_connections"] {
+            assert!(err.contains(expected), "{expected} in {err}");
+        }
     }
 
     #[test]

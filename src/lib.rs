@@ -4,7 +4,7 @@
 //! pure), `cloud` (the provider trait and AWS), `storage` (all SQL), `jobs` (the durable queue
 //! and one reconciler per job kind), `notify` (email and webhooks from an outbox), `auth` (who a
 //! request comes from), `terraform` (the Terraform backend's configuration and runs), `api`
-//! (HTTP), `config`,
+//! (HTTP), `server` (the listener: TLS, timeouts, connection limits), `config`,
 //! `telemetry`, `startup` (wiring), `cli` (the command line). See ARCHITECTURE.md.
 
 pub mod domain;
@@ -19,6 +19,7 @@ pub mod auth;
 pub mod terraform;
 
 pub mod api;
+pub mod server;
 
 pub mod cli;
 pub mod config;

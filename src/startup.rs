@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiContext};
 use crate::auth::Authenticator;
 use crate::cloud::{AwsProvider, Catalog, DescribeBatcher, Provider};
-use crate::config::{ReconcileSettings, Role, Settings};
+use crate::config::{ReconcileSettings, Role, ServerSettings, Settings};
 use crate::domain::Backend;
 use crate::jobs::{self, JobContext, Queue};
 use crate::notify::{self, Notifier};
@@ -23,6 +23,8 @@ use crate::terraform::Terraform;
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
+    server: ServerSettings,
+    tls: Option<Arc<rustls::ServerConfig>>,
     api: ApiContext,
     jobs: Arc<JobContext>,
     notifier: Arc<Notifier>,
@@ -65,8 +67,12 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
         let local_addr = listener.local_addr()?;
-        let public_url =
-            settings.notify.public_url.clone().unwrap_or_else(|| format!("http://{local_addr}"));
+        let tls = crate::server::tls_config(&settings.server)?;
+        let public_url = settings
+            .notify
+            .public_url
+            .clone()
+            .unwrap_or_else(|| crate::server::url(local_addr, tls.is_some()));
         let notifier = Arc::new(Notifier::new(store.clone(), settings.notify.clone(), public_url)?);
         let auth = Arc::new(Authenticator::new(store.clone(), &settings.auth).await?);
         if settings.role.serves_api() {
@@ -96,8 +102,11 @@ impl Application {
                             ip if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
                             ip => ip,
                         };
-                        format!("http://{}", SocketAddr::new(ip, local_addr.port()))
+                        crate::server::url(SocketAddr::new(ip, local_addr.port()), tls.is_some())
                     });
+                if let Some(problem) = crate::config::plain_http_to_another_host(&state_url) {
+                    anyhow::bail!("the Terraform state URL (from notify.public_url): {problem}");
+                }
                 tracing::info!(binary = %binary.display(), state_url, "Terraform backend available");
                 Some(Arc::new(
                     Terraform::new(
@@ -143,6 +152,13 @@ impl Application {
             catalog: catalog.clone(),
             notify: Arc::new(settings.notify),
             trusted_proxies: settings.server.trusted_proxies().map_err(anyhow::Error::msg)?.into(),
+            limits: Arc::new(api::limits::Limits {
+                request_timeout: Duration::from_secs(settings.server.request_timeout_secs),
+                streams: api::limits::StreamSlots::new(
+                    settings.server.max_event_streams,
+                    settings.server.max_event_streams_per_caller,
+                ),
+            }),
         };
         let describer = DescribeBatcher::new(provider.clone(), Duration::from_millis(50));
         let jobs = Arc::new(JobContext {
@@ -157,6 +173,8 @@ impl Application {
         Ok(Application {
             listener,
             local_addr,
+            server: settings.server,
+            tls,
             api,
             jobs,
             notifier,
@@ -205,11 +223,12 @@ impl Application {
         } else {
             api::health_router(self.api)
         };
-        tracing::info!(address = %self.local_addr, role = ?self.role, "corral is listening");
-        let router = router.into_make_service_with_connect_info::<SocketAddr>();
-        let server = axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let served = server.await.context("HTTP server failed");
+        let url = crate::server::url(self.local_addr, self.tls.is_some());
+        tracing::info!(address = %url, role = ?self.role, "corral is listening");
+        let served =
+            crate::server::serve(self.listener, router, self.tls, &self.server, shutdown.clone())
+                .await
+                .context("HTTP server failed");
         shutdown.cancel();
         for task in background {
             task.await.context("a background task panicked")?;

@@ -480,6 +480,8 @@ pub struct AuditFilter {
     pub actor: Option<String>,
     pub action: Option<String>,
     pub target: Option<String>,
+    /// Only events older than this id (keyset paging): narrows the rows, not the total.
+    pub before: Option<i64>,
 }
 
 impl AuditFilter {
@@ -572,6 +574,21 @@ pub struct SubscriptionRecord {
     pub created_at: Millis,
 }
 
+/// How storing a subscription ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriptionAdmission {
+    Created,
+    /// Its namespace does not exist; nothing was stored.
+    UnknownNamespace,
+    /// Its namespace already holds `held` subscriptions (webhooks and email subscriptions
+    /// together), not fewer than `max` (`notify.max_subscriptions_per_namespace`); nothing
+    /// was stored.
+    OverCap {
+        held: i64,
+        max: u32,
+    },
+}
+
 /// Where a delivery stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeliveryStatus {
@@ -615,7 +632,11 @@ pub struct DeliveryRecord {
     pub channel: Channel,
     /// The email address or webhook URL.
     pub target: String,
+    /// The subscription it was made for; `None` for the configured `notify.email` addresses.
     pub subscription_id: Option<String>,
+    /// Who may see and retry it: its subscription's namespace, not its event's. `None` for the
+    /// deliveries of global subscriptions and of the configured addresses, which are the
+    /// admins' alone (a global webhook's URL is often a secret of its own).
     pub namespace: Option<String>,
     pub status: DeliveryStatus,
     pub attempts: i64,
@@ -645,7 +666,8 @@ pub enum DeliveryOutcome {
 
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryFilter {
-    /// Only deliveries of events in these namespaces; `None` for all.
+    /// Only the deliveries that belong to these namespaces (of their subscriptions), never
+    /// those without one (global subscriptions, configured addresses); `None` for all.
     pub visible: Option<Vec<String>>,
     pub status: Option<DeliveryStatus>,
     pub event_id: Option<String>,
@@ -1136,12 +1158,17 @@ impl Store {
         dispatch!(self, insert_namespace_terminate_job(job, namespace))
     }
 
+    /// Stores a subscription unless its namespace does not exist or already holds
+    /// `max_per_namespace` subscriptions (webhooks and email together; global ones are not
+    /// capped), counted after locking the namespace row so that concurrent creates are
+    /// admitted one after the other.
     pub async fn create_subscription(
         &self,
         subscription: &SubscriptionRecord,
+        max_per_namespace: u32,
         actor: &Actor,
-    ) -> Result<bool, StorageError> {
-        dispatch!(self, create_subscription(subscription, actor))
+    ) -> Result<SubscriptionAdmission, StorageError> {
+        dispatch!(self, create_subscription(subscription, max_per_namespace, actor))
     }
 
     pub async fn list_subscriptions(

@@ -1,11 +1,23 @@
 //! The OpenAPI document (`/openapi.json`), Swagger UI (`/docs`) and ReDoc (`/redoc`), all
 //! served from the binary: Swagger UI is vendored by `utoipa-swagger-ui`, the ReDoc bundle is
 //! embedded from `assets/redoc/`. Nothing is fetched at build or run time.
+//!
+//! Every answer of these routes carries `X-Content-Type-Options: nosniff`,
+//! `X-Frame-Options: DENY` and a `Content-Security-Policy` that allows what the pages load
+//! from corral itself and nothing from elsewhere (`DocsHeaders`). Inline scripts are allowed
+//! by their SHA-256 only, computed when the router is built from the very HTML that is served,
+//! so that the hashes cannot drift from the pages.
+
+use std::sync::Arc;
 
 use axum::Router;
-use axum::http::header;
-use axum::response::{Html, IntoResponse};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use base64::Engine;
+use sha2::{Digest, Sha256};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
@@ -126,6 +138,8 @@ impl Modify for SecuritySchemes {
 
 const REDOC_JS: &[u8] = include_bytes!("../../assets/redoc/redoc.standalone.js");
 
+const OPENAPI_PATH: &str = "/openapi.json";
+
 const REDOC_PAGE: &str = r#"<!DOCTYPE html>
 <html>
   <head>
@@ -140,9 +154,136 @@ const REDOC_PAGE: &str = r#"<!DOCTYPE html>
 </html>
 "#;
 
+/// The HTML pages of the vendored Swagger UI (`/docs/` answers `index.html`); their inline
+/// scripts (`oauth2-redirect.html` has one) are allowed by hash.
+const SWAGGER_PAGES: &[&str] = &["index.html", "oauth2-redirect.html"];
+
+/// What both pages need: scripts, styles, images and the API itself from corral (the spec, and
+/// Swagger UI's "Try it out"), icons as `data:` URIs, and styles inline (Swagger UI's rendered
+/// markdown, ReDoc's styled-components, which inserts `<style>` elements). No other origin:
+/// ReDoc's sidebar logo from `cdn.redoc.ly` is refused, and ReDoc then hides it.
+fn content_security_policy(scripts: &[String], extra: &str) -> HeaderValue {
+    let hashes: String = scripts.iter().map(|hash| format!(" {hash}")).collect();
+    let policy = format!(
+        "default-src 'none'; script-src 'self'{hashes}; style-src 'self' 'unsafe-inline'; \
+         img-src 'self' data:; connect-src 'self'; font-src 'self'; {extra}\
+         frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    );
+    HeaderValue::try_from(policy).expect("a policy of ASCII sources is a valid header value")
+}
+
+/// The `Content-Security-Policy` of each part of the docs.
+struct DocsHeaders {
+    swagger: HeaderValue,
+    redoc: HeaderValue,
+    /// The OpenAPI document runs nothing, and is framed by no one.
+    document: HeaderValue,
+}
+
+impl DocsHeaders {
+    fn new(swagger_config: &utoipa_swagger_ui::Config<'static>) -> DocsHeaders {
+        let config = Arc::new(swagger_config.clone());
+        let mut swagger_scripts = Vec::new();
+        for page in SWAGGER_PAGES {
+            // A page this version of Swagger UI does not have is not served either.
+            if let Ok(Some(file)) = utoipa_swagger_ui::serve(page, config.clone()) {
+                let html = String::from_utf8_lossy(&file.bytes);
+                swagger_scripts.extend(inline_scripts(&html).into_iter().map(script_hash));
+            }
+        }
+        let redoc_scripts: Vec<String> =
+            inline_scripts(REDOC_PAGE).into_iter().map(script_hash).collect();
+        DocsHeaders {
+            swagger: content_security_policy(&swagger_scripts, ""),
+            // ReDoc's search runs in a worker that it starts from a `blob:` URL.
+            redoc: content_security_policy(&redoc_scripts, "worker-src blob:; "),
+            document: HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        }
+    }
+
+    fn policy_for(&self, path: &str) -> &HeaderValue {
+        if path == OPENAPI_PATH {
+            &self.document
+        } else if path == "/redoc" || path.starts_with("/redoc/") {
+            &self.redoc
+        } else {
+            &self.swagger
+        }
+    }
+}
+
+/// A CSP source allowing `script`, the text of an inline `<script>` element.
+fn script_hash(script: &str) -> String {
+    let digest = Sha256::digest(script.as_bytes());
+    format!("'sha256-{}'", base64::engine::general_purpose::STANDARD.encode(digest))
+}
+
+/// The text of every inline `<script>` of `html` (one without a `src`), byte for byte as a
+/// browser hashes it. Enough HTML for the static pages above: comments are skipped, and a
+/// `>` inside an attribute value of a script tag is not expected.
+fn inline_scripts(html: &str) -> Vec<&str> {
+    // ASCII lowercasing keeps every byte where it was, so offsets in `lower` are offsets in
+    // `html`.
+    let lower = html.to_ascii_lowercase();
+    let mut scripts = Vec::new();
+    let mut at = 0;
+    loop {
+        let rest = &lower[at..];
+        let (comment, script) = (rest.find("<!--"), rest.find("<script"));
+        match (comment, script) {
+            (Some(comment), Some(script)) if comment < script => {
+                let Some(end) = lower[at + comment..].find("-->") else { break };
+                at += comment + end + 3;
+            }
+            (_, Some(script)) => {
+                let open = at + script;
+                let name_end = open + "<script".len();
+                let Some(tag_len) = lower[name_end..].find('>') else { break };
+                let attributes = &lower[name_end..name_end + tag_len];
+                if !attributes.is_empty()
+                    && !attributes.starts_with(|c: char| c.is_ascii_whitespace() || c == '/')
+                {
+                    // Another element whose name starts with "script".
+                    at = name_end;
+                    continue;
+                }
+                let body = name_end + tag_len + 1;
+                let Some(body_len) = lower[body..].find("</script") else { break };
+                let has_src = attributes
+                    .split(|c: char| c.is_ascii_whitespace() || c == '/')
+                    .any(|attribute| attribute == "src" || attribute.starts_with("src="));
+                if !has_src {
+                    scripts.push(&html[body..body + body_len]);
+                }
+                at = body + body_len;
+            }
+            _ => break,
+        }
+    }
+    scripts
+}
+
+/// Adds the docs' security headers to every answer of the docs routes.
+async fn security_headers(
+    State(headers): State<Arc<DocsHeaders>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let policy = headers.policy_for(request.uri().path()).clone();
+    let mut response = next.run(request).await;
+    let answer = response.headers_mut();
+    answer.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    answer.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    answer.insert(header::CONTENT_SECURITY_POLICY, policy);
+    response
+}
+
 pub fn router() -> Router {
+    // No validator badge: it would send the document's URL to validator.swagger.io.
+    let swagger_config = utoipa_swagger_ui::Config::default().validator_url("none");
+    let headers = Arc::new(DocsHeaders::new(&swagger_config));
     Router::new()
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+        .merge(SwaggerUi::new("/docs").url(OPENAPI_PATH, ApiDoc::openapi()).config(swagger_config))
         .route("/redoc", get(|| async { Html(REDOC_PAGE) }))
         .route(
             "/redoc/redoc.standalone.js",
@@ -151,4 +292,28 @@ pub fn router() -> Router {
                     .into_response()
             }),
         )
+        .layer(axum::middleware::from_fn_with_state(headers, security_headers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inline_scripts_are_found_and_external_ones_and_comments_skipped() {
+        let html = "<!-- <script>no</script> --><SCRIPT src=\"a.js\"></SCRIPT>\
+                    <scripts>x</scripts><script type=\"module\">one()</script>\
+                    <script>\n two()\n</script >";
+        assert_eq!(inline_scripts(html), ["one()", "\n two()\n"]);
+        assert!(inline_scripts(REDOC_PAGE).is_empty());
+    }
+
+    #[test]
+    fn a_hash_is_the_base64_sha256_of_the_script() {
+        // echo -n "alert(1)" | openssl dgst -sha256 -binary | base64
+        assert_eq!(
+            script_hash("alert(1)"),
+            "'sha256-bhHHL3z2vDgxUt0W3dWQOrprscmda2Y5pLsLg4GF+pI='"
+        );
+    }
 }

@@ -16,6 +16,7 @@ use utoipa::ToSchema;
 
 use crate::api::auth::Caller;
 use crate::api::extract::{QueryParams, encode_cursor, page_param};
+use crate::api::limits::StreamSlot;
 use crate::api::{ApiContext, ApiError};
 use crate::domain::JobStatus;
 use crate::storage::{InstanceRecord, JobEvent, JobFilter, JobRecord, JobView, to_datetime};
@@ -157,6 +158,7 @@ impl From<JobEvent> for JobEventBody {
     responses(
         (status = 200, description = "The history as JSON, or as an event stream", body = JobEventList),
         (status = 404, body = crate::api::Problem),
+        (status = 429, description = "As many event streams are open as allowed (server.max_event_streams, server.max_event_streams_per_caller)", body = crate::api::Problem),
     ))]
 pub async fn get_job_events(
     State(ctx): State<ApiContext>,
@@ -179,7 +181,9 @@ pub async fn get_job_events(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<i64>().ok())
         .unwrap_or(0);
-    Ok(Sse::new(event_stream(ctx, id, after)).keep_alive(KeepAlive::default()).into_response())
+    let slot = ctx.limits.streams.take(&caller.principal.user_id)?;
+    let stream = event_stream(ctx, id, after, slot);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
 }
 
 struct StreamState {
@@ -188,6 +192,8 @@ struct StreamState {
     after: i64,
     buffered: VecDeque<Event>,
     ended: bool,
+    /// Held while the stream is open.
+    _slot: StreamSlot,
 }
 
 /// Polls the job's history; waits on the in-process finish signal between polls.
@@ -195,8 +201,10 @@ fn event_stream(
     ctx: ApiContext,
     job_id: String,
     after: i64,
+    slot: StreamSlot,
 ) -> impl futures_util::Stream<Item = Result<Event, Infallible>> {
-    let state = StreamState { ctx, job_id, after, buffered: VecDeque::new(), ended: false };
+    let state =
+        StreamState { ctx, job_id, after, buffered: VecDeque::new(), ended: false, _slot: slot };
     futures_util::stream::unfold(state, |mut state| async move {
         loop {
             if let Some(event) = state.buffered.pop_front() {

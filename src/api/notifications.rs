@@ -1,5 +1,12 @@
 //! `/v1/notifications`: every delivery of every event, where it stands (pending, delivered,
 //! dead) and why the last attempt failed, with a retry for the dead ones.
+//!
+//! A delivery belongs to the namespace of the subscription it was made for, not to its
+//! event's: a namespace's readers see the deliveries of that namespace's own webhooks and
+//! email subscriptions, and its operators retry them. The deliveries of global subscriptions
+//! and of the configured `notify.email` addresses belong to no namespace and are the admins'
+//! alone, since their targets (a Slack or Teams incoming-webhook URL is a credential) are not
+//! the namespace's to know. The event itself still names its namespace.
 
 use axum::Json;
 use axum::Router;
@@ -31,6 +38,9 @@ pub struct DeliveryBody {
     pub last_error: Option<String>,
     pub delivered_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    /// The namespace of the delivery's subscription, which decides who sees and retries it;
+    /// null for global subscriptions and the configured `notify.email` addresses (admins
+    /// only). The event's own namespace is `event.namespace`.
     pub namespace: Option<String>,
     /// The event, as webhooks receive it.
     #[schema(value_type = Object)]
@@ -69,7 +79,9 @@ pub fn router() -> Router<ApiContext> {
         .route("/notifications/{id}/retry", post(retry_notification))
 }
 
-/// Deliveries, newest first, of the namespaces the caller may read (all, for admins).
+/// Deliveries, newest first: those of the subscriptions of the namespaces the caller may read;
+/// all of them, including those of global subscriptions and of the configured `notify.email`
+/// addresses, for admins only.
 #[utoipa::path(get, path = "/v1/notifications", tag = "notifications",
     operation_id = "list_notifications",
     params(
@@ -97,11 +109,15 @@ pub async fn list_notifications(
     }))
 }
 
-/// Sends a dead delivery again, with a fresh count of attempts.
+/// Sends a dead delivery again, with a fresh count of attempts. Needs the operator role in the
+/// delivery's namespace (its subscription's); a delivery of a global subscription or of a
+/// configured `notify.email` address is retried by admins only, and is a 404 to anyone else.
 #[utoipa::path(post, path = "/v1/notifications/{id}/retry", tag = "notifications",
     operation_id = "retry_notification", params(("id" = String, Path)),
-    responses((status = 200, body = DeliveryBody), (status = 404, body = crate::api::Problem),
-        (status = 409, body = crate::api::Problem)))]
+    responses((status = 200, body = DeliveryBody),
+        (status = 403, description = "A viewer of the delivery's namespace", body = crate::api::Problem),
+        (status = 404, description = "No such delivery, or one the caller may not see", body = crate::api::Problem),
+        (status = 409, description = "The delivery is not dead", body = crate::api::Problem)))]
 pub async fn retry_notification(
     State(ctx): State<ApiContext>,
     caller: Caller,
@@ -109,6 +125,8 @@ pub async fn retry_notification(
 ) -> Result<Json<DeliveryBody>, ApiError> {
     let not_found = || ApiError::NotFound(format!("no notification delivery with id '{id}'"));
     let delivery = ctx.store.find_delivery(&id).await?.ok_or_else(not_found)?;
+    // The delivery's namespace is its subscription's: none (admins only) for global
+    // subscriptions and the configured addresses, whatever namespace the event is in.
     match &delivery.namespace {
         Some(namespace) => caller.require(namespace, Role::Operator, not_found)?,
         None if caller.principal.admin => {}

@@ -16,9 +16,9 @@ use utoipa::ToSchema;
 use crate::api::auth::Caller;
 use crate::api::extract::{IdempotencyHeader, QueryParams, wait_param};
 use crate::api::instances::{InstanceBody, enqueue_instances_job};
-use crate::api::{ApiContext, ApiError};
+use crate::api::{ApiContext, ApiError, FieldError};
 use crate::cloud::{TAG_JOB_ID, TAG_NAMESPACE};
-use crate::domain::JobKind;
+use crate::domain::{JobKind, is_valid_namespace};
 use crate::storage::{InstanceRecord, OrphanRecord, now_millis, to_datetime};
 
 #[derive(Serialize, ToSchema)]
@@ -106,17 +106,23 @@ pub async fn list_orphans(
     Ok(Json(OrphanList { items }))
 }
 
-/// Makes corral manage an orphan: it gets an instance record, refreshed by the reconciler.
+/// Makes corral manage an orphan: it gets an instance record in the namespace the admin names
+/// (`?namespace=`; default: the one its `corral:namespace` tag names, which anyone with access
+/// to the cloud account can write), refreshed by the reconciler. The namespace must exist.
 #[utoipa::path(post, path = "/v1/orphans/{cloud_id}/adopt", tag = "orphans", operation_id = "adopt_orphan",
-    params(("cloud_id" = String, Path, description = "EC2 instance id")),
-    responses((status = 201, body = InstanceBody), (status = 404, body = crate::api::Problem)))]
+    params(("cloud_id" = String, Path, description = "EC2 instance id"),
+        ("namespace" = Option<String>, Query, description = "The namespace it joins (default: its corral:namespace tag's, else default)")),
+    responses((status = 201, body = InstanceBody), (status = 404, body = crate::api::Problem),
+        (status = 422, description = "The namespace is malformed or does not exist", body = crate::api::Problem)))]
 pub async fn adopt_orphan(
     State(ctx): State<ApiContext>,
     caller: Caller,
     Path(cloud_id): Path<String>,
+    params: QueryParams,
 ) -> Result<Response, ApiError> {
     caller.require_admin()?;
-    let instance = adopt(&ctx, &caller, &cloud_id).await?;
+    params.allow_only(&["namespace"])?;
+    let instance = adopt(&ctx, &caller, &cloud_id, params.one("namespace")?).await?;
     Ok((StatusCode::CREATED, Json(InstanceBody::from(&instance))).into_response())
 }
 
@@ -125,11 +131,13 @@ pub async fn adopt_orphan(
     params(
         ("cloud_id" = String, Path, description = "EC2 instance id"),
         ("wait" = Option<i64>, Query, description = "Seconds (up to 60) to wait for the job to finish"),
+        ("namespace" = Option<String>, Query, description = "The namespace it joins first (default: its corral:namespace tag's, else default)"),
     ),
     responses(
         (status = 200, description = "The job finished within `wait`", body = crate::api::jobs::JobBody),
         (status = 202, description = "The job is queued or running", body = crate::api::jobs::JobBody),
         (status = 404, body = crate::api::Problem),
+        (status = 422, description = "The namespace is malformed or does not exist", body = crate::api::Problem),
     ))]
 pub async fn terminate_orphan(
     State(ctx): State<ApiContext>,
@@ -139,19 +147,21 @@ pub async fn terminate_orphan(
     idempotency: IdempotencyHeader,
 ) -> Result<Response, ApiError> {
     caller.require_admin()?;
-    params.allow_only(&["wait"])?;
+    params.allow_only(&["wait", "namespace"])?;
     let wait = wait_param(&params)?;
-    let instance = adopt(&ctx, &caller, &cloud_id).await?;
+    let instance = adopt(&ctx, &caller, &cloud_id, params.one("namespace")?).await?;
     let path = format!("/v1/orphans/{cloud_id}/terminate");
     let key = idempotency.with_request(&caller, "POST", &path, None);
     let ids = vec![instance.id];
     enqueue_instances_job(&ctx, &caller, JobKind::TerminateInstances, ids, wait, key).await
 }
 
+/// Adopts orphan `cloud_id` into `namespace` (default: its tag's), which must exist.
 async fn adopt(
     ctx: &ApiContext,
     caller: &Caller,
     cloud_id: &str,
+    namespace: Option<&str>,
 ) -> Result<InstanceRecord, ApiError> {
     let not_found = || ApiError::NotFound(format!("no orphan with cloud id '{cloud_id}'"));
     let orphans = ctx.store.list_orphans().await?;
@@ -159,7 +169,24 @@ async fn adopt(
     let now = now_millis();
     let mut tags = orphan.tags.clone();
     let name = tags.remove("Name").unwrap_or_else(|| orphan.cloud_id.clone());
-    let namespace = tags.get(TAG_NAMESPACE).cloned().unwrap_or_else(|| "default".to_string());
+    let namespace = namespace
+        .map(str::to_string)
+        .or_else(|| tags.get(TAG_NAMESPACE).cloned())
+        .unwrap_or_else(|| "default".to_string());
+    let refuse =
+        |message: String| ApiError::Validation(vec![FieldError::new("namespace", message)]);
+    if !is_valid_namespace(&namespace) {
+        return Err(refuse(format!(
+            "'{namespace}' is not a namespace name (from the orphan's corral:namespace tag unless \
+             ?namespace= names one); pass ?namespace= with an existing namespace"
+        )));
+    }
+    if ctx.store.find_namespace(&namespace).await?.is_none() {
+        return Err(refuse(format!(
+            "no namespace named '{namespace}'; create it first (POST /v1/namespaces) or pass \
+             ?namespace= with an existing one"
+        )));
+    }
     let created_by_job = tags.get(TAG_JOB_ID).cloned().unwrap_or_default();
     tags.retain(|key, _| !key.starts_with("corral:") && !key.starts_with("aws:"));
     // Counted against the namespace's vCPU quota; 0 when the cloud cannot say now.

@@ -4,6 +4,11 @@
 //! and seen by everyone who may read the namespace; without a namespace it covers every
 //! namespace and only admins manage it. A webhook's secret is accepted once and never shown
 //! again. Webhook URLs pass the SSRF guard (`notify::check_url`) when they are made.
+//!
+//! A namespace holds at most `notify.max_subscriptions_per_namespace` subscriptions (50 by
+//! default), webhooks and email subscriptions counted together, so that one namespace cannot
+//! make unbounded work for the delivery workers; a create past the cap is a `422`. Global
+//! subscriptions are made by admins only and are not counted or capped.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -18,7 +23,7 @@ use crate::api::auth::Caller;
 use crate::api::extract::ValidJson;
 use crate::api::{ApiContext, ApiError, FieldError};
 use crate::domain::{EventType, Role};
-use crate::storage::{Channel, SubscriptionRecord, now_millis, to_datetime};
+use crate::storage::{Channel, SubscriptionAdmission, SubscriptionRecord, now_millis, to_datetime};
 
 /// Shortest webhook signing secret accepted.
 const MIN_SECRET_LEN: usize = 16;
@@ -120,10 +125,16 @@ pub fn router() -> Router<ApiContext> {
 
 /// Subscribes a URL to events. Each delivery is a JSON POST signed with
 /// `X-Corral-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`.
+///
+/// A namespace holds at most `notify.max_subscriptions_per_namespace` subscriptions (webhooks
+/// and email subscriptions together); global webhooks (admins only) are not capped. The
+/// deliveries of a global webhook belong to no namespace: only admins see and retry them.
 #[utoipa::path(post, path = "/v1/webhooks", tag = "notifications", operation_id = "create_webhook",
     request_body = CreateWebhookBody,
-    responses((status = 201, body = WebhookBody), (status = 422, body = crate::api::Problem),
-        (status = 403, body = crate::api::Problem)))]
+    responses((status = 201, body = WebhookBody),
+        (status = 422, description = "The body is invalid, or the namespace already holds \
+            notify.max_subscriptions_per_namespace subscriptions", body = crate::api::Problem),
+        (status = 403, body = crate::api::Problem), (status = 404, body = crate::api::Problem)))]
 pub async fn create_webhook(
     State(ctx): State<ApiContext>,
     caller: Caller,
@@ -189,10 +200,16 @@ pub async fn delete_webhook(
 }
 
 /// Mails an address about events.
+///
+/// A namespace holds at most `notify.max_subscriptions_per_namespace` subscriptions (webhooks
+/// and email subscriptions together); global ones (admins only) are not capped. The deliveries
+/// of a global subscription belong to no namespace: only admins see and retry them.
 #[utoipa::path(post, path = "/v1/email-subscriptions", tag = "notifications",
     operation_id = "create_email_subscription", request_body = CreateEmailSubscriptionBody,
-    responses((status = 201, body = EmailSubscriptionBody), (status = 422, body = crate::api::Problem),
-        (status = 403, body = crate::api::Problem)))]
+    responses((status = 201, body = EmailSubscriptionBody),
+        (status = 422, description = "The body is invalid, or the namespace already holds \
+            notify.max_subscriptions_per_namespace subscriptions", body = crate::api::Problem),
+        (status = 403, body = crate::api::Problem), (status = 404, body = crate::api::Problem)))]
 pub async fn create_email_subscription(
     State(ctx): State<ApiContext>,
     caller: Caller,
@@ -305,16 +322,26 @@ fn new_subscription(
     }
 }
 
+/// Stores `record`, within its namespace's cap of subscriptions (counted in the transaction
+/// that stores it, so concurrent creates cannot pass it together).
 async fn store(
     ctx: &ApiContext,
     caller: &Caller,
     record: &SubscriptionRecord,
 ) -> Result<(), ApiError> {
-    if ctx.store.create_subscription(record, &caller.actor()).await? {
-        Ok(())
-    } else {
-        let namespace = record.namespace.as_deref().unwrap_or_default();
-        Err(ApiError::NotFound(format!("no namespace named '{namespace}'")))
+    let max = ctx.notify.max_subscriptions_per_namespace;
+    let namespace = record.namespace.as_deref().unwrap_or_default();
+    match ctx.store.create_subscription(record, max, &caller.actor()).await? {
+        SubscriptionAdmission::Created => Ok(()),
+        SubscriptionAdmission::UnknownNamespace => {
+            Err(ApiError::NotFound(format!("no namespace named '{namespace}'")))
+        }
+        SubscriptionAdmission::OverCap { held, max } => Err(ApiError::QuotaExceeded(format!(
+            "namespace '{namespace}' allows {max} subscriptions (webhooks and email subscriptions \
+             together, notify.max_subscriptions_per_namespace, \
+             CORRAL_NOTIFY__MAX_SUBSCRIPTIONS_PER_NAMESPACE) and holds {held}; delete one, or ask \
+             an admin to raise the setting"
+        ))),
     }
 }
 

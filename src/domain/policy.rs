@@ -70,6 +70,24 @@ pub struct AmiRule {
     pub ids: Vec<String>,
 }
 
+/// Which existing security groups a request may attach in a region: those in `ids` from any
+/// namespace, and those listed for its own namespace in `namespaces`. Nothing listed: none; a
+/// request that needs traffic in asks for `ingress` rules, and corral makes a group of its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityGroupRule {
+    pub ids: Vec<String>,
+    pub namespaces: BTreeMap<String, Vec<String>>,
+}
+
+impl SecurityGroupRule {
+    /// The groups a request in `namespace` may attach.
+    pub fn allowed_for(&self, namespace: &str) -> Vec<&str> {
+        let own = self.namespaces.get(namespace).into_iter().flatten();
+        self.ids.iter().chain(own).map(String::as_str).collect()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageRange {
@@ -99,6 +117,10 @@ pub struct Policy {
     pub max_count: i64,
     /// Largest `user_data` accepted, in bytes before base64 (EC2's own limit is 16 KiB).
     pub user_data_max_bytes: usize,
+    /// Existing security groups requests may attach, keyed by region (`*`: regions without
+    /// their own entry). Empty: none, so that no request can join a group other teams' resources
+    /// trust.
+    pub security_groups: BTreeMap<String, SecurityGroupRule>,
 }
 
 impl Default for Policy {
@@ -141,6 +163,7 @@ impl Policy {
             cpu_credits: vec![CpuCredits::Standard],
             max_count: 10,
             user_data_max_bytes: 16 * 1024,
+            security_groups: BTreeMap::new(),
         }
     }
 
@@ -184,7 +207,26 @@ impl Policy {
                 problems.push(format!("policy.amis.{region}: region is not in policy.regions"));
             }
         }
+        for (region, rule) in &self.security_groups {
+            if region != "*" && !self.regions.contains(region) {
+                problems.push(format!(
+                    "policy.security_groups.{region}: region is not in policy.regions"
+                ));
+            }
+            let listed = rule.ids.iter().chain(rule.namespaces.values().flatten());
+            for group in listed.filter(|group| !is_valid_prefixed_hex(group, "sg-")) {
+                problems.push(format!(
+                    "policy.security_groups.{region}: '{group}' is not a security group id"
+                ));
+            }
+        }
         if problems.is_empty() { Ok(()) } else { Err(problems) }
+    }
+
+    /// The security groups a request in `namespace` may attach in `region`.
+    pub fn allowed_security_groups(&self, region: &str, namespace: &str) -> Vec<&str> {
+        let rule = self.security_groups.get(region).or_else(|| self.security_groups.get("*"));
+        rule.map(|rule| rule.allowed_for(namespace)).unwrap_or_default()
     }
 
     /// The AMI rule for `region`: its own entry, else the `*` entry, else anything goes.
@@ -314,15 +356,25 @@ impl Policy {
                 format!("at most {MAX_SECURITY_GROUPS} security groups are allowed"),
             ));
         }
+        let allowed_groups = self.allowed_security_groups(&region, &namespace);
         for (idx, group) in request.security_group_ids.iter().enumerate() {
-            if !is_valid_prefixed_hex(group, "sg-") {
-                violations.push(Violation::new(
-                    format!("security_group_ids[{idx}]"),
-                    format!(
-                        "'{group}' is not a security group id; expected sg- followed by hex digits"
-                    ),
-                ));
-            }
+            let message = if !is_valid_prefixed_hex(group, "sg-") {
+                format!("'{group}' is not a security group id; expected sg- followed by hex digits")
+            } else if !allowed_groups.contains(&group.as_str()) {
+                let allowed = if allowed_groups.is_empty() {
+                    "none are (policy.security_groups)".to_string()
+                } else {
+                    format!("allowed: {}", allowed_groups.join(", "))
+                };
+                format!(
+                    "'{group}' may not be attached in {region} by namespace '{namespace}'; \
+                     {allowed}. Ask for ingress rules instead: corral makes a group of the \
+                     request's own"
+                )
+            } else {
+                continue;
+            };
+            violations.push(Violation::new(format!("security_group_ids[{idx}]"), message));
         }
 
         if let Some(user_data) = &request.user_data
@@ -828,8 +880,8 @@ mod tests {
             ),
             (
                 "sg",
-                Box::new(|r| r.security_group_ids = vec!["sg-12ab".into(), "default".into()]),
-                "security_group_ids[1]: 'default' is not a security group id; expected sg- followed by hex digits",
+                Box::new(|r| r.security_group_ids = vec!["default".into()]),
+                "security_group_ids[0]: 'default' is not a security group id; expected sg- followed by hex digits",
             ),
             (
                 "user data",
@@ -893,6 +945,39 @@ mod tests {
         assert_eq!(spec.namespace, "default");
         assert_eq!(spec.storage_gb, 8);
         assert_eq!(spec.cpu_credits, CpuCredits::Standard);
+    }
+
+    #[test]
+    fn only_listed_security_groups_may_be_attached_per_region_and_namespace() {
+        let mut request = valid_request();
+        request.security_group_ids = vec!["sg-0aa".into()];
+        // By default, none: another team's group is never joined.
+        let violations = Policy::free_tier().check_request(&request).unwrap_err();
+        assert_eq!(
+            violations[0].to_string(),
+            "security_group_ids[0]: 'sg-0aa' may not be attached in us-east-1 by namespace \
+             'default'; none are (policy.security_groups). Ask for ingress rules instead: corral \
+             makes a group of the request's own"
+        );
+        let mut policy = Policy::free_tier();
+        policy.security_groups.insert(
+            "us-east-1".into(),
+            SecurityGroupRule {
+                ids: vec!["sg-0bb".into()],
+                namespaces: BTreeMap::from([("team-a".into(), vec!["sg-0aa".into()])]),
+            },
+        );
+        assert!(policy.check_request(&request).is_err(), "sg-0aa is team-a's only");
+        request.namespace = Some("team-a".into());
+        assert!(policy.check_request(&request).is_ok());
+        request.security_group_ids = vec!["sg-0bb".into()];
+        request.namespace = None;
+        assert!(policy.check_request(&request).is_ok(), "sg-0bb is everyone's in us-east-1");
+        request.region = Some("us-west-2".into());
+        let violations = policy.check_request(&request).unwrap_err();
+        assert!(violations[0].message.contains("in us-west-2"), "{violations:?}");
+        policy.security_groups.insert("eu-central-1".into(), SecurityGroupRule::default());
+        assert!(policy.validate().unwrap_err()[0].contains("policy.security_groups.eu-central-1"));
     }
 
     #[test]

@@ -388,6 +388,11 @@ macro_rules! identity_store {
                 if !push_audit_filter(&mut query, filter) {
                     return Ok(Vec::new());
                 }
+                // Not in `push_audit_filter`: the total counts every page, not those after a
+                // cursor.
+                if let Some(before) = filter.before {
+                    query.push(" AND id < ").push_bind(before);
+                }
                 query.push(" ORDER BY id DESC LIMIT ").push_bind(limit).push(" OFFSET ").push_bind(offset);
                 let rows: Vec<AuditRow> = query.build_query_as().fetch_all(&self.pool).await?;
                 convert(rows)

@@ -8,18 +8,44 @@
 macro_rules! notify_store {
     ($store:ident, $db:ident, $dialect:expr) => {
         impl $store {
-            /// Stores a subscription and audits it; false (nothing stored) when its namespace
-            /// does not exist.
+            /// Stores a subscription and audits it, unless its namespace does not exist or
+            /// already holds `max_per_namespace` subscriptions (webhooks and email subscriptions
+            /// together). The namespace row is locked (an `UPDATE`, as quota admission does)
+            /// before the count, so concurrent creates in one namespace are counted one after
+            /// the other and none slips past the cap. Global subscriptions (admins only) are
+            /// neither counted nor capped.
             pub async fn create_subscription(
                 &self,
                 subscription: &SubscriptionRecord,
+                max_per_namespace: u32,
                 actor: &Actor,
-            ) -> Result<bool, StorageError> {
+            ) -> Result<crate::storage::SubscriptionAdmission, StorageError> {
+                use crate::storage::SubscriptionAdmission;
                 let mut tx = self.pool.begin().await?;
-                let inserted = sqlx::query(
+                if let Some(namespace) = &subscription.namespace {
+                    let locked =
+                        sqlx::query("UPDATE namespaces SET updated_at = updated_at WHERE name = $1")
+                            .bind(namespace)
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected();
+                    if locked != 1 {
+                        tx.rollback().await?;
+                        return Ok(SubscriptionAdmission::UnknownNamespace);
+                    }
+                    let (held,): (i64,) =
+                        sqlx::query_as("SELECT COUNT(*) FROM subscriptions WHERE namespace = $1")
+                            .bind(namespace)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                    if held >= i64::from(max_per_namespace) {
+                        tx.rollback().await?;
+                        return Ok(SubscriptionAdmission::OverCap { held, max: max_per_namespace });
+                    }
+                }
+                sqlx::query(
                     "INSERT INTO subscriptions (id, channel, namespace, target, events, secret, created_by, created_at) \
-                     SELECT $1, $2, $3, $4, $5, $6, $7, $8 \
-                     WHERE $3 IS NULL OR EXISTS (SELECT 1 FROM namespaces WHERE name = $3)",
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 )
                 .bind(&subscription.id)
                 .bind(subscription.channel.as_str())
@@ -30,18 +56,13 @@ macro_rules! notify_store {
                 .bind(&subscription.created_by)
                 .bind(subscription.created_at)
                 .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if inserted != 1 {
-                    tx.rollback().await?;
-                    return Ok(false);
-                }
+                .await?;
                 let mut entry = AuditEntry::new(subscription.channel.audit_action("create"), &subscription.id)
                     .new_value(subscription_value(subscription));
                 entry.namespace = subscription.namespace.clone();
                 insert_audit(&mut tx, actor, &entry).await?;
                 tx.commit().await?;
-                Ok(true)
+                Ok(SubscriptionAdmission::Created)
             }
 
             /// Subscriptions of a channel, oldest first: all, or those of `visible` namespaces.
@@ -202,6 +223,9 @@ macro_rules! notify_store {
             }
 
             /// Deliveries, newest first, one page (`after`: the last id of the previous page).
+            /// With `filter.visible`, only those that belong to one of those namespaces: a
+            /// delivery's namespace is its subscription's, and the deliveries of global
+            /// subscriptions and of the configured addresses (namespace NULL) never match.
             pub async fn list_deliveries(
                 &self,
                 filter: &DeliveryFilter,
@@ -236,6 +260,7 @@ macro_rules! notify_store {
                 convert(rows)
             }
 
+            /// One delivery, whoever may see it: callers check its `namespace` (NULL: admins only).
             pub async fn find_delivery(&self, id: &str) -> Result<Option<DeliveryRecord>, StorageError> {
                 let row: Option<DeliveryRow> = sqlx::query_as(
                     "SELECT deliveries.*, notification_events.payload FROM deliveries \
@@ -277,7 +302,10 @@ macro_rules! notify_store {
         }
 
         /// Stores an event and one pending delivery per receiver that wants it: the namespace's
-        /// and the global subscriptions, and the `recipients` from the configuration.
+        /// and the global subscriptions, and the `recipients` from the configuration. A delivery
+        /// belongs to its subscription's namespace, not to its event's: those of global
+        /// subscriptions and of the configured recipients get none, so only admins see and
+        /// retry them (their targets are the admins' to know). The event keeps its namespace.
         async fn insert_notification(
             tx: &mut sqlx::Transaction<'_, $db>,
             event: EventType,
@@ -306,18 +334,24 @@ macro_rules! notify_store {
             .fetch_all(&mut **tx)
             .await?;
             let subscriptions: Vec<SubscriptionRecord> = convert(subscriptions)?;
-            let mut receivers: Vec<(Channel, &str, Option<&str>)> = recipients
+            // (channel, target, subscription id, the delivery's namespace)
+            let mut receivers: Vec<(Channel, &str, Option<&str>, Option<&str>)> = recipients
                 .iter()
-                .map(|address| (Channel::Email, address.as_str(), None))
+                .map(|address| (Channel::Email, address.as_str(), None, None))
                 .collect();
             for subscription in &subscriptions {
                 if subscribed(&subscription.events, event) {
-                    receivers.push((subscription.channel, &subscription.target, Some(&subscription.id)));
+                    receivers.push((
+                        subscription.channel,
+                        &subscription.target,
+                        Some(&subscription.id),
+                        subscription.namespace.as_deref(),
+                    ));
                 }
             }
             // One message per address, even when the configuration and a subscription both name it.
             let mut seen = std::collections::BTreeSet::new();
-            receivers.retain(|(channel, target, _)| {
+            receivers.retain(|(channel, target, _, _)| {
                 *channel == Channel::Webhook || seen.insert(target.to_ascii_lowercase())
             });
             for chunk in receivers.chunks(100) {
@@ -325,13 +359,13 @@ macro_rules! notify_store {
                     "INSERT INTO deliveries (id, event_id, channel, target, subscription_id, namespace, status, \
                      attempts, next_attempt_at, created_at, updated_at) ",
                 );
-                insert.push_values(chunk, |mut row, (channel, target, subscription)| {
+                insert.push_values(chunk, |mut row, (channel, target, subscription, namespace)| {
                     row.push_bind(uuid::Uuid::now_v7().to_string())
                         .push_bind(notification.id.clone())
                         .push_bind(channel.as_str())
                         .push_bind(target.to_string())
                         .push_bind(subscription.map(str::to_string))
-                        .push_bind(notification.namespace.clone())
+                        .push_bind(namespace.map(str::to_string))
                         .push_bind("pending")
                         .push_bind(0_i64)
                         .push_bind(now)

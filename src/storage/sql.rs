@@ -135,10 +135,24 @@ macro_rules! sql_store {
                         return Ok(Admission::Conflicts(conflicts));
                     }
                 }
-                for id in instance_ids {
+                let mut instance_ids = instance_ids.to_vec();
+                if job.kind == JobKind::RefreshInstances {
+                    // One pending refresh per instance at most: those already waiting for one
+                    // are left to it, and a request whose every instance is waiting gets that
+                    // job back.
+                    let (waiting, pending) = pending_refreshes(&mut tx, &instance_ids).await?;
+                    instance_ids.retain(|id| !waiting.contains(id));
+                    if instance_ids.is_empty()
+                        && let Some(job_id) = pending
+                    {
+                        tx.rollback().await?;
+                        return Ok(Admission::Replay { job_id });
+                    }
+                }
+                for id in &instance_ids {
                     link_instance(&mut tx, &job.id, id).await?;
                 }
-                audit_job_request(&mut tx, job, instance_ids).await?;
+                audit_job_request(&mut tx, job, &instance_ids).await?;
                 tx.commit().await?;
                 Ok(Admission::Stored)
             }
@@ -346,15 +360,7 @@ macro_rules! sql_store {
                     tx.rollback().await?;
                     return Ok(None);
                 }
-                // The namespace its tag names becomes a real one if it is not yet.
-                sqlx::query(
-                    "INSERT INTO namespaces (name, created_at, updated_at) VALUES ($1, $2, $2) \
-                     ON CONFLICT (name) DO NOTHING",
-                )
-                .bind(&instance.namespace)
-                .bind(now_millis())
-                .execute(&mut *tx)
-                .await?;
+                // The namespace exists: the admin chose it (namespaces are never deleted).
                 insert_instance(&mut tx, instance).await?;
                 let entry = AuditEntry::new("orphan.adopt", &instance.id)
                     .namespace(&instance.namespace)
@@ -513,13 +519,21 @@ macro_rules! sql_store {
             ) -> Result<Option<JobRecord>, StorageError> {
                 // One statement. SQLite runs it under its single write lock; PostgreSQL locks the row it
                 // picks and skips rows other workers have locked. Either way no two workers claim a row.
+                // Fair between namespaces: the due job of the namespace with the fewest jobs
+                // running goes first, so that no namespace waits behind another's backlog; within
+                // a namespace, the oldest due job. Running jobs are few, so each count is a short
+                // range of `jobs_due`.
                 let row: Option<JobRow> = sqlx::query_as(&format!(
                     "UPDATE jobs SET status = 'running', locked_by = $1, lease_expires_at = $2, \
                      attempts = attempts + 1, started_at = COALESCE(started_at, $3), updated_at = $3 \
-                     WHERE id = (SELECT id FROM jobs \
-                         WHERE (status = 'queued' AND run_at <= $3) \
-                            OR (status = 'running' AND lease_expires_at < $3) \
-                         ORDER BY run_at, id LIMIT 1{lock}) \
+                     WHERE id = (SELECT due.id FROM jobs due \
+                         WHERE (due.status = 'queued' AND due.run_at <= $3) \
+                            OR (due.status = 'running' AND due.lease_expires_at < $3) \
+                         ORDER BY (SELECT COUNT(*) FROM jobs busy \
+                                   WHERE busy.status = 'running' AND busy.lease_expires_at >= $3 \
+                                     AND busy.namespace IS NOT DISTINCT FROM due.namespace), \
+                                  due.run_at, due.id \
+                         LIMIT 1{lock}) \
                      RETURNING {JOB_COLUMNS}",
                     lock = $dialect.row_lock()
                 ))
@@ -1060,6 +1074,31 @@ macro_rules! sql_store {
             } else {
                 Admission::KeyMismatch
             }))
+        }
+
+        /// Of `instance_ids`, those a queued refresh job will refresh, and the newest such job.
+        /// The instance rows are locked first, so that two requests cannot both see none.
+        async fn pending_refreshes(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            instance_ids: &[String],
+        ) -> Result<(Vec<String>, Option<String>), StorageError> {
+            let mut lock = select_by_ids(instance_ids);
+            lock.push($dialect.lock_rows());
+            let _: Vec<InstanceRow> = lock.build_query_as().fetch_all(&mut **tx).await?;
+            let mut query = QueryBuilder::<$db>::new(
+                "SELECT job_instances.instance_id, jobs.id FROM job_instances \
+                 JOIN jobs ON jobs.id = job_instances.job_id \
+                 WHERE jobs.kind = 'refresh_instances' AND jobs.status = 'queued' \
+                 AND job_instances.instance_id IN (",
+            );
+            let mut ids = query.separated(", ");
+            for id in instance_ids {
+                ids.push_bind(id);
+            }
+            query.push(") ORDER BY jobs.id DESC");
+            let rows: Vec<(String, String)> = query.build_query_as().fetch_all(&mut **tx).await?;
+            let newest = rows.first().map(|(_, job_id)| job_id.clone());
+            Ok((rows.into_iter().map(|(instance, _)| instance).collect(), newest))
         }
 
         async fn insert_job(

@@ -194,3 +194,187 @@ async fn the_log_pages_newest_first_with_totals_and_viewers_see_only_their_names
         assert_problem(app.get(&format!("/v1/audit?{query}")).await, StatusCode::BAD_REQUEST).await;
     }
 }
+
+/// Walks `query` (which names `limit`) page by page from the first, following `next_cursor`:
+/// the ids seen, in order. Asserts along the way that every page is full but the last, that
+/// only the last has no `next_cursor` (so no walk ends on an empty page), and that every page
+/// reports the same total.
+async fn walk(
+    client: &reqwest::Client,
+    app: &crate::helpers::TestApp,
+    query: &str,
+    cursor: Option<&str>,
+) -> Vec<i64> {
+    let page_url = |cursor: Option<&str>| match cursor {
+        None => app.url(&format!("/v1/audit?{query}")),
+        Some(cursor) => app.url(&format!("/v1/audit?{query}&cursor={cursor}")),
+    };
+    let mut ids = Vec::new();
+    let mut url = page_url(cursor);
+    let mut total = None;
+    for _ in 0..1000 {
+        let response = client.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{url}");
+        let body: Value = response.json().await.unwrap();
+        let logs = body["logs"].as_array().unwrap();
+        let limit = body["limit"].as_u64().unwrap() as usize;
+        assert!(logs.len() <= limit, "{body}");
+        assert_eq!(body["page"], 1, "{body}");
+        assert_eq!(*total.get_or_insert(body["total"].clone()), body["total"], "{url}");
+        ids.extend(logs.iter().map(|event| event["id"].as_i64().unwrap()));
+        match body["next_cursor"].as_str() {
+            None => {
+                assert!(body["next_cursor"].is_null() && body.get("next_cursor").is_some());
+                return ids;
+            }
+            Some(cursor) => {
+                assert_eq!(logs.len(), limit, "only a full page has a next one: {body}");
+                url = page_url(Some(cursor));
+            }
+        }
+    }
+    panic!("{query}: more than 1000 pages");
+}
+
+/// The ids of every event of `query`, on one page.
+async fn all_ids(client: &reqwest::Client, app: &crate::helpers::TestApp, query: &str) -> Vec<i64> {
+    let url = app.url(&format!("/v1/audit?{query}&limit=100"));
+    let body: Value = client.get(&url).send().await.unwrap().json().await.unwrap();
+    let ids: Vec<i64> = body["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| event["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(body["total"], ids.len(), "all of {query} fit on one page");
+    ids
+}
+
+#[tokio::test]
+async fn keyset_paging_walks_every_visible_event_once_with_every_filter() {
+    let app = spawn_app().await;
+    app.create_namespaces(&["alpha", "beta"]).await;
+    for n in 1..=8 {
+        for namespace in ["alpha", "beta"] {
+            let quota = json!({ "quota": { "instances": n, "vcpus": null } });
+            let url = app.url(&format!("/v1/namespaces/{namespace}"));
+            let patched = app.client.patch(url).json(&quota).send().await.unwrap();
+            assert_eq!(patched.status(), StatusCode::OK);
+        }
+    }
+    let viewer = client_with("x-api-key", &app.user_key("vic", json!({ "beta": "viewer" })).await);
+    let admin = app.admin_key[..12].to_string();
+    let every_filter =
+        format!("namespace=alpha&actor={admin}&action=namespace.update&target=alpha");
+
+    for (client, query, expected) in [
+        (&app.client, "", None),
+        (&app.client, "action=namespace.update", Some(16)),
+        (&app.client, every_filter.as_str(), Some(8)),
+        (&viewer, "", Some(9)),
+        (&viewer, "action=namespace.update", Some(8)),
+        (&viewer, "namespace=alpha", Some(0)),
+    ] {
+        let all = all_ids(client, &app, query).await;
+        if let Some(expected) = expected {
+            assert_eq!(all.len(), expected, "{query}");
+        }
+        assert!(all.windows(2).all(|pair| pair[0] > pair[1]), "newest first: {all:?}");
+        for limit in [1, 3, 8] {
+            let walked = walk(client, &app, &format!("{query}&limit={limit}"), None).await;
+            assert_eq!(walked, all, "{query} by {limit}: every event once, in order");
+        }
+    }
+    let viewer_all = all_ids(&viewer, &app, "").await;
+
+    // Offset pages hand over to the cursor.
+    let everything = all_ids(&app.client, &app, "").await;
+    let second: Value = app.get("/v1/audit?limit=3&page=2").await.json().await.unwrap();
+    let cursor = second["next_cursor"].as_str().expect("more after page 2").to_string();
+    let mut ids: Vec<i64> = second["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| event["id"].as_i64().unwrap())
+        .collect();
+    ids.extend(walk(&app.client, &app, "limit=3", Some(&cursor)).await);
+    assert_eq!(ids, everything[3..].to_vec());
+    let last_page = everything.len().div_ceil(3);
+    let last: Value =
+        app.get(&format!("/v1/audit?limit=3&page={last_page}")).await.json().await.unwrap();
+    assert!(last["next_cursor"].is_null(), "{last}");
+
+    // A cursor made from the admin's view shows a viewer still only what it sees.
+    let first: Value = app.get("/v1/audit?limit=2").await.json().await.unwrap();
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let seen: Value = viewer
+        .get(app.url(&format!("/v1/audit?limit=100&cursor={cursor}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let older: Vec<i64> = viewer_all.iter().copied().filter(|id| *id < everything[1]).collect();
+    let seen_ids: Vec<i64> = seen["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| event["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seen_ids, older);
+    assert!(seen["logs"].as_array().unwrap().iter().all(|event| event["namespace"] == "beta"));
+    assert_eq!(seen["total"], viewer_all.len(), "the total counts every page");
+}
+
+#[tokio::test]
+async fn deep_offset_pages_are_refused_pointing_to_the_cursor_and_the_cursor_is_documented() {
+    let app = spawn_app().await;
+    app.create_namespaces(&["alpha", "beta"]).await;
+
+    for query in ["page=1000000", "page=1002", "limit=100&page=102", "limit=1&page=10002"] {
+        let response = app.get(&format!("/v1/audit?{query}")).await;
+        let problem = assert_problem(response, StatusCode::BAD_REQUEST).await;
+        assert_eq!(problem_fields(&problem), ["page"], "{query}: {problem}");
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains("10000") && detail.contains("cursor"), "{query}: {detail}");
+    }
+    for query in ["page=1001", "limit=100&page=101", "limit=1&page=10001"] {
+        let response = app.get(&format!("/v1/audit?{query}")).await;
+        assert_eq!(response.status(), StatusCode::OK, "{query}: as deep as pages go");
+    }
+
+    let first: Value = app.get("/v1/audit?limit=1").await.json().await.unwrap();
+    let cursor = first["next_cursor"].as_str().expect("more than one event");
+    let problem = assert_problem(
+        app.get(&format!("/v1/audit?cursor={cursor}&page=2")).await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert_eq!(problem_fields(&problem), ["page"]);
+    let with_page_one = app.get(&format!("/v1/audit?cursor={cursor}&page=1&limit=1")).await;
+    assert_eq!(with_page_one.status(), StatusCode::OK);
+    for bad in ["nonsense", "YWZ0ZXI6eA"] {
+        // "YWZ0ZXI6eA" is a well-formed cursor naming "x", not an event id.
+        let problem = assert_problem(
+            app.get(&format!("/v1/audit?cursor={bad}")).await,
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+        assert_eq!(problem_fields(&problem), ["cursor"], "{bad}");
+    }
+
+    let doc: Value = app.get("/openapi.json").await.json().await.unwrap();
+    let operation = &doc["paths"]["/v1/audit"]["get"];
+    let parameters = operation["parameters"].as_array().unwrap();
+    let parameter = |name: &str| {
+        parameters.iter().find(|p| p["name"] == name).unwrap_or_else(|| panic!("no {name}"))
+    };
+    assert_eq!(parameter("cursor")["in"], "query");
+    assert!(parameter("cursor")["description"].as_str().unwrap().contains("next_cursor"));
+    assert!(parameter("page")["description"].as_str().unwrap().contains("cursor"));
+    let page = &doc["components"]["schemas"]["AuditPage"]["properties"];
+    for field in ["logs", "page", "limit", "total", "next_cursor"] {
+        assert!(page.get(field).is_some(), "AuditPage documents {field}: {page}");
+    }
+}

@@ -1,5 +1,7 @@
 //! Health, readiness, status and the API documentation.
 
+use std::collections::BTreeMap;
+
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -73,4 +75,248 @@ async fn swagger_ui_and_redoc_are_served_from_the_binary() {
     let bundle = app.get("/redoc/redoc.standalone.js").await;
     assert_eq!(bundle.status(), StatusCode::OK);
     assert!(bundle.bytes().await.unwrap().len() > 500_000);
+}
+
+/// The tags of an HTML page and the text of its inline scripts, read the way a browser reads
+/// them: attributes with quoted or bare values, comments skipped, a script's text raw up to
+/// `</script`.
+struct ParsedHtml {
+    /// Each tag's lowercased name and attributes (name lowercased, value as written).
+    tags: Vec<(String, Vec<(String, String)>)>,
+    inline_scripts: Vec<String>,
+}
+
+fn parse_html(html: &str) -> ParsedHtml {
+    let bytes = html.as_bytes();
+    let mut parsed = ParsedHtml { tags: Vec::new(), inline_scripts: Vec::new() };
+    let mut i = 0;
+    while i < bytes.len() {
+        // Bytes, not `&html[i..]`: `i` steps through the text byte by byte.
+        if bytes[i..].starts_with(b"<!--") {
+            i = html[i..].find("-->").map_or(bytes.len(), |end| i + end + 3);
+            continue;
+        }
+        if bytes[i] != b'<' || !bytes.get(i + 1).is_some_and(u8::is_ascii_alphabetic) {
+            i += 1;
+            continue;
+        }
+        i += 1;
+        let start = i;
+        while i < bytes.len() && !bytes[i].is_ascii_whitespace() && !b"/>".contains(&bytes[i]) {
+            i += 1;
+        }
+        let name = html[start..i].to_ascii_lowercase();
+        let mut attributes = Vec::new();
+        loop {
+            while i < bytes.len() && (bytes[i].is_ascii_whitespace() || bytes[i] == b'/') {
+                i += 1;
+            }
+            if i >= bytes.len() || bytes[i] == b'>' {
+                i += 1;
+                break;
+            }
+            let start = i;
+            while i < bytes.len() && !bytes[i].is_ascii_whitespace() && !b"=/>".contains(&bytes[i])
+            {
+                i += 1;
+            }
+            let attribute = html[start..i].to_ascii_lowercase();
+            while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+                i += 1;
+            }
+            let mut value = String::new();
+            if bytes.get(i) == Some(&b'=') {
+                i += 1;
+                while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+                    i += 1;
+                }
+                if let Some(&quote) = bytes.get(i).filter(|b| **b == b'"' || **b == b'\'') {
+                    let end = html[i + 1..].find(quote as char).map_or(bytes.len(), |e| i + 1 + e);
+                    value = html[i + 1..end].to_string();
+                    i = end + 1;
+                } else {
+                    let start = i;
+                    while i < bytes.len() && !bytes[i].is_ascii_whitespace() && bytes[i] != b'>' {
+                        i += 1;
+                    }
+                    value = html[start..i].to_string();
+                }
+            }
+            attributes.push((attribute, value));
+        }
+        i = i.min(bytes.len());
+        if name == "script" {
+            let end =
+                html[i..].to_ascii_lowercase().find("</script").map_or(bytes.len(), |end| i + end);
+            if !attributes.iter().any(|(attribute, _)| attribute == "src") {
+                parsed.inline_scripts.push(html[i..end].to_string());
+            }
+            i = end;
+        }
+        parsed.tags.push((name, attributes));
+    }
+    parsed
+}
+
+/// A Content-Security-Policy as directive name → sources.
+fn parse_csp(csp: &str) -> BTreeMap<String, Vec<String>> {
+    csp.split(';')
+        .filter_map(|directive| {
+            let mut words = directive.split_ascii_whitespace();
+            let name = words.next()?.to_ascii_lowercase();
+            Some((name, words.map(str::to_string).collect()))
+        })
+        .collect()
+}
+
+/// What in `html` the policy `csp` would block, or what in the policy is too wide: inline
+/// scripts whose hash it does not list, `'unsafe-inline'`/`'unsafe-eval'` scripts, inline
+/// event handlers, assets from other origins, sources naming other origins.
+fn csp_violations(html: &str, csp: &str) -> Vec<String> {
+    use base64::Engine;
+    use sha2::Digest;
+    let policy = parse_csp(csp);
+    let mut violations = Vec::new();
+    if policy.get("default-src").map(Vec::as_slice) != Some(&["'none'".to_string()][..]) {
+        violations.push(format!("default-src is not 'none': {csp}"));
+    }
+    if policy.get("frame-ancestors").map(Vec::as_slice) != Some(&["'none'".to_string()][..]) {
+        violations.push(format!("frame-ancestors is not 'none': {csp}"));
+    }
+    let scripts =
+        policy.get("script-src").or(policy.get("default-src")).cloned().unwrap_or_default();
+    for wide in ["'unsafe-inline'", "'unsafe-eval'", "'unsafe-hashes'"] {
+        if scripts.iter().any(|source| source == wide) {
+            violations.push(format!("script-src allows {wide}"));
+        }
+    }
+    for (directive, sources) in &policy {
+        for source in sources {
+            let other_origin = source.contains("://")
+                || source.contains('*')
+                || (source.ends_with(':') && !["data:", "blob:"].contains(&source.as_str()))
+                || (!source.starts_with('\'') && !source.ends_with(':'));
+            if other_origin {
+                violations.push(format!("{directive} allows another origin: {source}"));
+            }
+        }
+    }
+    let parsed = parse_html(html);
+    for script in &parsed.inline_scripts {
+        let digest = sha2::Sha256::digest(script.as_bytes());
+        let hash = format!("'sha256-{}'", base64::engine::general_purpose::STANDARD.encode(digest));
+        if !scripts.contains(&hash) {
+            violations.push(format!("inline script {hash} is not allowed: {script:?}"));
+        }
+    }
+    for (tag, attributes) in &parsed.tags {
+        for (attribute, value) in attributes {
+            if attribute.starts_with("on") {
+                violations.push(format!("<{tag} {attribute}=…>: inline handlers are blocked"));
+            }
+            if ["src", "href"].contains(&attribute.as_str()) {
+                let elsewhere = value.starts_with("//")
+                    || value.contains("://")
+                    || value.to_ascii_lowercase().starts_with("javascript:");
+                if elsewhere {
+                    violations.push(format!("<{tag} {attribute}={value:?}> is not from corral"));
+                }
+            }
+        }
+    }
+    violations
+}
+
+/// Asserts the docs' headers and returns the policy.
+fn assert_docs_headers(response: &reqwest::Response) -> String {
+    let headers = response.headers();
+    let url = response.url();
+    assert_eq!(
+        headers.get("x-content-type-options").map(|v| v.as_bytes()),
+        Some(&b"nosniff"[..]),
+        "{url}"
+    );
+    assert_eq!(headers.get("x-frame-options").map(|v| v.as_bytes()), Some(&b"DENY"[..]), "{url}");
+    let csp = headers
+        .get("content-security-policy")
+        .unwrap_or_else(|| panic!("{url} has no Content-Security-Policy"))
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(parse_csp(&csp).get("frame-ancestors"), Some(&vec!["'none'".to_string()]), "{csp}");
+    csp
+}
+
+#[test]
+fn the_policy_check_finds_what_a_browser_would_block() {
+    let page = "<!-- <script>ignored()</script> --><div id=\"x\"></div>\
+                <script src=\"./bundle.js\" charset=\"UTF-8\"> </script>\
+                <SCRIPT type=\"text/javascript\">\n  start();\n</SCRIPT>";
+    let parsed = parse_html(page);
+    assert_eq!(parsed.inline_scripts, ["\n  start();\n"]);
+    let tight = "default-src 'none'; script-src 'self'; frame-ancestors 'none'";
+    assert_eq!(csp_violations(page, tight).len(), 1, "the inline script is not allowed");
+    // printf '\n  start();\n' | openssl dgst -sha256 -binary | base64
+    let hash = "'sha256-IwJ8HMQ0kEv4Hqeb/k0wwXXvuYWzywnUAuKiS02uiBk='";
+    let allowed = format!("default-src 'none'; script-src 'self' {hash}; frame-ancestors 'none'");
+    assert_eq!(csp_violations(page, &allowed), Vec::<String>::new());
+    let inline = "default-src 'none'; script-src 'self' 'unsafe-inline'; frame-ancestors 'none'";
+    assert!(!csp_violations(page, inline).is_empty(), "'unsafe-inline' is refused");
+    let cdn = format!("{allowed}; img-src 'self' https://cdn.example.com");
+    assert!(!csp_violations(page, &cdn).is_empty(), "another origin is refused");
+    let framed = format!("default-src 'none'; script-src 'self' {hash}");
+    assert!(!csp_violations(page, &framed).is_empty(), "frame-ancestors is required");
+    let handler = "<body onload=\"start()\"></body>";
+    assert!(!csp_violations(handler, &allowed).is_empty(), "inline handlers are blocked");
+    let remote = "<script src=\"https://cdn.example.com/redoc.js\"></script>";
+    assert!(!csp_violations(remote, &allowed).is_empty(), "scripts come from corral");
+}
+
+#[tokio::test]
+async fn docs_send_nosniff_deny_and_a_policy_their_pages_satisfy() {
+    let app = spawn_app().await;
+    let tls = corral::tls_client_config().unwrap();
+    let no_redirects = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+
+    let redirect = no_redirects.get(app.url("/docs")).send().await.unwrap();
+    assert!(redirect.status().is_redirection(), "{}", redirect.status());
+    assert_docs_headers(&redirect);
+    let location = redirect.headers()["location"].to_str().unwrap().to_string();
+    assert_eq!(location, "/docs/");
+
+    let mut inline_scripts = 0;
+    for path in [location.as_str(), "/docs/index.html", "/docs/oauth2-redirect.html", "/redoc"] {
+        let response = app.get(path).await;
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+        let csp = assert_docs_headers(&response);
+        let html = response.text().await.unwrap();
+        let violations = csp_violations(&html, &csp);
+        assert!(violations.is_empty(), "{path} under {csp}: {violations:#?}");
+        inline_scripts += parse_html(&html).inline_scripts.len();
+    }
+    assert!(inline_scripts > 0, "oauth2-redirect.html's inline script was checked against a hash");
+
+    for path in [
+        "/openapi.json",
+        "/docs/swagger-initializer.js",
+        "/docs/swagger-ui-bundle.js",
+        "/docs/swagger-ui.css",
+        "/redoc/redoc.standalone.js",
+    ] {
+        let response = app.get(path).await;
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        assert_docs_headers(&response);
+    }
+    let document = app.get("/openapi.json").await;
+    assert!(document.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+    let initializer = app.get("/docs/swagger-initializer.js").await.text().await.unwrap();
+    assert!(
+        initializer.contains(r#""validatorUrl": "none""#),
+        "no badge from validator.swagger.io: {initializer}"
+    );
 }

@@ -452,3 +452,197 @@ async fn subscriptions_refuse_private_targets_unknown_events_and_other_namespace
     let response = operator.post(app.url("/v1/webhooks")).json(&public(None)).send().await.unwrap();
     assert_problem(response, StatusCode::FORBIDDEN).await;
 }
+
+#[tokio::test]
+async fn deliveries_to_global_and_configured_receivers_are_the_admins_alone() {
+    // Arrange: every event mailed to ops@example.com (the configuration), an admin's global
+    // webhook and alpha's own webhook, both answering 500 so that their deliveries die at the
+    // first attempt; a viewer and an operator of alpha.
+    let sink = SmtpSink::started().await;
+    let global = Receiver::start(500).await;
+    let own = Receiver::start(500).await;
+    let mail = mail_to(&sink);
+    let app = spawn_app_with(move |settings| {
+        mail(&mut *settings);
+        settings.notify.webhook_allow_private = true;
+        settings.notify.max_attempts = 1;
+    })
+    .await;
+    app.create_namespaces(&["alpha"]).await;
+    let viewer =
+        client_with("x-api-key", &app.user_key("vera", json!({ "alpha": "viewer" })).await);
+    let operator =
+        client_with("x-api-key", &app.user_key("otto", json!({ "alpha": "operator" })).await);
+    let hook = |url: &str, namespace: Option<&str>| json!({ "url": url, "events": ["instance.created"], "secret": "0123456789abcdef", "namespace": namespace });
+    let response = app.post_json("/v1/webhooks", &hook(global.url.as_str(), None), None).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let response = operator
+        .post(app.url("/v1/webhooks"))
+        .json(&hook(own.url.as_str(), Some("alpha")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+
+    // Act: an event in alpha, for all three receivers.
+    let mut body = create_body("watched");
+    body["namespace"] = json!("alpha");
+    app.create_running(&body).await;
+
+    // Assert: the admin sees all three; the deliveries to the admin's receivers belong to no
+    // namespace, though their event is alpha's (and says so).
+    sink.wait_for(1).await;
+    wait_for_deliveries(&app, "?status=dead", 2).await;
+    wait_for_deliveries(&app, "?status=delivered", 1).await;
+    let all = deliveries(&app, "").await;
+    assert_eq!(all.len(), 3, "{all:#?}");
+    let to = |target: &str| {
+        let found = all.iter().find(|delivery| delivery["target"] == target);
+        found.unwrap_or_else(|| panic!("no delivery to {target}: {all:#?}")).clone()
+    };
+    let (global_hook, configured, own_hook) =
+        (to(global.url.as_str()), to("ops@example.com"), to(own.url.as_str()));
+    for (delivery, namespace) in
+        [(&global_hook, Value::Null), (&configured, Value::Null), (&own_hook, json!("alpha"))]
+    {
+        assert_eq!(delivery["namespace"], namespace, "{delivery:#}");
+        assert_eq!(delivery["event"]["namespace"], "alpha", "{delivery:#}");
+    }
+    let global_id = global_hook["id"].as_str().unwrap();
+    let configured_id = configured["id"].as_str().unwrap();
+    let own_id = own_hook["id"].as_str().unwrap();
+    let event_id = own_hook["event"]["id"].as_str().unwrap();
+
+    // Alpha's viewer and operator see only the delivery of alpha's own webhook, however they
+    // ask, and cannot retry the others: to them those do not exist.
+    for (who, client) in [("viewer", &viewer), ("operator", &operator)] {
+        for query in [String::new(), format!("?event_id={event_id}"), "?status=dead".to_string()] {
+            let response =
+                client.get(app.url(&format!("/v1/notifications{query}"))).send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{who} {query}");
+            let text = response.text().await.unwrap();
+            let page: Value = serde_json::from_str(&text).unwrap();
+            let ids: Vec<&str> = page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|delivery| delivery["id"].as_str().unwrap())
+                .collect();
+            assert_eq!(ids, [own_id], "{who} {query}: {page:#}");
+            assert!(
+                !text.contains(&global.url) && !text.contains("ops@example.com"),
+                "{who} {query}: {text}"
+            );
+        }
+        for id in [global_id, configured_id] {
+            let response = client
+                .post(app.url(&format!("/v1/notifications/{id}/retry")))
+                .send()
+                .await
+                .unwrap();
+            assert_problem(response, StatusCode::NOT_FOUND).await;
+        }
+    }
+
+    // Alpha's own delivery: its operator retries it, its viewer may not.
+    let retry_own = app.url(&format!("/v1/notifications/{own_id}/retry"));
+    assert_problem(viewer.post(retry_own.as_str()).send().await.unwrap(), StatusCode::FORBIDDEN)
+        .await;
+    assert_eq!(operator.post(retry_own.as_str()).send().await.unwrap().status(), StatusCode::OK);
+
+    // The admin retries the global webhook's dead delivery; the delivered mail is visible to
+    // the admin (a conflict, not a 404).
+    let response = app.post_empty(&format!("/v1/notifications/{global_id}/retry")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let retried: Value = response.json().await.unwrap();
+    assert_eq!(
+        (retried["status"].as_str(), &retried["namespace"]),
+        (Some("pending"), &Value::Null)
+    );
+    let response = app.post_empty(&format!("/v1/notifications/{configured_id}/retry")).await;
+    assert_problem(response, StatusCode::CONFLICT).await;
+}
+
+#[tokio::test]
+async fn a_namespace_holds_at_most_the_configured_number_of_subscriptions() {
+    // Arrange: a cap of two; alpha holds a webhook and an email subscription, made by its
+    // operator.
+    let app = spawn_app_with(|settings| {
+        settings.notify.max_subscriptions_per_namespace = 2;
+        settings.notify.webhook_allow_private = true;
+        settings.notify.smtp_host = Some("127.0.0.1".to_string());
+        settings.notify.smtp_port = Some(9);
+        settings.notify.smtp_tls = corral::config::SmtpTls::None;
+    })
+    .await;
+    app.create_namespaces(&["alpha", "beta", "gamma"]).await;
+    let operator = client_with(
+        "x-api-key",
+        &app.user_key("opal", json!({ "alpha": "operator", "beta": "operator" })).await,
+    );
+    let hook = |namespace: Option<&str>| json!({ "url": "http://127.0.0.1:9/hook", "secret": "0123456789abcdef", "namespace": namespace });
+    let email = json!({ "email": "alpha@example.com", "namespace": "alpha" });
+    let made = [("/v1/webhooks", hook(Some("alpha"))), ("/v1/email-subscriptions", email)];
+    for (path, body) in &made {
+        let response = operator.post(app.url(path)).json(body).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED, "{path}");
+    }
+
+    // Act and assert: a third of either kind is refused, to its operator and to an admin
+    // alike, naming the namespace, the cap and the setting.
+    for (path, body) in &made {
+        for client in [&operator, &app.client] {
+            let response = client.post(app.url(path)).json(body).send().await.unwrap();
+            let problem = assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+            assert_eq!(problem["type"], "urn:corral:problem:quota-exceeded", "{problem}");
+            let detail = problem["detail"].as_str().unwrap();
+            for expected in [
+                "namespace 'alpha'",
+                "allows 2 subscriptions",
+                "notify.max_subscriptions_per_namespace",
+            ] {
+                assert!(detail.contains(expected), "'{expected}' missing from: {detail}");
+            }
+        }
+    }
+    let webhooks: Value = app.get("/v1/webhooks").await.json().await.unwrap();
+    assert_eq!(webhooks["items"].as_array().unwrap().len(), 1, "nothing was stored: {webhooks}");
+
+    // Another namespace has room of its own; global subscriptions (admins only) are not capped.
+    let response =
+        operator.post(app.url("/v1/webhooks")).json(&hook(Some("beta"))).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    for _ in 0..3 {
+        let response = app.post_json("/v1/webhooks", &hook(None), None).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+
+    // Deleting one of alpha's makes room for exactly one more.
+    let id = webhooks["items"][0]["id"].as_str().unwrap();
+    let deleted = operator.delete(app.url(&format!("/v1/webhooks/{id}"))).send().await.unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    for expected in [StatusCode::CREATED, StatusCode::UNPROCESSABLE_ENTITY] {
+        let response =
+            operator.post(app.url("/v1/webhooks")).json(&hook(Some("alpha"))).send().await.unwrap();
+        assert_eq!(response.status(), expected);
+    }
+
+    // Concurrent creates in gamma: the cap holds, exactly two get in.
+    let creates =
+        (0..8).map(|_| app.client.post(app.url("/v1/webhooks")).json(&hook(Some("gamma"))).send());
+    let answers = futures_util::future::join_all(creates).await;
+    let statuses: Vec<StatusCode> =
+        answers.into_iter().map(|answer| answer.unwrap().status()).collect();
+    let created = statuses.iter().filter(|status| **status == StatusCode::CREATED).count();
+    let refused =
+        statuses.iter().filter(|status| **status == StatusCode::UNPROCESSABLE_ENTITY).count();
+    assert_eq!((created, refused), (2, 6), "{statuses:?}");
+    let listed: Value = app.get("/v1/webhooks").await.json().await.unwrap();
+    let in_gamma = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|webhook| webhook["namespace"] == "gamma")
+        .count();
+    assert_eq!(in_gamma, 2, "{listed:#}");
+}

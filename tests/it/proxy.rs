@@ -122,6 +122,10 @@ async fn handle(
         .map(|(_, value)| value.into_owned())
         .unwrap_or_else(|| "unknown".to_string());
     *state.calls.lock().unwrap().entry(action).or_default() += 1;
+    let delay = state.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay.into())).await;
+    }
 
     let fault =
         (random_below(1000) < state.fault_permille.load(Ordering::SeqCst)).then(|| random_below(5));

@@ -101,16 +101,23 @@ async fn tagged_instances_corral_does_not_know_are_orphans_to_adopt_or_terminate
     assert_eq!(listed, expected);
     assert_eq!(orphans["items"][0]["namespace"], "lost");
 
-    let adopted = app.post_empty(&format!("/v1/orphans/{adoptee}/adopt")).await;
+    // The tag names a namespace that does not exist: refused, not created.
+    let refused = app.post_empty(&format!("/v1/orphans/{adoptee}/adopt")).await;
+    let problem = assert_problem(refused, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert!(problem["detail"].as_str().unwrap().contains("no namespace named 'lost'"), "{problem}");
+    assert_eq!(app.get("/v1/namespaces/lost").await.status(), StatusCode::NOT_FOUND);
+    // The admin names the namespace instead.
+    app.create_namespaces(&["rescued"]).await;
+    let adopted = app.post_empty(&format!("/v1/orphans/{adoptee}/adopt?namespace=rescued")).await;
     assert_eq!(adopted.status(), StatusCode::CREATED);
     let adopted: Value = adopted.json().await.unwrap();
     assert_eq!(adopted["cloud_id"], adoptee.as_str());
     assert_eq!(adopted["name"], "stray-1");
-    assert_eq!(adopted["namespace"], "lost");
+    assert_eq!(adopted["namespace"], "rescued");
     assert_eq!(adopted["state"], "running");
 
     let job: Value = app
-        .post_empty(&format!("/v1/orphans/{doomed}/terminate?wait=30"))
+        .post_empty(&format!("/v1/orphans/{doomed}/terminate?wait=30&namespace=rescued"))
         .await
         .json()
         .await

@@ -334,3 +334,251 @@ async fn a_generated_first_password_is_in_a_private_file_and_must_be_changed() {
     let listed = admin.get(format!("{address}/v1/instances")).send().await.unwrap();
     assert_eq!(listed.status(), StatusCode::OK);
 }
+
+/// Reads what the server sends on `stream` until it closes it or `wait` passes; `None` if it
+/// was still open then.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream, wait: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(wait, async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+            }
+        }
+    });
+    read.await.ok().map(|()| String::from_utf8_lossy(&received).into_owned())
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app_with(|settings| settings.server.header_timeout_secs = 1).await;
+    let address = app.address.trim_start_matches("http://").to_string();
+    let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: corral\r\nX-Slow: ").await.unwrap();
+    let closed = read_until_closed(&mut slow, Duration::from_secs(10)).await;
+    assert!(closed.is_some(), "the connection was still open 10 s later");
+    assert!(!closed.unwrap().contains("200 OK"));
+    // Others are served meanwhile and after.
+    assert_eq!(app.get("/health").await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn connections_past_the_cap_are_answered_503_and_closed() {
+    let app = spawn_app_with(|settings| settings.server.max_connections = 4).await;
+    let address = app.address.trim_start_matches("http://").to_string();
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(tokio::net::TcpStream::connect(&address).await.unwrap());
+    }
+    let mut refused = 0;
+    for stream in &mut held {
+        if let Some(answer) = read_until_closed(stream, Duration::from_millis(500)).await {
+            assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+            assert!(answer.contains("server.max_connections"), "{answer}");
+            refused += 1;
+        }
+    }
+    assert!(refused >= 4, "only {refused} of 8 connections past a cap of 4 were refused");
+    drop(held);
+    // The places are given back.
+    let mut served = false;
+    for _ in 0..20 {
+        let response = http().get(app.url("/health")).send().await;
+        if response.is_ok_and(|r| r.status() == StatusCode::OK) {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served);
+}
+
+#[tokio::test]
+async fn serve_speaks_tls_with_a_configured_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let ca = dir.path().join("ca.pem");
+    // A throwaway certificate authority, and a certificate it signs for 127.0.0.1.
+    let openssl = |args: &[&str]| {
+        let made = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("openssl runs");
+        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec[..],
+            &["-days", "1", "-subj", "/CN=test-ca", "-keyout", "ca.key", "-out", "ca.pem"],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &ec[..],
+            &["-subj", "/CN=localhost", "-keyout", "key.pem", "-out", "leaf.csr"],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.path().join("leaf.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "cert.pem",
+    ]);
+    let server = crate::helpers::spawn_server(|settings| {
+        settings.server.tls_cert = Some(cert.display().to_string());
+        settings.server.tls_key = Some(key.display().to_string());
+    })
+    .await;
+    let _stop = server.shutdown.clone().drop_guard();
+    let https = server.address.replace("http://", "https://");
+
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(&ca).unwrap();
+    for der in rustls_pemfile_certs(&pem) {
+        roots.add(der).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let client = reqwest::Client::builder().use_preconfigured_tls(tls).build().unwrap();
+    let health = client.get(format!("{https}/health")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let token = client
+        .post(format!("{https}/v1/token"))
+        .form(&[("username", "admin"), ("password", ADMIN_PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(token.status(), StatusCode::OK);
+    // Plain HTTP gets no answer from it.
+    let plain = http().get(format!("{}/health", server.address)).send().await;
+    assert!(plain.is_err() || plain.unwrap().status() != StatusCode::OK);
+}
+
+/// The certificates in a PEM document.
+fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem).map(Result::unwrap).collect()
+}
+
+#[tokio::test]
+async fn event_streams_are_capped_per_caller() {
+    let proxy = crate::proxy::FaultProxy::start(crate::helpers::moto_url(), 0.0).await;
+    let app = spawn_app_with(|settings| {
+        settings.aws.endpoint_url = Some(proxy.url.clone());
+        settings.server.max_event_streams_per_caller = 1;
+    })
+    .await;
+    // A job that stays running for a while: every EC2 call takes 2 s.
+    proxy.set_delay(Duration::from_secs(2));
+    let job: Value = app.post_instances(&create_body("slow"), "").await.json().await.unwrap();
+    let path = format!("/v1/jobs/{}/events", job["id"].as_str().unwrap());
+    let stream = |client: &reqwest::Client| {
+        client.get(app.url(&path)).header("Accept", "text/event-stream").send()
+    };
+    let first = stream(&app.client).await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let second = stream(&app.client).await.unwrap();
+    let problem = assert_problem(second, StatusCode::TOO_MANY_REQUESTS).await;
+    assert!(problem["detail"].as_str().unwrap().contains("event streams open"), "{problem}");
+    // Another caller has places of its own; the first caller's comes back when closed.
+    let viewer =
+        client_with("x-api-key", &app.user_key("vera", json!({ "default": "viewer" })).await);
+    assert_eq!(stream(&viewer).await.unwrap().status(), StatusCode::OK);
+    drop(first);
+    let mut reopened = false;
+    for _ in 0..20 {
+        if stream(&app.client).await.unwrap().status() == StatusCode::OK {
+            reopened = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reopened);
+    proxy.set_delay(Duration::ZERO);
+}
+
+#[tokio::test]
+async fn a_security_group_other_teams_trust_cannot_be_attached() {
+    let app = spawn_app().await;
+    // A group that another team's database lets in.
+    let group = app
+        .ec2
+        .create_security_group()
+        .group_name("trusted-by-the-database")
+        .description("other team")
+        .send()
+        .await
+        .unwrap();
+    let group_id = group.group_id().unwrap().to_string();
+    let operator =
+        client_with("x-api-key", &app.user_key("olga", json!({ "default": "operator" })).await);
+    let mut body = create_body("joins-their-group");
+    body["security_group_ids"] = json!([group_id]);
+    let response = operator.post(app.url("/v1/instances")).json(&body).send().await.unwrap();
+    let problem = assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(problem["errors"][0]["field"], "security_group_ids[0]", "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains(&group_id), "{problem}");
+    let listed: Value = app.get("/v1/instances").await.json().await.unwrap();
+    assert_eq!(listed["items"], json!([]), "nothing was stored");
+    assert!(app.moto_instances().await.is_empty(), "nothing was launched");
+}
+
+#[tokio::test]
+async fn refreshes_of_one_instance_coalesce_into_one_pending_job() {
+    let proxy = crate::proxy::FaultProxy::start(crate::helpers::moto_url(), 0.0).await;
+    let app = spawn_app_with(|settings| {
+        settings.aws.endpoint_url = Some(proxy.url.clone());
+        settings.jobs.concurrency = 1;
+    })
+    .await;
+    let created = app.create_running(&create_body("refreshed")).await;
+    let id = created["instances"][0]["id"].as_str().unwrap().to_string();
+    // Each EC2 call takes a second: the first refresh runs while the others queue up.
+    proxy.set_delay(Duration::from_secs(1));
+    let mut jobs = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let response = app.act(&id, "refresh", "").await;
+        assert!(response.status().is_success(), "{}", response.status());
+        let job: Value = response.json().await.unwrap();
+        jobs.insert(job["id"].as_str().unwrap().to_string());
+    }
+    proxy.set_delay(Duration::ZERO);
+    assert!(
+        jobs.len() <= 2,
+        "20 refreshes made {} jobs: one running, one waiting at most",
+        jobs.len()
+    );
+    for job in &jobs {
+        assert_eq!(app.wait_for_job(job).await["status"], "succeeded");
+    }
+}

@@ -150,3 +150,31 @@ async fn a_named_lease_has_one_holder_until_it_expires() {
     assert!(store.try_lease("reconciler", "b", now_millis() + 60_000).await.unwrap(), "taken over");
     assert!(!store.try_lease("reconciler", "a", now_millis() + 60_000).await.unwrap());
 }
+
+#[tokio::test]
+async fn a_namespace_with_a_backlog_does_not_hold_back_another() {
+    let (store, _dir) = store().await;
+    let enqueue_in = |namespace: &'static str| {
+        let store = store.clone();
+        async move {
+            let job = NewJob { namespace: Some(namespace.to_string()), ..job() };
+            let stored = store.insert_instances_job(&job, None, &[], None).await.unwrap();
+            assert_eq!(stored, Admission::Stored);
+            job.id
+        }
+    };
+    let mut backlog = Vec::new();
+    for _ in 0..5 {
+        backlog.push(enqueue_in("busy").await);
+    }
+    let quiet = enqueue_in("quiet").await;
+    let lease = now_millis() + 60_000;
+
+    let first = store.claim_job("w1", lease).await.unwrap().unwrap();
+    let second = store.claim_job("w2", lease).await.unwrap().unwrap();
+
+    assert_eq!(first.job.id, backlog[0], "the oldest job goes first");
+    assert_eq!(second.job.id, quiet, "then the namespace with nothing running");
+    let third = store.claim_job("w3", lease).await.unwrap().unwrap();
+    assert_eq!(third.job.id, backlog[1]);
+}

@@ -1,0 +1,144 @@
+//! The HTTP listener: accepts connections, speaks TLS itself when a certificate is configured
+//! (`server.tls_cert`, `server.tls_key`), and keeps any one client from holding the server.
+//!
+//! - A client gets `server.header_timeout_secs` to send a request's headers (and, with TLS, to
+//!   finish the handshake); then its connection is closed.
+//! - At most `server.max_connections` connections are served at once; one more is answered
+//!   `503 Service Unavailable` with `Retry-After` and closed, so that descriptors never run out.
+//! - On shutdown, new connections are refused, idle ones closed, and those with a request in
+//!   flight get a few seconds to finish.
+//!
+//! Request timeouts and the cap on event streams are the API's (`api::limits`): they depend on
+//! what a request asks for.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use crate::config::ServerSettings;
+
+/// Longest in-flight requests may run on after shutdown begins.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// The TLS configuration `settings` asks for, read from its PEM files; `None` for plain HTTP.
+pub fn tls_config(settings: &ServerSettings) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (Some(cert), Some(key)) = (&settings.tls_cert, &settings.tls_key) else {
+        return Ok(None);
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|err| anyhow::anyhow!("server.tls_cert: reading {cert}: {err}"))?;
+    anyhow::ensure!(!chain.is_empty(), "server.tls_cert: {cert} holds no PEM certificate");
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|err| anyhow::anyhow!("server.tls_key: reading {key}: {err}"))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("server.tls_cert and server.tls_key do not make a certificate and its key")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some(Arc::new(config)))
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    settings: &ServerSettings,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let header_timeout = Duration::from_secs(settings.header_timeout_secs);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let tls = tls.map(TlsAcceptor::from);
+    let slots = Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of descriptors, or a connection reset before it was accepted: the
+                    // listener itself is fine.
+                    tracing::warn!(error = %err, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tokio::spawn(refuse(stream));
+            continue;
+        };
+        let service = router.clone().map_request(move |mut request: axum::extract::Request<_>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            request
+        });
+        let service = TowerToHyperService::new(service);
+        let (builder, tls, watcher) = (builder.clone(), tls.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let served = match tls {
+                None => {
+                    let connection =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(connection.into_owned()).await
+                }
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(header_timeout, acceptor.accept(stream));
+                    let Ok(Ok(stream)) = handshake.await else { return };
+                    let connection =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(connection.into_owned()).await
+                }
+            };
+            if let Err(err) = served {
+                tracing::debug!(%peer, error = %err, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+        tracing::warn!("connections still open {} s after shutdown were dropped", DRAIN.as_secs());
+    }
+    Ok(())
+}
+
+/// Answers a connection past the limit with `503` and closes it.
+async fn refuse(mut stream: TcpStream) {
+    const BODY: &str = r#"{"type":"about:blank","title":"Service Unavailable","status":503,"detail":"the server has as many connections as it serves at once (server.max_connections); retry shortly"}"#;
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\n\
+         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let write = async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
+}
+
+/// The address the listener is bound to, as a URL of the scheme it serves.
+pub fn url(address: SocketAddr, tls: bool) -> String {
+    format!("{}://{address}", if tls { "https" } else { "http" })
+}
