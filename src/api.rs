@@ -106,7 +106,7 @@ pub fn router(ctx: ApiContext) -> Router {
         .merge(health::router())
         .with_state(ctx.clone())
         .merge(docs::router())
-        .layer(axum::middleware::from_fn_with_state(ctx, limits::request_timeout))
+        .layer(axum::middleware::from_fn_with_state(ctx.limits.clone(), limits::request_timeout))
         .layer(axum::middleware::from_fn(error::problem_responses))
         .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))

@@ -11,7 +11,7 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::api::{ApiContext, ApiError};
+use crate::api::ApiError;
 
 /// The longest `?wait=` a request may ask for, which its timeout adds to the ordinary one.
 pub const MAX_WAIT_SECS: u64 = 60;
@@ -26,7 +26,7 @@ pub struct Limits {
 /// `503`. An event stream (`Accept: text/event-stream`) runs as long as its job; a request
 /// with `?wait=` gets its wait on top.
 pub async fn request_timeout(
-    State(ctx): State<ApiContext>,
+    State(limits): State<Arc<Limits>>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -42,7 +42,7 @@ pub async fn request_timeout(
         .uri()
         .query()
         .is_some_and(|query| form_urlencoded::parse(query.as_bytes()).any(|(k, _)| k == "wait"));
-    let limit = ctx.limits.request_timeout
+    let limit = limits.request_timeout
         + if waits { Duration::from_secs(MAX_WAIT_SECS) } else { Duration::ZERO };
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
@@ -108,6 +108,36 @@ impl Drop for StreamSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_request_past_its_time_is_stopped_unless_it_streams_or_waits() {
+        let limits = Arc::new(Limits {
+            request_timeout: Duration::from_millis(200),
+            streams: StreamSlots::new(1, 1),
+        });
+        let slow = || async {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            "done"
+        };
+        let app = axum::Router::new()
+            .route("/slow", axum::routing::get(slow))
+            .layer(axum::middleware::from_fn_with_state(limits, request_timeout));
+        let call = |uri: &str, accept: &str| {
+            let request = axum::http::Request::get(uri)
+                .header("accept", accept)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            app.clone().oneshot(request)
+        };
+        let stopped = call("/slow", "*/*").await.unwrap();
+        assert_eq!(stopped.status(), axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(stopped.headers()["retry-after"], "1");
+        for (uri, accept) in [("/slow", "text/event-stream"), ("/slow?wait=5", "*/*")] {
+            let served = call(uri, accept).await.unwrap();
+            assert_eq!(served.status(), axum::http::StatusCode::OK, "{uri} {accept}");
+        }
+    }
 
     #[test]
     fn streams_are_capped_per_caller_and_in_all_and_given_back() {

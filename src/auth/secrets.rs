@@ -120,6 +120,20 @@ mod tests {
         assert!(!verify_password("not a hash".into(), "x".into()).await.unwrap());
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_of_hashes_is_refused_beyond_a_short_queue() {
+        let hash = hash_password("correct horse battery".into()).await.unwrap();
+        let checks = (0..64).map(|_| {
+            let hash = hash.clone();
+            tokio::spawn(async move { verify_password(hash, "a guess".into()).await })
+        });
+        let outcomes = futures_util::future::join_all(checks).await;
+        let busy = outcomes.iter().filter(|o| matches!(o, Ok(Err(Busy)))).count();
+        let checked = outcomes.iter().filter(|o| matches!(o, Ok(Ok(false)))).count();
+        assert!(busy > 0, "64 hashes at once were all queued");
+        assert!(checked > 0 && busy + checked == 64, "{checked} checked, {busy} busy");
+    }
+
     #[test]
     fn api_keys_carry_a_prefix_that_finds_them() {
         let (key, prefix) = new_api_key();

@@ -636,6 +636,10 @@ fn check_tags(tags: &BTreeMap<String, String>, violations: &mut Vec<Violation>) 
             violations.push(Violation::new(field, "set the Name tag through the name field"));
         } else if value.chars().count() > 256 {
             violations.push(Violation::new(field, "values must be at most 256 characters"));
+        } else if key.chars().chain(value.chars()).any(char::is_control) {
+            // EC2 cannot carry them (its answers are XML), and terminals would run them.
+            violations
+                .push(Violation::new(field, "keys and values may not hold control characters"));
         }
     }
 }
@@ -908,6 +912,13 @@ mod tests {
                     r.tags.insert("Name".into(), "x".into());
                 }),
                 "tags.Name: set the Name tag through the name field",
+            ),
+            (
+                "control characters",
+                Box::new(|r| {
+                    r.tags.insert("paint".into(), "\u{1b}[2J".into());
+                }),
+                "tags.paint: keys and values may not hold control characters",
             ),
             (
                 "long tag value",

@@ -540,3 +540,68 @@ async fn a_generated_key_pair_is_saved_privately_and_instances_use_it_with_ingre
     assert_eq!(code(&bad), 2, "{}", describe(&bad));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--ingress ssh"), "{}", describe(&bad));
 }
+
+/// A loopback listener that records every request's head, answering each `401`.
+async fn recording_server() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buffer = vec![0u8; 64 * 1024];
+            let n = stream.read(&mut buffer).await.unwrap_or(0);
+            log.lock().unwrap().push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+            let _ = stream
+                .write_all(
+                    b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .await;
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn a_cloned_repositorys_dotenv_cannot_send_the_stored_key_or_a_password_elsewhere() {
+    let app = spawn_app().await;
+    let corral = Corral::bare();
+    let password = format!("{}\n", crate::helpers::ADMIN_PASSWORD);
+    let login = ["login", "--server", &app.address, "--username", "admin"];
+    assert!(corral.run_with(&login, &password).await.status.success());
+    let config = std::fs::read_to_string(corral.home.path().join(".config/corral/config.toml"));
+    let stored = config.unwrap();
+    let key_start = stored.find("crl_").unwrap();
+    let key = &stored[key_start..key_start + 45];
+
+    // The repository's .env points the CLI at a server of the attacker's.
+    let (attacker, seen) = recording_server().await;
+    std::fs::write(corral.home.path().join(".env"), format!("CORRAL_SERVER={attacker}\n")).unwrap();
+    let listed = corral.run(&["instances", "list"]).await;
+    assert_eq!(code(&listed), 4, "{}", describe(&listed));
+    let stderr = String::from_utf8_lossy(&listed.stderr);
+    assert!(stderr.contains("only sent to the server it was stored for"), "{stderr}");
+    let relogin = corral.run_with(&["login", "--username", "admin"], &password).await;
+    assert_ne!(code(&relogin), 0, "{}", describe(&relogin));
+    let received = seen.lock().unwrap().join("\n");
+    assert!(!received.contains(key), "the stored key reached the attacker: {received}");
+    assert!(!received.contains(crate::helpers::ADMIN_PASSWORD), "{received}");
+    assert!(received.is_empty(), "nothing at all should reach it: {received}");
+}
+
+#[tokio::test]
+async fn csv_cells_a_spreadsheet_would_run_are_defused() {
+    let app = spawn_app().await;
+    let corral = Corral::new(&app);
+    let mut body = crate::helpers::create_body("sheet");
+    // The tags cell starts with its first key: a formula. (Control characters never get this
+    // far: the policy refuses them, and `cli::output` strips them from tables.)
+    body["tags"] = json!({ "=HYPERLINK(\"http://evil.example\";\"x\")": "1" });
+    app.create_running(&body).await;
+
+    let csv = corral.ok(&["instances", "list", "-o", "csv"]).await;
+    let row = csv.lines().nth(1).expect("one row");
+    assert!(!row.contains(",=HYPERLINK") && !row.contains(",\"=HYPERLINK"), "{csv}");
+    assert!(row.contains("'=HYPERLINK"), "{csv}");
+}
