@@ -92,10 +92,11 @@ pub struct ServerSettings {
     /// client is read from `X-Forwarded-For` (login throttling, `"cidr": "caller"`). Empty:
     /// the header is ignored, as any client could write it.
     pub trusted_proxies: Vec<String>,
-    /// Longest a client may take to send a request's headers.
+    /// Longest a client may take to send a request's headers, from connecting or from its
+    /// previous answer (an idle connection is closed after it).
     pub header_timeout_secs: u64,
-    /// Longest an ordinary request may take (answered `503` past it); event streams and
-    /// `?wait=` are exempt (a wait is bounded by its own length).
+    /// Longest a request may take until its answer starts (answered `503` past it); `?wait=`
+    /// adds the longest wait, and an event stream goes on once it has started.
     pub request_timeout_secs: u64,
     /// Connections served at once; further ones are answered `503` and closed.
     pub max_connections: usize,

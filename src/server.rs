@@ -1,8 +1,10 @@
 //! The HTTP listener: accepts connections, speaks TLS itself when a certificate is configured
 //! (`server.tls_cert`, `server.tls_key`), and keeps any one client from holding the server.
 //!
-//! - A client gets `server.header_timeout_secs` to send a request's headers (and, with TLS, to
-//!   finish the handshake); then its connection is closed.
+//! - A client gets `server.header_timeout_secs` to send a request's headers, from the moment it
+//!   connects or its previous answer was sent (and, with TLS, to finish the handshake); then its
+//!   connection is closed, so an idle connection cannot hold a place. HTTP/1.1 only: its one
+//!   timer covers every way a connection can sit idle.
 //! - At most `server.max_connections` connections are served at once; one more is answered
 //!   `503 Service Unavailable` with `Retry-After` and closed, so that descriptors never run out.
 //! - On shutdown, new connections are refused, idle ones closed, and those with a request in
@@ -18,8 +20,8 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::ConnectInfo;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncWriteExt;
@@ -52,7 +54,7 @@ pub fn tls_config(settings: &ServerSettings) -> anyhow::Result<Option<Arc<rustls
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .context("server.tls_cert and server.tls_key do not make a certificate and its key")?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Some(Arc::new(config)))
 }
 
@@ -65,9 +67,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let header_timeout = Duration::from_secs(settings.header_timeout_secs);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_timeout);
-    builder.http2().timer(TokioTimer::new());
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
     let tls = tls.map(TlsAcceptor::from);
     let slots = Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
     let graceful = GracefulShutdown::new();
@@ -99,16 +100,12 @@ pub async fn serve(
             let _slot = slot;
             let served = match tls {
                 None => {
-                    let connection =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(connection.into_owned()).await
+                    watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await
                 }
                 Some(acceptor) => {
                     let handshake = tokio::time::timeout(header_timeout, acceptor.accept(stream));
                     let Ok(Ok(stream)) = handshake.await else { return };
-                    let connection =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(connection.into_owned()).await
+                    watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await
                 }
             };
             if let Err(err) = served {

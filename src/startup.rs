@@ -104,8 +104,16 @@ impl Application {
                         };
                         crate::server::url(SocketAddr::new(ip, local_addr.port()), tls.is_some())
                     });
-                if let Some(problem) = crate::config::plain_http_to_another_host(&state_url) {
-                    anyhow::bail!("the Terraform state URL (from notify.public_url): {problem}");
+                // An explicit state URL is checked with the settings; the listener itself is
+                // this machine.
+                if settings.terraform.state_url.is_none()
+                    && settings.notify.public_url.is_some()
+                    && let Some(problem) = crate::config::plain_http_to_another_host(&state_url)
+                {
+                    anyhow::bail!(
+                        "the Terraform state URL, taken from notify.public_url for want of \
+                         terraform.state_url: {problem}"
+                    );
                 }
                 tracing::info!(binary = %binary.display(), state_url, "Terraform backend available");
                 Some(Arc::new(

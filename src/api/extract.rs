@@ -50,26 +50,32 @@ pub fn client_address(
     if !is_trusted(&peer) {
         return peer;
     }
-    // Every X-Forwarded-For header, in order, as one list; read from the nearest hop back.
-    let mut hops = Vec::new();
-    for value in headers.get_all("x-forwarded-for") {
-        let Ok(text) = value.to_str() else { return peer };
-        for hop in text.split(',') {
-            match hop.trim().parse::<std::net::IpAddr>() {
-                Ok(ip) => hops.push(ip),
-                // A malformed list cannot be followed: the proxy itself is the client.
-                Err(_) => return peer,
-            }
-        }
-    }
+    // Every X-Forwarded-For header, in order, as one list, read from the nearest hop back:
+    // the first hop that is not a trusted proxy is the client, and what lies before it (which
+    // the client may have written) is never read.
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .flat_map(|value| value.to_str().unwrap_or_default().split(','))
+        .collect();
     let mut client = peer;
     for hop in hops.into_iter().rev() {
-        client = hop;
-        if !is_trusted(&hop) {
+        // A hop a trusted proxy wrote that cannot be read ends the walk at that proxy.
+        let Some(ip) = forwarded_address(hop.trim()) else { break };
+        client = ip;
+        if !is_trusted(&ip) {
             break;
         }
     }
     client
+}
+
+/// One `X-Forwarded-For` hop: an address, `ipv4:port`, or `[ipv6]:port`.
+fn forwarded_address(hop: &str) -> Option<std::net::IpAddr> {
+    if let Ok(ip) = hop.parse() {
+        return Some(ip);
+    }
+    hop.parse::<std::net::SocketAddr>().ok().map(|address| address.ip())
 }
 
 /// Largest request body accepted.
@@ -300,5 +306,40 @@ impl IdempotencyHeader {
         }
         let fingerprint = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
         Some(crate::storage::IdempotencyKey { key, fingerprint })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarded(values: &[&str]) -> axum::http::HeaderMap {
+        let mut headers = axum::http::HeaderMap::new();
+        for value in values {
+            headers.append("x-forwarded-for", value.parse().unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn the_client_is_the_first_hop_no_trusted_proxy_wrote() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let proxy: std::net::IpAddr = "10.0.0.2".parse().unwrap();
+        let stranger: std::net::IpAddr = "203.0.113.9".parse().unwrap();
+        let client = |headers: &[&str], peer| client_address(peer, &forwarded(headers), &trusted);
+        // Not from a proxy: the header is ignored.
+        assert_eq!(client(&["198.51.100.1"], stranger), stranger);
+        // From a proxy: the hop it saw, with or without a port, whatever the client wrote
+        // before it, garbage included.
+        assert_eq!(client(&["198.51.100.1, 203.0.113.9"], proxy), stranger);
+        assert_eq!(client(&["garbage, 203.0.113.9:5678"], proxy), stranger);
+        assert_eq!(
+            client(&["x", "[2001:db8::1]:443"], proxy),
+            "2001:db8::1".parse::<std::net::IpAddr>().unwrap()
+        );
+        // Through two proxies.
+        assert_eq!(client(&["203.0.113.9, 10.0.0.7"], proxy), stranger);
+        // A proxy's own garbage: the proxy is the client.
+        assert_eq!(client(&["nonsense"], proxy), proxy);
     }
 }

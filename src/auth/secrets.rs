@@ -68,8 +68,13 @@ async fn hashing<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -
             permit.map_err(|_| Busy)?.expect("the semaphore is never closed")
         }
     };
-    let result = tokio::task::spawn_blocking(work).await;
-    drop(permit);
+    // The permit goes with the work: a request that is dropped meanwhile (its client gone)
+    // does not free the place while the hash still runs.
+    let result = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        work()
+    })
+    .await;
     Ok(result.expect("password hashing does not panic"))
 }
 

@@ -16,7 +16,9 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Keys tracked at most; beyond this, keys whose failures have all expired are dropped.
+/// Keys tracked at most. Beyond this, keys whose failures have all expired are dropped, and if
+/// that is not enough (many clients failing at once), the half least recently failed: memory
+/// stays bounded, at the price of forgetting the quietest guessers first.
 const MAX_KEYS: usize = 10_000;
 
 pub struct LoginThrottle {
@@ -67,6 +69,13 @@ impl LoginThrottle {
                 expire(times, now, self.window);
                 !times.is_empty()
             });
+        }
+        if failures.len() >= MAX_KEYS {
+            let mut latest: Vec<Instant> =
+                failures.values().filter_map(|times| times.iter().max().copied()).collect();
+            latest.sort_unstable();
+            let cutoff = latest[latest.len() / 2];
+            failures.retain(|_, times| times.iter().max().is_some_and(|at| *at > cutoff));
         }
         for key in &keys {
             failures.entry(key.clone()).or_default().push_back(now);
@@ -200,6 +209,16 @@ mod tests {
         drop(throttle.begin("alice", ip("2001:db8:1:2::1")).unwrap());
         assert!(throttle.begin("alice", ip("2001:db8:1:2:ffff::2")).is_err());
         assert!(throttle.begin("alice", ip("2001:db8:1:3::1")).is_ok());
+    }
+
+    #[test]
+    fn the_keys_kept_stay_bounded_however_many_clients_fail() {
+        let throttle = LoginThrottle::new(5, 20, Duration::from_secs(60));
+        for n in 0..(MAX_KEYS as u32 * 2) {
+            let client = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n));
+            drop(throttle.begin("admin", client).unwrap());
+        }
+        assert!(throttle.failures.lock().unwrap().len() <= MAX_KEYS);
     }
 
     #[test]

@@ -64,6 +64,8 @@ impl Client {
             .use_preconfigured_tls(tls)
             .user_agent(concat!("corral-cli/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(std::time::Duration::from_secs(10))
+            // A redirect could carry the API key or a password to another server.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|err| Failure::failed(err.to_string()))?;
         Ok(Client { http, base: base.trim_end_matches('/').to_string(), credential })

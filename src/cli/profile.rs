@@ -263,6 +263,13 @@ fn check_destination(
              (CORRAL_SERVER); if that server is meant, pass --server {server} or set \
              CORRAL_SERVER in the environment."
         ),
+        // A repository's own key would make the user act, on their own server, as whoever
+        // wrote it: a .env credential goes only with a server that .env (or --server) names.
+        Source::DotEnv if !matches!(server_source, Source::DotEnv | Source::Flag) => format!(
+            "{variable} from ./.env is not sent to {server} ({origin}), which ./.env does not \
+             name; set CORRAL_SERVER in ./.env too, or pass --server.",
+            origin = server_source.server_origin(),
+        ),
         _ => return Ok(()),
     };
     Err(Failure::new(ExitCode::Auth, refusal))
@@ -396,6 +403,18 @@ mod tests {
         let (_home, env) =
             setup(&stored(None, None), &[("CORRAL_SERVER", "https://b.example")], "");
         assert_eq!(login_server(&env, None, None).unwrap(), "https://b.example");
+    }
+
+    #[test]
+    fn a_dotenv_key_does_not_go_to_a_server_dotenv_does_not_name() {
+        let profile = stored(None, None);
+        let failure = refused(&profile, &[], "CORRAL_API_KEY=crl_theirs\n", None);
+        assert!(failure.message.contains("from ./.env is not sent to"), "{}", failure.message);
+        let dotenv = "CORRAL_API_KEY=crl_theirs\nCORRAL_SERVER=https://their.example\n";
+        assert_eq!(
+            sent(&profile, &[], dotenv, None),
+            pair("https://their.example", "key crl_theirs")
+        );
     }
 
     #[test]

@@ -104,27 +104,22 @@ pub async fn check_url(url: &str, allow_private: bool) -> Result<Url, String> {
         None => return Err(format!("'{url}' has no host")),
     };
     let port = parsed.port_or_known_default().unwrap_or(443);
-    let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .map_err(|err| format!("cannot resolve '{host}': {err}"))?
-        .collect();
-    if addresses.is_empty() {
+    let addresses: Vec<SocketAddr> = match tokio::net::lookup_host((host.as_str(), port)).await {
+        Ok(found) => found.collect(),
+        Err(err) if allow_private => return Err(format!("cannot resolve '{host}': {err}")),
+        Err(_) => Vec::new(),
+    };
+    if allow_private && addresses.is_empty() {
         return Err(format!("'{host}' resolves to no address"));
     }
-    if !allow_private {
-        // The addresses themselves stay out of the message: they are internal network facts.
-        let public = addresses.iter().filter(|addr| is_public(addr.ip())).count();
-        if public < addresses.len() {
-            let what = if public == 0 {
-                "no public address"
-            } else {
-                "non-public addresses as well as public ones"
-            };
-            return Err(format!(
-                "webhook host '{host}' resolves to {what}; webhooks only go to public addresses \
-                 unless CORRAL_WEBHOOK_ALLOW_PRIVATE=true"
-            ));
-        }
+    // One message whether the name is unknown, internal, or partly internal: which internal
+    // names exist, and what they resolve to, are facts of the network an operator must not
+    // learn from here.
+    if !allow_private && (addresses.is_empty() || !addresses.iter().all(|a| is_public(a.ip()))) {
+        return Err(format!(
+            "webhook host '{host}' does not resolve to public addresses only; webhooks only go \
+             to public addresses unless CORRAL_WEBHOOK_ALLOW_PRIVATE=true"
+        ));
     }
     Ok(parsed)
 }
@@ -304,8 +299,14 @@ mod tests {
     #[tokio::test]
     async fn refusals_do_not_name_the_addresses_a_host_resolves_to() {
         let err = check_url("http://localhost:9/hook", false).await.unwrap_err();
-        assert!(err.contains("webhook host 'localhost' resolves to no public address"), "{err}");
+        assert!(
+            err.contains("webhook host 'localhost' does not resolve to public addresses only"),
+            "{err}"
+        );
         assert!(!err.contains("127.0.0.1") && !err.contains("::1"), "{err}");
+        // A name that does not exist is answered the same: no oracle for internal names.
+        let unknown = check_url("http://no-such-host.invalid/hook", false).await.unwrap_err();
+        assert_eq!(unknown, err.replace("'localhost'", "'no-such-host.invalid'"));
 
         let resolver = GuardedResolver { allow_private: false };
         let err = resolver
@@ -335,14 +336,14 @@ mod tests {
         let refused = [
             ("ftp://example.com/hook", "http or https"),
             ("http://user:pw@example.com/hook", "credentials"),
-            ("http://127.0.0.1:9/hook", "no public address"),
-            ("http://169.254.169.254/latest/meta-data", "no public address"),
-            ("http://[::1]:9/hook", "no public address"),
-            ("http://localhost:9/hook", "no public address"),
-            ("http://[::ffff:127.0.0.1]:9/hook", "no public address"),
-            ("http://[64:ff9b::a9fe:a9fe]/latest/meta-data", "no public address"),
-            ("http://[2002:a9fe:a9fe::]/latest/meta-data", "no public address"),
-            ("http://[fec0::1]:9/hook", "no public address"),
+            ("http://127.0.0.1:9/hook", "public addresses only"),
+            ("http://169.254.169.254/latest/meta-data", "public addresses only"),
+            ("http://[::1]:9/hook", "public addresses only"),
+            ("http://localhost:9/hook", "public addresses only"),
+            ("http://[::ffff:127.0.0.1]:9/hook", "public addresses only"),
+            ("http://[64:ff9b::a9fe:a9fe]/latest/meta-data", "public addresses only"),
+            ("http://[2002:a9fe:a9fe::]/latest/meta-data", "public addresses only"),
+            ("http://[fec0::1]:9/hook", "public addresses only"),
             ("not a url", "is not a URL"),
         ];
         for (url, reason) in refused {

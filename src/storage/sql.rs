@@ -521,21 +521,24 @@ macro_rules! sql_store {
                 // picks and skips rows other workers have locked. Either way no two workers claim a row.
                 // Fair between namespaces: the due job of the namespace with the fewest jobs
                 // running goes first, so that no namespace waits behind another's backlog; within
-                // a namespace, the oldest due job. Running jobs are few, so each count is a short
-                // range of `jobs_due`.
+                // a namespace, the oldest due job. The running jobs are counted once, from the
+                // short `running` range of `jobs_due`.
+                let lock = match $dialect {
+                    Dialect::Sqlite => "",
+                    Dialect::Postgres => " FOR UPDATE OF due SKIP LOCKED",
+                };
                 let row: Option<JobRow> = sqlx::query_as(&format!(
-                    "UPDATE jobs SET status = 'running', locked_by = $1, lease_expires_at = $2, \
+                    "WITH busy AS (SELECT namespace, COUNT(*) AS running FROM jobs \
+                         WHERE status = 'running' AND lease_expires_at >= $3 GROUP BY namespace) \
+                     UPDATE jobs SET status = 'running', locked_by = $1, lease_expires_at = $2, \
                      attempts = attempts + 1, started_at = COALESCE(started_at, $3), updated_at = $3 \
                      WHERE id = (SELECT due.id FROM jobs due \
+                         LEFT JOIN busy ON busy.namespace IS NOT DISTINCT FROM due.namespace \
                          WHERE (due.status = 'queued' AND due.run_at <= $3) \
                             OR (due.status = 'running' AND due.lease_expires_at < $3) \
-                         ORDER BY (SELECT COUNT(*) FROM jobs busy \
-                                   WHERE busy.status = 'running' AND busy.lease_expires_at >= $3 \
-                                     AND busy.namespace IS NOT DISTINCT FROM due.namespace), \
-                                  due.run_at, due.id \
+                         ORDER BY COALESCE(busy.running, 0), due.run_at, due.id \
                          LIMIT 1{lock}) \
-                     RETURNING {JOB_COLUMNS}",
-                    lock = $dialect.row_lock()
+                     RETURNING {JOB_COLUMNS}"
                 ))
                 .bind(worker)
                 .bind(lease_until)

@@ -396,10 +396,10 @@ async fn a_receiver_that_keeps_failing_parks_the_delivery_as_dead_until_retried(
     let retried = app.post_empty(&format!("/v1/notifications/{delivery_id}/retry")).await;
     assert_eq!(retried.status(), StatusCode::OK);
     let retried: Value = retried.json().await.unwrap();
-    assert_eq!(
-        (retried["status"].as_str(), retried["attempts"].as_i64()),
-        (Some("pending"), Some(0))
-    );
+    // Pending again with its attempts reset; a worker may have claimed it (counting one) by the
+    // time the answer is read.
+    assert_eq!(retried["status"], "pending", "{retried}");
+    assert!(retried["attempts"].as_i64().is_some_and(|n| n <= 1), "{retried}");
     wait_for_deliveries(&app, "?status=delivered", 1).await;
     assert_eq!(receiver.received().len(), 4);
     let again = app.post_empty(&format!("/v1/notifications/{delivery_id}/retry")).await;

@@ -362,6 +362,15 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     let closed = read_until_closed(&mut slow, Duration::from_secs(10)).await;
     assert!(closed.is_some(), "the connection was still open 10 s later");
     assert!(!closed.unwrap().contains("200 OK"));
+    // Nor can a connection that sends nothing at all, or nothing after its first answer, hold
+    // its place.
+    let mut idle = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let closed = read_until_closed(&mut idle, Duration::from_secs(10)).await;
+    assert!(closed.is_some(), "an idle connection was still open 10 s later");
+    let mut kept = tokio::net::TcpStream::connect(&address).await.unwrap();
+    kept.write_all(b"GET /health HTTP/1.1\r\nHost: corral\r\n\r\n").await.unwrap();
+    let answered = read_until_closed(&mut kept, Duration::from_secs(10)).await;
+    assert!(answered.is_some_and(|text| text.starts_with("HTTP/1.1 200")), "kept alive forever");
     // Others are served meanwhile and after.
     assert_eq!(app.get("/health").await.status(), StatusCode::OK);
 }

@@ -38,6 +38,8 @@ use crate::terraform::{
     ConfigInstance, RunOutput, SECURITY_GROUP, Session, Terraform, WorkspaceConfig, configuration,
 };
 
+/// The provider every resource of a corral workspace belongs to, as the state names it.
+const AWS_PROVIDER: &str = "provider[\"registry.terraform.io/hashicorp/aws\"]";
 /// Longest a job holds its worker waiting for an earlier job on its workspace; then it hands
 /// the attempt back (uncounted) so that the worker can run other jobs, the earlier one included.
 const TURN_WAIT: Duration = Duration::from_secs(10);
@@ -330,21 +332,35 @@ async fn check_state(
     };
     let state: serde_json::Value = serde_json::from_str(&state)
         .map_err(|err| refuse(format!("something unreadable ({err})")))?;
+    // The state format corral's terraform writes, and nothing else: an older format, modules
+    // or another provider (which `init` would fetch and run) are refused.
+    if state["version"] != 4 || state.get("modules").is_some() {
+        return Err(refuse("a state format other than version 4".to_string()));
+    }
     let (mut instances, mut groups) = (Vec::new(), Vec::new());
     let resources = state["resources"].as_array().map(Vec::as_slice).unwrap_or_default();
     for resource in resources {
         let kind = resource["type"].as_str().unwrap_or_default();
+        let name = resource["name"].as_str().unwrap_or_default();
+        if resource["mode"] != "managed"
+            || resource.get("module").is_some()
+            || resource["provider"] != AWS_PROVIDER
+        {
+            return Err(refuse(format!("the resource {kind}.{name} outside corral's own form")));
+        }
         let (found, attribute) = match kind {
             "aws_instance" => (&mut instances, "id"),
             "aws_ec2_instance_state" => (&mut instances, "instance_id"),
             "aws_security_group" => (&mut groups, "id"),
-            _ => {
-                let name = resource["name"].as_str().unwrap_or_default();
-                return Err(refuse(format!("the resource {kind}.{name}")));
-            }
+            _ => return Err(refuse(format!("the resource {kind}.{name}"))),
         };
         let objects = resource["instances"].as_array().map(Vec::as_slice).unwrap_or_default();
         for object in objects {
+            if object.get("attributes_flat").is_some() || object.get("deposed").is_some() {
+                return Err(refuse(format!(
+                    "the resource {kind}.{name} outside corral's own form"
+                )));
+            }
             let id = object["attributes"][attribute].as_str().unwrap_or_default();
             found.push(id.to_string());
         }
