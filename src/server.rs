@@ -4,7 +4,8 @@
 //! - A client gets `server.header_timeout_secs` to send a request's headers, from the moment it
 //!   connects or its previous answer was sent (and, with TLS, to finish the handshake); then its
 //!   connection is closed, so an idle connection cannot hold a place. HTTP/1.1 only: its one
-//!   timer covers every way a connection can sit idle.
+//!   timer covers every way a connection can sit idle. A client that stops taking an answer
+//!   loses its connection after as long: a write that makes no progress for that time fails.
 //! - At most `server.max_connections` connections are served at once; one more is answered
 //!   `503 Service Unavailable` with `Retry-After` and closed, so that descriptors never run out.
 //! - On shutdown, new connections are refused, idle ones closed, and those with a request in
@@ -96,6 +97,7 @@ pub async fn serve(
         });
         let service = TowerToHyperService::new(service);
         let (builder, tls, watcher) = (builder.clone(), tls.clone(), graceful.watcher());
+        let stream = WriteDeadline::new(stream, header_timeout);
         tokio::spawn(async move {
             let _slot = slot;
             let served = match tls {
@@ -118,6 +120,82 @@ pub async fn serve(
         tracing::warn!("connections still open {} s after shutdown were dropped", DRAIN.as_secs());
     }
     Ok(())
+}
+
+/// A stream whose writes fail once the peer has taken nothing for `limit`: a client that stops
+/// reading cannot hold its connection by leaving an answer half sent. Reads pass through.
+struct WriteDeadline<S> {
+    inner: S,
+    limit: Duration,
+    /// Running while a write waits for the peer.
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteDeadline<S> {
+    fn new(inner: S, limit: Duration) -> WriteDeadline<S> {
+        WriteDeadline { inner, limit, stalled: None }
+    }
+
+    /// What became of a write: progress resets the clock; waiting too long fails it.
+    fn watch<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        poll: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::future::Future;
+        use std::task::Poll;
+        if poll.is_ready() {
+            self.stalled = None;
+            return poll;
+        }
+        let limit = self.limit;
+        let stalled = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client took nothing of the answer for too long",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteDeadline<S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteDeadline<S> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.watch(cx, poll)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let poll = std::pin::Pin::new(&mut this.inner).poll_flush(cx);
+        this.watch(cx, poll)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 /// Answers a connection past the limit with `503` and closes it.

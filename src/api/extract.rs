@@ -53,15 +53,17 @@ pub fn client_address(
     // Every X-Forwarded-For header, in order, as one list, read from the nearest hop back:
     // the first hop that is not a trusted proxy is the client, and what lies before it (which
     // the client may have written) is never read.
-    let hops: Vec<&str> = headers
+    // Split as bytes, so that a byte the client wrote cannot spoil the hops appended after it.
+    let hops: Vec<&[u8]> = headers
         .get_all("x-forwarded-for")
         .iter()
-        .flat_map(|value| value.to_str().unwrap_or_default().split(','))
+        .flat_map(|value| value.as_bytes().split(|byte| *byte == b','))
         .collect();
     let mut client = peer;
     for hop in hops.into_iter().rev() {
         // A hop a trusted proxy wrote that cannot be read ends the walk at that proxy.
-        let Some(ip) = forwarded_address(hop.trim()) else { break };
+        let hop = std::str::from_utf8(hop).ok().map(str::trim);
+        let Some(ip) = hop.and_then(forwarded_address) else { break };
         client = ip;
         if !is_trusted(&ip) {
             break;
@@ -333,6 +335,10 @@ mod tests {
         // before it, garbage included.
         assert_eq!(client(&["198.51.100.1, 203.0.113.9"], proxy), stranger);
         assert_eq!(client(&["garbage, 203.0.113.9:5678"], proxy), stranger);
+        let mut spoiled = axum::http::HeaderMap::new();
+        let value = axum::http::HeaderValue::from_bytes(b"\xff\xfe, 203.0.113.9").unwrap();
+        spoiled.insert("x-forwarded-for", value);
+        assert_eq!(client_address(proxy, &spoiled, &trusted), stranger);
         assert_eq!(
             client(&["x", "[2001:db8::1]:443"], proxy),
             "2001:db8::1".parse::<std::net::IpAddr>().unwrap()

@@ -59,12 +59,19 @@ async fn hashing<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -
     let permit = match SLOTS.try_acquire() {
         Ok(permit) => permit,
         Err(_) => {
+            /// Counts one waiter for as long as it lives, however its request ends.
+            struct Waiting;
+            impl Drop for Waiting {
+                fn drop(&mut self) {
+                    WAITING.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+            let waiting = Waiting;
             if WAITING.fetch_add(1, Ordering::SeqCst) >= 4 * *CORES {
-                WAITING.fetch_sub(1, Ordering::SeqCst);
                 return Err(Busy);
             }
             let permit = tokio::time::timeout(WAIT, SLOTS.acquire()).await;
-            WAITING.fetch_sub(1, Ordering::SeqCst);
+            drop(waiting);
             permit.map_err(|_| Busy)?.expect("the semaphore is never closed")
         }
     };

@@ -183,6 +183,7 @@ pub fn resolve(
     }
     let profile = profile.unwrap_or_default();
     let profile_server = profile.server.unwrap_or_else(|| DEFAULT_SERVER.to_string());
+    let profile_holds_credential = profile.api_key.is_some() || profile.token.is_some();
     let (server, server_source) = match server_flag {
         Some(flag) => (flag.to_string(), Source::Flag),
         None => {
@@ -206,6 +207,21 @@ pub fn resolve(
         &name,
         &profile_server,
     )?;
+    if credential_source == Source::DotEnv
+        && profile_holds_credential
+        && same_server(&server, &profile_server)
+    {
+        // The repository's own key would stand in for the user's on the user's server: they
+        // would act, unknowingly, as whoever wrote the .env.
+        return Err(Failure::new(
+            ExitCode::Auth,
+            format!(
+                "./.env sets a credential for {server}, for which profile '{name}' holds yours; \
+                 corral does not swap it in. Remove it from ./.env, or use another --profile, \
+                 or set CORRAL_API_KEY / CORRAL_TOKEN in the environment."
+            ),
+        ));
+    }
     Ok((server, credential))
 }
 
@@ -415,6 +431,14 @@ mod tests {
             sent(&profile, &[], dotenv, None),
             pair("https://their.example", "key crl_theirs")
         );
+    }
+
+    #[test]
+    fn a_dotenv_key_does_not_stand_in_for_the_profiles_own() {
+        let profile = stored(Some("crl_mine"), None);
+        let dotenv = "CORRAL_API_KEY=crl_theirs\nCORRAL_SERVER=https://corral.internal\n";
+        let failure = refused(&profile, &[], dotenv, None);
+        assert!(failure.message.contains("does not swap it in"), "{}", failure.message);
     }
 
     #[test]

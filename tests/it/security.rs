@@ -591,3 +591,34 @@ async fn refreshes_of_one_instance_coalesce_into_one_pending_job() {
         assert_eq!(app.wait_for_job(job).await["status"], "succeeded");
     }
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_its_answers_loses_its_connection() {
+    use tokio::io::AsyncWriteExt;
+    let server = crate::helpers::spawn_server(|settings| {
+        settings.server.header_timeout_secs = 1;
+        settings.server.max_connections = 1;
+    })
+    .await;
+    let _stop = server.shutdown.clone().drop_guard();
+    let address: std::net::SocketAddr =
+        server.address.trim_start_matches("http://").parse().unwrap();
+    // Many large answers asked for at once, on a socket that takes in almost nothing.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(address).await.unwrap();
+    let ask = "GET /docs/swagger-ui-bundle.js HTTP/1.1\r\nHost: corral\r\n\r\n".repeat(16);
+    stalled.write_all(ask.as_bytes()).await.unwrap();
+    // The one place comes back once the server gives up on it.
+    let mut served = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let response = http().get(format!("{}/health", server.address)).send().await;
+        if response.is_ok_and(|r| r.status() == StatusCode::OK) {
+            served = true;
+            break;
+        }
+    }
+    assert!(served, "a client that reads nothing held the only connection for 20 s");
+    drop(stalled);
+}

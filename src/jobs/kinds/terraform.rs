@@ -38,6 +38,28 @@ use crate::terraform::{
     ConfigInstance, RunOutput, SECURITY_GROUP, Session, Terraform, WorkspaceConfig, configuration,
 };
 
+/// The keys a version 4 state, one of its resources, and one of their objects may have.
+const STATE_KEYS: &[&str] =
+    &["version", "terraform_version", "serial", "lineage", "outputs", "resources", "check_results"];
+const RESOURCE_KEYS: &[&str] = &["mode", "type", "name", "provider", "instances", "each"];
+const OBJECT_KEYS: &[&str] = &[
+    "schema_version",
+    "attributes",
+    "sensitive_attributes",
+    "identity_schema_version",
+    "identity",
+    "private",
+    "dependencies",
+    "index_key",
+    "create_before_destroy",
+    "status",
+];
+
+/// Whether `value` is an object with no key outside `known`.
+fn known_keys(value: &serde_json::Value, known: &[&str]) -> bool {
+    value.as_object().is_some_and(|fields| fields.keys().all(|key| known.contains(&key.as_str())))
+}
+
 /// The provider every resource of a corral workspace belongs to, as the state names it.
 const AWS_PROVIDER: &str = "provider[\"registry.terraform.io/hashicorp/aws\"]";
 /// Longest a job holds its worker waiting for an earlier job on its workspace; then it hands
@@ -333,9 +355,10 @@ async fn check_state(
     let state: serde_json::Value = serde_json::from_str(&state)
         .map_err(|err| refuse(format!("something unreadable ({err})")))?;
     // The state format corral's terraform writes, and nothing else: an older format, modules
-    // or another provider (which `init` would fetch and run) are refused.
-    if state["version"] != 4 || state.get("modules").is_some() {
-        return Err(refuse("a state format other than version 4".to_string()));
+    // or another provider (which `init` would fetch and run) are refused, and so is any key
+    // Terraform knows no other way (it also reads keys in another letter case).
+    if state["version"] != 4 || !known_keys(&state, STATE_KEYS) {
+        return Err(refuse("a state in another form than version 4 writes".to_string()));
     }
     let (mut instances, mut groups) = (Vec::new(), Vec::new());
     let resources = state["resources"].as_array().map(Vec::as_slice).unwrap_or_default();
@@ -343,7 +366,7 @@ async fn check_state(
         let kind = resource["type"].as_str().unwrap_or_default();
         let name = resource["name"].as_str().unwrap_or_default();
         if resource["mode"] != "managed"
-            || resource.get("module").is_some()
+            || !known_keys(resource, RESOURCE_KEYS)
             || resource["provider"] != AWS_PROVIDER
         {
             return Err(refuse(format!("the resource {kind}.{name} outside corral's own form")));
@@ -356,13 +379,15 @@ async fn check_state(
         };
         let objects = resource["instances"].as_array().map(Vec::as_slice).unwrap_or_default();
         for object in objects {
-            if object.get("attributes_flat").is_some() || object.get("deposed").is_some() {
+            let attributes = &object["attributes"];
+            // The provider reads an instance state by its id: both must name the instance.
+            let consistent = attribute == "id" || attributes["id"] == attributes[attribute];
+            if !known_keys(object, OBJECT_KEYS) || !attributes.is_object() || !consistent {
                 return Err(refuse(format!(
                     "the resource {kind}.{name} outside corral's own form"
                 )));
             }
-            let id = object["attributes"][attribute].as_str().unwrap_or_default();
-            found.push(id.to_string());
+            found.push(attributes[attribute].as_str().unwrap_or_default().to_string());
         }
     }
     instances.retain(|id| !records.iter().any(|r| r.cloud_id.as_deref() == Some(id)));
