@@ -126,20 +126,52 @@ fn terraform_mirror_path() -> Option<String> {
     std::env::var("CORRAL_TEST_TF_MIRROR").ok().filter(|m| !m.is_empty())
 }
 
-/// The provider mirror when terraform can run here; otherwise `None`, after saying that the
-/// calling test is skipped.
+/// Decides what a test does when something it needs (`what`) is missing from this machine.
+/// Under `CI=true`, `CORRAL_TEST_REQUIRE_ALL=1` or `CORRAL_TEST_REQUIRE_<SWITCH>=1` the test
+/// fails: a check that cannot run is not a check that passed. Otherwise the skip is written to
+/// the file `CORRAL_TEST_SKIP_LOG` names (`scripts/test` lists them at the end of its run) and to
+/// stderr, and the caller returns.
+pub fn missing_prerequisite(switch: &str, what: &str) {
+    let on = |name: &str| std::env::var(name).is_ok_and(|v| v == "1" || v == "true");
+    let test = std::thread::current().name().unwrap_or("a test").to_string();
+    if on("CI") || on("CORRAL_TEST_REQUIRE_ALL") || on(&format!("CORRAL_TEST_REQUIRE_{switch}")) {
+        panic!("{test} needs {what}, which is missing on this machine");
+    }
+    eprintln!("SKIPPED: {test} needs {what}");
+    if let Ok(log) = std::env::var("CORRAL_TEST_SKIP_LOG") {
+        use std::io::Write;
+        let mut file =
+            std::fs::OpenOptions::new().create(true).append(true).open(log).expect("skip log");
+        writeln!(file, "{test}: needs {what}").expect("skip log");
+    }
+}
+
+/// The provider mirror when terraform can run here; otherwise `None`, after
+/// `missing_prerequisite` (which fails the test in CI).
 pub fn terraform_mirror() -> Option<String> {
     let found = std::process::Command::new("terraform").arg("version").output().is_ok();
     match (found, terraform_mirror_path()) {
         (true, Some(mirror)) => Some(mirror),
         _ => {
-            eprintln!(
-                "SKIPPED: terraform or its provider mirror is missing (CORRAL_TEST_TF_MIRROR, set \
-                 by scripts/test when it finds terraform-provider-aws on this machine)"
+            missing_prerequisite(
+                "TERRAFORM",
+                "terraform and its provider mirror (CORRAL_TEST_TF_MIRROR, set by scripts/test \
+                 when it finds terraform-provider-aws on this machine)",
             );
             None
         }
     }
+}
+
+/// The PostgreSQL server of a test that only means something on PostgreSQL (the tests in
+/// `postgres::`, which the SQLite pass of `scripts/test` leaves out); otherwise `None`, after
+/// `missing_prerequisite`.
+pub fn postgres_only() -> Option<String> {
+    let url = postgres_url();
+    if url.is_none() {
+        missing_prerequisite("POSTGRES", "a PostgreSQL server (CORRAL_TEST_POSTGRES_URL)");
+    }
+    url
 }
 
 /// A Terraform CLI configuration that takes the AWS provider from `mirror` only.

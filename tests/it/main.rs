@@ -15,6 +15,7 @@ mod instances;
 mod jobs;
 mod notify;
 mod policy;
+mod postgres;
 mod proxy;
 mod reach;
 mod reconcile;
