@@ -56,7 +56,8 @@ const ENV_ALIASES: [(&str, &str); 15] = [
     ("reconcile_interval", "reconcile__interval"),
 ];
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Printed (`Debug`) with the password of its URLs left out and every secret `[redacted]`.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     /// Address the HTTP API listens on (`CORRAL_LISTEN`).
@@ -168,7 +169,7 @@ impl ServerSettings {
 
 /// The Terraform backend: which binary runs, where it finds providers, and how it reaches
 /// corral's state API.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TerraformSettings {
     /// Backend of create requests without `?backend=` (`CORRAL_DEFAULT_BACKEND`): `aws` or
@@ -189,6 +190,38 @@ pub struct TerraformSettings {
     /// (`HTTPS_PROXY` and `HTTP_PROXY` of each run). Runs never inherit corral's own
     /// environment, proxies included.
     pub proxy: Option<String>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("listen", &self.listen)
+            .field("server", &self.server)
+            .field("database_url", &crate::storage::redact_url(&self.database_url))
+            .field("data_dir", &self.data_dir)
+            .field("role", &self.role)
+            .field("aws", &self.aws)
+            .field("jobs", &self.jobs)
+            .field("reconcile", &self.reconcile)
+            .field("policy", &self.policy)
+            .field("auth", &self.auth)
+            .field("notify", &self.notify)
+            .field("terraform", &self.terraform)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for TerraformSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TerraformSettings")
+            .field("default_backend", &self.default_backend)
+            .field("binary", &self.binary)
+            .field("cli_config", &self.cli_config)
+            .field("state_url", &self.state_url)
+            .field("work_dir", &self.work_dir)
+            .field("proxy", &self.proxy.as_deref().map(crate::storage::redact_url))
+            .finish()
+    }
 }
 
 impl Default for TerraformSettings {
@@ -330,7 +363,8 @@ impl std::fmt::Debug for AwsSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSettings {
     /// Password of the `admin` user created on first start with an empty database
-    /// (`CORRAL_ADMIN_PASSWORD`); when unset, one is generated and logged once.
+    /// (`CORRAL_ADMIN_PASSWORD`); when unset, one is generated and written once to a file only
+    /// corral's user can read, in the data directory, and must be changed at first sign-in.
     pub admin_password: Option<String>,
     /// Key that signs access tokens (HS256), at least 32 bytes; when unset, one is generated
     /// and kept in the database, so every process sharing it accepts the same tokens.
@@ -398,8 +432,12 @@ impl AuthSettings {
 pub struct JobSettings {
     /// Jobs run at the same time by this process.
     pub concurrency: usize,
-    /// Attempts before a job that keeps failing transiently is parked as `failed`.
+    /// Attempts before a job that keeps failing is parked as `failed`. Transient failures
+    /// (throttling, 5xx, connection errors, timeouts) are not counted: they are retried until
+    /// they have lasted `transient_budget`.
     pub max_attempts: i64,
+    /// Seconds a job's transient failures in a row may last before it is parked as `failed`.
+    pub transient_budget: f64,
     /// Seconds before the first retry (`CORRAL_JOB_RETRY_DELAY`); doubles with every attempt
     /// up to `retry_max_delay`.
     pub retry_delay: f64,
@@ -422,6 +460,7 @@ impl Default for JobSettings {
         JobSettings {
             concurrency: 4,
             max_attempts: 3,
+            transient_budget: 600.0,
             retry_delay: 2.0,
             retry_max_delay: 300.0,
             poll_interval_ms: 1_000,
@@ -440,10 +479,19 @@ impl JobSettings {
         backoff(self.retry_delay, self.retry_max_delay, attempts)
     }
 
+    /// Delay after the `failures`-th transient failure in a row: as `backoff`, at most 30 s, so
+    /// that a cloud that recovers is noticed soon.
+    pub fn transient_backoff(&self, failures: i64) -> Duration {
+        backoff(self.retry_delay, self.retry_max_delay.min(TRANSIENT_MAX_DELAY), failures)
+    }
+
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.lease_secs)
     }
 }
+
+/// The longest pause between two tries of a job failing transiently, in seconds.
+const TRANSIENT_MAX_DELAY: f64 = 30.0;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -735,6 +783,10 @@ impl Settings {
         }
         if self.jobs.max_attempts < 1 {
             problems.push("jobs.max_attempts: must be at least 1".to_string());
+        }
+        if !self.jobs.transient_budget.is_finite() || self.jobs.transient_budget < 0.0 {
+            problems
+                .push("jobs.transient_budget: must be a number of seconds, at least 0".to_string());
         }
         if !self.jobs.shutdown_grace_secs.is_finite() || self.jobs.shutdown_grace_secs < 0.0 {
             problems.push("jobs.shutdown_grace_secs: must be at least 0".to_string());

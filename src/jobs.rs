@@ -18,6 +18,9 @@ mod kinds;
 mod reconciler;
 mod worker;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -116,6 +119,20 @@ pub struct JobRun<'a> {
 }
 
 impl JobRun<'_> {
+    /// Whether `err` ends the job: it is permanent, this was the last counted attempt, or the
+    /// job's transient failures have lasted their budget.
+    pub fn is_final(&self, err: &JobError) -> bool {
+        let job = &self.job.job;
+        match err {
+            JobError::Permanent(_) => true,
+            JobError::Retryable(_) => job.attempts >= job.max_attempts,
+            JobError::Transient(_) => {
+                transient_budget_spent(job, &self.ctx.settings, crate::storage::now_millis())
+            }
+            JobError::NotYet(_) => false,
+        }
+    }
+
     /// Records a step in the job's history. History is for people: failing to write it is
     /// logged, not fatal.
     pub async fn step(&self, message: impl AsRef<str>) {
@@ -133,7 +150,13 @@ impl JobRun<'_> {
 /// Why an attempt of a job did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JobError {
-    /// Another attempt may succeed: throttling, timeouts, the database being busy.
+    /// The cloud is briefly unwell (throttling, 5xx answers, connection errors, timeouts): the
+    /// attempt is not counted, and the job is tried again until its transient failures in a
+    /// row have lasted `jobs.transient_budget`.
+    #[error("{0}")]
+    Transient(String),
+    /// Another attempt may succeed, but this one counts against `max_attempts`: a wait that
+    /// timed out, a panic, the database being busy.
     #[error("{0}")]
     Retryable(String),
     /// No attempt can succeed: the request is invalid or the cloud refused it.
@@ -145,10 +168,20 @@ pub enum JobError {
     NotYet(String),
 }
 
+/// Whether `job`'s run of transient failures, with one more now, has lasted the budget.
+pub(crate) fn transient_budget_spent(
+    job: &crate::storage::JobRecord,
+    settings: &JobSettings,
+    now: crate::storage::Millis,
+) -> bool {
+    let since = job.transient_since.unwrap_or(now);
+    (now - since) as f64 >= settings.transient_budget * 1000.0
+}
+
 impl From<CloudError> for JobError {
     fn from(err: CloudError) -> JobError {
         if err.is_retryable() {
-            JobError::Retryable(err.to_string())
+            JobError::Transient(err.to_string())
         } else {
             JobError::Permanent(err.to_string())
         }

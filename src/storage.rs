@@ -163,6 +163,11 @@ pub struct JobRecord {
     pub finished_at: Option<Millis>,
     /// When a create job first called the cloud to launch; `None` means nothing was launched.
     pub launch_started_at: Option<Millis>,
+    /// Transient failures in a row (throttling, 5xx, connection errors, timeouts); they do not
+    /// count against `max_attempts`.
+    pub transient_failures: i64,
+    /// When the first of those transient failures happened; `None` after any other outcome.
+    pub transient_since: Option<Millis>,
     /// Who asked for the job.
     pub actor: String,
     /// The id of the user who asked for the job; `None` for corral's own jobs.
@@ -245,6 +250,12 @@ pub enum JobOutcome {
     /// shutdown, or a job waiting for another). The job keeps the error it had.
     HandBack {
         reason: String,
+        run_at: Millis,
+    },
+    /// Queued again to run at `run_at` after a transient failure: the attempt is not counted,
+    /// the job's run of transient failures grows by one (and starts now if it had none).
+    Transient {
+        error: String,
         run_at: Millis,
     },
 }

@@ -42,12 +42,7 @@ pub async fn require_auth(
                 .into_response();
             }
             if principal.must_change_password && !changes_own_password(&principal, &request) {
-                return ApiError::Forbidden(format!(
-                    "the password of '{0}' was generated and must be changed first: PATCH \
-                     /v1/users/{0} with current_password and password (corral users passwd)",
-                    principal.username
-                ))
-                .into_response();
+                return must_change_password_first(&principal.username).into_response();
             }
             request.extensions_mut().insert(principal);
             next.run(request).await
@@ -56,8 +51,16 @@ pub async fn require_auth(
     }
 }
 
-/// Whether `request` is all a user with a generated password may do: read who they are, or
-/// change their own password.
+/// The refusal of anything but a password change to a user whose password was generated.
+pub(crate) fn must_change_password_first(username: &str) -> ApiError {
+    ApiError::Forbidden(format!(
+        "the password of '{username}' was generated and must be changed first: PATCH \
+         /v1/users/{username} with current_password and password (corral users passwd)"
+    ))
+}
+
+/// Whether `request` may be all a user with a generated password does: read who they are, or
+/// change their own password (`users::update_user` refuses a change of anything else).
 fn changes_own_password(principal: &Principal, request: &Request) -> bool {
     let path = request.uri().path();
     let method = request.method();

@@ -180,6 +180,12 @@ pub async fn update_user(
     ValidJson(body): ValidJson<UpdateUserBody>,
 ) -> Result<Json<UserBody>, ApiError> {
     let own = caller.principal.username == username;
+    if own
+        && caller.principal.must_change_password
+        && (body.password.is_none() || body.admin.is_some() || body.roles.is_some())
+    {
+        return Err(crate::api::auth::must_change_password_first(&username));
+    }
     if !own || body.admin.is_some() || body.roles.is_some() {
         caller.require_admin()?;
     }

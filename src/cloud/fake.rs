@@ -1,9 +1,10 @@
 //! An in-memory `Provider` for unit tests of what the emulator cannot show: instances that stay
 //! `pending` for a while, instances that Describe does not return yet (eventual consistency),
-//! and refusals such as `IdempotentParameterMismatch`.
+//! refusals such as `IdempotentParameterMismatch`, and launches that take long or panic.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -28,6 +29,10 @@ pub struct FakeState {
     pub invisible_polls: u32,
     /// The next launch fails with this error.
     pub launch_error: Option<CloudError>,
+    /// The next launch panics, as a bug in a job's body would.
+    pub launch_panics: bool,
+    /// Every launch takes this long before it answers.
+    pub launch_delay: Duration,
     /// Key pairs by (region, name): their public keys.
     pub key_pairs: BTreeMap<(String, String), String>,
     /// Security groups by id: (region, their `corral:job-id` tag).
@@ -128,6 +133,17 @@ impl Provider for FakeProvider {
         request: &LaunchRequest,
     ) -> Result<Vec<CloudInstance>, CloudError> {
         self.count("launch");
+        let (panics, delay) = {
+            let mut state = self.state.lock().unwrap();
+            (std::mem::take(&mut state.launch_panics), state.launch_delay)
+        };
+        // The lock is released first, so that the panic does not poison it.
+        if panics {
+            panic!("the fake provider panics on launch");
+        }
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let mut state = self.state.lock().unwrap();
         if let Some(err) = state.launch_error.take() {
             return Err(err);

@@ -71,6 +71,7 @@ impl Worker {
     #[tracing::instrument(skip_all, fields(job.id = %job.job.id, job.kind = %job.job.kind, job.attempt = job.job.attempts))]
     async fn run_job(&self, job: JobView) {
         let job_id = job.job.id.clone();
+        let job_record = job.job.clone();
         let attempts = job.job.attempts;
         let max_attempts = job.job.max_attempts;
         self.event(
@@ -133,6 +134,7 @@ impl Worker {
                 run_at: now_millis() + NOT_YET_DELAY.as_millis() as Millis,
             },
             Some(Err(JobError::Permanent(error))) => JobOutcome::Failed { error },
+            Some(Err(JobError::Transient(error))) => self.after_transient(&job_record, error),
             Some(Err(JobError::Retryable(error))) if attempts >= max_attempts => {
                 JobOutcome::Failed { error: format!("gave up after {attempts} attempts: {error}") }
             }
@@ -155,6 +157,21 @@ impl Worker {
             JobOutcome::HandBack { reason, run_at } => {
                 let delay = (run_at - now_millis()).max(0) as f64 / 1000.0;
                 vec![("step", format!("{reason}; attempt not counted, again in {delay:.1}s"))]
+            }
+            JobOutcome::Transient { error, run_at } => {
+                let now = now_millis();
+                let delay = (run_at - now).max(0) as f64 / 1000.0;
+                let lasted = (now - job_record.transient_since.unwrap_or(now)) as f64 / 1000.0;
+                let left = (self.ctx.settings.transient_budget - lasted).max(0.0);
+                vec![(
+                    "error",
+                    format!(
+                        "{error}; transient, not counted against the {max_attempts} attempts: \
+                         retrying in {delay:.1}s ({} in a row, {left:.0}s of the transient \
+                         budget left)",
+                        job_record.transient_failures + 1
+                    ),
+                )]
             }
         };
         match self.ctx.store.finish_job(&job_id, &self.id, &outcome, attempts, &events).await {
@@ -185,6 +202,30 @@ impl Worker {
                 tracing::info!(%reason, "job handed back");
                 self.queue.wake_workers();
             }
+            JobOutcome::Transient { error, .. } => {
+                tracing::warn!(%error, "job hit a transient failure; will retry, uncounted");
+                self.queue.wake_workers();
+            }
         }
+    }
+
+    /// The outcome of an attempt that failed transiently: tried again after a capped backoff,
+    /// uncounted, until the job's transient failures in a row have lasted the budget.
+    fn after_transient(&self, job: &crate::storage::JobRecord, error: String) -> JobOutcome {
+        let settings = &self.ctx.settings;
+        let now = now_millis();
+        let failures = job.transient_failures + 1;
+        if crate::jobs::transient_budget_spent(job, settings, now) {
+            let lasted = (now - job.transient_since.unwrap_or(now)) as f64 / 1000.0;
+            return JobOutcome::Failed {
+                error: format!(
+                    "gave up after {lasted:.0}s of transient failures ({failures} in a row, the \
+                     budget is {:.0}s): {error}",
+                    settings.transient_budget
+                ),
+            };
+        }
+        let delay = settings.transient_backoff(failures);
+        JobOutcome::Transient { error, run_at: now + delay.as_millis() as Millis }
     }
 }

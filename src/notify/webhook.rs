@@ -352,4 +352,58 @@ mod tests {
         }
         assert!(check_url("http://127.0.0.1:9/hook", true).await.is_ok());
     }
+
+    #[tokio::test]
+    async fn public_urls_are_accepted_where_their_private_neighbours_are_refused() {
+        // Address literals, so that no DNS answer decides the outcome.
+        let public = [
+            "https://93.184.216.34/x",
+            "http://8.8.8.8:8080/hooks/corral?team=ops",
+            "https://[2606:4700::1111]/x",
+            "https://[2a00:1450:4001:80b::200e]:8443/hook",
+        ];
+        for url in public {
+            let accepted = check_url(url, false).await.unwrap_or_else(|err| panic!("{url}: {err}"));
+            assert_eq!(accepted.as_str(), url);
+        }
+        let private = [
+            "https://10.0.0.1/x",
+            "http://127.0.0.1:8080/hooks/corral?team=ops",
+            "https://[fd00::1111]/x",
+            "https://[fe80::200e]:8443/hook",
+        ];
+        for url in private {
+            let err = check_url(url, false).await.unwrap_err();
+            assert!(err.contains("public addresses only"), "{url}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_client_connects_to_no_private_address_whatever_the_url_check_passed() {
+        // Arrange: a listener on loopback that takes connections and never answers; a name
+        // that resolves to loopback, as a name checked while it resolved publicly may by the
+        // time of a send.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://localhost:{}/hook", listener.local_addr().unwrap().port());
+        let guarded = WebhookSender::new(Duration::from_secs(1), false).unwrap();
+        let open = WebhookSender::new(Duration::from_secs(1), true).unwrap();
+
+        // Act: the guarded sender's own client, past any URL check.
+        let refused = guarded.client.post(url.as_str()).send().await.unwrap_err();
+
+        // Assert: its resolver refused the name, and no connection reached the listener.
+        let err = crate::error_chain(&refused);
+        assert!(err.contains("webhook host 'localhost' resolves to no public address"), "{err}");
+        let accepted = listener.accept();
+        assert!(
+            matches!(&accepted, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "the guarded client connected: {accepted:?}"
+        );
+        // The listener is reachable: a client that allows private addresses gets there (and
+        // times out waiting for an answer).
+        let timed_out = open.client.post(url.as_str()).send().await.unwrap_err();
+        assert!(timed_out.is_timeout(), "{timed_out}");
+        assert!(listener.accept().is_ok(), "the open client did not reach the listener");
+    }
 }

@@ -77,6 +77,8 @@ pub struct JobRow {
     started_at: Option<i64>,
     finished_at: Option<i64>,
     launch_started_at: Option<i64>,
+    transient_failures: i64,
+    transient_since: Option<i64>,
     actor: String,
     user_id: Option<String>,
     namespace: Option<String>,
@@ -101,6 +103,8 @@ impl TryFrom<JobRow> for JobRecord {
             started_at: row.started_at,
             finished_at: row.finished_at,
             launch_started_at: row.launch_started_at,
+            transient_failures: row.transient_failures,
+            transient_since: row.transient_since,
             actor: row.actor,
             user_id: row.user_id,
             namespace: row.namespace,
@@ -160,7 +164,7 @@ pub fn convert<R, T: TryFrom<R, Error = StorageError>>(
 
 pub const JOB_COLUMNS: &str = "id, kind, status, payload, attempts, max_attempts, run_at, error, \
                                created_at, updated_at, started_at, finished_at, launch_started_at, actor, \
-                               user_id, namespace";
+                               user_id, namespace, transient_failures, transient_since";
 
 impl From<DriftRow> for DriftRecord {
     fn from(row: DriftRow) -> DriftRecord {

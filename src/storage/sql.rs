@@ -584,13 +584,26 @@ macro_rules! sql_store {
                         ("queued", Some(error.as_str()), Some(*run_at), None)
                     }
                     JobOutcome::HandBack { run_at, .. } => ("queued", None, Some(*run_at), None),
+                    JobOutcome::Transient { error, run_at } => {
+                        ("queued", Some(error.as_str()), Some(*run_at), None)
+                    }
                 };
-                // A handed-back attempt gives back the attempt its claim counted.
-                let uncounted = i64::from(matches!(outcome, JobOutcome::HandBack { .. }));
+                // A handed-back or transiently failed attempt gives back the attempt its claim
+                // counted. A transient failure extends the job's run of them; a hand-back leaves
+                // it as it was; any other outcome ends it.
+                let (keep_error, uncounted, transient) = match outcome {
+                    JobOutcome::HandBack { .. } => (1i64, 1i64, 0i64),
+                    JobOutcome::Transient { .. } => (0, 1, 1),
+                    _ => (0, 0, -1),
+                };
                 let result = sqlx::query(
                     "UPDATE jobs SET status = $1, \
                      error = CASE WHEN $8 = 1 THEN error ELSE $2 END, \
-                     attempts = attempts - $8, run_at = COALESCE($3, run_at), \
+                     attempts = attempts - $9, run_at = COALESCE($3, run_at), \
+                     transient_failures = CASE $10 WHEN 1 THEN transient_failures + 1 \
+                         WHEN 0 THEN transient_failures ELSE 0 END, \
+                     transient_since = CASE $10 WHEN 1 THEN COALESCE(transient_since, $5) \
+                         WHEN 0 THEN transient_since ELSE NULL END, \
                      finished_at = $4, locked_by = NULL, lease_expires_at = NULL, updated_at = $5 \
                      WHERE id = $6 AND locked_by = $7 AND status = 'running'",
                 )
@@ -601,7 +614,9 @@ macro_rules! sql_store {
                 .bind(now)
                 .bind(job_id)
                 .bind(worker)
+                .bind(keep_error)
                 .bind(uncounted)
+                .bind(transient)
                 .execute(&mut *tx)
                 .await?;
                 if result.rows_affected() != 1 {

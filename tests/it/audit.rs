@@ -141,18 +141,25 @@ async fn the_log_pages_newest_first_with_totals_and_viewers_see_only_their_names
     let ids: Vec<i64> =
         all["logs"].as_array().unwrap().iter().map(|e| e["id"].as_i64().unwrap()).collect();
     assert!(ids.windows(2).all(|pair| pair[0] > pair[1]), "newest first: {ids:?}");
+    assert!(total > 8, "more than two pages of four: {total}");
+    // Every page but the last is full, the last holds the rest, the one after it is empty, and
+    // together, in page order, they hold every event once, newest first.
+    let pages = (total + 3) / 4;
     let mut paged = Vec::new();
-    for page in 1..=4 {
+    for page in 1..=pages + 1 {
         let body: Value =
             app.get(&format!("/v1/audit?limit=4&page={page}")).await.json().await.unwrap();
         assert_eq!(
             (body["page"].as_i64(), body["limit"].as_i64(), body["total"].as_i64()),
             (Some(page), Some(4), Some(total))
         );
-        paged.extend(body["logs"].as_array().unwrap().iter().map(|e| e["id"].as_i64().unwrap()));
+        let logs = body["logs"].as_array().unwrap();
+        let expected = (total - 4 * (page - 1)).clamp(0, 4) as usize;
+        assert_eq!(logs.len(), expected, "page {page} of {pages}: {body}");
+        assert_eq!(body["next_cursor"].is_string(), page < pages, "page {page} of {pages}: {body}");
+        paged.extend(logs.iter().map(|e| e["id"].as_i64().unwrap()));
     }
-    assert_eq!(paged, ids[..paged.len().min(ids.len())].to_vec());
-    assert!(total > 8, "more than two pages of four: {total}");
+    assert_eq!(paged, ids, "every event on exactly one page, in order");
 
     // Filters.
     let created: Value =
@@ -377,4 +384,150 @@ async fn deep_offset_pages_are_refused_pointing_to_the_cursor_and_the_cursor_is_
     for field in ["logs", "page", "limit", "total", "next_cursor"] {
         assert!(page.get(field).is_some(), "AuditPage documents {field}: {page}");
     }
+}
+
+/// The deepest offset page hands over to the cursor: with more than 10,000 events, page 10001
+/// at limit 1 (10,000 events back, as deep as pages go) answers the 10,001st newest event and a
+/// `next_cursor`; the cursor of page 10000 leads to that same event, and the cursor walks on
+/// from it to the oldest event, each once. Page 10002 is refused.
+#[tokio::test]
+async fn the_deepest_offset_page_and_the_cursor_agree_and_the_cursor_goes_on() {
+    // Arrange: 10,004 events of one action, written straight into the log (through the API they
+    // would take minutes), with the log's count kept.
+    let app = spawn_app().await;
+    let seeded = 10_004;
+    let now = chrono::Utc::now().timestamp_millis();
+    execute(
+        &app,
+        &format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {seeded}) \
+             INSERT INTO audit_events (at, actor, action, target) \
+             SELECT {now} + i, 'seed', 'test.seeded', 'seeded' FROM n"
+        ),
+    )
+    .await;
+    execute(
+        &app,
+        &format!(
+            "INSERT INTO audit_counts (namespace, total) VALUES ('', {seeded}) \
+             ON CONFLICT (namespace) DO UPDATE SET total = audit_counts.total + excluded.total"
+        ),
+    )
+    .await;
+    // One statement in an idle log: the seeded ids follow each other.
+    let (oldest, newest, count) = seeded_ids(&app).await;
+    assert_eq!((newest - oldest + 1, count), (seeded, seeded));
+    let query = "action=test.seeded&limit=1";
+
+    // Act
+    let deepest: Value =
+        app.get(&format!("/v1/audit?{query}&page=10001")).await.json().await.unwrap();
+    let before_it: Value =
+        app.get(&format!("/v1/audit?{query}&page=10000")).await.json().await.unwrap();
+    let cursor = before_it["next_cursor"].as_str().expect("page 10000 has a next page");
+    let after_cursor: Value =
+        app.get(&format!("/v1/audit?{query}&cursor={cursor}")).await.json().await.unwrap();
+    let deepest_cursor = deepest["next_cursor"].as_str().expect("events older than page 10001");
+    let rest = walk(&app.client, &app, query, Some(deepest_cursor)).await;
+
+    // Assert
+    let ids_of = |page: &Value| -> Vec<i64> {
+        page["logs"].as_array().unwrap().iter().map(|e| e["id"].as_i64().unwrap()).collect()
+    };
+    assert_eq!(ids_of(&before_it), [newest - 9_999], "{before_it}");
+    assert_eq!(ids_of(&deepest), [newest - 10_000], "{deepest}");
+    assert_eq!(deepest["total"], seeded);
+    assert_eq!(ids_of(&after_cursor), ids_of(&deepest), "offset and cursor agree at the boundary");
+    assert_eq!(rest, [newest - 10_001, newest - 10_002, newest - 10_003]);
+    assert_eq!(rest.last(), Some(&oldest));
+    let beyond = app.get(&format!("/v1/audit?{query}&page=10002")).await;
+    let problem = assert_problem(beyond, StatusCode::BAD_REQUEST).await;
+    assert_eq!(problem_fields(&problem), ["page"]);
+}
+
+/// Runs one SQL statement on the app's database, for what the API cannot arrange.
+async fn execute(app: &crate::helpers::TestApp, sql: &str) {
+    if app.database_url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(&app.database_url).await.unwrap();
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    } else {
+        let pool = sqlx::PgPool::connect(&app.database_url).await.unwrap();
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+}
+
+/// The lowest and highest id of the seeded events, and how many there are.
+async fn seeded_ids(app: &crate::helpers::TestApp) -> (i64, i64, i64) {
+    let sql = "SELECT MIN(id), MAX(id), COUNT(*) FROM audit_events WHERE action = 'test.seeded'";
+    if app.database_url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(&app.database_url).await.unwrap();
+        sqlx::query_as(sql).fetch_one(&pool).await.unwrap()
+    } else {
+        let pool = sqlx::PgPool::connect(&app.database_url).await.unwrap();
+        sqlx::query_as(sql).fetch_one(&pool).await.unwrap()
+    }
+}
+
+/// A password change is audited as `"password": "changed"` beside the user's admin flag and
+/// roles, whether an admin resets it or the user changes their own; a change that leaves the
+/// password alone says nothing about it; and no password is in the log or its table.
+#[tokio::test]
+async fn a_password_change_is_audited_as_changed_and_never_as_the_password() {
+    // Arrange
+    let app = spawn_app().await;
+    app.create_namespaces(&["alpha"]).await;
+    let passwords = ["pat's first password", "reset by the admin 1", "chosen by pat 2"];
+    let user =
+        json!({ "username": "pat", "password": passwords[0], "roles": { "alpha": "viewer" } });
+    assert_eq!(app.post_json("/v1/users", &user, None).await.status(), StatusCode::CREATED);
+
+    // Act: an admin resets the password, pat changes it, an admin changes pat's role.
+    let patch = |client: &reqwest::Client, body: Value| {
+        client.patch(app.url("/v1/users/pat")).json(&body).send()
+    };
+    let reset = patch(&app.client, json!({ "password": passwords[1] })).await.unwrap();
+    assert_eq!(reset.status(), StatusCode::OK);
+    let token = crate::helpers::login(&app.address, "pat", passwords[1]).await;
+    let pat = client_with("authorization", &format!("Bearer {token}"));
+    let own = json!({ "password": passwords[2], "current_password": passwords[1] });
+    assert_eq!(patch(&pat, own).await.unwrap().status(), StatusCode::OK);
+    let role = json!({ "roles": { "alpha": "operator" } });
+    assert_eq!(patch(&app.client, role).await.unwrap().status(), StatusCode::OK);
+
+    // Assert: newest first.
+    let audit: Value =
+        app.get("/v1/audit?action=user.update&target=pat").await.json().await.unwrap();
+    assert_eq!(audit["total"], 3, "{audit}");
+    let logs = audit["logs"].as_array().unwrap();
+    let admin = &app.admin_key[..12];
+    let viewer = json!({ "admin": false, "roles": { "alpha": "viewer" } });
+    let changed = json!({ "admin": false, "roles": { "alpha": "viewer" }, "password": "changed" });
+    let operator = json!({ "admin": false, "roles": { "alpha": "operator" } });
+    let seen: Vec<(&str, &Value, &Value)> = logs
+        .iter()
+        .map(|e| (e["actor"].as_str().unwrap(), &e["old_value"], &e["new_value"]))
+        .collect();
+    assert_eq!(
+        seen,
+        [(admin, &viewer, &operator), ("pat", &viewer, &changed), (admin, &viewer, &changed)]
+    );
+    let log = app.get("/v1/audit?limit=100").await.text().await.unwrap();
+    let stored = audit_table(&app).await;
+    for password in passwords {
+        assert!(!log.contains(password), "a password is in the audit log: {log}");
+        assert!(!stored.contains(password), "a password is in audit_events");
+    }
+}
+
+/// Every old and new value of the audit table, as stored.
+async fn audit_table(app: &crate::helpers::TestApp) -> String {
+    let sql = "SELECT COALESCE(old_value, '') || COALESCE(new_value, '') FROM audit_events";
+    let rows: Vec<(String,)> = if app.database_url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(&app.database_url).await.unwrap();
+        sqlx::query_as(sql).fetch_all(&pool).await.unwrap()
+    } else {
+        let pool = sqlx::PgPool::connect(&app.database_url).await.unwrap();
+        sqlx::query_as(sql).fetch_all(&pool).await.unwrap()
+    };
+    rows.into_iter().map(|(text,)| text).collect::<Vec<_>>().join("\n")
 }

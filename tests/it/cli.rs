@@ -194,10 +194,34 @@ async fn exit_codes_say_what_went_wrong() {
     assert_eq!(code(&unknown), 3, "{}", describe(&unknown));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("i-0123456789abcdef0"));
 
-    let mut wrong_key = Corral::new(&app);
-    wrong_key.env[1].1 = format!("crl_AAAAAAAA_{}", "B".repeat(32));
-    let rejected = wrong_key.run(&["instances", "list"]).await;
-    assert_eq!(code(&rejected), 4, "{}", describe(&rejected));
+    // Credentials refused by the check each fails, an auth failure (4) with the server's reason:
+    // the admin key's prefix with another secret (the digest), the admin's own claims expired
+    // (the expiry), the admin's token with a later exp (the signature). The token itself, and
+    // its claims signed anew unexpired, are accepted.
+    let token = crate::helpers::login(&app.address, "admin", crate::helpers::ADMIN_PASSWORD).await;
+    let now = chrono::Utc::now().timestamp();
+    for accepted in [token.clone(), crate::access::resigned_with_exp(&token, now + 600)] {
+        let mut with_token = Corral::new(&app);
+        with_token.env[1] = ("CORRAL_TOKEN".to_string(), accepted);
+        with_token.ok(&["instances", "list"]).await;
+    }
+    for (variable, credential, reason) in [
+        ("CORRAL_API_KEY", crate::access::with_wrong_secret(&app.admin_key), "invalid API key"),
+        (
+            "CORRAL_TOKEN",
+            crate::access::resigned_with_exp(&token, now - 3600),
+            "the token has expired",
+        ),
+        ("CORRAL_TOKEN", crate::access::with_tampered_exp(&token), "the token is invalid"),
+    ] {
+        let mut refused = Corral::new(&app);
+        refused.env[1] = (variable.to_string(), credential);
+        let rejected = refused.run(&["instances", "list"]).await;
+        assert_eq!(code(&rejected), 4, "{variable}: {}", describe(&rejected));
+        let said = format!("error: {reason}");
+        let stderr = String::from_utf8_lossy(&rejected.stderr);
+        assert!(stderr.contains(said.as_str()), "{variable}: {}", describe(&rejected));
+    }
 
     let usage = corral.run(&["instances", "create", "x", "--no-such-flag"]).await;
     assert_eq!(code(&usage), 2);
@@ -454,7 +478,13 @@ async fn namespaces_users_and_api_keys_are_managed_from_the_command_line() {
     with_key.env[1].1 = key.clone();
     with_key.ok(&["policy"]).await;
     corral.ok(&["api-keys", "revoke", listed["id"].as_str().unwrap()]).await;
-    assert_eq!(code(&with_key.run(&["policy"]).await), 4);
+    let revoked = with_key.run(&["policy"]).await;
+    assert_eq!(code(&revoked), 4, "{}", describe(&revoked));
+    assert!(
+        String::from_utf8_lossy(&revoked.stderr).contains("the API key has been revoked"),
+        "{}",
+        describe(&revoked)
+    );
 
     // A namespace's instances end in one job, after --yes.
     let mut args = vec!["instances", "create", "doomed", "--namespace", "team-a", "--wait"];

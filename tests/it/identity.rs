@@ -163,8 +163,16 @@ async fn users_are_validated_unique_and_the_last_admin_stays() {
         StatusCode::UNPROCESSABLE_ENTITY,
     )
     .await;
-    let fields = problem_fields(&problem);
-    assert_eq!(fields, ["username", "password", "roles.alpha"]);
+    assert_eq!(
+        problem["errors"],
+        json!([
+            { "field": "username",
+              "message": "must be 1-63 characters of lowercase letters, digits, '.', '_' and '-'" },
+            { "field": "password", "message": "must have at least 12 characters" },
+            { "field": "roles.alpha", "message": "unknown role 'owner'; allowed: operator, viewer" },
+        ]),
+        "{problem}"
+    );
 
     let ghost = json!({ "username": "ann", "password": "long enough password", "roles": { "ghost": "viewer" } });
     let problem = assert_problem(
@@ -273,12 +281,45 @@ async fn namespaces_filter_what_a_user_sees() {
     let ids: Vec<&str> =
         jobs["items"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap()).collect();
     assert_eq!(ids, [mine["id"].as_str().unwrap()]);
-    // A bulk action naming both is refused as if beta's instance did not exist, and acts on none.
+    // A bulk action naming both is refused as if beta's instance did not exist, and acts on
+    // none: no job is made, and once nothing is queued or running both instances still run.
+    let jobs_before = job_ids(&app).await;
     let both =
         json!({ "action": "stop", "ids": [mine["instances"][0]["id"], beta_instance["id"]] });
     let response = alice.post(app.url("/v1/instances/actions")).json(&both).send().await.unwrap();
-    assert_problem(response, StatusCode::NOT_FOUND).await;
-    assert_eq!(app.moto_state(beta_instance["cloud_id"].as_str().unwrap()).await, "running");
+    let problem = assert_problem(response, StatusCode::NOT_FOUND).await;
+    let beta_id = beta_instance["id"].as_str().unwrap();
+    assert_eq!(problem["detail"], format!("no instance with id '{beta_id}'"));
+    wait_until_no_job_is_queued_or_running(&app).await;
+    assert_eq!(job_ids(&app).await, jobs_before, "the refused request made no job");
+    for job in [&mine, &theirs] {
+        let cloud_id = job["instances"][0]["cloud_id"].as_str().unwrap();
+        assert_eq!(app.moto_state(cloud_id).await, "running", "{cloud_id}");
+    }
+}
+
+/// The ids of every job, as the admin lists them.
+async fn job_ids(app: &crate::helpers::TestApp) -> Vec<String> {
+    let jobs: Value = app.get_jobs("?limit=100").await.json().await.unwrap();
+    let items = jobs["items"].as_array().unwrap();
+    items.iter().map(|job| job["id"].as_str().unwrap().to_string()).collect()
+}
+
+/// Waits (up to 30 s) until no job is queued or running.
+async fn wait_until_no_job_is_queued_or_running(app: &crate::helpers::TestApp) {
+    for _ in 0..300 {
+        let mut busy = 0;
+        for status in ["queued", "running"] {
+            let jobs: Value =
+                app.get_jobs(&format!("?status={status}")).await.json().await.unwrap();
+            busy += jobs["items"].as_array().unwrap().len();
+        }
+        if busy == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("jobs still queued or running after 30 s");
 }
 
 #[tokio::test]
@@ -557,48 +598,91 @@ async fn no_secret_reaches_the_log_the_audit_log_or_an_answer_after_creation() {
     }
 }
 
+/// Two admins demoting each other at the same moment leave exactly one admin, round after
+/// round with fresh admins: one request wins, and the other is refused as the last admin (409)
+/// when both callers were admitted as admins together, or as no admin any more (403) when its
+/// caller had lost the role before it was authenticated. At least one round must have raced for
+/// real (a 409), or the rounds proved nothing about the race.
 #[tokio::test]
 async fn two_admins_demoting_each_other_at_once_leave_one_admin() {
     let app = spawn_app().await;
-    let second = json!({ "username": "second", "password": "long enough password", "admin": true });
-    assert_eq!(app.post_json("/v1/users", &second, None).await.status(), StatusCode::CREATED);
-    let token = login(&app.address, "second", "long enough password").await;
-    let second_client = client_with("authorization", &format!("Bearer {token}"));
+    let password = "long enough password";
+    // The admin the previous round left, by username, with a client acting as it.
+    let mut survivor = ("admin".to_string(), app.client.clone());
+    let (mut rounds, mut raced) = (0, 0);
+    while rounds < 5 || (raced == 0 && rounds < 20) {
+        rounds += 1;
+        // Arrange: a second admin, and a warm connection for each of the two.
+        let name = format!("admin-{rounds}");
+        let body = json!({ "username": name, "password": password, "admin": true });
+        let created = survivor.1.post(app.url("/v1/users")).json(&body).send().await.unwrap();
+        assert_eq!(created.status(), StatusCode::CREATED, "round {rounds}");
+        let token = login(&app.address, &name, password).await;
+        let newcomer = (name, client_with("authorization", &format!("Bearer {token}")));
+        for (username, client) in [&survivor, &newcomer] {
+            let me: Value =
+                client.get(app.url("/v1/me")).send().await.unwrap().json().await.unwrap();
+            assert_eq!(
+                (me["username"].as_str(), me["admin"].as_bool()),
+                (Some(username.as_str()), Some(true)),
+                "round {rounds}"
+            );
+        }
 
-    // Each demotes the other.
-    let demote = |client: &reqwest::Client, username: &str| {
-        client
-            .patch(app.url(&format!("/v1/users/{username}")))
-            .json(&json!({ "admin": false }))
-            .send()
-    };
-    let (first, other) =
-        tokio::join!(demote(&app.client, "second"), demote(&second_client, "admin"));
+        // Act: each demotes the other, both requests released at once.
+        let demote = |client: &reqwest::Client, username: &str| {
+            client.patch(app.url(&format!("/v1/users/{username}"))).json(&json!({ "admin": false }))
+        };
+        let barrier = tokio::sync::Barrier::new(2);
+        let (by_survivor, by_newcomer) = tokio::join!(
+            send_together(demote(&survivor.1, &newcomer.0), &barrier),
+            send_together(demote(&newcomer.1, &survivor.0), &barrier),
+        );
 
-    // One wins; the other is refused as the last admin (409), or, when it arrives after the
-    // winner's change, as no admin any more (403).
-    let (first, other) = (first.unwrap(), other.unwrap());
-    let mut statuses = [first.status(), other.status()];
-    statuses.sort();
-    let bodies = [first.text().await.unwrap(), other.text().await.unwrap()];
-    assert!(
-        statuses == [StatusCode::OK, StatusCode::FORBIDDEN]
-            || statuses == [StatusCode::OK, StatusCode::CONFLICT],
-        "{statuses:?} {bodies:?}"
-    );
-    // Whoever is still admin can list users (the other one no longer can).
-    let mut admins = 0;
-    for (username, password) in [("admin", ADMIN_PASSWORD), ("second", "long enough password")] {
-        let token = login(&app.address, username, password).await;
-        let me: Value = client_with("authorization", &format!("Bearer {token}"))
-            .get(app.url("/v1/me"))
-            .send()
-            .await
+        // Assert
+        let survivor_won = by_survivor.0 == StatusCode::OK;
+        let (won, lost) =
+            if survivor_won { (&by_survivor, &by_newcomer) } else { (&by_newcomer, &by_survivor) };
+        assert_eq!(won.0, StatusCode::OK, "round {rounds}: {by_survivor:?} {by_newcomer:?}");
+        assert_eq!(won.1["admin"], false, "round {rounds}: {won:?}");
+        if lost.0 == StatusCode::CONFLICT {
+            assert_eq!(
+                lost.1["detail"], "corral needs at least one admin; make another user admin first",
+                "round {rounds}"
+            );
+            raced += 1;
+        } else {
+            assert_eq!(
+                (lost.0, lost.1["detail"].as_str()),
+                (StatusCode::FORBIDDEN, Some("this needs the admin role")),
+                "round {rounds}: exactly one of the two succeeds: {by_survivor:?} {by_newcomer:?}"
+            );
+        }
+        if !survivor_won {
+            survivor = newcomer;
+        }
+        // Exactly one admin is left, the winner.
+        let users: Value =
+            survivor.1.get(app.url("/v1/users")).send().await.unwrap().json().await.unwrap();
+        let admins: Vec<&str> = users["items"]
+            .as_array()
             .unwrap()
-            .json()
-            .await
-            .unwrap();
-        admins += usize::from(me["admin"] == true);
+            .iter()
+            .filter(|user| user["admin"] == true)
+            .map(|user| user["username"].as_str().unwrap())
+            .collect();
+        assert_eq!(admins, [survivor.0.as_str()], "round {rounds}: {users}");
     }
-    assert_eq!(admins, 1);
+    assert!(raced > 0, "in {rounds} rounds the two requests never overlapped");
+}
+
+/// Sends `request` once every party has reached `barrier`; answers its status and JSON body.
+async fn send_together(
+    request: reqwest::RequestBuilder,
+    barrier: &tokio::sync::Barrier,
+) -> (StatusCode, Value) {
+    barrier.wait().await;
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap())
 }

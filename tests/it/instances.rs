@@ -3,7 +3,10 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{AMI_X86, assert_problem, create_body, spawn_app, spawn_app_with, tags_of};
+use crate::helpers::{
+    AMI_X86, TestApp, assert_problem, create_body, moto_url, spawn_app, spawn_app_with, tags_of,
+};
+use crate::proxy::FaultProxy;
 
 #[tokio::test]
 async fn create_with_wait_launches_one_tagged_running_instance() {
@@ -134,28 +137,58 @@ async fn stop_start_reboot_terminate_follow_the_cloud() {
     assert_eq!(listed["items"][0]["id"], id.as_str());
 }
 
+/// Acts on an instance and waits for the job; panics unless it succeeded.
+async fn act_and_wait(app: &TestApp, id: &str, action: &str) -> Value {
+    let response = app.act(id, action, "?wait=30").await;
+    assert!(response.status().is_success(), "{action}: {}", response.status());
+    let job: Value = response.json().await.unwrap();
+    let job = app.wait_for_job(job["id"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "succeeded", "{action}: {job}");
+    job
+}
+
+/// Panics if corral called EC2 since the proxy's count was last reset.
+fn assert_no_cloud_call(proxy: &FaultProxy, after: &str) {
+    let calls = proxy.calls();
+    assert!(calls.is_empty(), "{after} called EC2: {calls:?}");
+}
+
+/// An action the instance's state does not allow is refused with `409` naming the states it
+/// is allowed from, in the request: no job is stored and not one EC2 call is made (counted at
+/// a proxy between corral and the emulator).
 #[tokio::test]
 async fn impossible_transitions_are_refused_with_409_before_any_cloud_call() {
-    let app = spawn_app().await;
+    // Arrange
+    let proxy = FaultProxy::start(moto_url(), 0.0).await;
+    let app = spawn_app_with(|settings| settings.aws.endpoint_url = Some(proxy.url.clone())).await;
     let job = app.create_running(&create_body("strict")).await;
     let id = job["instances"][0]["id"].as_str().unwrap().to_string();
     let cloud_id = job["instances"][0]["cloud_id"].as_str().unwrap().to_string();
+    assert_eq!(proxy.calls_of("RunInstances"), 1, "corral calls EC2 through the proxy");
 
+    // Act and assert: a running instance cannot be started ...
+    proxy.reset_calls();
     let problem = assert_problem(app.act(&id, "start", "").await, StatusCode::CONFLICT).await;
     assert_eq!(
         problem["detail"],
         "cannot start an instance that is running; allowed from: stopped"
     );
+    assert_no_cloud_call(&proxy, "a refused start");
 
-    app.act(&id, "stop", "?wait=30").await;
+    // ... a stopped one cannot be rebooted ...
+    act_and_wait(&app, &id, "stop").await;
+    proxy.reset_calls();
     let problem = assert_problem(app.act(&id, "reboot", "").await, StatusCode::CONFLICT).await;
     assert_eq!(
         problem["detail"],
         "cannot reboot an instance that is stopped; allowed from: running"
     );
+    assert_no_cloud_call(&proxy, "a refused reboot");
 
-    app.act(&id, "terminate", "?wait=30").await;
+    // ... and a terminated one takes nothing, by corral id or by cloud id.
+    act_and_wait(&app, &id, "terminate").await;
     let jobs_before: Value = app.get_jobs("").await.json().await.unwrap();
+    proxy.reset_calls();
     let problem = assert_problem(app.act(&cloud_id, "start", "").await, StatusCode::CONFLICT).await;
     assert_eq!(problem["errors"][0]["field"], id.as_str());
     let problem = assert_problem(app.act(&id, "terminate", "").await, StatusCode::CONFLICT).await;
@@ -163,8 +196,10 @@ async fn impossible_transitions_are_refused_with_409_before_any_cloud_call() {
         problem["detail"]
             .as_str()
             .unwrap()
-            .starts_with("cannot terminate an instance that is terminated")
+            .starts_with("cannot terminate an instance that is terminated"),
+        "{problem}"
     );
+    assert_no_cloud_call(&proxy, "a refused start or terminate");
 
     // No job was stored for the refused requests, and the cloud was left alone.
     let jobs_after: Value = app.get_jobs("").await.json().await.unwrap();
@@ -173,6 +208,40 @@ async fn impossible_transitions_are_refused_with_409_before_any_cloud_call() {
         jobs_after["items"].as_array().unwrap().len()
     );
     assert_eq!(app.moto_state(&cloud_id).await, "terminated");
+    assert_no_cloud_call(&proxy, "the refused requests");
+}
+
+/// The facts of an AMI and an instance type are asked of EC2 once and then cached
+/// (`cloud::catalog`): a second create with the same AMI and type calls neither
+/// DescribeImages nor DescribeInstanceTypes again; another type is looked up once too.
+#[tokio::test]
+async fn creates_with_the_same_image_and_type_describe_them_once() {
+    // Arrange
+    let proxy = FaultProxy::start(moto_url(), 0.0).await;
+    let app = spawn_app_with(|settings| settings.aws.endpoint_url = Some(proxy.url.clone())).await;
+
+    // Act
+    app.create_running(&create_body("first")).await;
+    let after_first = proxy.calls();
+    app.create_running(&create_body("second")).await;
+    let after_second = proxy.calls();
+    let mut other_type = create_body("third");
+    other_type["instance_type"] = json!("t3.small");
+    app.create_running(&other_type).await;
+    let after_third = proxy.calls();
+
+    // Assert
+    let count = |calls: &std::collections::BTreeMap<String, u64>, action: &str| {
+        calls.get(action).copied().unwrap_or_default()
+    };
+    assert_eq!(count(&after_first, "DescribeImages"), 1, "{after_first:?}");
+    assert_eq!(count(&after_first, "DescribeInstanceTypes"), 1, "{after_first:?}");
+    assert_eq!(count(&after_second, "RunInstances"), 2, "{after_second:?}");
+    assert_eq!(count(&after_second, "DescribeImages"), 1, "asked again: {after_second:?}");
+    assert_eq!(count(&after_second, "DescribeInstanceTypes"), 1, "asked again: {after_second:?}");
+    assert_eq!(count(&after_third, "RunInstances"), 3, "{after_third:?}");
+    assert_eq!(count(&after_third, "DescribeImages"), 1, "asked again: {after_third:?}");
+    assert_eq!(count(&after_third, "DescribeInstanceTypes"), 2, "t3.small: {after_third:?}");
 }
 
 #[tokio::test]

@@ -15,8 +15,10 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use tokio::io::AsyncBufReadExt;
 
+use crate::crash::Server;
 use crate::helpers::{
-    TestApp, assert_problem, client_with, create_body, problem_fields, spawn_app, spawn_app_with,
+    TestApp, admin_client, assert_problem, client_with, create_body, fresh_database_url, moto_url,
+    new_moto_account, problem_fields, spawn_app, spawn_app_with,
 };
 
 /// An aiosmtpd server on 127.0.0.1 that writes what it receives to a file.
@@ -135,16 +137,73 @@ impl Receiver {
     fn received(&self) -> Vec<(HeaderMap, String)> {
         self.received.lock().unwrap().clone()
     }
+}
 
-    async fn wait_for(&self, count: usize) -> Vec<(HeaderMap, String)> {
-        for _ in 0..300 {
-            if self.received().len() >= count {
-                return self.received();
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("expected {count} webhooks, got {}", self.received().len());
+/// A webhook receiver on loopback that takes the first request and never answers it, and
+/// answers 200 to the rest: while it holds the first, its sender has sent and waits to hear.
+struct HoldingReceiver {
+    url: String,
+    received: Arc<Mutex<Vec<HeaderMap>>>,
+    first_arrived: Arc<tokio::sync::Notify>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for HoldingReceiver {
+    fn drop(&mut self) {
+        self.server.abort();
     }
+}
+
+impl HoldingReceiver {
+    async fn start() -> HoldingReceiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hooks/corral", listener.local_addr().unwrap());
+        let received: Arc<Mutex<Vec<HeaderMap>>> = Arc::default();
+        let first_arrived = Arc::new(tokio::sync::Notify::new());
+        let (log, arrived) = (received.clone(), first_arrived.clone());
+        let router = axum::Router::new().route(
+            "/hooks/corral",
+            axum::routing::post(move |headers: HeaderMap| async move {
+                let first = {
+                    let mut log = log.lock().unwrap();
+                    log.push(headers);
+                    log.len() == 1
+                };
+                if first {
+                    arrived.notify_one();
+                    std::future::pending::<()>().await;
+                }
+                StatusCode::OK
+            }),
+        );
+        let server = tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        HoldingReceiver { url, received, first_arrived, server }
+    }
+
+    fn received(&self) -> Vec<HeaderMap> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+/// Serves `router` on a free loopback port and answers its base URL; it stops with the test.
+async fn serve(router: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    url
+}
+
+/// Rewrites a subscription's stored target, for what the API cannot arrange.
+async fn db_set_subscription_target(app: &TestApp, id: &str, target: &str) {
+    let sql = "UPDATE subscriptions SET target = $1 WHERE id = $2";
+    let updated = if app.database_url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(&app.database_url).await.unwrap();
+        sqlx::query(sql).bind(target).bind(id).execute(&pool).await.unwrap().rows_affected()
+    } else {
+        let pool = sqlx::PgPool::connect(&app.database_url).await.unwrap();
+        sqlx::query(sql).bind(target).bind(id).execute(&pool).await.unwrap().rows_affected()
+    };
+    assert_eq!(updated, 1, "subscription {id}");
 }
 
 /// Checks `X-Corral-Signature` the way a receiver would.
@@ -163,7 +222,13 @@ fn verify_signature(headers: &HeaderMap, body: &str, secret: &str) {
 }
 
 async fn deliveries(app: &TestApp, query: &str) -> Vec<Value> {
-    let page: Value = app.get(&format!("/v1/notifications{query}")).await.json().await.unwrap();
+    deliveries_at(&app.client, &app.address, query).await
+}
+
+/// The deliveries `query` lists on the corral at `base`.
+async fn deliveries_at(client: &reqwest::Client, base: &str, query: &str) -> Vec<Value> {
+    let response = client.get(format!("{base}/v1/notifications{query}")).send().await.unwrap();
+    let page: Value = response.json().await.unwrap();
     page["items"].as_array().unwrap_or_else(|| panic!("{page}")).clone()
 }
 
@@ -205,10 +270,24 @@ async fn each_step_of_an_instance_life_is_mailed_once_with_what_a_person_needs()
     let failed: Value = app.post_instances(&broken, "?wait=30").await.json().await.unwrap();
     assert_eq!(failed["status"], "failed", "{failed}");
 
-    // Assert: five mails, one per event, each with its own Message-ID.
-    let mails = sink.wait_for(5).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(sink.messages().len(), 5, "no mail twice: {:#?}", sink.messages());
+    // Assert: five deliveries, one per event, each delivered at its first attempt. A delivery
+    // is recorded delivered only once the SMTP server has accepted its mail, so the sink now
+    // holds every mail sent: one per delivery, whose Message-ID is the delivery's id.
+    wait_for_deliveries(&app, "?status=delivered", 5).await;
+    let all = deliveries(&app, "").await;
+    assert_eq!(all.len(), 5, "one delivery per event: {all:#?}");
+    assert!(
+        all.iter()
+            .all(|d| d["status"] == "delivered" && d["channel"] == "email" && d["attempts"] == 1),
+        "{all:#?}"
+    );
+    let mails = sink.messages();
+    assert_eq!(mails.len(), 5, "no mail twice: {mails:#?}");
+    let message_ids: BTreeSet<String> =
+        mails.iter().map(|mail| mail["message_id"].as_str().unwrap().to_string()).collect();
+    let delivery_ids: BTreeSet<String> =
+        all.iter().map(|d| format!("<{}@corral>", d["id"].as_str().unwrap())).collect();
+    assert_eq!(message_ids, delivery_ids, "each mail's Message-ID is its delivery's id");
     let subjects: BTreeSet<String> =
         mails.iter().map(|mail| mail["subject"].as_str().unwrap().to_string()).collect();
     let expected: BTreeSet<String> = [
@@ -221,9 +300,6 @@ async fn each_step_of_an_instance_life_is_mailed_once_with_what_a_person_needs()
     .map(str::to_string)
     .into();
     assert_eq!(subjects, expected);
-    let ids: BTreeSet<&str> =
-        mails.iter().map(|mail| mail["message_id"].as_str().unwrap()).collect();
-    assert_eq!(ids.len(), 5, "Message-IDs are unique per delivery");
     for mail in &mails {
         assert_eq!(mail["to"], json!(["ops@example.com"]));
     }
@@ -241,24 +317,16 @@ async fn each_step_of_an_instance_life_is_mailed_once_with_what_a_person_needs()
     let failure = mails.iter().find(|mail| mail["subject"] == "[corral] job.failed: web-2");
     let text = failure.unwrap()["text"].as_str().unwrap();
     assert!(text.contains("Error:") && text.contains("no-such-key"), "{text}");
-
-    // The API shows the five as delivered.
-    let delivered = wait_for_deliveries(&app, "?status=delivered", 5).await;
-    assert_eq!(delivered.len(), 5);
-    assert!(
-        delivered.iter().all(|d| d["channel"] == "email" && d["attempts"] == 1),
-        "{delivered:#?}"
-    );
 }
 
 #[tokio::test]
 async fn mail_queued_while_smtp_is_down_arrives_once_after_it_recovers() {
-    // Arrange: mail flows; the creation's mail arrives.
+    // Arrange: mail flows; the creation's mail arrives and is recorded delivered.
     let mut sink = SmtpSink::started().await;
     let app = spawn_app_with(mail_to(&sink)).await;
     let created = app.create_running(&create_body("patient")).await;
     let id = created["instances"][0]["id"].as_str().unwrap().to_string();
-    sink.wait_for(1).await;
+    wait_for_deliveries(&app, "?status=delivered", 1).await;
 
     // Act: the SMTP server goes away; two events meanwhile fail and wait for retries.
     sink.stop().await;
@@ -278,15 +346,28 @@ async fn mail_queued_while_smtp_is_down_arrives_once_after_it_recovers() {
     assert_eq!(sink.messages().len(), 1);
     sink.start().await;
 
-    // Assert: both arrive after the recovery, once each, and are recorded as delivered.
-    sink.wait_for(3).await;
+    // Assert: both are recorded delivered after the recovery, the creation's still at its one
+    // attempt. Each is recorded only once the server has accepted its mail, so the sink now
+    // holds every mail sent: one per delivery, whose Message-ID is the delivery's id.
     wait_for_deliveries(&app, "?status=delivered", 3).await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let all = deliveries(&app, "").await;
+    assert_eq!(all.len(), 3, "{all:#?}");
+    assert!(all.iter().all(|d| d["status"] == "delivered"), "{all:#?}");
+    let attempts = |event: &str| {
+        let delivery = all.iter().find(|d| d["event"]["type"] == event);
+        delivery.unwrap_or_else(|| panic!("no delivery of {event}: {all:#?}"))["attempts"]
+            .as_i64()
+            .unwrap()
+    };
+    assert_eq!(attempts("instance.created"), 1, "{all:#?}");
+    assert!(attempts("instance.stopped") >= 2 && attempts("instance.started") >= 2, "{all:#?}");
     let mails = sink.messages();
-    assert_eq!(mails.len(), 3, "{mails:#?}");
-    let ids: BTreeSet<&str> =
-        mails.iter().map(|mail| mail["message_id"].as_str().unwrap()).collect();
-    assert_eq!(ids.len(), 3, "no Message-ID twice");
+    assert_eq!(mails.len(), 3, "no mail twice: {mails:#?}");
+    let message_ids: BTreeSet<String> =
+        mails.iter().map(|mail| mail["message_id"].as_str().unwrap().to_string()).collect();
+    let delivery_ids: BTreeSet<String> =
+        all.iter().map(|d| format!("<{}@corral>", d["id"].as_str().unwrap())).collect();
+    assert_eq!(message_ids, delivery_ids, "each mail's Message-ID is its delivery's id");
     let subjects: BTreeSet<&str> =
         mails.iter().map(|mail| mail["subject"].as_str().unwrap()).collect();
     assert!(subjects.contains("[corral] instance.stopped: patient"), "{subjects:?}");
@@ -296,8 +377,10 @@ async fn mail_queued_while_smtp_is_down_arrives_once_after_it_recovers() {
 
 #[tokio::test]
 async fn webhooks_are_signed_filtered_by_event_and_scoped_to_their_namespace() {
-    // Arrange: a webhook of namespace alpha for creations, stops and drift.
+    // Arrange: a webhook of namespace alpha for creations, stops and drift; one of beta for
+    // terminations.
     let receiver = Receiver::start(200).await;
+    let beta_receiver = Receiver::start(200).await;
     let app = spawn_app_with(|settings| {
         settings.notify.webhook_allow_private = true;
         quick_retries(settings);
@@ -315,8 +398,17 @@ async fn webhooks_are_signed_filtered_by_event_and_scoped_to_their_namespace() {
     assert_eq!(response.status(), StatusCode::CREATED);
     let created_hook: Value = response.json().await.unwrap();
     assert!(created_hook.get("secret").is_none(), "{created_hook}");
+    let beta_hook = json!({
+        "url": beta_receiver.url,
+        "events": ["instance.terminated"],
+        "secret": secret,
+        "namespace": "beta",
+    });
+    let response = app.post_json("/v1/webhooks", &beta_hook, None).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
 
-    // Act: create, stop and start in alpha; a creation in beta; a stop made outside corral.
+    // Act: create, stop and start in alpha; a creation in beta; a stop made outside corral;
+    // then alpha's instance is terminated.
     let mut body = create_body("hooked");
     body["namespace"] = json!("alpha");
     let job = app.create_running(&body).await;
@@ -329,23 +421,41 @@ async fn webhooks_are_signed_filtered_by_event_and_scoped_to_their_namespace() {
     let cloud_id = job["instances"][0]["cloud_id"].as_str().unwrap();
     app.ec2.stop_instances().instance_ids(cloud_id).send().await.unwrap();
     app.reconcile().await;
+    act_and_wait(&app, &id, "terminate").await;
 
-    // Assert: created, stopped and drifted, each signed, each once.
-    let received = receiver.wait_for(3).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(receiver.received().len(), 3);
-    let mut types = Vec::new();
+    // Assert: deliveries are written with their events, so once the jobs and the reconcile
+    // pass have ended every delivery there will be exists. There are three, all alpha's
+    // webhook's, each delivered at its first attempt: none for alpha's start or terminate
+    // (not among its events), none for beta's creation (another namespace's). Beta's webhook
+    // has none: beta's creation is not among its events, alpha's termination not its own.
+    wait_for_deliveries(&app, "?status=delivered", 3).await;
+    let all = deliveries(&app, "").await;
+    assert_eq!(all.len(), 3, "{all:#?}");
+    for delivery in &all {
+        let outcome = (delivery["status"].as_str(), delivery["attempts"].as_i64());
+        assert_eq!(outcome, (Some("delivered"), Some(1)), "{delivery:#}");
+        assert_eq!(delivery["target"], receiver.url.as_str(), "{delivery:#}");
+        assert_eq!(delivery["event"]["namespace"], "alpha", "{delivery:#}");
+    }
+    // A delivery is recorded delivered only after its receiver answered, so the receivers now
+    // hold every request sent: one per delivery, each signed and carrying its delivery's id.
+    assert!(beta_receiver.received().is_empty(), "{:#?}", beta_receiver.received());
+    let received = receiver.received();
+    assert_eq!(received.len(), 3, "no webhook twice: {received:#?}");
     let delivery_ids: BTreeSet<String> =
-        deliveries(&app, "").await.iter().map(|d| d["id"].as_str().unwrap().to_string()).collect();
+        all.iter().map(|d| d["id"].as_str().unwrap().to_string()).collect();
+    let mut sent_ids = BTreeSet::new();
+    let mut types = Vec::new();
     for (headers, body) in &received {
         verify_signature(headers, body, secret);
         let event: Value = serde_json::from_str(body).unwrap();
         assert_eq!(headers["x-corral-event"].to_str().unwrap(), event["type"]);
         assert_eq!(event["namespace"], "alpha");
         assert_eq!(event["instances"][0]["id"], id.as_str());
-        assert!(delivery_ids.contains(headers["x-corral-delivery"].to_str().unwrap()));
+        sent_ids.insert(headers["x-corral-delivery"].to_str().unwrap().to_string());
         types.push(event["type"].as_str().unwrap().to_string());
     }
+    assert_eq!(sent_ids, delivery_ids, "each request carries its own delivery's id");
     types.sort();
     assert_eq!(types, ["instance.created", "instance.drifted", "instance.stopped"]);
     let drifted = received.iter().find(|(_, body)| body.contains("instance.drifted")).unwrap();
@@ -645,4 +755,204 @@ async fn a_namespace_holds_at_most_the_configured_number_of_subscriptions() {
         .filter(|webhook| webhook["namespace"] == "gamma")
         .count();
     assert_eq!(in_gamma, 2, "{listed:#}");
+}
+
+/// A crash between sending a webhook and recording it: the delivery was claimed (its attempt
+/// counted) and sent, and corral is killed while it waits for the answer. After a restart, once
+/// the dead process's lease on the delivery has run out, it is sent again (at least once),
+/// with the same `X-Corral-Delivery` both times so that the receiver can drop the duplicate.
+#[tokio::test]
+async fn a_webhook_in_flight_when_corral_is_killed_is_sent_again_with_the_same_delivery_id() {
+    // Arrange: a corral process with a 2 s webhook timeout (so a claimed delivery's lease is
+    // 3 × 2 + 30 = 36 s), and a global webhook for creations to a receiver that holds the
+    // first request unanswered.
+    let receiver = HoldingReceiver::start().await;
+    let (key, secret) = new_moto_account().await;
+    let dir = tempfile::tempdir().unwrap();
+    let database = fresh_database_url(dir.path()).await;
+    let env = [
+        ("CORRAL_WEBHOOK_ALLOW_PRIVATE", "true"),
+        ("CORRAL_NOTIFY__POLL_INTERVAL_MS", "50"),
+        ("CORRAL_NOTIFY__WEBHOOK_TIMEOUT_SECS", "2"),
+        ("CORRAL_NOTIFY__SMTP_TIMEOUT_SECS", "1"),
+    ];
+    let server = Server::start_with(&moto_url(), &database, &key, &secret, &env).await;
+    let client = admin_client(&server.url).await;
+    let hook = json!({ "url": receiver.url, "events": ["instance.created"], "secret": "0123456789abcdef" });
+    let response =
+        client.post(format!("{}/v1/webhooks", server.url)).json(&hook).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let response = client
+        .post(format!("{}/v1/instances", server.url))
+        .json(&create_body("interrupted"))
+        .send()
+        .await
+        .unwrap();
+    assert!(matches!(response.status(), StatusCode::CREATED | StatusCode::ACCEPTED));
+
+    // Act: the moment the webhook has arrived, with corral waiting for its answer, kill -9;
+    // then start corral again on the same database.
+    let arrived = receiver.first_arrived.notified();
+    tokio::time::timeout(Duration::from_secs(60), arrived).await.expect("the webhook arrives");
+    server.kill_9();
+    let server = Server::start_with(&moto_url(), &database, &key, &secret, &env).await;
+
+    // Assert: the attempt was counted at the claim and nothing was recorded of how it went
+    // (no error, not delivered): corral died between sending and recording.
+    let listed = deliveries_at(&client, &server.url, "").await;
+    assert_eq!(listed.len(), 1, "{listed:#?}");
+    let delivery_id = listed[0]["id"].as_str().unwrap().to_string();
+    let state = (listed[0]["status"].as_str(), listed[0]["attempts"].as_i64());
+    assert_eq!(state, (Some("pending"), Some(1)), "{listed:#?}");
+    assert_eq!(listed[0]["last_error"], Value::Null, "{listed:#?}");
+    // Once the lease has run out, the restarted corral sends it again and records it delivered
+    // at its second attempt; the receiver got the same delivery id both times.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let delivered = loop {
+        let delivered = deliveries_at(&client, &server.url, "?status=delivered").await;
+        if !delivered.is_empty() {
+            break delivered;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not sent again: {:#?}",
+            deliveries_at(&client, &server.url, "").await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(delivered.len(), 1, "{delivered:#?}");
+    assert_eq!(delivered[0]["id"], delivery_id.as_str());
+    assert_eq!(delivered[0]["attempts"], 2, "{delivered:#?}");
+    let received = receiver.received();
+    assert_eq!(received.len(), 2, "sent before the kill and once after it: {received:#?}");
+    for headers in &received {
+        assert_eq!(headers["x-corral-delivery"].to_str().unwrap(), delivery_id);
+    }
+}
+
+/// The SSRF guard runs again at every send: a webhook whose host passed the check when it was
+/// made, but resolves to loopback by the time its delivery is sent, is refused then, naming
+/// the host (not what it resolved to), and the receiver on loopback is never reached.
+#[tokio::test]
+async fn a_webhook_host_that_resolves_to_loopback_at_send_time_is_refused_then() {
+    // Arrange: private targets refused (the default); a receiver on loopback; a webhook made for
+    // a public address, whose stored target then names `localhost` instead: what an answer
+    // for its name that changed after the check does, without a DNS server to change.
+    let receiver = Receiver::start(200).await;
+    let app = spawn_app_with(|settings| {
+        settings.notify.max_attempts = 1;
+        quick_retries(settings);
+    })
+    .await;
+    let hook = json!({ "url": "http://93.184.216.34/hooks/corral", "events": ["instance.created"], "secret": "0123456789abcdef" });
+    let response = app.post_json("/v1/webhooks", &hook, None).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let webhook: Value = response.json().await.unwrap();
+    let rebound = receiver.url.replace("127.0.0.1", "localhost");
+    db_set_subscription_target(&app, webhook["id"].as_str().unwrap(), &rebound).await;
+
+    // Act
+    app.create_running(&create_body("rebound")).await;
+
+    // Assert: its one attempt was refused by the check at send time; nothing reached the
+    // receiver.
+    let dead = wait_for_deliveries(&app, "?status=dead", 1).await;
+    assert_eq!(deliveries(&app, "").await.len(), 1);
+    let attempt = (dead[0]["target"].as_str(), dead[0]["attempts"].as_i64());
+    assert_eq!(attempt, (Some(rebound.as_str()), Some(1)), "{dead:#?}");
+    let error = dead[0]["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("webhook host 'localhost' does not resolve to public addresses only"),
+        "{error}"
+    );
+    assert!(!error.contains("127.0.0.1") && !error.contains("::1"), "{error}");
+    assert!(receiver.received().is_empty(), "{:#?}", receiver.received());
+}
+
+/// Redirects are not followed: a receiver answering 302 to another server fails the delivery
+/// with that answer, and the server it points to is never asked.
+#[tokio::test]
+async fn a_receiver_that_redirects_fails_the_delivery_and_the_redirect_is_not_followed() {
+    // Arrange: a server that records every request, of any method to any path, and answers
+    // 200; a receiver that answers every webhook with a 302 to it; one attempt allowed.
+    let hits: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = hits.clone();
+    let landing = axum::Router::new().fallback(
+        move |method: axum::http::Method, uri: axum::http::Uri| async move {
+            log.lock().unwrap().push(format!("{method} {uri}"));
+            StatusCode::OK
+        },
+    );
+    let location = format!("{}/landing", serve(landing).await);
+    let redirector = axum::Router::new().route(
+        "/hooks/corral",
+        axum::routing::any(move || async move {
+            (StatusCode::FOUND, [(axum::http::header::LOCATION, location)])
+        }),
+    );
+    let redirector_url = format!("{}/hooks/corral", serve(redirector).await);
+    let app = spawn_app_with(|settings| {
+        settings.notify.webhook_allow_private = true;
+        settings.notify.max_attempts = 1;
+        quick_retries(settings);
+    })
+    .await;
+    let hook = json!({ "url": redirector_url, "events": ["instance.created"], "secret": "0123456789abcdef" });
+    assert_eq!(app.post_json("/v1/webhooks", &hook, None).await.status(), StatusCode::CREATED);
+
+    // Act
+    app.create_running(&create_body("redirected")).await;
+
+    // Assert: not delivered; the attempt failed on the 302 itself, and the server it pointed to
+    // got nothing.
+    let dead = wait_for_deliveries(&app, "?status=dead", 1).await;
+    let all = deliveries(&app, "").await;
+    assert_eq!(all.len(), 1, "{all:#?}");
+    let error = dead[0]["last_error"].as_str().unwrap();
+    assert!(error.contains("the receiver answered 302 Found"), "{error}");
+    let hits = hits.lock().unwrap().clone();
+    assert!(hits.is_empty(), "the redirect was followed: {hits:?}");
+}
+
+/// A reboot is announced as `instance.rebooted`, naming the instance and the reboot job.
+#[tokio::test]
+async fn a_reboot_is_announced_as_instance_rebooted_with_its_instance() {
+    // Arrange: a global webhook for reboots only; a running instance.
+    let receiver = Receiver::start(200).await;
+    let app = spawn_app_with(|settings| {
+        settings.notify.webhook_allow_private = true;
+        quick_retries(settings);
+    })
+    .await;
+    let secret = "0123456789abcdef";
+    let hook = json!({ "url": receiver.url, "events": ["instance.rebooted"], "secret": secret });
+    assert_eq!(app.post_json("/v1/webhooks", &hook, None).await.status(), StatusCode::CREATED);
+    let created = app.create_running(&create_body("bouncy")).await;
+    let id = created["instances"][0]["id"].as_str().unwrap().to_string();
+    let cloud_id = created["instances"][0]["cloud_id"].as_str().unwrap().to_string();
+
+    // Act
+    let job: Value = app.act(&id, "reboot", "?wait=30").await.json().await.unwrap();
+    assert_eq!(job["status"], "succeeded", "{job}");
+
+    // Assert: one delivery (the creation is not among the webhook's events), the reboot's,
+    // delivered at its first attempt; the receiver got it, signed, naming the instance.
+    wait_for_deliveries(&app, "?status=delivered", 1).await;
+    let all = deliveries(&app, "").await;
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(all[0]["event"]["type"], "instance.rebooted", "{all:#?}");
+    assert_eq!(all[0]["attempts"], 1, "{all:#?}");
+    let received = receiver.received();
+    assert_eq!(received.len(), 1, "{received:#?}");
+    let (headers, body) = &received[0];
+    verify_signature(headers, body, secret);
+    assert_eq!(headers["x-corral-event"].to_str().unwrap(), "instance.rebooted");
+    assert_eq!(headers["x-corral-delivery"].to_str().unwrap(), all[0]["id"].as_str().unwrap());
+    let event: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(event["type"], "instance.rebooted", "{event:#}");
+    assert_eq!(event["job_id"], job["id"], "{event:#}");
+    assert_eq!(event["job_kind"], "reboot_instances", "{event:#}");
+    assert_eq!(event["instances"].as_array().map(Vec::len), Some(1), "{event:#}");
+    assert_eq!(event["instances"][0]["id"], id.as_str(), "{event:#}");
+    assert_eq!(event["instances"][0]["cloud_id"], cloud_id.as_str(), "{event:#}");
 }

@@ -6,11 +6,64 @@ use base64::Engine;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{assert_problem, create_body, problem_fields, spawn_app};
+use crate::helpers::{
+    assert_problem, create_body, moto_url, problem_fields, spawn_app, spawn_app_with,
+};
+use crate::proxy::FaultProxy;
 
+/// Every value of every column of every table of the database at `url` (SQLite or
+/// PostgreSQL), one `table.column: value` line each.
+async fn database_dump(url: &str) -> String {
+    let mut dump = String::new();
+    if url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        let columns: Vec<(String, String)> = sqlx::query_as(
+            "SELECT m.name, p.name FROM sqlite_master m JOIN pragma_table_info(m.name) p \
+             WHERE m.type = 'table'",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        for (table, column) in columns {
+            let sql = format!("SELECT CAST(\"{column}\" AS BLOB) FROM \"{table}\"");
+            let values: Vec<Option<Vec<u8>>> =
+                sqlx::query_scalar(&sql).fetch_all(&pool).await.unwrap();
+            for value in values.into_iter().flatten() {
+                let text = String::from_utf8_lossy(&value);
+                dump.push_str(&format!("{table}.{column}: {text}\n"));
+            }
+        }
+        pool.close().await;
+    } else {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        let columns: Vec<(String, String)> = sqlx::query_as(
+            "SELECT table_name::text, column_name::text FROM information_schema.columns \
+             WHERE table_schema = 'public'",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        for (table, column) in columns {
+            let sql = format!("SELECT \"{column}\"::text FROM \"{table}\"");
+            let values: Vec<Option<String>> =
+                sqlx::query_scalar(&sql).fetch_all(&pool).await.unwrap();
+            for value in values.into_iter().flatten() {
+                dump.push_str(&format!("{table}.{column}: {value}\n"));
+            }
+        }
+        pool.close().await;
+    }
+    dump
+}
+
+/// A generated key pair's private half is answered once, in the create answer, and kept
+/// nowhere: not in later answers, not in any column of any table of the database (SQLite or
+/// PostgreSQL). Its public half is imported into the region by the first instance that uses
+/// it (one ImportKeyPair call), never again by the next, and deleted with the key pair.
 #[tokio::test]
 async fn a_generated_private_key_is_answered_once_and_launches_instances() {
-    let app = spawn_app().await;
+    let proxy = FaultProxy::start(moto_url(), 0.0).await;
+    let app = spawn_app_with(|settings| settings.aws.endpoint_url = Some(proxy.url.clone())).await;
 
     let response = app.post_json("/v1/keypairs", &json!({ "name": "deploy" }), None).await;
     assert_eq!(response.status(), StatusCode::CREATED);
@@ -21,18 +74,21 @@ async fn a_generated_private_key_is_answered_once_and_launches_instances() {
     assert_eq!(parsed.public_key().to_openssh().unwrap(), created["public_key"].as_str().unwrap());
     assert!(created["fingerprint"].as_str().unwrap().starts_with("SHA256:"));
 
-    // Never again: not in the key pair, not in the list, not in the database file.
+    // Never again: not in the database, whichever it is ...
+    let dump = database_dump(&app.database_url).await;
+    let public_key = created["public_key"].as_str().unwrap();
+    assert!(dump.contains(public_key), "the dump reads the key pairs: {dump}");
+    assert!(!dump.contains("PRIVATE KEY"), "a private key is in the database");
+    for line in private_key.lines().filter(|line| !line.starts_with("-----") && line.len() >= 20) {
+        assert!(!dump.contains(line), "the private key is in the database: {line}");
+    }
+    // ... nor in the key pair or the list.
     let fetched: Value = app.get("/v1/keypairs/deploy").await.json().await.unwrap();
     assert_eq!(fetched["fingerprint"], created["fingerprint"]);
     assert!(fetched.get("private_key").is_none(), "{fetched}");
     let listed = app.get("/v1/keypairs").await.text().await.unwrap();
     assert!(listed.contains("deploy") && !listed.contains("PRIVATE KEY"), "{listed}");
-    // On SQLite the whole database is one file to search (the PostgreSQL pass has no file).
-    if let Some(path) = app.database_url.strip_prefix("sqlite://") {
-        let secret_part = private_key.lines().nth(2).unwrap();
-        let database = String::from_utf8_lossy(&std::fs::read(path).unwrap()).into_owned();
-        assert!(!database.contains(secret_part), "the private key is in the database");
-    }
+    assert_eq!(proxy.calls_of("ImportKeyPair"), 0, "registering calls no cloud");
 
     // A second key pair of that name is refused; the first is intact.
     let again = app.post_json("/v1/keypairs", &json!({ "name": "deploy" }), None).await;
@@ -45,6 +101,9 @@ async fn a_generated_private_key_is_answered_once_and_launches_instances() {
     body["key_name"] = json!("deploy");
     let job = app.create_running(&body).await;
     assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(proxy.calls_of("ImportKeyPair"), 1, "imported once: {:?}", proxy.calls());
+    let steps = app.job_steps(job["id"].as_str().unwrap()).await;
+    assert!(steps.contains("imported key pair deploy into us-east-1"), "{steps}");
     let pairs = app.ec2.describe_key_pairs().key_names("deploy").send().await.unwrap();
     let pair = &pairs.key_pairs()[0];
     assert!(pair.tags().iter().any(|t| t.key() == Some("corral:namespace")));
@@ -55,11 +114,15 @@ async fn a_generated_private_key_is_answered_once_and_launches_instances() {
     let ssh = job["instances"][0]["ssh_command"].as_str().unwrap();
     assert!(ssh.starts_with("ssh -i deploy.pem ") && ssh.contains('@'), "{ssh}");
 
-    // A second instance does not import it again.
+    // A second instance does not import it again: the region has it.
     body["name"] = json!("keyed-2");
     let job = app.create_running(&body).await;
+    assert_eq!(proxy.calls_of("ImportKeyPair"), 1, "imported again: {:?}", proxy.calls());
     let steps = app.job_steps(job["id"].as_str().unwrap()).await;
     assert!(!steps.contains("imported key pair"), "{steps}");
+    let cloud_id = job["instances"][0]["cloud_id"].as_str().unwrap();
+    let described = app.ec2.describe_instances().instance_ids(cloud_id).send().await.unwrap();
+    assert_eq!(described.reservations()[0].instances()[0].key_name(), Some("deploy"));
 
     // Deleting forgets it and deletes it in the cloud.
     let response = app.client.delete(app.url("/v1/keypairs/deploy?wait=30")).send().await.unwrap();
@@ -113,6 +176,9 @@ async fn an_imported_public_key_is_checked_and_kept_as_given() {
     assert_eq!(listed["items"].as_array().unwrap().len(), 1, "{listed}");
 }
 
+/// Ingress rules become one security group of the request's own (`"caller"`: the client's
+/// address), with the user_data passed through; a terminate leaves the group while another
+/// instance of the request uses it, and the last one's terminate deletes it.
 #[tokio::test]
 async fn ingress_from_the_caller_is_one_address_and_its_group_goes_with_the_last_instance() {
     let app = spawn_app().await;
@@ -151,7 +217,7 @@ async fn ingress_from_the_caller_is_one_address_and_its_group_goes_with_the_last
     assert_eq!(rules, ["tcp/22-22 127.0.0.1/32", "udp/8080-8080 198.51.100.0/24"]);
 
     let group_id = group.group_id().unwrap();
-    let mut cloud_ids = Vec::new();
+    let mut launched: Vec<(String, String)> = Vec::new();
     for instance in job["instances"].as_array().unwrap() {
         let cloud_id = instance["cloud_id"].as_str().unwrap().to_string();
         let described = app.ec2.describe_instances().instance_ids(&cloud_id).send().await.unwrap();
@@ -172,16 +238,26 @@ async fn ingress_from_the_caller_is_one_address_and_its_group_goes_with_the_last
         let encoded = user_data.user_data().and_then(|v| v.value()).unwrap();
         let decoded = base64::engine::general_purpose::STANDARD.decode(encoded).unwrap();
         assert_eq!(String::from_utf8(decoded).unwrap(), body["user_data"].as_str().unwrap());
-        cloud_ids.push(instance["id"].as_str().unwrap().to_string());
+        launched.push((instance["id"].as_str().unwrap().to_string(), cloud_id));
     }
 
-    // The group stays while one instance uses it, and goes with the last one.
-    let first = app.act(&cloud_ids[0], "terminate", "?wait=30").await;
+    // The group stays while one instance uses it: the first instance is gone from the cloud,
+    // its group is not.
+    let first = app.act(&launched[0].0, "terminate", "?wait=30").await;
     assert_eq!(first.status(), StatusCode::OK);
+    let first: Value = first.json().await.unwrap();
+    assert_eq!(first["status"], "succeeded", "{first}");
+    assert_eq!(app.moto_state(&launched[0].1).await, "terminated");
+    assert_eq!(app.moto_state(&launched[1].1).await, "running");
+    let steps = app.job_steps(first["id"].as_str().unwrap()).await;
+    assert!(!steps.contains("deleted security group"), "{steps}");
     let groups = app.ec2.describe_security_groups().filters(filter.clone()).send().await.unwrap();
-    assert_eq!(groups.security_groups().len(), 1, "deleted while an instance uses it");
-    let last: Value = app.act(&cloud_ids[1], "terminate", "?wait=30").await.json().await.unwrap();
+    let kept: Vec<&str> = groups.security_groups().iter().filter_map(|g| g.group_id()).collect();
+    assert_eq!(kept, [group_id], "deleted while an instance uses it");
+    // It goes with the last one.
+    let last: Value = app.act(&launched[1].0, "terminate", "?wait=30").await.json().await.unwrap();
     assert_eq!(last["status"], "succeeded", "{last}");
+    assert_eq!(app.moto_state(&launched[1].1).await, "terminated");
     let steps = app.job_steps(last["id"].as_str().unwrap()).await;
     assert!(steps.contains(&format!("deleted security group {group_id}")), "{steps}");
     let groups = app.ec2.describe_security_groups().filters(filter).send().await.unwrap();

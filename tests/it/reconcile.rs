@@ -1,10 +1,17 @@
 //! The reconciler: drift made behind corral's back, vanished instances, orphans, and forced
-//! refreshes; and the job history.
+//! refreshes; the periodic pass and its lease across processes; and the job history, streamed
+//! while the job runs.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{AMI_X86, assert_problem, create_body, spawn_app};
+use crate::helpers::{
+    AMI_X86, assert_problem, create_body, moto_url, spawn_app, spawn_app_with, spawn_server,
+};
+use crate::proxy::FaultProxy;
 
 #[tokio::test]
 async fn changes_made_directly_in_the_cloud_show_up_as_drift_after_one_pass() {
@@ -154,36 +161,214 @@ async fn refresh_reads_one_instance_again_and_records_drift() {
     assert_eq!(drift["items"][0]["new_value"], "stopped");
 }
 
+/// A job's history is streamed as server-sent events while the job runs. EC2 is slowed down so
+/// that the create job takes seconds; the stream, opened as soon as the job is queued, delivers
+/// the first step while the job is still unfinished, then every step once and in order, then
+/// `end` with the finished job, and closes. The same history is there as JSON afterwards.
 #[tokio::test]
 async fn a_job_records_its_steps_and_streams_them_as_server_sent_events() {
-    let app = spawn_app().await;
-    let job = app.create_running(&create_body("chatty")).await;
-    let path = format!("/v1/jobs/{}/events", job["id"].as_str().unwrap());
+    // Arrange: every EC2 call takes 300 ms.
+    let proxy = FaultProxy::start(moto_url(), 0.0).await;
+    proxy.set_delay(Duration::from_millis(300));
+    let app = spawn_app_with(|settings| settings.aws.endpoint_url = Some(proxy.url.clone())).await;
+    let response = app.post_instances(&create_body("chatty"), "").await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let job: Value = response.json().await.unwrap();
+    let job_id = job["id"].as_str().unwrap().to_string();
+    let path = format!("/v1/jobs/{job_id}/events");
+
+    // Act: open the stream and read its first event.
+    let mut stream =
+        app.client.get(app.url(&path)).header("Accept", "text/event-stream").send().await.unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    let mut buffer = String::new();
+    let first = next_event(&mut stream, &mut buffer).await.expect("a first event");
+    let meanwhile: Value = app.get_job(&job_id).await.json().await.unwrap();
+
+    // Assert: it arrived while the job was still at work.
+    assert!(
+        matches!(meanwhile["status"].as_str(), Some("queued" | "running")),
+        "the first event came only after the job had ended: {meanwhile}"
+    );
+    assert_eq!((first["event"].as_str(), first["id"].as_str()), ("step", "1"), "{first:?}");
+    let first_step: Value = serde_json::from_str(&first["data"]).unwrap();
+    let message = first_step["message"].as_str().unwrap();
+    assert!(message.starts_with("attempt 1 of 3 started by worker "), "{message}");
+
+    // Then every step once, in order, and `end` with the finished job.
+    let mut streamed = vec![first_step];
+    let end = loop {
+        let event = next_event(&mut stream, &mut buffer).await.expect("an end event");
+        if event["event"] == "end" {
+            break event;
+        }
+        assert_eq!(event["id"], (streamed.len() + 1).to_string(), "{event:?}");
+        let step: Value = serde_json::from_str(&event["data"]).unwrap();
+        assert_eq!(event["event"], step["kind"].as_str().unwrap(), "{event:?}");
+        streamed.push(step);
+    };
+    let finished: Value = serde_json::from_str(&end["data"]).unwrap();
+    assert_eq!(
+        (finished["id"].as_str(), finished["status"].as_str()),
+        (Some(job_id.as_str()), Some("succeeded")),
+        "{finished}"
+    );
+    assert!(next_event(&mut stream, &mut buffer).await.is_none(), "the stream ends with the job");
 
     let history: Value = app.get(&path).await.json().await.unwrap();
-    let stream =
-        app.client.get(app.url(&path)).header("Accept", "text/event-stream").send().await.unwrap();
-
-    let messages: Vec<&str> = history["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["message"].as_str().unwrap())
-        .collect();
-    assert!(messages[0].starts_with("attempt 1 of 3 started by worker "), "{}", messages[0]);
+    let items = history["items"].as_array().unwrap();
+    assert_eq!(*items, streamed, "the stream carried the whole history");
+    let messages: Vec<&str> = items.iter().map(|e| e["message"].as_str().unwrap()).collect();
     assert!(
         messages.iter().any(|m| m.starts_with("launching 1 t3.micro instance(s)")),
         "{messages:?}"
     );
     assert!(messages.iter().any(|m| m.starts_with("all running: i-")), "{messages:?}");
     assert_eq!(*messages.last().unwrap(), "succeeded");
-    assert!(history["items"][0]["at"].is_string());
+    assert!(items[0]["at"].is_string());
+}
 
-    assert_eq!(stream.headers()["content-type"], "text/event-stream");
-    let text = stream.text().await.unwrap();
-    assert!(text.contains("event: step") && text.contains("id: 1"), "{text}");
-    assert!(text.contains("event: end"), "the stream ends with the job: {text}");
-    assert!(text.contains("\"status\":\"succeeded\""));
+/// The next server-sent event of `stream`, field by field (`event`, `id`, `data`), reading
+/// more of the body into `buffer` as needed; `None` once the body has ended. Panics when
+/// nothing comes for 30 s.
+async fn next_event(
+    stream: &mut reqwest::Response,
+    buffer: &mut String,
+) -> Option<BTreeMap<String, String>> {
+    loop {
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let fields: BTreeMap<String, String> = block
+                .lines()
+                .filter_map(|line| line.split_once(':'))
+                .filter(|(name, _)| !name.is_empty())
+                .map(|(name, value)| {
+                    (name.to_string(), value.strip_prefix(' ').unwrap_or(value).to_string())
+                })
+                .collect();
+            if !fields.is_empty() {
+                return Some(fields);
+            }
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(30), stream.chunk())
+            .await
+            .expect("the stream goes on within 30 s")
+            .expect("the stream reads");
+        buffer.push_str(&String::from_utf8_lossy(&chunk?));
+    }
+}
+
+/// With `reconcile.interval` set, corral looks at the cloud by itself: an instance stopped
+/// behind its back is recorded as stopped within a few intervals, with its drift and its audit
+/// event, and no job was asked for.
+#[tokio::test]
+async fn the_periodic_reconciler_records_drift_without_being_asked() {
+    // Arrange
+    let app = spawn_app_with(|settings| {
+        settings.reconcile.interval = 1.0;
+        settings.policy.regions = vec!["us-east-1".to_string()];
+    })
+    .await;
+    let job = app.create_running(&create_body("watched")).await;
+    let id = job["instances"][0]["id"].as_str().unwrap();
+    let cloud_id = job["instances"][0]["cloud_id"].as_str().unwrap();
+
+    // Act
+    app.ec2.stop_instances().instance_ids(cloud_id).send().await.unwrap();
+
+    // Assert: seen without a call to /v1/reconcile.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let instance: Value = app.get_instance(id).await.json().await.unwrap();
+        if instance["state"] == "stopped" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not seen stopped within 15 s: {instance}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let drift: Value = app.get(&format!("/v1/instances/{id}/drift")).await.json().await.unwrap();
+    let items = drift["items"].as_array().unwrap();
+    assert_eq!(
+        (items[0]["field"].as_str(), items[0]["new_value"].as_str()),
+        (Some("state"), Some("stopped")),
+        "{drift}"
+    );
+    assert!(items.iter().any(|d| d["old_value"] == "running"), "{drift}");
+    let audit: Value = app
+        .get(&format!("/v1/audit?action=instance.drift&target={id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(audit["logs"][0]["actor"], "system", "{audit}");
+    assert_eq!(audit["logs"][0]["new_value"], json!({ "state": "stopped" }), "{audit}");
+    let jobs: Value = app.get_jobs("").await.json().await.unwrap();
+    let kinds: Vec<&str> =
+        jobs["items"].as_array().unwrap().iter().map(|j| j["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["create_instances"], "the passes are no jobs: {jobs}");
+}
+
+/// Two corral processes on one database, both with the periodic reconciler on, take turns
+/// through the `reconciler` lease: while the one holding it keeps passing, every pass is its
+/// own (each server calls EC2 through a proxy of its own, which counts its scans), the other
+/// makes none, and passes come no faster than one per interval.
+#[tokio::test]
+async fn two_servers_on_one_database_run_one_reconcile_pass_per_interval() {
+    // Arrange
+    let first_proxy = FaultProxy::start(moto_url(), 0.0).await;
+    let second_proxy = FaultProxy::start(moto_url(), 0.0).await;
+    let first = spawn_server(|settings| {
+        settings.aws.endpoint_url = Some(first_proxy.url.clone());
+        settings.reconcile.interval = 1.0;
+        settings.policy.regions = vec!["us-east-1".to_string()];
+    })
+    .await;
+    let (key_id, secret) = first.aws_credentials.clone();
+    let database_url = first.database_url.clone();
+    let second = spawn_server(|settings| {
+        settings.database_url = database_url;
+        settings.aws.endpoint_url = Some(second_proxy.url.clone());
+        settings.aws.access_key_id = Some(key_id);
+        settings.aws.secret_access_key = Some(secret);
+        settings.reconcile.interval = 1.0;
+        settings.policy.regions = vec!["us-east-1".to_string()];
+    })
+    .await;
+    // One pass scans its one region with one DescribeInstances call: nothing else runs.
+    let scans =
+        || (first_proxy.calls_of("DescribeInstances"), second_proxy.calls_of("DescribeInstances"));
+    let passes = || {
+        let (on_first, on_second) = scans();
+        on_first + on_second
+    };
+
+    // Act: wait for a first pass, then for three more.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while passes() == 0 {
+        assert!(Instant::now() < deadline, "no reconcile pass within 30 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = Instant::now();
+    let before = passes();
+    while passes() < before + 3 {
+        assert!(Instant::now() < deadline, "{} passes within 30 s", passes());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+
+    // Assert
+    let (by_first, by_second) = scans();
+    assert!(
+        by_first == 0 || by_second == 0,
+        "both servers passed: {by_first} and {by_second} scans"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(2500),
+        "three passes after one took {elapsed:?}: more than one pass per interval"
+    );
+    first.shutdown.cancel();
+    second.shutdown.cancel();
 }
 
 #[tokio::test]

@@ -335,6 +335,245 @@ async fn a_generated_first_password_is_in_a_private_file_and_must_be_changed() {
     assert_eq!(listed.status(), StatusCode::OK);
 }
 
+/// `corral serve` as an operator starts it by hand: without `CORRAL_ADMIN_PASSWORD`, with a
+/// data directory, its output (at debug level) in a file. Killed when dropped.
+struct Serving {
+    child: std::process::Child,
+    base: String,
+}
+
+impl Serving {
+    async fn start(
+        database: &str,
+        data_dir: &std::path::Path,
+        log: &std::path::Path,
+        aws: &(String, String),
+    ) -> Serving {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let output = std::fs::File::create(log).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--database", database])
+            .env_remove("CORRAL_ADMIN_PASSWORD")
+            .env_remove("CORRAL_AUTH__ADMIN_PASSWORD")
+            .env("CORRAL_DATA_DIR", data_dir)
+            .env("CORRAL_RECONCILE_INTERVAL", "0")
+            .env("AWS_ENDPOINT_URL", crate::helpers::moto_url())
+            .env("AWS_ACCESS_KEY_ID", &aws.0)
+            .env("AWS_SECRET_ACCESS_KEY", &aws.1)
+            .env("AWS_REGION", "us-east-1")
+            .env("RUST_LOG", "debug")
+            .stdout(output.try_clone().unwrap())
+            .stderr(output)
+            .spawn()
+            .unwrap();
+        let serving = Serving { child, base: format!("http://127.0.0.1:{port}") };
+        for _ in 0..400 {
+            if http().get(format!("{}/health", serving.base)).send().await.is_ok() {
+                return serving;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("corral did not start: {}", std::fs::read_to_string(log).unwrap_or_default());
+    }
+
+    /// SIGTERM, and waits until the process has ended.
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The first start with no admin hands the generated password over once: in a 0600 file of
+/// the data directory, never in the server's output. A second start on the same database
+/// neither rewrites the file nor makes a new password: the first one still logs in, and still
+/// opens nothing until it is changed, not even an API key that would outlive it.
+#[tokio::test]
+async fn a_generated_first_password_is_handed_over_once_and_never_logged() {
+    // Arrange
+    let aws = crate::helpers::new_moto_account().await;
+    let dir = tempfile::tempdir().unwrap();
+    let database = crate::helpers::fresh_database_url(dir.path()).await;
+    let data_dir = dir.path().join("data");
+    let file = data_dir.join("initial-admin-password");
+    let (first_log, second_log) = (dir.path().join("first.log"), dir.path().join("second.log"));
+
+    // Act: a first start, a login with the generated password, an API key asked for ...
+    let first = Serving::start(&database, &data_dir, &first_log, &aws).await;
+    let handed_over =
+        std::fs::read_to_string(&file).expect("the password is in the data directory");
+    let metadata = std::fs::metadata(&file).unwrap();
+    let password = handed_over.trim().to_string();
+    let token = login(&first.base, "admin", &password).await;
+    let admin = client_with("authorization", &format!("Bearer {token}"));
+    let early_key = admin
+        .post(format!("{}/v1/api-keys", first.base))
+        .json(&json!({ "name": "before the change" }))
+        .send()
+        .await
+        .unwrap();
+    let early_key = assert_problem(early_key, StatusCode::FORBIDDEN).await;
+    first.stop();
+    // ... then a second start on the same database and data directory.
+    let second = Serving::start(&database, &data_dir, &second_log, &aws).await;
+    let token = login(&second.base, "admin", &password).await;
+    let admin = client_with("authorization", &format!("Bearer {token}"));
+    let listed = admin.get(format!("{}/v1/instances", second.base)).send().await.unwrap();
+    let listed = assert_problem(listed, StatusCode::FORBIDDEN).await;
+    second.stop();
+
+    // Assert: the file is private, and the second start left it as it was.
+    let mode = std::os::unix::fs::PermissionsExt::mode(&metadata.permissions()) & 0o777;
+    assert_eq!(mode, 0o600, "mode {mode:o}");
+    assert_eq!(password.len(), 24, "{handed_over:?}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), handed_over, "the file was rewritten");
+    let modified = std::fs::metadata(&file).unwrap().modified().unwrap();
+    assert_eq!(modified, metadata.modified().unwrap(), "the file was rewritten");
+    assert!(!data_dir.join("initial-admin-password.new").exists(), "a draft was left behind");
+    // The password was refused for everything but its own change, on both starts.
+    for problem in [&early_key, &listed] {
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains("was generated and must be changed first"), "{problem}");
+    }
+    // The output says where the password is, never what it is.
+    let first_output = std::fs::read_to_string(&first_log).unwrap();
+    let second_output = std::fs::read_to_string(&second_log).unwrap();
+    assert!(first_output.contains("created the first admin"), "{first_output}");
+    assert!(first_output.contains(&file.display().to_string()), "{first_output}");
+    assert!(!second_output.contains("created the first admin"), "{second_output}");
+    for (start, output) in [("first", &first_output), ("second", &second_output)] {
+        assert!(!output.contains(&password), "the password is in the {start} start's output");
+    }
+}
+
+/// Until the generated password is changed, the admin's own `PATCH /v1/users/admin` changes
+/// nothing else: a change of its roles alone is refused, and the roles stay as they were.
+#[tokio::test]
+async fn a_generated_password_must_be_changed_before_the_admin_changes_anything_else() {
+    let server = crate::helpers::spawn_server(|settings| settings.auth.admin_password = None).await;
+    let _stop = server.shutdown.clone().drop_guard();
+    let address = &server.address;
+    let file = server.dir.path().join("data").join("initial-admin-password");
+    let password = std::fs::read_to_string(&file).unwrap().trim().to_string();
+    let token = login(address, "admin", &password).await;
+    let admin = client_with("authorization", &format!("Bearer {token}"));
+
+    let roles = json!({ "roles": { "default": "viewer" } });
+    let response =
+        admin.patch(format!("{address}/v1/users/admin")).json(&roles).send().await.unwrap();
+
+    let problem = assert_problem(response, StatusCode::FORBIDDEN).await;
+    assert!(problem["detail"].as_str().unwrap().contains("must be changed first"), "{problem}");
+    let me = admin.get(format!("{address}/v1/me")).send().await.unwrap();
+    let me: Value = me.json().await.unwrap();
+    assert_eq!(me["roles"], json!({}), "{me}");
+}
+
+/// Settings print their secrets as `[redacted]`: the AWS secret key, the first admin's
+/// password, the token signing key and the SMTP password never appear in their `Debug` form,
+/// which still shows the settings around them.
+#[test]
+fn settings_print_their_secrets_as_redacted() {
+    let mut settings = corral::config::Settings::default();
+    settings.aws.access_key_id = Some("AKIAEXAMPLEKEY0001".to_string());
+    settings.aws.secret_access_key = Some("aws-secret-key-3141".to_string());
+    settings.auth.admin_password = Some("admin-password-2718".to_string());
+    settings.auth.jwt_secret = Some("jwt-signing-key-1618-0123456789abcdef".to_string());
+    settings.notify.smtp_user = Some("mailer-1732".to_string());
+    settings.notify.smtp_password = Some("smtp-password-1414".to_string());
+    let secrets = [
+        "aws-secret-key-3141",
+        "admin-password-2718",
+        "jwt-signing-key-1618-0123456789abcdef",
+        "smtp-password-1414",
+    ];
+
+    let printed = format!("{settings:?}");
+    let pretty = format!("{settings:#?}");
+
+    for text in [&printed, &pretty] {
+        for secret in secrets {
+            assert!(!text.contains(secret), "{secret} is printed: {text}");
+        }
+        assert!(text.contains("AKIAEXAMPLEKEY0001") && text.contains("mailer-1732"), "{text}");
+    }
+    for field in ["secret_access_key", "admin_password", "jwt_secret", "smtp_password"] {
+        let redacted = format!("{field}: Some(\"[redacted]\")");
+        assert!(printed.contains(&redacted), "{field} is not shown as [redacted]: {printed}");
+    }
+}
+
+/// A password inside a settings URL prints as `[redacted]` as well: the database's
+/// (`postgres://USER:PASSWORD@HOST/DB`) and that of Terraform's proxy.
+#[test]
+fn a_password_in_a_settings_url_prints_as_redacted() {
+    let mut settings = corral::config::Settings {
+        database_url: "postgres://corral:db-password-5772@db.internal:5432/corral".to_string(),
+        ..Default::default()
+    };
+    settings.terraform.proxy =
+        Some("http://squid:proxy-password-6931@proxy.internal:3128".to_string());
+
+    let printed = format!("{settings:?}");
+
+    assert!(!printed.contains("db-password-5772"), "{printed}");
+    assert!(!printed.contains("proxy-password-6931"), "{printed}");
+    assert!(printed.contains("postgres://corral@db.internal:5432/corral"), "{printed}");
+    assert!(printed.contains("http://squid@proxy.internal:3128"), "{printed}");
+}
+
+/// `corral` run with `args` and only `env` (no other `CORRAL_*` variable) in `dir`; expects it
+/// to fail and returns what it printed.
+fn corral_failing(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("HOME", dir)
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!output.status.success(), "corral {args:?} succeeded: {text}");
+    text
+}
+
+/// When corral refuses its settings, it names the setting and never shows the secret in it: a
+/// database URL it cannot use is shown without its password, a signing key too short is
+/// named, not printed.
+#[test]
+fn a_refused_setting_is_named_without_its_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = "mysql://corral:db-password-5772@db.internal/corral";
+    let text = corral_failing(dir.path(), &["migrate", "--database", url], &[]);
+    assert!(
+        text.contains("unsupported database URL 'mysql://corral@db.internal/corral'"),
+        "{text}"
+    );
+    assert!(!text.contains("db-password-5772"), "{text}");
+
+    let short = "short-signing-key-2236";
+    let sqlite = format!("sqlite://{}", dir.path().join("corral.db").display());
+    let env = [("CORRAL_AUTH__JWT_SECRET", short)];
+    let text = corral_failing(dir.path(), &["migrate", "--database", &sqlite], &env);
+    assert!(text.contains("auth.jwt_secret must be at least 32 bytes"), "{text}");
+    assert!(!text.contains(short), "{text}");
+}
+
 /// Reads what the server sends on `stream` until it closes it or `wait` passes; `None` if it
 /// was still open then.
 async fn read_until_closed(stream: &mut tokio::net::TcpStream, wait: Duration) -> Option<String> {
@@ -580,13 +819,14 @@ async fn refreshes_of_one_instance_coalesce_into_one_pending_job() {
         assert!(response.status().is_success(), "{}", response.status());
         let job: Value = response.json().await.unwrap();
         jobs.insert(job["id"].as_str().unwrap().to_string());
+        // Whenever a refresh was asked for, at most one waits behind the one running.
+        let queued: Value = app.get_jobs("?status=queued").await.json().await.unwrap();
+        let waiting = queued["items"].as_array().unwrap();
+        assert!(waiting.len() <= 1, "refreshes waiting at once: {waiting:?}");
     }
     proxy.set_delay(Duration::ZERO);
-    assert!(
-        jobs.len() <= 2,
-        "20 refreshes made {} jobs: one running, one waiting at most",
-        jobs.len()
-    );
+    // However slowly this machine answered, twenty requests in a row did not make twenty jobs.
+    assert!(jobs.len() < 20, "20 refreshes made {} jobs", jobs.len());
     for job in &jobs {
         assert_eq!(app.wait_for_job(job).await["status"], "succeeded");
     }

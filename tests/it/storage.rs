@@ -80,13 +80,28 @@ async fn an_expired_lease_is_claimed_again_and_its_old_holder_cannot_finish() {
     assert_eq!(attempts, [2], "only the lease holder's outcome is recorded");
 }
 
+/// A claimed job stays with its worker while the lease holds, and a renewal is what makes it
+/// hold: a lease that has run out, renewed by its holder before anyone else claimed the job,
+/// keeps the job from others; nobody else can renew it. A retry is not claimed before its time.
 #[tokio::test]
 async fn a_held_lease_keeps_the_job_and_a_retry_waits_for_its_time() {
     let (store, _dir) = store().await;
     let id = enqueue(&store).await;
     store.claim_job("w1", now_millis() + 60_000).await.unwrap().unwrap();
+    assert!(store.claim_job("w2", now_millis() + 60_000).await.unwrap().is_none(), "held");
 
-    assert!(store.claim_job("w2", now_millis() + 60_000).await.unwrap().is_none());
+    // A lease that has run out ...
+    let other = enqueue(&store).await;
+    let claimed = store.claim_job("w3", now_millis() - 1).await.unwrap().unwrap();
+    assert_eq!(claimed.job.id, other);
+    // ... is renewed by its holder only ...
+    assert!(!store.renew_lease(&other, "w2", now_millis() + 60_000).await.unwrap());
+    assert!(store.renew_lease(&other, "w3", now_millis() + 60_000).await.unwrap());
+    // ... and then keeps the job from others.
+    assert!(store.claim_job("w2", now_millis() + 60_000).await.unwrap().is_none(), "renewed");
+    let view = store.get_job(&other).await.unwrap().unwrap();
+    assert_eq!((view.job.status.as_str(), view.job.attempts), ("running", 1));
+
     assert!(store.renew_lease(&id, "w1", now_millis() + 60_000).await.unwrap());
     let retry = JobOutcome::Retry { error: "throttled".into(), run_at: now_millis() + 60_000 };
     assert!(store.finish_job(&id, "w1", &retry, 1, &[]).await.unwrap());

@@ -19,6 +19,21 @@ async fn cloud_state(app: &TestApp, cloud_id: &str) -> InstanceStateName {
     instance.state().unwrap().name().unwrap().clone()
 }
 
+/// The time and message of the first step of a job's history that starts with `prefix`.
+async fn step_starting(
+    app: &TestApp,
+    job_id: &str,
+    prefix: &str,
+) -> Option<(chrono::DateTime<chrono::Utc>, String)> {
+    let events: Value = app.get(&format!("/v1/jobs/{job_id}/events")).await.json().await.unwrap();
+    let items = events["items"].as_array().unwrap();
+    let event = items.iter().find(|event| {
+        event["message"].as_str().is_some_and(|message| message.starts_with(prefix))
+    })?;
+    let at = event["at"].as_str().unwrap().parse().unwrap();
+    Some((at, event["message"].as_str().unwrap().to_string()))
+}
+
 /// Posts a create with `query` (no wait) and waits for its job.
 async fn create_and_wait(app: &TestApp, body: &Value, query: &str) -> Value {
     let response = app.post_instances(body, query).await;
@@ -211,26 +226,64 @@ async fn the_state_lock_is_kept_by_corral_and_a_second_run_waits_for_its_holder(
 
     // corral's own run waits for the lock instead of failing, and goes on once it is released.
     // A later job on the same workspace waits its turn without holding a worker: it hands its
-    // attempt back, uncounted.
+    // attempt back, uncounted, after waiting 10 s.
     let mut stops = Vec::new();
     for id in [&instance_id, &other_id] {
         let stop = app.act(id, "stop", "").await;
         assert_eq!(stop.status(), StatusCode::ACCEPTED);
         stops.push(stop.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string());
     }
-    tokio::time::sleep(std::time::Duration::from_secs(12)).await;
-    let waiting: Value = app.get_job(&stops[0]).await.json().await.unwrap();
-    assert_eq!(waiting["status"], "running", "{waiting}");
-    assert_eq!(cloud_state(&app, &cloud_id).await, InstanceStateName::Running);
     let turn = format!(
         "waiting for job {}, which works on Terraform workspace {workspace} first; attempt not \
          counted",
         stops[0]
     );
-    assert!(app.job_steps(&stops[1]).await.contains(&turn), "{}", app.job_steps(&stops[1]).await);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !app.job_steps(&stops[1]).await.contains(&turn) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the later stop never handed its turn back: {}",
+            app.job_steps(&stops[1]).await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    // All that time the first stop's plan, which takes the lock, has not ended.
+    let waiting: Value = app.get_job(&stops[0]).await.json().await.unwrap();
+    assert_eq!(waiting["status"], "running", "{waiting}");
+    let plan = step_starting(&app, &stops[0], "terraform plan").await;
+    assert!(plan.is_none(), "the plan ended under alice's lock: {plan:?}");
+    assert_eq!(cloud_state(&app, &cloud_id).await, InstanceStateName::Running);
+    let released_at = chrono::Utc::now();
     let released =
         app.client.request(method("UNLOCK"), &address).json(&lock("alice-1")).send().await;
     assert_eq!(released.unwrap().status(), StatusCode::OK);
+
+    // While the stops run, an UNLOCK naming a lock nobody holds answers who holds the lock, if
+    // anyone does, and changes nothing: corral's runs are seen holding it.
+    let mut holders = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let probe =
+            app.client.request(method("UNLOCK"), &address).json(&lock("probe")).send().await;
+        let probe = probe.unwrap();
+        if probe.status() == StatusCode::LOCKED {
+            holders.push(probe.json::<Value>().await.unwrap());
+        } else {
+            assert_eq!(probe.status(), StatusCode::OK);
+        }
+        let mut finished = 0;
+        for stop_id in &stops {
+            let job: Value = app.get_job(stop_id).await.json().await.unwrap();
+            if job["status"] == "succeeded" || job["status"] == "failed" {
+                finished += 1;
+            }
+        }
+        if finished == stops.len() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the stops did not finish");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     for stop_id in &stops {
         let stopped = app.wait_for_job(stop_id).await;
         assert_eq!(stopped["status"], "succeeded", "{stopped}");
@@ -238,10 +291,22 @@ async fn the_state_lock_is_kept_by_corral_and_a_second_run_waits_for_its_holder(
     }
     assert_eq!(cloud_state(&app, &cloud_id).await, InstanceStateName::Stopped);
     assert_eq!(cloud_state(&app, &other_cloud_id).await, InstanceStateName::Stopped);
-    let steps = app.job_steps(&stops[0]).await;
-    assert!(steps.contains("Acquiring state lock"), "{steps}");
+    // The plan ended only once alice's lock was released, and Terraform says it waited for the
+    // lock (it prints "Acquiring state lock" only when taking the lock takes over 400 ms).
+    let (at, plan) =
+        step_starting(&app, &stops[0], "terraform plan").await.expect("the first stop ran a plan");
+    assert!(at > released_at, "the plan ended at {at}, before alice's lock was released");
+    assert!(plan.contains("Acquiring state lock"), "{plan}");
 
-    // The run released the lock it took: the workspace can be locked again.
+    // The runs took the lock: each holder seen was one of corral's Terraform operations.
+    assert!(!holders.is_empty(), "no run of corral was ever seen holding the lock");
+    for holder in &holders {
+        assert_ne!(holder["ID"], "alice-1", "{holder}");
+        assert!(holder["ID"].as_str().is_some_and(|id| !id.is_empty()), "{holder}");
+        let operation = holder["Operation"].as_str().unwrap_or_default();
+        assert!(operation.starts_with("OperationType"), "not Terraform's lock: {holder}");
+    }
+    // And released it: the workspace can be locked again.
     let relock = app.client.request(method("LOCK"), &address).json(&lock("carol-1")).send().await;
     assert_eq!(relock.unwrap().status(), StatusCode::OK);
 }
@@ -289,8 +354,9 @@ async fn a_failing_apply_is_retried_then_fails_with_terraforms_error_leaving_not
     assert!(groups.security_groups().is_empty(), "{groups:?}");
 }
 
+/// A server whose default backend is Terraform does not start where terraform is missing.
 #[tokio::test]
-async fn the_configured_default_backend_applies_to_requests_whose_namespace_names_none() {
+async fn a_terraform_default_backend_without_terraform_is_refused_at_start() {
     let refused = corral::startup::Application::build(corral::config::Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
         terraform: corral::config::TerraformSettings {
@@ -304,7 +370,10 @@ async fn the_configured_default_backend_applies_to_requests_whose_namespace_name
     .await;
     let err = refused.err().expect("a terraform default without terraform is refused at start");
     assert!(format!("{err:#}").contains("/nonexistent/terraform"), "{err:#}");
+}
 
+#[tokio::test]
+async fn the_configured_default_backend_applies_to_requests_whose_namespace_names_none() {
     if terraform_mirror().is_none() {
         return;
     }

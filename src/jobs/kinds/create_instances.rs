@@ -60,7 +60,7 @@ pub async fn run(run: &JobRun<'_>) -> Result<(), JobError> {
             let launched = match launch(run, &payload, instances.len()).await {
                 Ok(launched) => launched,
                 Err(err) => {
-                    if is_final(run, &err) {
+                    if run.is_final(&err) {
                         delete_own_security_group(run, spec).await;
                     }
                     return Err(err);
@@ -76,7 +76,8 @@ pub async fn run(run: &JobRun<'_>) -> Result<(), JobError> {
             .await;
             adopt(ctx, &mut instances, launched, &mut known_tags).await?;
         } else {
-            return Err(JobError::Retryable(format!(
+            // The cloud's listing catches up with its launches; waiting is not a failure.
+            return Err(JobError::Transient(format!(
                 "found {} of the {} instances an earlier attempt launched; waiting for the rest to \
                  become visible",
                 launched.len(),
@@ -234,15 +235,6 @@ async fn prepare_access(run: &JobRun<'_>, spec: &LaunchSpec) -> Result<Option<St
         spec.ingress.iter().map(|r| format!("{}/{} from {}", r.protocol, r.port, r.cidr)).collect();
     run.step(format!("security group {group_id} lets in {}", rules.join(", "))).await;
     Ok(Some(group_id))
-}
-
-/// Whether `err` ends the job: it is permanent, or this was the last attempt.
-pub(super) fn is_final(run: &JobRun<'_>, err: &JobError) -> bool {
-    match err {
-        JobError::Permanent(_) => true,
-        JobError::Retryable(_) => run.job.job.attempts >= run.job.job.max_attempts,
-        JobError::NotYet(_) => false,
-    }
 }
 
 /// Deletes the security group made for a request whose launch failed for good, so that it does
@@ -495,7 +487,7 @@ mod tests {
 
         let err = run(&JobRun { ctx: &h.ctx, job: &job, worker: "unit-worker" }).await.unwrap_err();
 
-        assert!(matches!(err, JobError::Retryable(_)), "{err:?}");
+        assert!(matches!(err, JobError::Transient(_)), "{err:?}");
         assert_eq!(h.fake.calls("launch"), 0);
     }
 }

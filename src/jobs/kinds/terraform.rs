@@ -28,9 +28,7 @@ use std::time::Duration;
 
 use crate::cloud::{TAG_INSTANCE_ID, TAG_JOB_ID};
 use crate::domain::{Action, InstanceState};
-use crate::jobs::kinds::create_instances::{
-    CreatePayload, check_cloud_rules, import_key_pair, is_final,
-};
+use crate::jobs::kinds::create_instances::{CreatePayload, check_cloud_rules, import_key_pair};
 use crate::jobs::kinds::wait_for_state;
 use crate::jobs::{JobError, JobRun};
 use crate::storage::{InstanceRecord, JobView};
@@ -128,7 +126,7 @@ pub async fn create(run: &JobRun<'_>, payload: &CreatePayload) -> Result<(), Job
     let session = match apply(run, terraform, &config, &[]).await {
         Ok(session) => session,
         Err(err) => {
-            if is_final(run, &err) {
+            if run.is_final(&err) {
                 // Nothing of a request that failed for good is left behind. Its instances go
                 // first, by tag: the destroy could not see those an interrupted attempt made,
                 // and they would hold the security group it deletes.
