@@ -192,34 +192,52 @@ pub struct TerraformSettings {
     pub proxy: Option<String>,
 }
 
+// Both `Debug`s name every field (no `..`), so that a field added later cannot slip out of
+// them, or past the redaction, unnoticed.
 impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Settings {
+            listen,
+            server,
+            database_url,
+            data_dir,
+            role,
+            aws,
+            jobs,
+            reconcile,
+            policy,
+            auth,
+            notify,
+            terraform,
+        } = self;
         f.debug_struct("Settings")
-            .field("listen", &self.listen)
-            .field("server", &self.server)
-            .field("database_url", &crate::storage::redact_url(&self.database_url))
-            .field("data_dir", &self.data_dir)
-            .field("role", &self.role)
-            .field("aws", &self.aws)
-            .field("jobs", &self.jobs)
-            .field("reconcile", &self.reconcile)
-            .field("policy", &self.policy)
-            .field("auth", &self.auth)
-            .field("notify", &self.notify)
-            .field("terraform", &self.terraform)
+            .field("listen", listen)
+            .field("server", server)
+            .field("database_url", &crate::storage::redact_url(database_url))
+            .field("data_dir", data_dir)
+            .field("role", role)
+            .field("aws", aws)
+            .field("jobs", jobs)
+            .field("reconcile", reconcile)
+            .field("policy", policy)
+            .field("auth", auth)
+            .field("notify", notify)
+            .field("terraform", terraform)
             .finish()
     }
 }
 
 impl std::fmt::Debug for TerraformSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let TerraformSettings { default_backend, binary, cli_config, state_url, work_dir, proxy } =
+            self;
         f.debug_struct("TerraformSettings")
-            .field("default_backend", &self.default_backend)
-            .field("binary", &self.binary)
-            .field("cli_config", &self.cli_config)
-            .field("state_url", &self.state_url)
-            .field("work_dir", &self.work_dir)
-            .field("proxy", &self.proxy.as_deref().map(crate::storage::redact_url))
+            .field("default_backend", default_backend)
+            .field("binary", binary)
+            .field("cli_config", cli_config)
+            .field("state_url", state_url)
+            .field("work_dir", work_dir)
+            .field("proxy", &proxy.as_deref().map(crate::storage::redact_url))
             .finish()
     }
 }

@@ -126,9 +126,7 @@ impl JobRun<'_> {
         match err {
             JobError::Permanent(_) => true,
             JobError::Retryable(_) => job.attempts >= job.max_attempts,
-            JobError::Transient(_) => {
-                transient_budget_spent(job, &self.ctx.settings, crate::storage::now_millis())
-            }
+            JobError::Transient(_) => transient_budget_spent(job, &self.ctx.settings),
             JobError::NotYet(_) => false,
         }
     }
@@ -168,14 +166,17 @@ pub enum JobError {
     NotYet(String),
 }
 
-/// Whether `job`'s run of transient failures, with one more now, has lasted the budget.
+/// Whether a transient failure of the attempt `job` was claimed for ends the job: its run of
+/// transient failures had lasted the budget when the attempt began. Measured at the claim
+/// (`updated_at` of the claimed record), so that the job's body (cleaning up after a final
+/// failure) and the worker (recording it) always decide alike.
 pub(crate) fn transient_budget_spent(
     job: &crate::storage::JobRecord,
     settings: &JobSettings,
-    now: crate::storage::Millis,
 ) -> bool {
-    let since = job.transient_since.unwrap_or(now);
-    (now - since) as f64 >= settings.transient_budget * 1000.0
+    let claimed_at = job.updated_at;
+    let since = job.transient_since.unwrap_or(claimed_at);
+    (claimed_at - since) as f64 >= settings.transient_budget * 1000.0
 }
 
 impl From<CloudError> for JobError {

@@ -166,7 +166,8 @@ pub struct JobRecord {
     /// Transient failures in a row (throttling, 5xx, connection errors, timeouts); they do not
     /// count against `max_attempts`.
     pub transient_failures: i64,
-    /// When the first of those transient failures happened; `None` after any other outcome.
+    /// When the first of those transient failures happened, moved later by the time the job
+    /// then waited past its due time; `None` after any other outcome.
     pub transient_since: Option<Millis>,
     /// Who asked for the job.
     pub actor: String,
@@ -247,7 +248,8 @@ pub enum JobOutcome {
         run_at: Millis,
     },
     /// Queued again to run at `run_at` without counting the attempt: it did not fail (a
-    /// shutdown, or a job waiting for another). The job keeps the error it had.
+    /// shutdown, or a job waiting for another). The job keeps the error it had; a run of
+    /// transient failures ends.
     HandBack {
         reason: String,
         run_at: Millis,

@@ -253,8 +253,10 @@ impl Provider for AwsProvider {
         region: &str,
         request: &LaunchRequest,
     ) -> Result<Vec<CloudInstance>, CloudError> {
-        let count = i32::try_from(request.count)
-            .map_err(|_| CloudError::Transient(format!("count {} out of range", request.count)))?;
+        let count = i32::try_from(request.count).map_err(|_| CloudError::Rejected {
+            code: "InvalidParameterValue".to_string(),
+            message: format!("count {} out of range", request.count),
+        })?;
         let tags: Vec<Tag> =
             request.tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect();
         let tag_specs = [ResourceType::Instance, ResourceType::Volume].map(|resource| {
@@ -693,6 +695,11 @@ where
                 CloudError::Rejected { code, message }
             }
         }
+        // A request the SDK could not even build (a bad region or endpoint) fails every time.
+        SdkError::ConstructionFailure(_) => CloudError::Rejected {
+            code: "ConstructionFailure".to_string(),
+            message: DisplayErrorContext(&err).to_string(),
+        },
         _ => CloudError::Transient(DisplayErrorContext(&err).to_string()),
     }
 }

@@ -74,11 +74,18 @@ impl Worker {
         let job_record = job.job.clone();
         let attempts = job.job.attempts;
         let max_attempts = job.job.max_attempts;
+        let transient = match job.job.transient_failures {
+            0 => String::new(),
+            n => format!("; {n} transient failure(s) before it, not counted"),
+        };
         self.event(
             &job_id,
             attempts,
             "step",
-            &format!("attempt {attempts} of {max_attempts} started by worker {}", self.id),
+            &format!(
+                "attempt {attempts} of {max_attempts} started by worker {}{transient}",
+                self.id
+            ),
         )
         .await;
         let ctx = self.ctx.clone();
@@ -215,7 +222,7 @@ impl Worker {
         let settings = &self.ctx.settings;
         let now = now_millis();
         let failures = job.transient_failures + 1;
-        if crate::jobs::transient_budget_spent(job, settings, now) {
+        if crate::jobs::transient_budget_spent(job, settings) {
             let lasted = (now - job.transient_since.unwrap_or(now)) as f64 / 1000.0;
             return JobOutcome::Failed {
                 error: format!(

@@ -522,7 +522,9 @@ macro_rules! sql_store {
                 // Fair between namespaces: the due job of the namespace with the fewest jobs
                 // running goes first, so that no namespace waits behind another's backlog; within
                 // a namespace, the oldest due job. The running jobs are counted once, from the
-                // short `running` range of `jobs_due`.
+                // short `running` range of `jobs_due`. A job in a run of transient failures has
+                // the time it waited past its due time (corral down, other jobs first) added to
+                // the start of that run: the transient budget counts time spent failing only.
                 let lock = match $dialect {
                     Dialect::Sqlite => "",
                     Dialect::Postgres => " FOR UPDATE OF due SKIP LOCKED",
@@ -531,7 +533,9 @@ macro_rules! sql_store {
                     "WITH busy AS (SELECT namespace, COUNT(*) AS running FROM jobs \
                          WHERE status = 'running' AND lease_expires_at >= $3 GROUP BY namespace) \
                      UPDATE jobs SET status = 'running', locked_by = $1, lease_expires_at = $2, \
-                     attempts = attempts + 1, started_at = COALESCE(started_at, $3), updated_at = $3 \
+                     attempts = attempts + 1, started_at = COALESCE(started_at, $3), updated_at = $3, \
+                     transient_since = CASE WHEN transient_since IS NOT NULL AND run_at < $3 \
+                         THEN transient_since + ($3 - run_at) ELSE transient_since END \
                      WHERE id = (SELECT due.id FROM jobs due \
                          LEFT JOIN busy ON busy.namespace IS NOT DISTINCT FROM due.namespace \
                          WHERE (due.status = 'queued' AND due.run_at <= $3) \
@@ -589,21 +593,20 @@ macro_rules! sql_store {
                     }
                 };
                 // A handed-back or transiently failed attempt gives back the attempt its claim
-                // counted. A transient failure extends the job's run of them; a hand-back leaves
-                // it as it was; any other outcome ends it.
+                // counted. A transient failure extends the job's run of them; any other outcome,
+                // a hand-back included, ends it.
                 let (keep_error, uncounted, transient) = match outcome {
                     JobOutcome::HandBack { .. } => (1i64, 1i64, 0i64),
                     JobOutcome::Transient { .. } => (0, 1, 1),
-                    _ => (0, 0, -1),
+                    _ => (0, 0, 0),
                 };
                 let result = sqlx::query(
                     "UPDATE jobs SET status = $1, \
                      error = CASE WHEN $8 = 1 THEN error ELSE $2 END, \
                      attempts = attempts - $9, run_at = COALESCE($3, run_at), \
-                     transient_failures = CASE $10 WHEN 1 THEN transient_failures + 1 \
-                         WHEN 0 THEN transient_failures ELSE 0 END, \
-                     transient_since = CASE $10 WHEN 1 THEN COALESCE(transient_since, $5) \
-                         WHEN 0 THEN transient_since ELSE NULL END, \
+                     transient_failures = CASE WHEN $10 = 1 THEN transient_failures + 1 ELSE 0 END, \
+                     transient_since = CASE WHEN $10 = 1 THEN COALESCE(transient_since, $5) \
+                         ELSE NULL END, \
                      finished_at = $4, locked_by = NULL, lease_expires_at = NULL, updated_at = $5 \
                      WHERE id = $6 AND locked_by = $7 AND status = 'running'",
                 )

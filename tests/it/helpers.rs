@@ -132,7 +132,8 @@ fn terraform_mirror_path() -> Option<String> {
 /// the file `CORRAL_TEST_SKIP_LOG` names (`scripts/test` lists them at the end of its run) and to
 /// stderr, and the caller returns.
 pub fn missing_prerequisite(switch: &str, what: &str) {
-    let on = |name: &str| std::env::var(name).is_ok_and(|v| v == "1" || v == "true");
+    let on =
+        |name: &str| std::env::var(name).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     let test = std::thread::current().name().unwrap_or("a test").to_string();
     if on("CI") || on("CORRAL_TEST_REQUIRE_ALL") || on(&format!("CORRAL_TEST_REQUIRE_{switch}")) {
         panic!("{test} needs {what}, which is missing on this machine");
@@ -216,6 +217,31 @@ impl TestApp {
         );
         if output.status.success() { Ok(text) } else { Err(text) }
     }
+}
+
+/// How long a finished job ran, from its first start to its end.
+pub fn job_duration(job: &Value) -> std::time::Duration {
+    let at = |field: &str| {
+        let text = job[field].as_str().unwrap_or_else(|| panic!("{field} of {job}"));
+        chrono::DateTime::parse_from_rfc3339(text).unwrap()
+    };
+    (at("finished_at") - at("started_at")).to_std().unwrap()
+}
+
+/// A job that gave up on transient failures ran at least `budget` seconds, not much longer,
+/// and says how long it went on.
+pub fn assert_gave_up_after_budget(job: &Value, budget: f64) {
+    let error = job["error"].as_str().unwrap();
+    assert!(error.starts_with("gave up after"), "{error}");
+    assert!(error.contains("of transient failures"), "{error}");
+    let lasted = job_duration(job).as_secs_f64();
+    // The last try starts at most one capped backoff after the budget ran out.
+    assert!(
+        lasted >= budget && lasted < budget + 10.0,
+        "ran {lasted:.1}s on a {budget}s budget: {job}"
+    );
+    let said: f64 = error["gave up after ".len()..].split('s').next().unwrap().parse().unwrap();
+    assert!(said >= budget.floor(), "{error}");
 }
 
 /// A token for `username` from `POST /v1/token`.

@@ -205,7 +205,9 @@ async fn an_api_process_wakes_a_worker_process_and_hears_at_once_when_it_finishe
     let created: Value = response.json().await.unwrap();
     let mut finished = vec![(created.clone(), answered)];
     let instance_id = created["instances"][0]["id"].as_str().unwrap().to_string();
-    for _ in 0..3 {
+    // Nine jobs: a waiter that only re-read the job once a second would answer within 400 ms
+    // of its end for about four in ten, never for all nine but by a chance of 1 in 4,000.
+    for _ in 0..8 {
         // The worker that ran the last job is back waiting before the next is posted.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let response =
@@ -224,7 +226,7 @@ async fn an_api_process_wakes_a_worker_process_and_hears_at_once_when_it_finishe
             (time_of(job, "started_at") - time_of(job, "created_at")).num_milliseconds();
         assert!(picked_up < 5_000, "picked up {picked_up} ms after it was stored: {job}");
         let heard = (*answered - time_of(job, "finished_at")).num_milliseconds();
-        assert!(heard < 500, "answered {heard} ms after the job finished: {job}");
+        assert!(heard < 400, "answered {heard} ms after the job finished: {job}");
     }
     // The worker process's emulator account holds the instance: it ran the job.
     let cloud_id = created["instances"][0]["cloud_id"].as_str().unwrap();

@@ -85,13 +85,14 @@ async fn stored_client_token(app: &TestApp, job_id: &str) -> String {
 #[tokio::test]
 async fn fifty_creates_at_30_percent_faults_each_launch_one_instance_three_rounds_in_a_row() {
     // Arrange: a delayed call is slow, not timed out (a call held past the SDK's timeout would
-    // reach the cloud after corral moved on, and moto, unlike EC2, does not honour ClientToken).
+    // reach the cloud after corral moved on, and moto, unlike EC2, does not honour ClientToken);
+    // the timeout is long, as moto, shared by the whole suite, may be slow to answer.
     // The rate limiter stays out of the way: throttling answers slow it down.
     let proxy = FaultProxy::start(moto_url(), 0.30).await;
     proxy.set_fault_delay(Duration::from_millis(100));
     let app = spawn_app_with(|settings| {
         settings.aws.endpoint_url = Some(proxy.url.clone());
-        settings.aws.call_timeout_secs = 5;
+        settings.aws.call_timeout_secs = 60;
         let unlimited = corral::config::Bucket { burst: 1e6, per_second: 1e6 };
         settings.aws.rate_limits = corral::config::RateLimits {
             launch: unlimited,
@@ -194,9 +195,7 @@ async fn unreachable_cloud_a_create_fails_after_its_transient_budget_and_nothing
     let job_id = job["id"].as_str().unwrap();
     assert_eq!(job["status"], "failed", "{job}");
     assert_eq!(job["attempts"], 1, "transient failures are not counted: {job}");
-    let error = job["error"].as_str().unwrap();
-    assert!(error.starts_with("gave up after"), "{error}");
-    assert!(error.contains("of transient failures"), "{error}");
+    crate::helpers::assert_gave_up_after_budget(&job, 3.0);
     let events = history(&app, job_id).await;
     let runs = run_starts(&events);
     assert!(runs.len() >= 2, "the job ran again after a transient failure: {runs:?}");

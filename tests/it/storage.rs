@@ -193,3 +193,64 @@ async fn a_namespace_with_a_backlog_does_not_hold_back_another() {
     let third = store.claim_job("w3", lease).await.unwrap().unwrap();
     assert_eq!(third.job.id, backlog[1]);
 }
+
+/// A transient failure gives back the attempt its claim counted and starts a run of them,
+/// which the next transient failure extends and any other outcome (a hand-back included)
+/// ends; the time the job then waits past its due time is taken off the run, which counts
+/// time spent failing only.
+#[tokio::test]
+async fn transient_failures_are_uncounted_and_their_run_ends_with_any_other_outcome() {
+    let (store, _dir) = store().await;
+    let id = enqueue(&store).await;
+    let lease = || now_millis() + 60_000;
+    let transient = |run_at| JobOutcome::Transient { error: "throttled".into(), run_at };
+    let job = |store: &Store| {
+        let (store, id) = (store.clone(), id.clone());
+        async move { store.get_job(&id).await.unwrap().unwrap().job }
+    };
+
+    // A first transient failure, due again at once.
+    store.claim_job("w1", lease()).await.unwrap().unwrap();
+    let before = now_millis();
+    assert!(store.finish_job(&id, "w1", &transient(now_millis()), 1, &[]).await.unwrap());
+    let first = job(&store).await;
+    assert_eq!((first.status.as_str(), first.attempts, first.transient_failures), ("queued", 0, 1));
+    assert_eq!(first.error.as_deref(), Some("throttled"));
+    let since = first.transient_since.expect("a run of transient failures began");
+    assert!((before..=now_millis()).contains(&since), "{since}");
+
+    // Claimed late: the run's start moves by as much. A second failure extends the run.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let claimed = store.claim_job("w1", lease()).await.unwrap().unwrap().job;
+    assert_eq!(claimed.attempts, 1);
+    let moved = claimed.transient_since.unwrap();
+    assert!(moved >= since + 300 && moved <= now_millis(), "{since} -> {moved}");
+    assert!(store.finish_job(&id, "w1", &transient(now_millis()), 1, &[]).await.unwrap());
+    let second = job(&store).await;
+    assert_eq!((second.attempts, second.transient_failures), (0, 2));
+    assert_eq!(second.transient_since, Some(moved), "the run goes on from where it began");
+
+    // A hand-back is no failure: the run ends, the attempt is not counted.
+    store.claim_job("w1", lease()).await.unwrap().unwrap();
+    let back = JobOutcome::HandBack { reason: "waiting".into(), run_at: now_millis() };
+    assert!(store.finish_job(&id, "w1", &back, 1, &[]).await.unwrap());
+    let handed_back = job(&store).await;
+    assert_eq!(
+        (handed_back.attempts, handed_back.transient_failures, handed_back.transient_since),
+        (0, 0, None)
+    );
+
+    // A counted failure ends a new run too, and counts.
+    store.claim_job("w1", lease()).await.unwrap().unwrap();
+    assert!(store.finish_job(&id, "w1", &transient(now_millis()), 1, &[]).await.unwrap());
+    assert_eq!(job(&store).await.transient_failures, 1);
+    store.claim_job("w1", lease()).await.unwrap().unwrap();
+    let retry = JobOutcome::Retry { error: "timed out".into(), run_at: now_millis() };
+    assert!(store.finish_job(&id, "w1", &retry, 1, &[]).await.unwrap());
+    let counted = job(&store).await;
+    assert_eq!(
+        (counted.attempts, counted.transient_failures, counted.transient_since),
+        (1, 0, None)
+    );
+    assert_eq!(counted.error.as_deref(), Some("timed out"));
+}
