@@ -60,6 +60,9 @@ pub enum Mode {
     FailAfterLaunch,
     /// Every DescribeInstances answer shows its instances `pending`, however long they have run.
     PendingForever,
+    /// As `LoseFirstLaunchAnswer`, and from then on the cloud is down as in `Down`: the launch
+    /// took effect, and corral cannot learn it.
+    DownAfterLostLaunch,
 }
 
 pub struct FaultProxy {
@@ -195,8 +198,12 @@ async fn handle(
     let lose =
         |action: &str| *state.lost.lock().unwrap().entry(action.to_string()).or_default() += 1;
 
+    let down = mode == Mode::Down
+        || (mode == Mode::DownAfterLostLaunch
+            && !first_launch
+            && state.launch_seen.load(Ordering::SeqCst));
     match mode {
-        Mode::Down => match random_below(3) {
+        _ if down => match random_below(3) {
             0 => {
                 record("internal_error");
                 return Ok(ec2_error(500, "InternalError"));
@@ -260,7 +267,7 @@ async fn handle(
         lose(action.as_str());
         return Ok(ec2_error(500, "InternalError"));
     }
-    if mode == Mode::LoseFirstLaunchAnswer && first_launch {
+    if matches!(mode, Mode::LoseFirstLaunchAnswer | Mode::DownAfterLostLaunch) && first_launch {
         // The launch took effect; the connection drops before its answer.
         record("answer_lost");
         lose(action.as_str());

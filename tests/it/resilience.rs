@@ -465,3 +465,93 @@ async fn jobs_waiting_in_one_region_share_their_state_polls() {
     assert!(describes < 10, "{describes} DescribeInstances calls: {:?}", proxy.calls());
     eprintln!("10 concurrent creates: {:?}", proxy.calls());
 }
+
+/// Nothing is lost when the cloud goes down right after a launch took effect: the launch's
+/// answer is lost, every call after it fails until the job's transient budget runs out, and
+/// the job fails saying so, its instance recorded as never seen. The instance EC2 did make is
+/// not forgotten: once the cloud is back, the next reconcile pass lists it as an orphan of
+/// that job, to adopt or terminate.
+#[tokio::test]
+async fn a_launch_lost_as_the_cloud_goes_down_is_found_again_as_an_orphan() {
+    // Arrange
+    let proxy = FaultProxy::start(moto_url(), 0.0).await;
+    proxy.set_mode(Mode::DownAfterLostLaunch);
+    let app = spawn_app_with(|settings| {
+        settings.aws.endpoint_url = Some(proxy.url.clone());
+        settings.jobs.transient_budget = 2.0;
+        settings.jobs.retry_delay = 0.05;
+        settings.jobs.retry_max_delay = 0.5;
+    })
+    .await;
+
+    // Act: the create, while the cloud goes down under it.
+    let job: Value =
+        app.post_instances(&create_body("lost"), "?wait=30").await.json().await.unwrap();
+
+    // Assert: the job gave up, and corral claims no instance it has not seen.
+    let job_id = job["id"].as_str().unwrap().to_string();
+    assert_eq!(job["status"], "failed", "{job}");
+    crate::helpers::assert_gave_up_after_budget(&job, 2.0);
+    assert_eq!(proxy.answers_lost("RunInstances"), 1, "the launch reached the cloud");
+    assert_eq!(job["instances"][0]["state"], "failed", "{job}");
+    assert_eq!(job["instances"][0]["cloud_id"], Value::Null, "{job}");
+    let in_cloud = moto_instances_by_job(&app).await;
+    let made: Vec<String> = in_cloud
+        .get(&job_id)
+        .map(|instances| instances.iter().map(|i| i.instance_id().unwrap().to_string()).collect())
+        .unwrap_or_default();
+    assert_eq!(made.len(), 1, "EC2 made the instance: {in_cloud:?}");
+
+    // Act: the cloud is back; a reconcile pass looks at it.
+    proxy.set_mode(Mode::Random);
+    let pass = app.post_empty("/v1/reconcile?wait=30").await;
+    assert_eq!(pass.status(), StatusCode::OK);
+
+    // Assert: the instance is listed as an orphan of the failed job.
+    let orphans: Value = app.get("/v1/orphans").await.json().await.unwrap();
+    let items = orphans["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{orphans}");
+    assert_eq!(items[0]["cloud_id"], made[0].as_str(), "{orphans}");
+    assert_eq!(items[0]["job_id"], job_id.as_str(), "{orphans}");
+}
+
+/// A call the cloud does not answer in time is a transient failure like a 5xx: the job's
+/// tries are not counted, and it fails when its transient budget has run out, saying so.
+#[tokio::test]
+async fn calls_that_time_out_are_transient_failures() {
+    // Arrange: every call takes 3 s to pass; corral waits 1 s for each.
+    let proxy = FaultProxy::start(moto_url(), 0.0).await;
+    proxy.set_delay(Duration::from_secs(3));
+    let app = spawn_app_with(|settings| {
+        settings.aws.endpoint_url = Some(proxy.url.clone());
+        settings.aws.call_timeout_secs = 1;
+        settings.jobs.max_attempts = 1;
+        settings.jobs.transient_budget = 1.0;
+        settings.jobs.retry_delay = 0.05;
+        settings.jobs.retry_max_delay = 0.5;
+    })
+    .await;
+
+    // Act
+    let job: Value =
+        app.post_instances(&create_body("slow"), "?wait=60").await.json().await.unwrap();
+
+    // Assert: more than one try, all of them attempt 1 of 1, each timed out.
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["attempts"], 1, "{job}");
+    let error = job["error"].as_str().unwrap();
+    assert!(error.starts_with("gave up after"), "{error}");
+    assert!(error.contains("of transient failures"), "{error}");
+    let events = history(&app, job["id"].as_str().unwrap()).await;
+    let runs = run_starts(&events);
+    assert!(runs.len() >= 2, "tried again after a timeout: {runs:?}");
+    assert!(runs.iter().all(|run| run.starts_with("attempt 1 of 1 started by worker")), "{runs:?}");
+    let timeouts = events
+        .iter()
+        .filter(|e| e["kind"] == "error")
+        .filter(|e| e["message"].as_str().unwrap().contains("transient, not counted"))
+        .filter(|e| e["message"].as_str().unwrap().to_lowercase().contains("timeout"))
+        .count();
+    assert!(timeouts >= 1, "a timeout was retried uncounted: {events:?}");
+    assert_eq!(job["instances"][0]["cloud_id"], Value::Null, "{job}");
+}
