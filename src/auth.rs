@@ -103,7 +103,7 @@ impl Authenticator {
         };
         let now = now_millis();
         let admin = UserRecord {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: crate::storage::new_id(),
             username: BOOTSTRAP_ADMIN.to_string(),
             password_hash: hash_password(password.clone()).await?,
             admin: true,

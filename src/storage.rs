@@ -72,6 +72,12 @@ pub fn now_millis() -> Millis {
     Utc::now().timestamp_millis()
 }
 
+/// A new id for any record: time-ordered (UUIDv7), so that id order is creation order and
+/// newest-first paging is `ORDER BY id DESC`.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
 /// The URL without its password, for messages.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -123,7 +129,7 @@ impl InstanceRecord {
         now: Millis,
     ) -> InstanceRecord {
         InstanceRecord {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: new_id(),
             cloud_id: None,
             name: spec.names[launch_index].clone(),
             namespace: spec.namespace.clone(),

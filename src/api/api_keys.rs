@@ -115,7 +115,7 @@ pub async fn create_api_key(
     }
     let (key, prefix) = new_api_key();
     let record = ApiKeyRecord {
-        id: uuid::Uuid::now_v7().to_string(),
+        id: crate::storage::new_id(),
         user_id: caller.principal.user_id.clone(),
         username: caller.principal.username.clone(),
         name: name.to_string(),

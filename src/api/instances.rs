@@ -29,7 +29,7 @@ use crate::domain::{
 };
 use crate::jobs::{CreatePayload, TagPayload};
 use crate::storage::{
-    Admission, IdempotencyKey, InstanceFilter, InstanceRecord, JobView, NewJob, now_millis,
+    Admission, IdempotencyKey, InstanceFilter, InstanceRecord, JobView, NewJob, new_id, now_millis,
     to_datetime,
 };
 
@@ -737,9 +737,4 @@ pub async fn visible_instance(
 
 fn instance_not_found(id: &str) -> ApiError {
     ApiError::NotFound(format!("no instance with id '{id}'"))
-}
-
-/// Time-ordered ids (UUIDv7), so that newest-first is id order.
-pub fn new_id() -> String {
-    uuid::Uuid::now_v7().to_string()
 }

@@ -19,11 +19,12 @@ use utoipa::ToSchema;
 
 use crate::api::auth::Caller;
 use crate::api::extract::{QueryParams, ValidJson, wait_param};
-use crate::api::instances::{admitted, new_id};
+use crate::api::instances::admitted;
 use crate::api::namespaces::namespace_not_found;
 use crate::api::{ApiContext, ApiError, FieldError};
 use crate::domain::{JobKind, KEY_NAME_RULE, Role, is_valid_key_name, is_valid_namespace};
 use crate::jobs::DeleteKeyPairPayload;
+use crate::storage::new_id;
 use crate::storage::{KeyPairRecord, NewJob, now_millis, to_datetime};
 
 #[derive(Deserialize, ToSchema)]

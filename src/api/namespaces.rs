@@ -12,9 +12,10 @@ use utoipa::ToSchema;
 
 use crate::api::auth::Caller;
 use crate::api::extract::{QueryParams, ValidJson, wait_param};
-use crate::api::instances::{TERRAFORM_UNAVAILABLE, admitted, new_id, unknown_backend};
+use crate::api::instances::{TERRAFORM_UNAVAILABLE, admitted, unknown_backend};
 use crate::api::{ApiContext, ApiError, FieldError};
 use crate::domain::{Backend, JobKind, Role, is_valid_namespace};
+use crate::storage::new_id;
 use crate::storage::{NamespaceChange, NamespaceRecord, NewJob, now_millis, to_datetime};
 
 #[derive(Debug, Default, Clone, Copy, Serialize, Deserialize, ToSchema)]

@@ -199,7 +199,7 @@ async fn adopt(
         None => 0,
     };
     let instance = InstanceRecord {
-        id: uuid::Uuid::now_v7().to_string(),
+        id: crate::storage::new_id(),
         cloud_id: Some(orphan.cloud_id.clone()),
         name,
         namespace,

@@ -311,7 +311,7 @@ fn new_subscription(
     events.sort();
     events.dedup();
     SubscriptionRecord {
-        id: uuid::Uuid::now_v7().to_string(),
+        id: crate::storage::new_id(),
         channel,
         namespace,
         target,

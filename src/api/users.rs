@@ -118,7 +118,7 @@ pub async fn create_user(
     }
     let now = now_millis();
     let user = UserRecord {
-        id: uuid::Uuid::now_v7().to_string(),
+        id: crate::storage::new_id(),
         username: body.username,
         password_hash: hash_password(body.password).await?,
         admin: body.admin,

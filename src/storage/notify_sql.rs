@@ -360,7 +360,7 @@ macro_rules! notify_store {
                      attempts, next_attempt_at, created_at, updated_at) ",
                 );
                 insert.push_values(chunk, |mut row, (channel, target, subscription, namespace)| {
-                    row.push_bind(uuid::Uuid::now_v7().to_string())
+                    row.push_bind(crate::storage::new_id())
                         .push_bind(notification.id.clone())
                         .push_bind(channel.as_str())
                         .push_bind(target.to_string())
@@ -403,7 +403,7 @@ macro_rules! notify_store {
             .await?;
             let instances: Vec<InstanceRecord> = convert(rows)?;
             let notification = Notification {
-                id: uuid::Uuid::now_v7().to_string(),
+                id: crate::storage::new_id(),
                 event: event.as_str().to_string(),
                 occurred_at: to_datetime(now_millis()),
                 namespace,
@@ -456,7 +456,7 @@ pub fn drift_notification(
     now: crate::storage::Millis,
 ) -> Notification {
     Notification {
-        id: uuid::Uuid::now_v7().to_string(),
+        id: crate::storage::new_id(),
         event: crate::domain::EventType::InstanceDrifted.as_str().to_string(),
         occurred_at: crate::storage::to_datetime(now),
         namespace: Some(instance.namespace.clone()),

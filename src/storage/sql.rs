@@ -274,7 +274,7 @@ macro_rules! sql_store {
                         "INSERT INTO drift_events (id, instance_id, at, field, old_value, new_value) \
                          VALUES ($1, $2, $3, $4, $5, $6)",
                     )
-                    .bind(uuid::Uuid::now_v7().to_string())
+                    .bind(crate::storage::new_id())
                     .bind(&drift.instance_id)
                     .bind(now)
                     .bind(&drift.field)

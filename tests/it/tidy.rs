@@ -14,7 +14,8 @@ fn every_module_has_a_doc_comment() {
     assert!(missing.is_empty(), "modules without a //! doc: {missing:?}");
 }
 
-/// Only `cloud::aws` may use the AWS SDK, and only `storage` may hold SQL.
+/// Only `cloud::aws` may use the AWS SDK; only `storage` may hold SQL and make ids; `domain`
+/// does no IO and knows no framework; API handlers never reach the cloud provider (jobs do).
 #[test]
 fn boundaries_hold() {
     let src = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src"));
@@ -31,8 +32,53 @@ fn boundaries_hold() {
         }
         if !relative.starts_with("storage") {
             assert!(!text.contains("sqlx::query"), "{relative} runs SQL");
+            assert!(!text.contains("Uuid::now_v7"), "{relative} makes ids: use storage::new_id");
+        }
+        if relative.starts_with("domain") {
+            for framework in ["tokio", "sqlx", "axum", "reqwest", "std::fs"] {
+                assert!(!text.contains(framework), "{relative} uses {framework}");
+            }
+        }
+        if relative.starts_with("api") {
+            assert!(!text.contains("Provider"), "{relative} reaches the cloud provider");
         }
     }
+}
+
+/// Each change to the schema is made in both dialects: the two migration folders hold the same
+/// files, and each pair says the same once comments, spacing and the known differences of type
+/// are set aside (PostgreSQL's `BIGINT` for SQLite's 64-bit `INTEGER`, and its identity column
+/// where SQLite's `INTEGER PRIMARY KEY` numbers rows by itself).
+#[test]
+fn both_dialects_migrate_alike() {
+    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"));
+    let names = |dialect: &str| {
+        let mut names: Vec<String> = std::fs::read_dir(root.join(dialect))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let (sqlite, postgres) = (names("sqlite"), names("postgres"));
+    assert_eq!(sqlite, postgres, "the migration folders hold different files");
+    assert!(!sqlite.is_empty());
+    for name in &sqlite {
+        let read = |dialect: &str| std::fs::read_to_string(root.join(dialect).join(name)).unwrap();
+        let postgres = normalized_sql(&read("postgres"))
+            .replace("BIGINT", "INTEGER")
+            .replace(" GENERATED ALWAYS AS IDENTITY", "");
+        assert_eq!(normalized_sql(&read("sqlite")), postgres, "{name} differs between dialects");
+    }
+}
+
+/// `sql` without its comments, its words separated by single spaces.
+fn normalized_sql(sql: &str) -> String {
+    sql.lines()
+        .map(|line| line.split("--").next().unwrap_or_default())
+        .flat_map(str::split_whitespace)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn collect(dir: &Path, files: &mut Vec<std::path::PathBuf>) {

@@ -359,7 +359,7 @@ mod tests {
             ..CreateRequest::default()
         };
         let spec = ctx.policy.check_request(&request).unwrap();
-        let job_id = uuid::Uuid::now_v7().to_string();
+        let job_id = crate::storage::new_id();
         let now = now_millis();
         let instances: Vec<InstanceRecord> = (0..spec.names.len())
             .map(|idx| InstanceRecord::desired(&spec, &job_id, idx, 2, now))
