@@ -219,6 +219,32 @@ impl TestApp {
     }
 }
 
+/// A job's history, oldest first.
+pub async fn job_history(app: &TestApp, job_id: &str) -> Vec<Value> {
+    let events: Value = app.get(&format!("/v1/jobs/{job_id}/events")).await.json().await.unwrap();
+    events["items"].as_array().unwrap().clone()
+}
+
+/// The step that starts each run of a job ("attempt N of M started by worker W"), in order.
+pub fn run_starts(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["kind"] == "step")
+        .filter_map(|e| e["message"].as_str())
+        .filter(|message| message.starts_with("attempt "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The runs that ended in a transient failure, which the worker does not count.
+pub fn uncounted_failures(events: &[Value]) -> usize {
+    events
+        .iter()
+        .filter(|e| e["kind"] == "error")
+        .filter(|e| e["message"].as_str().unwrap().contains("transient, not counted"))
+        .count()
+}
+
 /// How long a finished job ran, from its first start to its end.
 pub fn job_duration(job: &Value) -> std::time::Duration {
     let at = |field: &str| {

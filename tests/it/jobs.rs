@@ -4,25 +4,8 @@
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{TestApp, create_body, moto_url, spawn_app, spawn_app_with};
+use crate::helpers::{create_body, moto_url, spawn_app, spawn_app_with};
 use crate::proxy::{FaultProxy, Mode};
-
-/// A job's history, oldest first.
-async fn history(app: &TestApp, job_id: &str) -> Vec<Value> {
-    let events: Value = app.get(&format!("/v1/jobs/{job_id}/events")).await.json().await.unwrap();
-    events["items"].as_array().unwrap().clone()
-}
-
-/// The step that starts each run of a job ("attempt N of M started by worker W"), in order.
-fn run_starts(events: &[Value]) -> Vec<String> {
-    events
-        .iter()
-        .filter(|e| e["kind"] == "step")
-        .filter_map(|e| e["message"].as_str())
-        .filter(|message| message.starts_with("attempt "))
-        .map(str::to_string)
-        .collect()
-}
 
 #[tokio::test]
 async fn jobs_are_listed_newest_first_with_filters_and_pages() {
@@ -79,15 +62,11 @@ async fn transient_cloud_failures_are_retried_uncounted_then_the_job_fails_and_s
     crate::helpers::assert_gave_up_after_budget(&job, 2.0);
     assert_eq!(job["instances"][0]["state"], "failed");
     assert_eq!(job["instances"][0]["cloud_id"], Value::Null);
-    let events = history(&app, job["id"].as_str().unwrap()).await;
-    let runs = run_starts(&events);
+    let events = crate::helpers::job_history(&app, job["id"].as_str().unwrap()).await;
+    let runs = crate::helpers::run_starts(&events);
     assert!(runs.len() >= 2, "more runs than max_attempts: {runs:?}");
     assert!(runs.iter().all(|run| run.starts_with("attempt 1 of 1 started by worker")), "{runs:?}");
-    let uncounted = events
-        .iter()
-        .filter(|e| e["kind"] == "error")
-        .filter(|e| e["message"].as_str().unwrap().contains("transient, not counted"))
-        .count();
+    let uncounted = crate::helpers::uncounted_failures(&events);
     assert!(uncounted >= runs.len() - 1, "each run but the last was not counted: {events:?}");
 }
 
@@ -121,8 +100,8 @@ async fn a_state_wait_that_times_out_counts_as_an_attempt_and_the_job_fails_afte
         "{error}"
     );
     assert!(error.contains(&format!("{cloud_id} (pending)")), "{error}");
-    let events = history(&app, job["id"].as_str().unwrap()).await;
-    let runs = run_starts(&events);
+    let events = crate::helpers::job_history(&app, job["id"].as_str().unwrap()).await;
+    let runs = crate::helpers::run_starts(&events);
     assert_eq!(runs.len(), 2, "{runs:?}");
     assert!(runs[0].starts_with("attempt 1 of 2 started by worker"), "{runs:?}");
     assert!(runs[1].starts_with("attempt 2 of 2 started by worker"), "{runs:?}");

@@ -13,32 +13,6 @@ use serde_json::{Value, json};
 use crate::helpers::{AMI_X86, TestApp, create_body, moto_url, spawn_app_with, tags_of};
 use crate::proxy::{FaultProxy, Mode};
 
-/// A job's history, oldest first.
-async fn history(app: &TestApp, job_id: &str) -> Vec<Value> {
-    let events: Value = app.get(&format!("/v1/jobs/{job_id}/events")).await.json().await.unwrap();
-    events["items"].as_array().unwrap().clone()
-}
-
-/// The step that starts each run of a job ("attempt N of M started by worker W"), in order.
-fn run_starts(events: &[Value]) -> Vec<String> {
-    events
-        .iter()
-        .filter(|e| e["kind"] == "step")
-        .filter_map(|e| e["message"].as_str())
-        .filter(|message| message.starts_with("attempt "))
-        .map(str::to_string)
-        .collect()
-}
-
-/// The runs that ended in a transient failure, which the worker does not count.
-fn uncounted_failures(events: &[Value]) -> usize {
-    events
-        .iter()
-        .filter(|e| e["kind"] == "error")
-        .filter(|e| e["message"].as_str().unwrap().contains("transient, not counted"))
-        .count()
-}
-
 /// Every instance in the emulator account, by the `corral:job-id` tag of its launch (`""`
 /// without one), read page by page.
 async fn moto_instances_by_job(app: &TestApp) -> BTreeMap<String, Vec<Instance>> {
@@ -196,11 +170,11 @@ async fn unreachable_cloud_a_create_fails_after_its_transient_budget_and_nothing
     assert_eq!(job["status"], "failed", "{job}");
     assert_eq!(job["attempts"], 1, "transient failures are not counted: {job}");
     crate::helpers::assert_gave_up_after_budget(&job, 3.0);
-    let events = history(&app, job_id).await;
-    let runs = run_starts(&events);
+    let events = crate::helpers::job_history(&app, job_id).await;
+    let runs = crate::helpers::run_starts(&events);
     assert!(runs.len() >= 2, "the job ran again after a transient failure: {runs:?}");
     assert!(runs.iter().all(|run| run.starts_with("attempt 1 of 3 started by worker")), "{runs:?}");
-    assert!(uncounted_failures(&events) >= runs.len() - 1, "{events:?}");
+    assert!(crate::helpers::uncounted_failures(&events) >= runs.len() - 1, "{events:?}");
     // Nothing is lost: corral records the instance as failed, never launched, and the cloud
     // (reached only through the proxy, which passed nothing on) has no instance.
     let instance: Value =
@@ -260,7 +234,7 @@ async fn a_failed_launch_is_sent_once_per_run_with_the_client_token_stored_befor
     // Assert: run, launch, its failure; a new run, a new launch.
     let job_id = job["id"].as_str().unwrap();
     assert_eq!(job["status"], "succeeded", "{job}");
-    let events = history(&app, job_id).await;
+    let events = crate::helpers::job_history(&app, job_id).await;
     let outline: Vec<&str> = events
         .iter()
         .filter_map(|e| {
@@ -274,7 +248,7 @@ async fn a_failed_launch_is_sent_once_per_run_with_the_client_token_stored_befor
         })
         .collect();
     assert_eq!(outline, ["run", "launch", "error", "run", "launch"], "{events:?}");
-    assert_eq!(uncounted_failures(&events), 1, "{events:?}");
+    assert_eq!(crate::helpers::uncounted_failures(&events), 1, "{events:?}");
     assert_eq!(proxy.calls_of("RunInstances"), 2, "one per run: {:?}", proxy.calls());
     let stored = stored_client_token(&app, job_id).await;
     assert_eq!(proxy.client_tokens(), [stored.clone(), stored]);
@@ -321,7 +295,9 @@ async fn cloud_ids_are_recorded_as_soon_as_the_launch_answers_before_any_other_c
                 recorded.insert(id.clone(), cloud_id.to_string());
             }
         }
-        let failed = uncounted_failures(&history(&app, &job_id).await) > 0;
+        let failed =
+            crate::helpers::uncounted_failures(&crate::helpers::job_history(&app, &job_id).await)
+                > 0;
         if recorded.len() == ids.len() && failed {
             break recorded;
         }
@@ -428,7 +404,7 @@ async fn a_reconcile_pass_over_120_instances_from_three_launches_takes_one_descr
     // Assert
     let describes = proxy.calls_of("DescribeInstances");
     assert_eq!(describes, 1, "{describes} DescribeInstances calls: {:?}", proxy.calls());
-    let events = history(&app, job["id"].as_str().unwrap()).await;
+    let events = crate::helpers::job_history(&app, job["id"].as_str().unwrap()).await;
     let summary =
         events.iter().find(|e| e["message"].as_str().unwrap().starts_with("reconciled")).unwrap();
     assert_eq!(summary["message"], "reconciled 120 instance(s): 0 drifted, 0 missing, 0 orphan(s)");
@@ -542,8 +518,8 @@ async fn calls_that_time_out_are_transient_failures() {
     let error = job["error"].as_str().unwrap();
     assert!(error.starts_with("gave up after"), "{error}");
     assert!(error.contains("of transient failures"), "{error}");
-    let events = history(&app, job["id"].as_str().unwrap()).await;
-    let runs = run_starts(&events);
+    let events = crate::helpers::job_history(&app, job["id"].as_str().unwrap()).await;
+    let runs = crate::helpers::run_starts(&events);
     assert!(runs.len() >= 2, "tried again after a timeout: {runs:?}");
     assert!(runs.iter().all(|run| run.starts_with("attempt 1 of 1 started by worker")), "{runs:?}");
     let timeouts = events
