@@ -18,7 +18,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::Policy;
+use crate::domain::{Backend, Policy};
 
 /// Top-level keys that environment variables may set; other `CORRAL_*` variables (client
 /// settings, test harness settings) are not part of the server's configuration.
@@ -174,7 +174,7 @@ impl ServerSettings {
 pub struct TerraformSettings {
     /// Backend of create requests without `?backend=` (`CORRAL_DEFAULT_BACKEND`): `aws` or
     /// `terraform`.
-    pub default_backend: String,
+    pub default_backend: Backend,
     /// The terraform executable: a path, or a name looked up on `PATH`.
     pub binary: String,
     /// A Terraform CLI configuration (`TF_CLI_CONFIG_FILE`), e.g. one naming a provider mirror
@@ -245,7 +245,7 @@ impl std::fmt::Debug for TerraformSettings {
 impl Default for TerraformSettings {
     fn default() -> TerraformSettings {
         TerraformSettings {
-            default_backend: "aws".to_string(),
+            default_backend: Backend::Aws,
             binary: "terraform".to_string(),
             cli_config: None,
             state_url: None,
@@ -789,12 +789,6 @@ impl Settings {
             && let Some(problem) = plain_http_to_another_host(url)
         {
             problems.push(format!("terraform.state_url: {problem}"));
-        }
-        if !["aws", "terraform"].contains(&self.terraform.default_backend.as_str()) {
-            problems.push(format!(
-                "terraform.default_backend: '{}' is not a backend; allowed: aws, terraform",
-                self.terraform.default_backend
-            ));
         }
         if self.jobs.concurrency == 0 {
             problems.push("jobs.concurrency: must be at least 1".to_string());

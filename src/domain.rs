@@ -13,7 +13,7 @@ mod policy;
 pub use identity::{
     Access, Credential, MIN_PASSWORD_LEN, Principal, Role, is_reserved_username, is_valid_username,
 };
-pub use instance::{Action, Backend, InstanceState, StateConflict, ssh_command};
+pub use instance::{Action, Backend, InstanceState, StateConflict, UnknownBackend, ssh_command};
 pub use job::{JobKind, JobStatus};
 pub use notification::{DriftChange, EventType, Notification, NotifiedInstance, subscribed};
 pub use policy::{

@@ -136,7 +136,7 @@ impl Application {
             }
         };
         anyhow::ensure!(
-            terraform.is_some() || settings.terraform.default_backend != "terraform",
+            terraform.is_some() || settings.terraform.default_backend != Backend::Terraform,
             "terraform.default_backend is terraform, but '{}' was not found",
             settings.terraform.binary
         );
@@ -155,8 +155,7 @@ impl Application {
             endpoint_url: provider.endpoint_url().map(Into::into),
             auth,
             terraform_available: terraform.is_some(),
-            default_backend: Backend::parse(&settings.terraform.default_backend)
-                .unwrap_or_default(),
+            default_backend: settings.terraform.default_backend,
             catalog: catalog.clone(),
             notify: Arc::new(settings.notify),
             trusted_proxies: settings.server.trusted_proxies().map_err(anyhow::Error::msg)?.into(),

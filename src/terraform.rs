@@ -35,9 +35,16 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const MAX_OUTPUT: usize = 12 * 1024;
 
 /// Environment variables a run takes from corral's own environment, when set: what finds
-/// programs and trusted certificates. Nothing else of corral's environment (database URL,
-/// secrets, `TF_LOG`, `TF_CLI_ARGS`, proxies) reaches Terraform.
-const INHERITED_ENV: [&str; 4] = ["PATH", "SSL_CERT_FILE", "SSL_CERT_DIR", "AWS_CA_BUNDLE"];
+/// programs and trusted certificates, and the Go runtime's memory settings. Nothing else of
+/// corral's environment (database URL, secrets, `TF_LOG`, `TF_CLI_ARGS`, proxies) reaches
+/// Terraform.
+const INHERITED_ENV: [&str; 6] =
+    ["PATH", "SSL_CERT_FILE", "SSL_CERT_DIR", "AWS_CA_BUNDLE", "GOGC", "GOMEMLIMIT"];
+/// Go's garbage collector target for a run when corral's environment sets none. Most of a
+/// command's CPU goes into loading the AWS provider's schema, a few hundred megabytes of
+/// short-lived objects: at 400 (Go's default is 100) a plan takes about a third less CPU for
+/// about a fifth more peak memory (~750 MB instead of ~630 MB with provider 5.100).
+const DEFAULT_GOGC: &str = "400";
 
 /// How this process runs Terraform.
 pub struct Terraform {
@@ -129,6 +136,9 @@ impl Terraform {
             .iter()
             .filter_map(|name| Some((name.to_string(), std::env::var(name).ok()?)))
             .collect();
+        if !env.iter().any(|(name, _)| name == "GOGC") {
+            env.push(("GOGC".to_string(), DEFAULT_GOGC.to_string()));
+        }
         env.extend(cloud_env);
         env.extend([
             ("HOME".to_string(), dir.path().display().to_string()),
@@ -640,6 +650,7 @@ mod tests {
              printf 'basic=%s\\n' \"$(printf '%s' \"corral:$TF_HTTP_PASSWORD\" | base64 -w0)\"\n\
              echo url=wJalrXUtnFEMI%2FK7MDENG\n\
              echo home=$HOME\n\
+             echo gogc=$GOGC\n\
              env | cut -d= -f1 | sed 's/^/variable /'\nexit 3\n",
         )
         .unwrap();
@@ -679,6 +690,9 @@ mod tests {
             ]
         );
         assert_eq!(lines[3], format!("home={}", session.path().display()));
+        // Go's collector runs less often than its default unless corral's environment says.
+        let gogc = std::env::var("GOGC").unwrap_or_else(|_| DEFAULT_GOGC.to_string());
+        assert_eq!(lines[4], format!("gogc={gogc}"));
         // The test process has CARGO_*, RUST_* and more: none of it reaches the run.
         let allowed = |name: &str| {
             INHERITED_ENV.contains(&name)

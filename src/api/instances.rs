@@ -138,7 +138,7 @@ impl From<&InstanceRecord> for InstanceBody {
             key_name: instance.key_name.clone(),
             ssh_command: ssh_command(instance.key_name.as_deref(), instance.public_ip.as_deref()),
             tags: instance.tags.clone(),
-            backend: instance.backend.clone(),
+            backend: instance.backend.to_string(),
             active_job_id: instance.active_job_id.clone(),
             created_at: to_datetime(instance.created_at),
             updated_at: to_datetime(instance.updated_at),
@@ -164,11 +164,6 @@ pub fn router() -> Router<ApiContext> {
 /// Why a request or setting naming the Terraform backend is refused on this server.
 pub const TERRAFORM_UNAVAILABLE: &str = "the Terraform backend is unavailable: terraform is not installed on this server \
      (terraform.binary)";
-
-/// Why `name` is not a backend.
-pub fn unknown_backend(name: &str) -> String {
-    format!("unknown backend '{name}'; allowed: aws (or awscli), terraform")
-}
 
 /// Creates `count` instances as one job, after checking the request against the policy.
 #[utoipa::path(post, path = "/v1/instances", tag = "instances", operation_id = "create_instances",
@@ -199,8 +194,7 @@ pub async fn create_instances(
     let named = params.one("backend")?;
     let named = named
         .map(|name| {
-            Backend::parse(name)
-                .ok_or_else(|| ApiError::bad_field("backend", unknown_backend(name)))
+            name.parse::<Backend>().map_err(|err| ApiError::bad_field("backend", err.to_string()))
         })
         .transpose()?;
     let namespace = body.namespace.clone().unwrap_or_else(|| "default".to_string());
@@ -261,7 +255,7 @@ pub async fn create_instances(
     let now = now_millis();
     let instances: Vec<InstanceRecord> = (0..spec.names.len())
         .map(|idx| InstanceRecord {
-            backend: backend.as_str().to_string(),
+            backend,
             ..InstanceRecord::desired(&spec, &job_id, idx, vcpus, now)
         })
         .collect();

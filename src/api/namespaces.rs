@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 use crate::api::auth::Caller;
 use crate::api::extract::{QueryParams, ValidJson, wait_param};
-use crate::api::instances::{TERRAFORM_UNAVAILABLE, admitted, unknown_backend};
+use crate::api::instances::{TERRAFORM_UNAVAILABLE, admitted};
 use crate::api::{ApiContext, ApiError, FieldError};
 use crate::domain::{Backend, JobKind, Role, is_valid_namespace};
 use crate::storage::new_id;
@@ -270,9 +270,12 @@ fn check_backend(
     errors: &mut Vec<FieldError>,
 ) -> Option<Backend> {
     let name = name?;
-    let Some(backend) = Backend::parse(name) else {
-        errors.push(FieldError::new("default_backend", unknown_backend(name)));
-        return None;
+    let backend = match name.parse::<Backend>() {
+        Ok(backend) => backend,
+        Err(unknown) => {
+            errors.push(FieldError::new("default_backend", unknown.to_string()));
+            return None;
+        }
     };
     if backend == Backend::Terraform && !ctx.terraform_available {
         errors.push(FieldError::new("default_backend", TERRAFORM_UNAVAILABLE));

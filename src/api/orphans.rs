@@ -213,7 +213,7 @@ async fn adopt(
         private_ip: orphan.private_ip.clone(),
         key_name: None,
         tags,
-        backend: "aws".to_string(),
+        backend: crate::domain::Backend::Aws,
         launch_index: 0,
         created_by_job,
         active_job_id: None,

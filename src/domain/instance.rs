@@ -164,8 +164,10 @@ pub struct StateConflict {
 }
 
 /// Which engine makes an instance's changes in the cloud: the AWS API directly, or Terraform.
+/// The one owner of backend names: requests, namespace settings, configuration and stored
+/// rows all read them through `FromStr` (serde too), so that they accept the same names.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum Backend {
     #[default]
     Aws,
@@ -173,20 +175,46 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// The names a backend is given by, as shown in documentation and errors.
+    pub const NAMES: [&'static str; 2] = ["aws", "terraform"];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Backend::Aws => "aws",
             Backend::Terraform => "terraform",
         }
     }
+}
 
-    /// The backend a request names; `awscli` is the older name of `aws`.
-    pub fn parse(name: &str) -> Option<Backend> {
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A name that is no backend.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown backend '{0}'; allowed: aws (or awscli), terraform")]
+pub struct UnknownBackend(pub String);
+
+impl std::str::FromStr for Backend {
+    type Err = UnknownBackend;
+
+    /// `awscli` is the older name of `aws`.
+    fn from_str(name: &str) -> Result<Backend, UnknownBackend> {
         match name {
-            "aws" | "awscli" => Some(Backend::Aws),
-            "terraform" => Some(Backend::Terraform),
-            _ => None,
+            "aws" | "awscli" => Ok(Backend::Aws),
+            "terraform" => Ok(Backend::Terraform),
+            _ => Err(UnknownBackend(name.to_string())),
         }
+    }
+}
+
+impl TryFrom<String> for Backend {
+    type Error = UnknownBackend;
+
+    fn try_from(name: String) -> Result<Backend, UnknownBackend> {
+        name.parse()
     }
 }
 
@@ -210,6 +238,28 @@ pub fn shell_word(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backend_names_are_read_alike_from_text_and_from_json() {
+        for (name, backend) in
+            [("aws", Backend::Aws), ("awscli", Backend::Aws), ("terraform", Backend::Terraform)]
+        {
+            assert_eq!(name.parse::<Backend>(), Ok(backend), "{name}");
+            let json: Backend = serde_json::from_value(serde_json::json!(name)).unwrap();
+            assert_eq!(json, backend, "{name}");
+        }
+        for name in Backend::NAMES {
+            assert_eq!(name.parse::<Backend>().unwrap().as_str(), name);
+            assert_eq!(serde_json::to_value(name.parse::<Backend>().unwrap()).unwrap(), name);
+        }
+        let unknown = "Terraform".parse::<Backend>().unwrap_err();
+        assert_eq!(
+            unknown.to_string(),
+            "unknown backend 'Terraform'; allowed: aws (or awscli), terraform"
+        );
+        let json = serde_json::from_value::<Backend>(serde_json::json!("pulumi")).unwrap_err();
+        assert!(json.to_string().contains("unknown backend 'pulumi'"), "{json}");
+    }
 
     #[test]
     fn the_ssh_command_quotes_what_a_shell_would_run() {

@@ -71,9 +71,9 @@ pub async fn reconcile_all(ctx: &JobContext) -> Result<ReconcileSummary, JobErro
         let known = live.get(&region).map(Vec::as_slice).unwrap_or_default();
         let outcome = refresh_region(ctx, &region, known, Some(&unfinished)).await?;
         summary.instances += known.len();
-        summary.drifted += outcome.drift.len();
-        summary.missing += outcome.missing.len();
-        summary.orphans += outcome.orphans.map(|(_, o)| o.len()).unwrap_or_default();
+        summary.drifted += outcome.drifted;
+        summary.missing += outcome.missing;
+        summary.orphans += outcome.orphans;
     }
     Ok(summary)
 }

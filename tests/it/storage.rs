@@ -1,6 +1,6 @@
 //! The storage contract, run against whichever database the suite runs on (SQLite, or
 //! PostgreSQL with `CORRAL_TEST_POSTGRES_URL`): claims, leases, guarded completion, idempotency
-//! keys and named leases behave the same on both.
+//! keys, named leases and Terraform state locks behave the same on both.
 
 use std::collections::BTreeSet;
 
@@ -253,4 +253,103 @@ async fn transient_failures_are_uncounted_and_their_run_ends_with_any_other_outc
         (1, 0, None)
     );
     assert_eq!(counted.error.as_deref(), Some("timed out"));
+}
+
+/// Terraform's state and its lock (what the HTTP backend of `terraform` runs reaches): a held
+/// lock keeps every other writer and locker out and answers who holds it, its own holder
+/// writes, a force-unlock (no id) frees it, and a job's lock left by an earlier attempt is
+/// released by that job only.
+#[tokio::test]
+async fn a_terraform_state_lock_keeps_out_every_other_writer_until_it_is_released() {
+    use corral::storage::LockOutcome::{Done, HeldBy};
+    let (store, _dir) = store().await;
+    let ws = "ws-1";
+    assert_eq!(store.terraform_state(ws).await.unwrap(), None);
+    assert_eq!(store.write_terraform_state(ws, Some("v1"), None).await.unwrap(), Done);
+    assert_eq!(store.terraform_state(ws).await.unwrap().as_deref(), Some("v1"));
+
+    let info = r#"{"ID":"lock-a","Who":"run a"}"#;
+    assert_eq!(store.lock_terraform_state(ws, "lock-a", info, Some("job-a")).await.unwrap(), Done);
+    assert_eq!(store.lock_terraform_state(ws, "lock-a", info, Some("job-a")).await.unwrap(), Done);
+    let held = HeldBy(Some(info.to_string()));
+    assert_eq!(store.lock_terraform_state(ws, "lock-b", "{}", Some("job-b")).await.unwrap(), held);
+    assert_eq!(store.write_terraform_state(ws, Some("v2"), Some("lock-b")).await.unwrap(), held);
+    assert_eq!(store.write_terraform_state(ws, Some("v2"), None).await.unwrap(), held);
+    assert_eq!(store.unlock_terraform_state(ws, Some("lock-b")).await.unwrap(), held);
+    assert_eq!(store.terraform_state(ws).await.unwrap().as_deref(), Some("v1"), "nothing written");
+
+    assert_eq!(store.write_terraform_state(ws, Some("v2"), Some("lock-a")).await.unwrap(), Done);
+    assert_eq!(store.terraform_state(ws).await.unwrap().as_deref(), Some("v2"));
+    assert!(!store.release_job_lock(ws, "job-b").await.unwrap(), "job-b holds no lock");
+    assert!(store.release_job_lock(ws, "job-a").await.unwrap());
+    assert_eq!(store.lock_terraform_state(ws, "lock-b", "{}", Some("job-b")).await.unwrap(), Done);
+    assert_eq!(store.unlock_terraform_state(ws, None).await.unwrap(), Done, "force-unlock");
+    assert_eq!(store.write_terraform_state(ws, None, None).await.unwrap(), Done);
+    assert_eq!(store.terraform_state(ws).await.unwrap(), None, "a delete removes the state");
+    assert_eq!(store.terraform_state("ws-2").await.unwrap(), None, "other workspaces untouched");
+}
+
+/// Drift is judged when the reconciliation is written, against the instance as stored then: a
+/// change while a job owns the instance is the job's, a change after it finished is drift, even
+/// when the pass read its instances while the job still ran.
+#[tokio::test]
+async fn drift_is_judged_against_the_instance_as_stored_when_it_is_written() {
+    use corral::domain::InstanceState::{Running, Stopped};
+    use corral::storage::{InstanceRecord, Observation, Reconciliation};
+    let (store, _dir) = store().await;
+    let job = NewJob { kind: JobKind::CreateInstances, ..job() };
+    let now = now_millis();
+    let instance = InstanceRecord {
+        id: corral::storage::new_id(),
+        cloud_id: Some("i-0drift".into()),
+        name: "watched".into(),
+        namespace: "default".into(),
+        region: "us-east-1".into(),
+        ami: "ami-1".into(),
+        instance_type: "t3.micro".into(),
+        storage_gb: 8,
+        state: Running,
+        public_ip: None,
+        private_ip: None,
+        key_name: None,
+        tags: Default::default(),
+        backend: corral::domain::Backend::Aws,
+        launch_index: 0,
+        created_by_job: job.id.clone(),
+        active_job_id: Some(job.id.clone()),
+        vcpus: 2,
+        created_at: now,
+        updated_at: now,
+    };
+    let admitted = store.insert_create_job(&job, std::slice::from_ref(&instance), None).await;
+    assert_eq!(admitted.unwrap(), Admission::Stored);
+    let seen = |state| Reconciliation {
+        observations: vec![Observation {
+            instance_id: instance.id.clone(),
+            cloud_id: "i-0drift".into(),
+            state,
+            public_ip: None,
+            private_ip: None,
+        }],
+        ..Reconciliation::default()
+    };
+
+    // While the job owns it, a change is the job's.
+    assert_eq!(store.record_reconciliation(&seen(Stopped)).await.unwrap(), []);
+    assert!(store.drift_of(&instance.id).await.unwrap().is_empty());
+
+    // Once the job has finished, the same kind of change is drift, with the state it left.
+    store.claim_job("w1", now_millis() + 60_000).await.unwrap().unwrap();
+    assert!(store.finish_job(&job.id, "w1", &JobOutcome::Succeeded, 1, &[]).await.unwrap());
+    let drift = store.record_reconciliation(&seen(Running)).await.unwrap();
+    assert_eq!(drift.len(), 1, "{drift:?}");
+    assert_eq!(
+        (drift[0].old_value.as_deref(), drift[0].new_value.as_deref()),
+        (Some("stopped"), Some("running"))
+    );
+    let recorded = store.drift_of(&instance.id).await.unwrap();
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(recorded[0].field, "state");
+    // Seen again unchanged: nothing new.
+    assert_eq!(store.record_reconciliation(&seen(Running)).await.unwrap(), []);
 }

@@ -5,6 +5,7 @@
 //! terraform. Skipped, saying so, where terraform is absent.
 
 use aws_sdk_ec2::types::{Filter, InstanceStateName};
+use corral::domain::Backend;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -371,7 +372,7 @@ async fn a_terraform_default_backend_without_terraform_is_refused_at_start() {
     let refused = corral::startup::Application::build(corral::config::Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
         terraform: corral::config::TerraformSettings {
-            default_backend: "terraform".to_string(),
+            default_backend: corral::domain::Backend::Terraform,
             binary: "/nonexistent/terraform".to_string(),
             ..Default::default()
         },
@@ -389,7 +390,7 @@ async fn the_configured_default_backend_applies_to_requests_whose_namespace_name
         return;
     }
     let app =
-        spawn_app_with(|settings| settings.terraform.default_backend = "terraform".into()).await;
+        spawn_app_with(|settings| settings.terraform.default_backend = Backend::Terraform).await;
     let response = app.post_instances(&create_body("tf-default"), "").await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let job: Value = response.json().await.unwrap();

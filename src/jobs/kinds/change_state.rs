@@ -24,7 +24,7 @@ pub async fn run(run: &JobRun<'_>, action: Action) -> Result<(), JobError> {
             )));
         }
         // Terraform has no reboot: those go through the native API.
-        if instance.backend == Backend::Terraform.as_str() && action != Action::Reboot {
+        if instance.backend == Backend::Terraform && action != Action::Reboot {
             through_terraform.push(instance.clone());
             continue;
         }

@@ -7,7 +7,7 @@ use crate::cloud::{CloudInstance, TAG_JOB_ID};
 use crate::domain::InstanceState;
 use crate::jobs::kinds::observation;
 use crate::jobs::{JobContext, JobError, JobRun};
-use crate::storage::{Drift, InstanceRecord, OrphanRecord, Reconciliation, now_millis};
+use crate::storage::{InstanceRecord, OrphanRecord, Reconciliation, now_millis};
 
 pub async fn run(run: &JobRun<'_>) -> Result<(), JobError> {
     let mut by_region: BTreeMap<&str, Vec<InstanceRecord>> = BTreeMap::new();
@@ -19,12 +19,23 @@ pub async fn run(run: &JobRun<'_>) -> Result<(), JobError> {
         run.step(format!(
             "{region}: refreshed {} instance(s); {} drifted, {} missing",
             instances.len(),
-            outcome.drift.len(),
-            outcome.missing.len()
+            outcome.drifted,
+            outcome.missing
         ))
         .await;
     }
     Ok(())
+}
+
+/// What a refresh of one region found.
+#[derive(Debug, Default)]
+pub struct RegionOutcome {
+    /// Changes made behind corral's back (`storage::Store::record_reconciliation` judges them).
+    pub drifted: usize,
+    /// Instances the cloud no longer knows.
+    pub missing: usize,
+    /// Instances tagged by corral that it has no record of (when orphans were scanned for).
+    pub orphans: usize,
 }
 
 /// Compares `known` (instances of `region` with a cloud id) with the cloud and records the
@@ -36,7 +47,7 @@ pub async fn refresh_region(
     region: &str,
     known: &[InstanceRecord],
     unfinished_jobs: Option<&HashSet<String>>,
-) -> Result<Reconciliation, JobError> {
+) -> Result<RegionOutcome, JobError> {
     let mut seen: HashMap<String, CloudInstance> = HashMap::new();
     if unfinished_jobs.is_some() {
         for instance in ctx.provider.find_tag_key(region, TAG_JOB_ID).await? {
@@ -57,20 +68,7 @@ pub async fn refresh_region(
     let mut reconciliation = Reconciliation::default();
     for instance in known {
         let cloud_id = instance.cloud_id.as_deref().unwrap_or_default();
-        let (new_state, cloud) = match seen.get(cloud_id) {
-            Some(cloud) => (cloud.state, Some(cloud)),
-            None => (InstanceState::Missing, None),
-        };
-        // A job that owns the instance expects its state to change; anything else is drift.
-        if new_state != instance.state && instance.active_job_id.is_none() {
-            reconciliation.drift.push(Drift {
-                instance_id: instance.id.clone(),
-                field: "state".to_string(),
-                old_value: Some(instance.state.to_string()),
-                new_value: Some(new_state.to_string()),
-            });
-        }
-        match cloud {
+        match seen.get(cloud_id) {
             Some(cloud) => reconciliation.observations.push(observation(instance, cloud)),
             None => reconciliation.missing.push(instance.id.clone()),
         }
@@ -108,6 +106,10 @@ pub async fn refresh_region(
             .collect();
         reconciliation.orphans = Some((region.to_string(), orphans));
     }
-    ctx.store.record_reconciliation(&reconciliation).await?;
-    Ok(reconciliation)
+    let drift = ctx.store.record_reconciliation(&reconciliation).await?;
+    Ok(RegionOutcome {
+        drifted: drift.len(),
+        missing: reconciliation.missing.len(),
+        orphans: reconciliation.orphans.map(|(_, orphans)| orphans.len()).unwrap_or_default(),
+    })
 }

@@ -1,0 +1,749 @@
+//! Instances as corral records them: what jobs launch, what reconciliation observes (state,
+//! drift, orphans found in the cloud), lists and counts.
+
+use std::collections::BTreeMap;
+
+use sqlx::{Any, Transaction};
+
+use super::sql::Sql;
+
+use super::audit::insert_audit;
+use super::jobs::{begin_job, link_instance};
+use super::notify::{drift_notification, insert_notification};
+use super::{
+    Actor, Admission, AuditEntry, Millis, NewJob, Page, PageRequest, StorageError, Store, convert,
+    new_id, now_millis,
+};
+use crate::domain::{Backend, EventType, InstanceState, StateConflict, UnknownBackend};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceRecord {
+    pub id: String,
+    pub cloud_id: Option<String>,
+    pub name: String,
+    pub namespace: String,
+    pub region: String,
+    pub ami: String,
+    pub instance_type: String,
+    pub storage_gb: i64,
+    pub state: InstanceState,
+    pub public_ip: Option<String>,
+    pub private_ip: Option<String>,
+    pub key_name: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    pub backend: Backend,
+    pub launch_index: i64,
+    pub created_by_job: String,
+    pub active_job_id: Option<String>,
+    /// vCPUs of the instance type, counted against the namespace's quota.
+    pub vcpus: i64,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+impl InstanceRecord {
+    /// The record of an instance `job_id` is about to create: `provisioning`, owned by the job.
+    pub fn desired(
+        spec: &crate::domain::LaunchSpec,
+        job_id: &str,
+        launch_index: usize,
+        vcpus: i64,
+        now: Millis,
+    ) -> InstanceRecord {
+        InstanceRecord {
+            id: new_id(),
+            cloud_id: None,
+            name: spec.names[launch_index].clone(),
+            namespace: spec.namespace.clone(),
+            region: spec.region.clone(),
+            ami: spec.ami.clone(),
+            instance_type: spec.instance_type.clone(),
+            storage_gb: spec.storage_gb,
+            state: InstanceState::Provisioning,
+            public_ip: None,
+            private_ip: None,
+            key_name: spec.key_name.clone(),
+            tags: spec.tags.clone(),
+            backend: Backend::Aws,
+            launch_index: launch_index as i64,
+            created_by_job: job_id.to_string(),
+            active_job_id: Some(job_id.to_string()),
+            vcpus,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct InstanceFilter {
+    /// Only these namespaces (what the caller may see); `None` for all.
+    pub visible: Option<Vec<String>>,
+    pub state: Option<InstanceState>,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub tags: Vec<(String, String)>,
+}
+
+/// What the cloud reported about one stored instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observation {
+    pub instance_id: String,
+    pub cloud_id: String,
+    pub state: InstanceState,
+    pub public_ip: Option<String>,
+    pub private_ip: Option<String>,
+}
+
+/// A change the reconciler found that corral did not make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drift {
+    pub instance_id: String,
+    pub field: String,
+    pub old_value: Option<String>,
+    pub new_value: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriftRecord {
+    pub id: String,
+    pub instance_id: String,
+    pub at: Millis,
+    pub field: String,
+    pub old_value: Option<String>,
+    pub new_value: Option<String>,
+}
+
+/// An instance tagged by corral that corral has no record of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrphanRecord {
+    pub cloud_id: String,
+    pub region: String,
+    pub state: InstanceState,
+    pub ami: Option<String>,
+    pub instance_type: Option<String>,
+    pub public_ip: Option<String>,
+    pub private_ip: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    pub first_seen: Millis,
+    pub last_seen: Millis,
+}
+
+/// Everything one reconcile pass over one region found, written at once.
+#[derive(Debug, Clone, Default)]
+pub struct Reconciliation {
+    pub observations: Vec<Observation>,
+    /// Instances corral knows that the cloud does not.
+    pub missing: Vec<String>,
+    /// The orphans of the region, replacing those recorded before; `None` leaves them as they
+    /// are (a refresh of single instances does not scan for orphans).
+    pub orphans: Option<(String, Vec<OrphanRecord>)>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub instances_by_state: BTreeMap<String, i64>,
+    pub jobs_by_status: BTreeMap<String, i64>,
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct InstanceRow {
+    id: String,
+    cloud_id: Option<String>,
+    name: String,
+    namespace: String,
+    region: String,
+    ami: String,
+    instance_type: String,
+    storage_gb: i64,
+    state: String,
+    public_ip: Option<String>,
+    private_ip: Option<String>,
+    key_name: Option<String>,
+    tags: String,
+    backend: String,
+    launch_index: i64,
+    created_by_job: String,
+    active_job_id: Option<String>,
+    vcpus: i64,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<InstanceRow> for InstanceRecord {
+    type Error = StorageError;
+
+    fn try_from(row: InstanceRow) -> Result<Self, Self::Error> {
+        Ok(InstanceRecord {
+            state: row.state.parse().map_err(StorageError::Corrupt)?,
+            tags: serde_json::from_str(&row.tags)
+                .map_err(|err| StorageError::Corrupt(format!("tags of {}: {err}", row.id)))?,
+            backend: row.backend.parse().map_err(|err: UnknownBackend| {
+                StorageError::Corrupt(format!("backend of {}: {err}", row.id))
+            })?,
+            id: row.id,
+            cloud_id: row.cloud_id,
+            name: row.name,
+            namespace: row.namespace,
+            region: row.region,
+            ami: row.ami,
+            instance_type: row.instance_type,
+            storage_gb: row.storage_gb,
+            public_ip: row.public_ip,
+            private_ip: row.private_ip,
+            key_name: row.key_name,
+            launch_index: row.launch_index,
+            created_by_job: row.created_by_job,
+            active_job_id: row.active_job_id,
+            vcpus: row.vcpus,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct DriftRow {
+    id: String,
+    instance_id: String,
+    at: i64,
+    field: String,
+    old_value: Option<String>,
+    new_value: Option<String>,
+}
+
+impl From<DriftRow> for DriftRecord {
+    fn from(row: DriftRow) -> DriftRecord {
+        DriftRecord {
+            id: row.id,
+            instance_id: row.instance_id,
+            at: row.at,
+            field: row.field,
+            old_value: row.old_value,
+            new_value: row.new_value,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct OrphanRow {
+    cloud_id: String,
+    region: String,
+    state: String,
+    ami: Option<String>,
+    instance_type: Option<String>,
+    public_ip: Option<String>,
+    private_ip: Option<String>,
+    tags: String,
+    first_seen: i64,
+    last_seen: i64,
+}
+
+impl TryFrom<OrphanRow> for OrphanRecord {
+    type Error = StorageError;
+
+    fn try_from(row: OrphanRow) -> Result<Self, Self::Error> {
+        Ok(OrphanRecord {
+            state: row.state.parse().map_err(StorageError::Corrupt)?,
+            tags: serde_json::from_str(&row.tags)
+                .map_err(|err| StorageError::Corrupt(format!("tags of {}: {err}", row.cloud_id)))?,
+            cloud_id: row.cloud_id,
+            region: row.region,
+            ami: row.ami,
+            instance_type: row.instance_type,
+            public_ip: row.public_ip,
+            private_ip: row.private_ip,
+            first_seen: row.first_seen,
+            last_seen: row.last_seen,
+        })
+    }
+}
+
+impl Store {
+    /// Instances with a cloud id that are not terminated, grouped by region.
+    pub async fn live_instances(
+        &self,
+    ) -> Result<BTreeMap<String, Vec<InstanceRecord>>, StorageError> {
+        let mut by_region: BTreeMap<String, Vec<InstanceRecord>> = BTreeMap::new();
+        for instance in self.all_live_instances().await? {
+            by_region.entry(instance.region.clone()).or_default().push(instance);
+        }
+        Ok(by_region)
+    }
+
+    /// Which of `cloud_ids` corral has a record of, in any state.
+    pub async fn known_cloud_ids(&self, cloud_ids: &[String]) -> Result<Vec<String>, StorageError> {
+        let mut known = Vec::new();
+        // Stay far below SQLite's limit on bound parameters.
+        for chunk in cloud_ids.chunks(500) {
+            let mut query = Sql::new("SELECT cloud_id FROM instances WHERE cloud_id IN (");
+            let mut list = query.separated(", ");
+            for id in chunk {
+                list.push_bind(id);
+            }
+            query.push(")");
+            let rows: Vec<(String,)> = query.build_query_as().fetch_all(&self.pool).await?;
+            known.extend(rows.into_iter().map(|(id,)| id));
+        }
+        Ok(known)
+    }
+
+    /// Writes what a reconcile pass over one region found, in one transaction, and answers the
+    /// drift it recorded: the state changes of instances no job owns. Whether a job owns an
+    /// instance, and the state it left, are read here, as the change is written, not when the
+    /// pass read its instances before asking the cloud: a job may have started or finished in
+    /// between, and its own changes are no drift while a change behind its back after it
+    /// finished is.
+    pub async fn record_reconciliation(
+        &self,
+        reconciliation: &Reconciliation,
+    ) -> Result<Vec<Drift>, StorageError> {
+        let recipients = &self.recipients;
+        let now = now_millis();
+        let mut tx = self.pool.begin().await?;
+        let mut drifts = Vec::new();
+        for seen in &reconciliation.observations {
+            drifts.extend(update_observed(&mut tx, seen, now).await?);
+        }
+        for id in &reconciliation.missing {
+            let before: Option<(String, String, Option<String>)> = sqlx::query_as(
+                "UPDATE instances SET updated_at = $1 WHERE id = $2 AND state <> 'missing' \
+                 RETURNING namespace, state, active_job_id",
+            )
+            .bind(now)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some((namespace, old_state, owner)) = before else { continue };
+            if owner.is_none() {
+                drifts.push(state_drift(id, &old_state, InstanceState::Missing));
+            }
+            sqlx::query("UPDATE instances SET state = 'missing', public_ip = NULL WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            let entry = AuditEntry::new("instance.state", id)
+                .namespace(&namespace)
+                .old(serde_json::json!({ "state": old_state }))
+                .new_value(serde_json::json!({ "state": "missing" }));
+            insert_audit(&mut tx, &Actor::system(), &entry).await?;
+        }
+        for drift in &drifts {
+            sqlx::query(
+                "INSERT INTO drift_events (id, instance_id, at, field, old_value, new_value) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(crate::storage::new_id())
+            .bind(&drift.instance_id)
+            .bind(now)
+            .bind(&drift.field)
+            .bind(&drift.old_value)
+            .bind(&drift.new_value)
+            .execute(&mut *tx)
+            .await?;
+            let row: InstanceRow = sqlx::query_as("SELECT * FROM instances WHERE id = $1")
+                .bind(&drift.instance_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            let instance = InstanceRecord::try_from(row)?;
+            let entry = AuditEntry::new("instance.drift", &drift.instance_id)
+                .namespace(&instance.namespace)
+                .old(serde_json::json!({ &drift.field: drift.old_value }))
+                .new_value(serde_json::json!({ &drift.field: drift.new_value }));
+            insert_audit(&mut tx, &Actor::system(), &entry).await?;
+            let notification = drift_notification(&instance, drift, now);
+            insert_notification(&mut tx, EventType::InstanceDrifted, &notification, recipients)
+                .await?;
+        }
+        if let Some((region, orphans)) = &reconciliation.orphans {
+            let mut keep = Vec::new();
+            for orphan in orphans {
+                keep.push(orphan.cloud_id.clone());
+                sqlx::query(
+                    "INSERT INTO orphans (cloud_id, region, state, ami, instance_type, public_ip, \
+                     private_ip, tags, first_seen, last_seen) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                     ON CONFLICT (cloud_id) DO UPDATE SET state = excluded.state, \
+                     public_ip = excluded.public_ip, private_ip = excluded.private_ip, \
+                     tags = excluded.tags, last_seen = excluded.last_seen",
+                )
+                .bind(&orphan.cloud_id)
+                .bind(region)
+                .bind(orphan.state.as_str())
+                .bind(&orphan.ami)
+                .bind(&orphan.instance_type)
+                .bind(&orphan.public_ip)
+                .bind(&orphan.private_ip)
+                .bind(serde_json::to_string(&orphan.tags).expect("tags serialize"))
+                .bind(now)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            let mut delete = Sql::new("DELETE FROM orphans WHERE region = ");
+            delete.push_bind(region);
+            if !keep.is_empty() {
+                delete.push(" AND cloud_id NOT IN (");
+                let mut list = delete.separated(", ");
+                for id in &keep {
+                    list.push_bind(id);
+                }
+                delete.push(")");
+            }
+            delete.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(drifts)
+    }
+
+    pub async fn list_orphans(&self) -> Result<Vec<OrphanRecord>, StorageError> {
+        let rows: Vec<OrphanRow> =
+            sqlx::query_as("SELECT * FROM orphans ORDER BY region, cloud_id")
+                .fetch_all(&self.pool)
+                .await?;
+        convert(rows)
+    }
+
+    /// Turns an orphan into an instance record, atomically; `None` if it is no longer an orphan.
+    pub async fn adopt_orphan(
+        &self,
+        cloud_id: &str,
+        instance: &InstanceRecord,
+        actor: &Actor,
+    ) -> Result<Option<InstanceRecord>, StorageError> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query("DELETE FROM orphans WHERE cloud_id = $1")
+            .bind(cloud_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted != 1 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        // The namespace exists: the admin chose it (namespaces are never deleted).
+        insert_instance(&mut tx, instance).await?;
+        let entry = AuditEntry::new("orphan.adopt", &instance.id)
+            .namespace(&instance.namespace)
+            .new_value(serde_json::json!({ "cloud_id": cloud_id, "name": instance.name }));
+        insert_audit(&mut tx, actor, &entry).await?;
+        tx.commit().await?;
+        Ok(Some(instance.clone()))
+    }
+
+    /// Drift found on an instance, newest first.
+    pub async fn drift_of(&self, instance_id: &str) -> Result<Vec<DriftRecord>, StorageError> {
+        let rows: Vec<DriftRow> = sqlx::query_as(
+            "SELECT id, instance_id, at, field, old_value, new_value FROM drift_events \
+                 WHERE instance_id = $1 ORDER BY id DESC",
+        )
+        .bind(instance_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(DriftRecord::from).collect())
+    }
+
+    /// Looks an instance up by corral id or cloud id.
+    pub async fn find_instance(&self, id: &str) -> Result<Option<InstanceRecord>, StorageError> {
+        Ok(self.find_instances(&[id.to_string()]).await?.pop())
+    }
+
+    /// Looks instances up by corral id or cloud id; unknown ids are left out.
+    pub async fn find_instances(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<InstanceRecord>, StorageError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut query = Sql::new("SELECT * FROM instances WHERE id IN (");
+        let mut list = query.separated(", ");
+        for id in ids {
+            list.push_bind(id);
+        }
+        query.push(") OR cloud_id IN (");
+        let mut list = query.separated(", ");
+        for id in ids {
+            list.push_bind(id);
+        }
+        query.push(") ORDER BY id");
+        let rows: Vec<InstanceRow> = query.build_query_as().fetch_all(&self.pool).await?;
+        convert(rows)
+    }
+
+    pub async fn list_instances(
+        &self,
+        filter: &InstanceFilter,
+        page: &PageRequest,
+    ) -> Result<Page<InstanceRecord>, StorageError> {
+        let rows = self.instance_page_rows(filter, page).await?;
+        Ok(Page::from_rows(rows, page.limit, |row| &row.id))
+    }
+
+    /// Records what the cloud reported, including cloud ids of newly launched instances.
+    pub async fn record_observations(
+        &self,
+        observations: &[Observation],
+    ) -> Result<(), StorageError> {
+        if observations.is_empty() {
+            return Ok(());
+        }
+        let now = now_millis();
+        let mut tx = self.pool.begin().await?;
+        for seen in observations {
+            // A job records what it observed of its own instances: no drift, it owns them.
+            update_observed(&mut tx, seen, now).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Changes name and tags of an idle instance and stores the job that applies them in the
+    /// cloud; the instance before the change, or why it could not change.
+    pub async fn update_instance(
+        &self,
+        job: &NewJob,
+        instance_id: &str,
+        name: &str,
+        tags: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Result<InstanceRecord, Admission>, StorageError> {
+        let mut tx = match begin_job(&self.pool, job, None).await? {
+            Ok(tx) => tx,
+            Err(known) => return Ok(Err(known)),
+        };
+        let taken: Option<InstanceRow> = sqlx::query_as(
+            "UPDATE instances SET active_job_id = $1, updated_at = $2 \
+             WHERE id = $3 AND active_job_id IS NULL AND cloud_id IS NOT NULL \
+             AND state IN ('pending', 'running', 'stopping', 'stopped') RETURNING *",
+        )
+        .bind(&job.id)
+        .bind(now_millis())
+        .bind(instance_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(before) = taken else {
+            tx.rollback().await?;
+            let rows: Vec<InstanceRow> = select_by_ids(&[instance_id.to_string()])
+                .build_query_as()
+                .fetch_all(&self.pool)
+                .await?;
+            let conflicts = convert::<_, InstanceRecord>(rows)?
+                .into_iter()
+                .map(|instance| StateConflict {
+                    reason: match &instance.active_job_id {
+                        Some(busy) => format!("busy with job {busy}; retry when it has finished"),
+                        None => format!(
+                            "the instance is {}; name and tags change only on an instance that \
+                             exists in the cloud",
+                            instance.state
+                        ),
+                    },
+                    instance_id: instance.id,
+                })
+                .collect();
+            return Ok(Err(Admission::Conflicts(conflicts)));
+        };
+        let before = InstanceRecord::try_from(before)?;
+        sqlx::query("UPDATE instances SET name = $1, tags = $2 WHERE id = $3")
+            .bind(name)
+            .bind(serde_json::to_string(tags).expect("tags serialize"))
+            .bind(instance_id)
+            .execute(&mut *tx)
+            .await?;
+        link_instance(&mut tx, &job.id, instance_id).await?;
+        let entry = AuditEntry::new(job.kind.audit_action(), instance_id)
+            .namespace(&before.namespace)
+            .old(serde_json::json!({ "name": before.name, "tags": before.tags }))
+            .new_value(serde_json::json!({ "name": name, "tags": tags, "job_id": job.id }));
+        insert_audit(&mut tx, &job.actor, &entry).await?;
+        tx.commit().await?;
+        Ok(Ok(before))
+    }
+
+    pub async fn counts(&self) -> Result<Counts, StorageError> {
+        let instances: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM instances GROUP BY state")
+                .fetch_all(&self.pool)
+                .await?;
+        let jobs: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(Counts {
+            instances_by_state: instances.into_iter().collect(),
+            jobs_by_status: jobs.into_iter().collect(),
+        })
+    }
+
+    /// Which of the create jobs `job_ids` still have an instance that is not terminated or
+    /// failed.
+    pub async fn jobs_with_live_instances(
+        &self,
+        job_ids: &[String],
+    ) -> Result<Vec<String>, StorageError> {
+        if job_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut query = Sql::new(
+            "SELECT DISTINCT created_by_job FROM instances \
+             WHERE state NOT IN ('terminated', 'failed') AND created_by_job IN (",
+        );
+        let mut list = query.separated(", ");
+        for id in job_ids {
+            list.push_bind(id);
+        }
+        query.push(")");
+        let rows: Vec<(String,)> = query.build_query_as().fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
+    async fn all_live_instances(&self) -> Result<Vec<InstanceRecord>, StorageError> {
+        let rows: Vec<InstanceRow> = sqlx::query_as(
+            "SELECT * FROM instances WHERE cloud_id IS NOT NULL AND state <> 'terminated' \
+             ORDER BY region, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        convert(rows)
+    }
+
+    async fn instance_page_rows(
+        &self,
+        filter: &InstanceFilter,
+        page: &PageRequest,
+    ) -> Result<Vec<InstanceRecord>, StorageError> {
+        let mut query = Sql::new("SELECT * FROM instances WHERE 1 = 1");
+        if let Some(visible) = &filter.visible {
+            if visible.is_empty() {
+                return Ok(Vec::new());
+            }
+            query.push(" AND namespace IN (");
+            let mut list = query.separated(", ");
+            for name in visible {
+                list.push_bind(name);
+            }
+            query.push(")");
+        }
+        if let Some(state) = filter.state {
+            query.push(" AND state = ").push_bind(state.as_str());
+        }
+        if let Some(namespace) = &filter.namespace {
+            query.push(" AND namespace = ").push_bind(namespace);
+        }
+        if let Some(name) = &filter.name {
+            query.push(" AND name = ").push_bind(name);
+        }
+        for (key, value) in &filter.tags {
+            query.push(self.dialect.tag_filter());
+            query.push_bind(key).push(" AND tag.value = ").push_bind(value).push(")");
+        }
+        if let Some(after) = &page.after {
+            query.push(" AND id < ").push_bind(after);
+        }
+        query.push(" ORDER BY id DESC LIMIT ").push_bind(page.limit + 1);
+        let rows: Vec<InstanceRow> = query.build_query_as().fetch_all(&self.pool).await?;
+        convert(rows)
+    }
+}
+
+pub(super) fn select_by_ids(ids: &[String]) -> Sql<'_> {
+    let mut query = Sql::new("SELECT * FROM instances WHERE id IN (");
+    let mut list = query.separated(", ");
+    for id in ids {
+        list.push_bind(id);
+    }
+    query.push(") ORDER BY id");
+    query
+}
+
+pub(super) async fn insert_instance(
+    tx: &mut Transaction<'_, Any>,
+    instance: &InstanceRecord,
+) -> Result<(), StorageError> {
+    let tags = serde_json::to_string(&instance.tags).expect("tags serialize");
+    sqlx::query(
+        "INSERT INTO instances (id, cloud_id, name, namespace, region, ami, instance_type, \
+             storage_gb, state, public_ip, private_ip, key_name, tags, backend, launch_index, \
+             created_by_job, active_job_id, vcpus, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+    )
+    .bind(&instance.id)
+    .bind(&instance.cloud_id)
+    .bind(&instance.name)
+    .bind(&instance.namespace)
+    .bind(&instance.region)
+    .bind(&instance.ami)
+    .bind(&instance.instance_type)
+    .bind(instance.storage_gb)
+    .bind(instance.state.as_str())
+    .bind(&instance.public_ip)
+    .bind(&instance.private_ip)
+    .bind(&instance.key_name)
+    .bind(tags)
+    .bind(instance.backend.as_str())
+    .bind(instance.launch_index)
+    .bind(&instance.created_by_job)
+    .bind(&instance.active_job_id)
+    .bind(instance.vcpus)
+    .bind(instance.created_at)
+    .bind(instance.updated_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn update_observed(
+    tx: &mut Transaction<'_, Any>,
+    seen: &Observation,
+    now: Millis,
+) -> Result<Option<Drift>, StorageError> {
+    // Writes first, returning the row as it was, so that a state change is audited with
+    // the state it left, and is drift unless a job owns the instance.
+    let before: Option<(String, String, Option<String>)> = sqlx::query_as(
+        "UPDATE instances SET updated_at = $5 \
+         WHERE id = $6 AND (cloud_id IS DISTINCT FROM $1 OR state <> $2 \
+                            OR public_ip IS DISTINCT FROM $3 OR private_ip IS DISTINCT FROM $4) \
+         RETURNING namespace, state, active_job_id",
+    )
+    .bind(&seen.cloud_id)
+    .bind(seen.state.as_str())
+    .bind(&seen.public_ip)
+    .bind(&seen.private_ip)
+    .bind(now)
+    .bind(&seen.instance_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some((namespace, old_state, owner)) = before else { return Ok(None) };
+    sqlx::query(
+        "UPDATE instances SET cloud_id = $1, state = $2, public_ip = $3, private_ip = $4 WHERE id = $5",
+    )
+    .bind(&seen.cloud_id)
+    .bind(seen.state.as_str())
+    .bind(&seen.public_ip)
+    .bind(&seen.private_ip)
+    .bind(&seen.instance_id)
+    .execute(&mut **tx)
+    .await?;
+    if old_state != seen.state.as_str() {
+        let entry = AuditEntry::new("instance.state", &seen.instance_id)
+            .namespace(&namespace)
+            .old(serde_json::json!({ "state": old_state }))
+            .new_value(serde_json::json!({
+                "state": seen.state.as_str(),
+                "cloud_id": seen.cloud_id,
+                "public_ip": seen.public_ip,
+                "private_ip": seen.private_ip,
+            }));
+        insert_audit(tx, &Actor::system(), &entry).await?;
+    }
+    let changed = old_state != seen.state.as_str();
+    Ok((changed && owner.is_none()).then(|| state_drift(&seen.instance_id, &old_state, seen.state)))
+}
+
+fn state_drift(instance_id: &str, old_state: &str, new_state: InstanceState) -> Drift {
+    Drift {
+        instance_id: instance_id.to_string(),
+        field: "state".to_string(),
+        old_value: Some(old_state.to_string()),
+        new_value: Some(new_state.to_string()),
+    }
+}
