@@ -1,5 +1,12 @@
 //! The HTTP API: one router per resource, merged here, with the state they share.
 //!
+//! Each route is declared once, in its module's `router()`, as a handler with its
+//! `#[utoipa::path]` (`utoipa_axum::routes!`): the axum route and its operation in
+//! `/openapi.json` come from that one declaration, so that no route escapes the document, nor
+//! the access matrix built from it (`tests/it/access.rs`). Adding a route: the handler with its
+//! `#[utoipa::path]`, one `.routes(routes!(…))` line in its module's `router()`, and its rule in
+//! the access matrix.
+//!
 //! Handlers validate, write the desired state and a job in one transaction, and return; they
 //! never change anything in the cloud (jobs do), and read from it only through the cached
 //! catalog. Wire types live next to their handlers and are not domain types. Errors use one
@@ -8,6 +15,7 @@
 //! Every route except health, docs and `/v1/token` sits behind `auth::require_auth`; handlers
 //! take a `Caller` and decide what it may see and do (`domain::identity`).
 
+mod admission;
 mod api_keys;
 mod audit;
 mod auth;
@@ -36,6 +44,8 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderName;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::auth::Authenticator;
 use crate::cloud::Catalog;
@@ -76,11 +86,13 @@ pub struct ApiContext {
 
 /// `/health` and `/ready` only, for processes that run jobs but serve no API.
 pub fn health_router(ctx: ApiContext) -> Router {
-    health::router().with_state(ctx).layer(axum::middleware::from_fn(error::problem_responses))
+    let (health, _) = health::router().split_for_parts();
+    health.with_state(ctx).layer(axum::middleware::from_fn(error::problem_responses))
 }
 
+/// The whole API and its OpenAPI document, from the routers of its modules.
 pub fn router(ctx: ApiContext) -> Router {
-    let v1 = Router::new()
+    let (protected, protected_doc) = OpenApiRouter::new()
         .merge(api_keys::router())
         .merge(audit::router())
         .merge(auth::router())
@@ -94,18 +106,22 @@ pub fn router(ctx: ApiContext) -> Router {
         .merge(policy::router())
         .merge(subscriptions::router())
         .merge(terraform_state::router())
-        .merge(users::router());
-    let protected = Router::new()
-        .nest("/v1", v1)
+        .merge(users::router())
         .merge(health::status_router())
+        .split_for_parts();
+    let protected = protected
         .route_layer(axum::middleware::from_fn_with_state(ctx.clone(), auth::require_auth));
+    let (public, public_doc) =
+        OpenApiRouter::new().merge(auth::public_router()).merge(health::router()).split_for_parts();
+    let mut document = ApiDoc::openapi();
+    document.merge(protected_doc);
+    document.merge(public_doc);
     let request_id = HeaderName::from_static(auth::REQUEST_ID_HEADER);
     Router::new()
         .merge(protected)
-        .nest("/v1", auth::public_router())
-        .merge(health::router())
+        .merge(public)
         .with_state(ctx.clone())
-        .merge(docs::router())
+        .merge(docs::router(document))
         .layer(axum::middleware::from_fn_with_state(ctx.limits.clone(), limits::request_timeout))
         .layer(axum::middleware::from_fn(error::problem_responses))
         .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))

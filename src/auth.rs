@@ -76,7 +76,7 @@ impl Authenticator {
     /// on first start).
     pub async fn new(store: Store, settings: &AuthSettings) -> anyhow::Result<Authenticator> {
         let secret = match &settings.jwt_secret {
-            Some(secret) => secret.clone(),
+            Some(secret) => secrecy::ExposeSecret::expose_secret(secret).to_string(),
             None => store.setting_or_insert(JWT_SECRET_SETTING, &random_string(64)).await?,
         };
         Ok(Authenticator {
@@ -98,7 +98,7 @@ impl Authenticator {
     /// never to the log.
     pub async fn bootstrap(&self, settings: &AuthSettings, data_dir: &Path) -> anyhow::Result<()> {
         let (password, generated) = match &settings.admin_password {
-            Some(password) => (password.clone(), false),
+            Some(password) => (secrecy::ExposeSecret::expose_secret(password).to_string(), false),
             None => (random_string(24), true),
         };
         let now = now_millis();

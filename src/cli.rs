@@ -20,11 +20,8 @@ use std::path::PathBuf;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::startup::Application;
-use crate::storage::Store;
 use client::{Client, Credential, Failure, Outcome};
 use commands::{
     ApiKeysCommand, AuditArgs, InstancesCommand, JobsCommand, KeyPairsCommand, NamespacesCommand,
@@ -95,7 +92,7 @@ pub enum Command {
         /// api: the HTTP API only; worker: jobs and the reconciler (with /health and /ready);
         /// all: both. Split roles need a shared PostgreSQL database.
         #[arg(long, env = "CORRAL_ROLE", value_enum)]
-        role: Option<crate::config::Role>,
+        role: Option<crate::config::ProcessRole>,
     },
     /// Applies database migrations and exits.
     Migrate {
@@ -155,12 +152,11 @@ pub enum ExitCode {
     Interrupted = 130,
 }
 
-/// Runs a parsed command line and says how the process should end.
+/// Runs a parsed client command line and says how the process should end. (`serve` and
+/// `migrate` are the service's: `startup::serve_command` runs them.)
 pub async fn run(cli: Cli) -> ExitCode {
-    let server_side = matches!(cli.command, Some(Command::Serve { .. } | Command::Migrate { .. }));
-    crate::telemetry::init(if server_side { "info" } else { "error" });
-    let result = if server_side { serve(cli).await } else { client(cli).await };
-    match result {
+    crate::telemetry::init("error");
+    match client(cli).await {
         Ok(()) => ExitCode::Success,
         // A closed pipe (`corral … | head`): the reader has what it wanted.
         Err(failure) if failure.code == ExitCode::Success => ExitCode::Success,
@@ -168,35 +164,6 @@ pub async fn run(cli: Cli) -> ExitCode {
             eprintln!("error: {}", failure.message);
             failure.code
         }
-    }
-}
-
-async fn serve(cli: Cli) -> Outcome<()> {
-    let failed = |err: anyhow::Error| Failure::failed(format!("{err:#}"));
-    match cli.command {
-        Some(Command::Serve { server, listen, role }) => {
-            let mut settings = server.settings().map_err(failed)?;
-            if let Some(listen) = listen {
-                settings.listen = listen;
-            }
-            if let Some(role) = role {
-                settings.role = role;
-            }
-            let app = Application::build(settings).await.map_err(failed)?;
-            let shutdown = CancellationToken::new();
-            tokio::spawn(stop_on_signal(shutdown.clone()));
-            app.run_until_stopped(shutdown).await.map_err(failed)
-        }
-        Some(Command::Migrate { server }) => {
-            let settings = server.settings().map_err(failed)?;
-            Store::connect(&settings.database_url).await.map_err(failed)?;
-            tracing::info!(
-                database = %crate::storage::redact_url(&settings.database_url),
-                "migrations applied"
-            );
-            Ok(())
-        }
-        _ => unreachable!("only server commands come here"),
     }
 }
 
@@ -235,12 +202,10 @@ async fn client(cli: Cli) -> Outcome<()> {
         Command::ApiKeys(command) => commands::api_keys(&client, &out, command).await,
         Command::Keypairs(command) => commands::key_pairs(&client, &out, command).await,
         Command::Interactive => menu::run(&client).await,
-        Command::Serve { .. }
-        | Command::Migrate { .. }
-        | Command::Login { .. }
-        | Command::Completions { .. } => {
-            unreachable!("handled above")
+        Command::Serve { .. } | Command::Migrate { .. } => {
+            Err(Failure::usage("serve and migrate are run by the corral binary itself"))
         }
+        Command::Login { .. } | Command::Completions { .. } => unreachable!("handled above"),
     }
 }
 
@@ -315,33 +280,12 @@ async fn logout(env: &Environment, client: &Client, profile_flag: Option<&str>) 
 }
 
 impl ServerArgs {
-    fn settings(&self) -> anyhow::Result<Settings> {
+    /// The settings these flags, the configuration file and the environment make.
+    pub fn settings(&self) -> anyhow::Result<Settings> {
         let mut settings = Settings::load(self.config.as_deref())?;
         if let Some(database) = &self.database {
             settings.database_url = database.clone();
         }
         Ok(settings)
     }
-}
-
-/// Cancels `shutdown` on SIGINT (Ctrl-C) or SIGTERM.
-async fn stop_on_signal(shutdown: CancellationToken) {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = interrupt => {}
-        _ = terminate => {}
-    }
-    tracing::info!("shutdown requested: finishing running jobs");
-    shutdown.cancel();
 }

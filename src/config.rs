@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{Backend, Policy};
@@ -56,7 +57,8 @@ const ENV_ALIASES: [(&str, &str); 15] = [
     ("reconcile_interval", "reconcile__interval"),
 ];
 
-/// Printed (`Debug`) with the password of its URLs left out and every secret `[redacted]`.
+/// Printed (`Debug`) with the password of its URLs left out; every secret setting is a
+/// `SecretString`, which prints as `[REDACTED]`.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
@@ -70,7 +72,7 @@ pub struct Settings {
     /// database's folder, else `./data`).
     pub data_dir: Option<String>,
     /// What this process does (`CORRAL_ROLE`): serve the API, run jobs, or both.
-    pub role: Role,
+    pub role: ProcessRole,
     pub aws: AwsSettings,
     pub jobs: JobSettings,
     pub reconcile: ReconcileSettings,
@@ -262,7 +264,7 @@ impl Default for Settings {
             server: ServerSettings::default(),
             database_url: "sqlite://./data/corral.db".to_string(),
             data_dir: None,
-            role: Role::All,
+            role: ProcessRole::All,
             aws: AwsSettings::default(),
             jobs: JobSettings::default(),
             reconcile: ReconcileSettings::default(),
@@ -278,7 +280,7 @@ impl Default for Settings {
 /// PostgreSQL database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
-pub enum Role {
+pub enum ProcessRole {
     /// The HTTP API only; jobs are run by worker processes.
     Api,
     /// Job workers and the reconciler, with `/health` and `/ready` only.
@@ -287,25 +289,25 @@ pub enum Role {
     All,
 }
 
-impl Role {
+impl ProcessRole {
     pub fn as_str(self) -> &'static str {
         match self {
-            Role::Api => "api",
-            Role::Worker => "worker",
-            Role::All => "all",
+            ProcessRole::Api => "api",
+            ProcessRole::Worker => "worker",
+            ProcessRole::All => "all",
         }
     }
 
     pub fn serves_api(self) -> bool {
-        matches!(self, Role::Api | Role::All)
+        matches!(self, ProcessRole::Api | ProcessRole::All)
     }
 
     pub fn runs_jobs(self) -> bool {
-        matches!(self, Role::Worker | Role::All)
+        matches!(self, ProcessRole::Worker | ProcessRole::All)
     }
 }
 
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AwsSettings {
     /// Send every EC2 call here instead of AWS, e.g. a local emulator. The standard
@@ -313,7 +315,8 @@ pub struct AwsSettings {
     pub endpoint_url: Option<String>,
     /// Static credentials; when absent, the standard AWS credential chain is used.
     pub access_key_id: Option<String>,
-    pub secret_access_key: Option<String>,
+    #[serde(skip_serializing)]
+    pub secret_access_key: Option<SecretString>,
     /// Time limit for one attempt of one cloud call.
     pub call_timeout_secs: u64,
     /// How long AMI and instance-type facts are cached.
@@ -364,29 +367,18 @@ impl Default for AwsSettings {
     }
 }
 
-impl std::fmt::Debug for AwsSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AwsSettings")
-            .field("endpoint_url", &self.endpoint_url)
-            .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "[redacted]"))
-            .field("call_timeout_secs", &self.call_timeout_secs)
-            .field("catalog_ttl_secs", &self.catalog_ttl_secs)
-            .field("rate_limits", &self.rate_limits)
-            .finish()
-    }
-}
-
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSettings {
     /// Password of the `admin` user created on first start with an empty database
     /// (`CORRAL_ADMIN_PASSWORD`); when unset, one is generated and written once to a file only
     /// corral's user can read, in the data directory, and must be changed at first sign-in.
-    pub admin_password: Option<String>,
+    #[serde(skip_serializing)]
+    pub admin_password: Option<SecretString>,
     /// Key that signs access tokens (HS256), at least 32 bytes; when unset, one is generated
     /// and kept in the database, so every process sharing it accepts the same tokens.
-    pub jwt_secret: Option<String>,
+    #[serde(skip_serializing)]
+    pub jwt_secret: Option<SecretString>,
     /// How long an access token from `/v1/token` is valid.
     pub token_ttl_secs: u64,
     /// Failed logins for one username, then one address, within `login_window_secs` before
@@ -409,29 +401,15 @@ impl Default for AuthSettings {
     }
 }
 
-impl std::fmt::Debug for AuthSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let redacted = |value: &Option<String>| value.as_ref().map(|_| "[redacted]");
-        f.debug_struct("AuthSettings")
-            .field("admin_password", &redacted(&self.admin_password))
-            .field("jwt_secret", &redacted(&self.jwt_secret))
-            .field("token_ttl_secs", &self.token_ttl_secs)
-            .field("login_failures_per_user", &self.login_failures_per_user)
-            .field("login_failures_per_address", &self.login_failures_per_address)
-            .field("login_window_secs", &self.login_window_secs)
-            .finish()
-    }
-}
-
 impl AuthSettings {
     pub fn validate(&self) -> Result<(), String> {
         if let Some(secret) = &self.jwt_secret
-            && secret.len() < 32
+            && secret.expose_secret().len() < 32
         {
             return Err("auth.jwt_secret must be at least 32 bytes".to_string());
         }
         if let Some(password) = &self.admin_password
-            && password.chars().count() < crate::domain::MIN_PASSWORD_LEN
+            && password.expose_secret().chars().count() < crate::domain::MIN_PASSWORD_LEN
         {
             return Err(format!(
                 "CORRAL_ADMIN_PASSWORD (auth.admin_password) must have at least {} characters",
@@ -529,7 +507,7 @@ impl Default for ReconcileSettings {
 /// names: `CORRAL_SMTP_HOST`, `CORRAL_SMTP_PORT`, `CORRAL_SMTP_USER`, `CORRAL_SMTP_PASSWORD`,
 /// `CORRAL_SMTP_TLS`, `CORRAL_SMTP_FROM`, `CORRAL_NOTIFY_EMAIL`, and
 /// `CORRAL_WEBHOOK_ALLOW_PRIVATE`.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NotifySettings {
     /// SMTP server; email is off without it.
@@ -537,7 +515,8 @@ pub struct NotifySettings {
     /// Defaults by `smtp_tls`: 25 (`none`), 587 (`starttls`), 465 (`tls`).
     pub smtp_port: Option<u16>,
     pub smtp_user: Option<String>,
-    pub smtp_password: Option<String>,
+    #[serde(skip_serializing)]
+    pub smtp_password: Option<SecretString>,
     pub smtp_tls: SmtpTls,
     /// The sender, e.g. `corral <corral@example.com>`.
     pub smtp_from: String,
@@ -598,22 +577,6 @@ impl Default for NotifySettings {
             public_url: None,
             max_subscriptions_per_namespace: 50,
         }
-    }
-}
-
-impl std::fmt::Debug for NotifySettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NotifySettings")
-            .field("smtp_host", &self.smtp_host)
-            .field("smtp_port", &self.smtp_port)
-            .field("smtp_user", &self.smtp_user)
-            .field("smtp_password", &self.smtp_password.as_ref().map(|_| "[redacted]"))
-            .field("smtp_tls", &self.smtp_tls)
-            .field("smtp_from", &self.smtp_from)
-            .field("email", &self.email)
-            .field("webhook_allow_private", &self.webhook_allow_private)
-            .field("max_attempts", &self.max_attempts)
-            .finish_non_exhaustive()
     }
 }
 

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiContext};
 use crate::auth::Authenticator;
 use crate::cloud::{AwsProvider, Catalog, DescribeBatcher, Provider};
-use crate::config::{ReconcileSettings, Role, ServerSettings, Settings};
+use crate::config::{ProcessRole, ReconcileSettings, ServerSettings, Settings};
 use crate::domain::Backend;
 use crate::jobs::{self, JobContext, Queue};
 use crate::notify::{self, Notifier};
@@ -29,7 +29,7 @@ pub struct Application {
     jobs: Arc<JobContext>,
     notifier: Arc<Notifier>,
     reconcile: ReconcileSettings,
-    role: Role,
+    role: ProcessRole,
 }
 
 impl Application {
@@ -58,7 +58,7 @@ impl Application {
         let store =
             Store::connect(&settings.database_url).await?.with_recipients(&settings.notify.email);
         anyhow::ensure!(
-            settings.role == Role::All || store.is_shared(),
+            settings.role == ProcessRole::All || store.is_shared(),
             "--role {} needs a database shared with the other roles (postgres://…); with SQLite \
              run one process with --role all",
             settings.role.as_str()
@@ -242,4 +242,57 @@ impl Application {
         }
         served
     }
+}
+
+/// Runs `corral serve` or `corral migrate` (the server side of the binary; every other command
+/// is a client, `cli::run`), logging at info.
+pub async fn serve_command(command: crate::cli::Command) -> anyhow::Result<()> {
+    crate::telemetry::init("info");
+    match command {
+        crate::cli::Command::Serve { server, listen, role } => {
+            let mut settings = server.settings()?;
+            if let Some(listen) = listen {
+                settings.listen = listen;
+            }
+            if let Some(role) = role {
+                settings.role = role;
+            }
+            let app = Application::build(settings).await?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            app.run_until_stopped(shutdown).await
+        }
+        crate::cli::Command::Migrate { server } => {
+            let settings = server.settings()?;
+            Store::connect(&settings.database_url).await?;
+            tracing::info!(
+                database = %crate::storage::redact_url(&settings.database_url),
+                "migrations applied"
+            );
+            Ok(())
+        }
+        _ => anyhow::bail!("only serve and migrate run here"),
+    }
+}
+
+/// Cancels `shutdown` on SIGINT (Ctrl-C) or SIGTERM.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutdown requested: finishing running jobs");
+    shutdown.cancel();
 }

@@ -34,7 +34,7 @@ use chrono::{DateTime, Utc};
 use sqlx::any::AnyPoolOptions;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{AnyConnection, AnyPool, ConnectOptions, Executor, PgPool};
+use sqlx::{AnyConnection, AnyPool, Executor, PgPool};
 use tokio::sync::mpsc;
 
 pub use audit::*;
@@ -213,23 +213,35 @@ impl Store {
             std::fs::create_dir_all(folder)
                 .with_context(|| format!("creating database folder {}", folder.display()))?;
         }
-        // What a URL cannot say is set on every new connection: write-ahead logging, syncs at
-        // checkpoints only, foreign keys, and a wait instead of an error while another
-        // connection writes.
-        let pool = AnyPoolOptions::new()
-            .max_connections(8)
+        // An in-memory database lives as long as its connection, and each connection has its
+        // own: it gets one connection, kept open. A file is created if missing.
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let any_url = if in_memory || url.contains("mode=") {
+            url.to_string()
+        } else {
+            format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
+        };
+        let pool = if in_memory {
+            AnyPoolOptions::new().max_connections(1).idle_timeout(None).max_lifetime(None)
+        } else {
+            AnyPoolOptions::new().max_connections(8)
+        };
+        // What a URL cannot say is set on every new connection, the wait first: a wait
+        // instead of an error while another connection writes, write-ahead logging, syncs at
+        // checkpoints only, foreign keys.
+        let pool = pool
             .after_connect(|connection, _| {
                 Box::pin(async move {
                     connection
                         .execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                            "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
+                             PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
                         )
                         .await?;
                     Ok(())
                 })
             })
-            .connect(options.to_url_lossy().as_str())
+            .connect(&any_url)
             .await
             .with_context(|| format!("opening database {url}"))?;
         sqlx::migrate!("./migrations/sqlite")
@@ -252,7 +264,11 @@ impl Store {
             .run(&pool)
             .await
             .context("applying database migrations")?;
-        let listener = PgPoolOptions::new().max_connections(1).connect_lazy(url)?;
+        // `subscribe` holds this pool's one connection for as long as it listens.
+        let listener = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy(url)?;
         Ok(Store {
             pool,
             dialect: Dialect::Postgres,
@@ -310,7 +326,19 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{Store, redact_url};
+
+    #[tokio::test]
+    async fn an_in_memory_database_and_a_path_with_a_colon_open_and_keep_what_they_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = format!("sqlite://{}/corral:test.db", dir.path().display());
+        for url in ["sqlite::memory:", file.as_str()] {
+            let store = Store::connect(url).await.unwrap();
+            assert_eq!(store.setting_or_insert("k", "first").await.unwrap(), "first", "{url}");
+            assert_eq!(store.setting_or_insert("k", "second").await.unwrap(), "first", "{url}");
+        }
+        assert!(dir.path().join("corral:test.db").exists());
+    }
 
     #[test]
     fn passwords_never_reach_messages() {

@@ -3,20 +3,22 @@
 //! key or token that made it, unless the request proves the user's password again: a stolen
 //! 30-minute token cannot become a credential that never ends.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::api::auth::Caller;
+use crate::api::error::Key;
 use crate::api::extract::{ClientAddress, QueryParams, ValidJson};
 use crate::api::{ApiContext, ApiError, FieldError};
 use crate::auth::{api_key_digest, new_api_key};
 use crate::storage::{ApiKeyRecord, now_millis, to_datetime};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -73,10 +75,10 @@ impl From<&ApiKeyRecord> for ApiKeyBody {
     }
 }
 
-pub fn router() -> Router<ApiContext> {
-    Router::new()
-        .route("/api-keys", get(list_api_keys).post(create_api_key))
-        .route("/api-keys/{id}", delete(revoke_api_key))
+pub fn router() -> OpenApiRouter<ApiContext> {
+    OpenApiRouter::new()
+        .routes(routes!(list_api_keys, create_api_key))
+        .routes(routes!(revoke_api_key))
 }
 
 /// Creates an API key that acts as the caller. The answer is the only time the key is shown.
@@ -157,7 +159,7 @@ pub async fn list_api_keys(
         (true, None) => ctx.store.list_api_keys(None).await?,
         (true, Some(user)) => match ctx.store.user_by_name(user).await? {
             Some(user) => ctx.store.list_api_keys(Some(&user.id)).await?,
-            None => return Err(ApiError::NotFound(format!("no user named '{user}'"))),
+            None => return Err(ApiError::not_found("user", Key::Name(user))),
         },
     };
     Ok(Json(ApiKeyList { items: keys.iter().map(ApiKeyBody::from).collect() }))
@@ -177,6 +179,6 @@ pub async fn revoke_api_key(
         .store
         .revoke_api_key(&id, owner, &caller.actor())
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no API key with id '{id}'")))?;
+        .ok_or_else(|| ApiError::not_found("API key", Key::Id(&id)))?;
     Ok(Json(ApiKeyBody::from(&key)))
 }

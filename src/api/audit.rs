@@ -6,9 +6,8 @@
 //! older than the last one of that page, `id < cursor ORDER BY id DESC`, through the indexes,
 //! at any depth.
 
+use axum::Json;
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -17,6 +16,8 @@ use crate::api::auth::Caller;
 use crate::api::extract::{QueryParams, encode_cursor, page_param};
 use crate::api::{ApiContext, ApiError};
 use crate::storage::{AuditFilter, AuditRecord, to_datetime};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 #[derive(Serialize, ToSchema)]
 pub struct AuditEventBody {
@@ -68,8 +69,8 @@ impl From<AuditRecord> for AuditEventBody {
     }
 }
 
-pub fn router() -> Router<ApiContext> {
-    Router::new().route("/audit", get(list_audit))
+pub fn router() -> OpenApiRouter<ApiContext> {
+    OpenApiRouter::new().routes(routes!(list_audit))
 }
 
 /// The audit log, newest first, filtered by namespace, actor, action and target.

@@ -4,14 +4,13 @@
 
 use std::collections::BTreeMap;
 
+use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -20,6 +19,8 @@ use crate::api::{ApiContext, ApiError, FieldError};
 use crate::auth::AuthError;
 use crate::domain::{Access, Credential, Principal, Role};
 use crate::storage::Actor;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Header that carries the request id (taken from the client, or generated).
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -143,12 +144,12 @@ impl Caller {
     }
 }
 
-pub fn public_router() -> Router<ApiContext> {
-    Router::new().route("/token", post(issue_token))
+pub fn public_router() -> OpenApiRouter<ApiContext> {
+    OpenApiRouter::new().routes(routes!(issue_token))
 }
 
-pub fn router() -> Router<ApiContext> {
-    Router::new().route("/me", get(get_me))
+pub fn router() -> OpenApiRouter<ApiContext> {
+    OpenApiRouter::new().routes(routes!(get_me))
 }
 
 #[derive(Deserialize, ToSchema)]

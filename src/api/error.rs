@@ -80,7 +80,30 @@ pub enum ApiError {
     Internal(#[from] anyhow::Error),
 }
 
+/// How a resource is known: by its name, its id, or its cloud id.
+#[derive(Debug, Clone, Copy)]
+pub enum Key<'a> {
+    Name(&'a str),
+    Id(&'a str),
+    CloudId(&'a str),
+}
+
+/// "no namespace named 'team-a'", "no job with id '…'": how every answer says that there is no
+/// such `kind` of thing, or none the caller may see (which it is not told apart).
+pub fn no_such(kind: &str, key: Key<'_>) -> String {
+    match key {
+        Key::Name(name) => format!("no {kind} named '{name}'"),
+        Key::Id(id) => format!("no {kind} with id '{id}'"),
+        Key::CloudId(id) => format!("no {kind} with cloud id '{id}'"),
+    }
+}
+
 impl ApiError {
+    /// `404`, saying `no_such(kind, key)`.
+    pub fn not_found(kind: &str, key: Key<'_>) -> ApiError {
+        ApiError::NotFound(no_such(kind, key))
+    }
+
     pub fn bad_request(detail: impl Into<String>) -> ApiError {
         ApiError::BadRequest { detail: detail.into(), errors: Vec::new() }
     }

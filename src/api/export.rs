@@ -8,26 +8,25 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 
 use crate::api::auth::Caller;
+use crate::api::error::Key;
 use crate::api::extract::QueryParams;
 use crate::api::{ApiContext, ApiError};
 use crate::domain::{InstanceState, Role};
 use crate::storage::{InstanceFilter, InstanceRecord, PageRequest};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Root device of the AMIs corral's policies allow by default (Amazon Linux, Ubuntu); the
 /// CloudFormation export names it for the root volume's size.
 const ROOT_DEVICE: &str = "/dev/xvda";
 
-pub fn router() -> Router<ApiContext> {
-    Router::new()
-        .route("/instances/{id}/export", get(export_instance))
-        .route("/namespaces/{namespace}/export", get(export_namespace))
+pub fn router() -> OpenApiRouter<ApiContext> {
+    OpenApiRouter::new().routes(routes!(export_instance)).routes(routes!(export_namespace))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +88,7 @@ pub async fn export_namespace(
     params: QueryParams,
 ) -> Result<Response, ApiError> {
     let format = format_param(&params)?;
-    let not_found = || ApiError::NotFound(format!("no namespace named '{namespace}'"));
+    let not_found = || ApiError::not_found("namespace", Key::Name(&namespace));
     caller.require(&namespace, Role::Viewer, not_found)?;
     ctx.store.find_namespace(&namespace).await?.ok_or_else(not_found)?;
     let filter = InstanceFilter { namespace: Some(namespace.clone()), ..InstanceFilter::default() };

@@ -257,60 +257,6 @@ pub fn encode_cursor(after: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("after:{after}"))
 }
 
-/// The `Idempotency-Key` request header, checked: 1-255 visible ASCII characters.
-pub struct IdempotencyHeader(pub Option<String>);
-
-pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
-
-impl<S: Send + Sync> FromRequestParts<S> for IdempotencyHeader {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let Some(value) = parts.headers.get(IDEMPOTENCY_HEADER) else {
-            return Ok(IdempotencyHeader(None));
-        };
-        match value.to_str() {
-            Ok(key)
-                if !key.is_empty()
-                    && key.len() <= 255
-                    && key.chars().all(|c| c.is_ascii_graphic()) =>
-            {
-                Ok(IdempotencyHeader(Some(key.to_string())))
-            }
-            _ => Err(ApiError::bad_field(
-                "Idempotency-Key",
-                "must be 1-255 visible ASCII characters",
-            )),
-        }
-    }
-}
-
-impl IdempotencyHeader {
-    /// The key, scoped to the caller (one user's key never finds another's job), with the
-    /// fingerprint of the request it came with: method, path, and body in a canonical form (so
-    /// that key order and spacing do not matter).
-    pub fn with_request(
-        &self,
-        caller: &crate::api::auth::Caller,
-        method: &str,
-        path: &str,
-        body: Option<&serde_json::Value>,
-    ) -> Option<crate::storage::IdempotencyKey> {
-        use sha2::Digest;
-        let key = format!("{}:{}", caller.principal.user_id, self.0.as_ref()?);
-        let mut hasher = sha2::Sha256::new();
-        hasher.update(method.as_bytes());
-        hasher.update(b"\n");
-        hasher.update(path.as_bytes());
-        hasher.update(b"\n");
-        if let Some(body) = body {
-            hasher.update(body.to_string().as_bytes());
-        }
-        let fingerprint = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
-        Some(crate::storage::IdempotencyKey { key, fingerprint })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,14 +2,15 @@
 
 use std::collections::BTreeMap;
 
+use axum::Json;
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::api::{ApiContext, ApiError};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 #[derive(Serialize, ToSchema)]
 pub struct HealthBody {
@@ -30,13 +31,13 @@ pub struct StatusBody {
 }
 
 /// Liveness and readiness, open to probes without credentials.
-pub fn router() -> Router<ApiContext> {
-    Router::new().route("/health", get(get_health)).route("/ready", get(get_ready))
+pub fn router() -> OpenApiRouter<ApiContext> {
+    OpenApiRouter::new().routes(routes!(get_health)).routes(routes!(get_ready))
 }
 
 /// `/status`, which tells more about the deployment and needs credentials.
-pub fn status_router() -> Router<ApiContext> {
-    Router::new().route("/status", get(get_status))
+pub fn status_router() -> OpenApiRouter<ApiContext> {
+    OpenApiRouter::new().routes(routes!(get_status))
 }
 
 /// Liveness: answers as long as the process serves HTTP.

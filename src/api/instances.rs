@@ -6,21 +6,21 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::api::admission::{IdempotencyHeader, TERRAFORM_UNAVAILABLE, admitted, replay};
 use crate::api::auth::Caller;
+use crate::api::error::Key;
 use crate::api::extract::{
-    ClientAddress, IdempotencyHeader, QueryParams, ValidJson, encode_cursor, page_param, wait_param,
+    ClientAddress, QueryParams, ValidJson, encode_cursor, page_param, wait_param,
 };
-use crate::api::jobs::{JobBody, job_accepted};
-use crate::api::namespaces::namespace_not_found;
+use crate::api::jobs::JobBody;
 use crate::api::{ApiContext, ApiError, FieldError};
 use crate::cloud::CloudError;
 use crate::domain::{
@@ -29,9 +29,11 @@ use crate::domain::{
 };
 use crate::jobs::{CreatePayload, TagPayload};
 use crate::storage::{
-    Admission, IdempotencyKey, InstanceFilter, InstanceRecord, JobView, NewJob, new_id, now_millis,
+    Admission, IdempotencyKey, InstanceFilter, InstanceRecord, NewJob, new_id, now_millis,
     to_datetime,
 };
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Most ids one bulk action may name.
 const MAX_BULK_IDS: usize = 1000;
@@ -146,24 +148,17 @@ impl From<&InstanceRecord> for InstanceBody {
     }
 }
 
-pub fn router() -> Router<ApiContext> {
-    Router::new()
-        .route("/instances", post(create_instances).get(list_instances))
-        .route("/instances/actions", post(act_on_instances))
-        .route(
-            "/instances/{id}",
-            get(get_instance).patch(update_instance).delete(terminate_instance),
-        )
-        .route("/instances/{id}/start", post(start_instance))
-        .route("/instances/{id}/stop", post(stop_instance))
-        .route("/instances/{id}/reboot", post(reboot_instance))
-        .route("/instances/{id}/refresh", post(refresh_instance))
-        .route("/instances/{id}/drift", get(list_drift))
+pub fn router() -> OpenApiRouter<ApiContext> {
+    OpenApiRouter::new()
+        .routes(routes!(create_instances, list_instances))
+        .routes(routes!(act_on_instances))
+        .routes(routes!(get_instance, update_instance, terminate_instance))
+        .routes(routes!(start_instance))
+        .routes(routes!(stop_instance))
+        .routes(routes!(reboot_instance))
+        .routes(routes!(refresh_instance))
+        .routes(routes!(list_drift))
 }
-
-/// Why a request or setting naming the Terraform backend is refused on this server.
-pub const TERRAFORM_UNAVAILABLE: &str = "the Terraform backend is unavailable: terraform is not installed on this server \
-     (terraform.binary)";
 
 /// Creates `count` instances as one job, after checking the request against the policy.
 #[utoipa::path(post, path = "/v1/instances", tag = "instances", operation_id = "create_instances",
@@ -198,7 +193,9 @@ pub async fn create_instances(
         })
         .transpose()?;
     let namespace = body.namespace.clone().unwrap_or_else(|| "default".to_string());
-    caller.require(&namespace, Role::Operator, || namespace_not_found(&namespace))?;
+    caller.require(&namespace, Role::Operator, || {
+        ApiError::not_found("namespace", Key::Name(&namespace))
+    })?;
     // An unknown namespace is refused when the job is stored, after the policy's checks.
     let namespace_default = ctx.store.namespace_default_backend(&namespace).await?;
     let backend = named.or(namespace_default).unwrap_or(ctx.default_backend);
@@ -508,7 +505,9 @@ pub async fn update_instance(
     params.allow_only(&["wait"])?;
     let wait = wait_param(&params)?;
     let instance = visible_instance(&ctx, &caller, &id).await?;
-    caller.require(&instance.namespace, Role::Operator, || instance_not_found(&id))?;
+    caller.require(&instance.namespace, Role::Operator, || {
+        ApiError::not_found("instance", Key::Id(&id))
+    })?;
     if body.name.is_none() && body.tags.is_none() {
         return Err(ApiError::Validation(vec![FieldError::new(
             "body",
@@ -607,14 +606,16 @@ pub async fn enqueue_instances_job(
         .filter(|id| !found.iter().any(|i| &i.id == *id || i.cloud_id.as_ref() == Some(*id)))
         .collect();
     if let [only] = unknown.as_slice() {
-        return Err(instance_not_found(only));
+        return Err(ApiError::not_found("instance", Key::Id(only)));
     }
     if !unknown.is_empty() {
         let unknown: Vec<&str> = unknown.iter().map(|s| s.as_str()).collect();
         return Err(ApiError::NotFound(format!("no instances with ids: {}", unknown.join(", "))));
     }
     for instance in &found {
-        caller.require(&instance.namespace, Role::Operator, || instance_not_found(&instance.id))?;
+        caller.require(&instance.namespace, Role::Operator, || {
+            ApiError::not_found("instance", Key::Id(&instance.id))
+        })?;
     }
     let instance_ids: Vec<String> =
         found.iter().map(|i| i.id.clone()).collect::<BTreeSet<_>>().into_iter().collect();
@@ -635,88 +636,6 @@ pub async fn enqueue_instances_job(
     admitted(ctx, admission, &job.id, wait, StatusCode::OK).await
 }
 
-/// The answer to a request whose job the store admitted, replayed, or refused.
-pub async fn admitted(
-    ctx: &ApiContext,
-    admission: Admission,
-    job_id: &str,
-    wait: Option<std::time::Duration>,
-    finished_status: StatusCode,
-) -> Result<Response, ApiError> {
-    match admission {
-        Admission::Stored => {
-            ctx.queue.wake_workers();
-            respond_with_job(ctx, job_id, wait, finished_status).await
-        }
-        Admission::Replay { job_id } => {
-            let mut response = respond_with_job(ctx, &job_id, wait, finished_status).await?;
-            response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
-            Ok(response)
-        }
-        Admission::KeyMismatch => Err(key_mismatch()),
-        Admission::Conflicts(conflicts) => {
-            let errors: Vec<FieldError> =
-                conflicts.into_iter().map(|c| FieldError::new(c.instance_id, c.reason)).collect();
-            let detail = match errors.as_slice() {
-                [only] => only.message.clone(),
-                [] => "the instances changed while the request was handled; retry".to_string(),
-                _ => format!("{} instances cannot take the action now", errors.len()),
-            };
-            Err(ApiError::Conflict { detail, errors })
-        }
-        Admission::UnknownNamespace(namespace) => Err(ApiError::Validation(vec![FieldError::new(
-            "namespace",
-            format!(
-                "no namespace named '{namespace}'; an admin creates it with POST /v1/namespaces"
-            ),
-        )])),
-        Admission::OverQuota(exceeded) => Err(ApiError::QuotaExceeded(format!(
-            "namespace '{}' allows {} {}; {} in use, {} requested",
-            exceeded.namespace, exceeded.limit, exceeded.quota, exceeded.used, exceeded.requested
-        ))),
-    }
-}
-
-/// For a key seen before: the original job (same request) or a 422 (different request).
-async fn replay(
-    ctx: &ApiContext,
-    key: Option<&IdempotencyKey>,
-    wait: Option<std::time::Duration>,
-    finished_status: StatusCode,
-) -> Result<Option<Response>, ApiError> {
-    let Some(key) = key else { return Ok(None) };
-    let Some((fingerprint, job_id)) = ctx.store.find_idempotency_key(&key.key).await? else {
-        return Ok(None);
-    };
-    if fingerprint != key.fingerprint {
-        return Err(key_mismatch());
-    }
-    let admission = Admission::Replay { job_id: job_id.clone() };
-    admitted(ctx, admission, &job_id, wait, finished_status).await.map(Some)
-}
-
-fn key_mismatch() -> ApiError {
-    ApiError::Validation(vec![FieldError::new(
-        "Idempotency-Key",
-        "this key was already used with a different request; use a new key for a new request",
-    )])
-}
-
-async fn respond_with_job(
-    ctx: &ApiContext,
-    job_id: &str,
-    wait: Option<std::time::Duration>,
-    finished_status: StatusCode,
-) -> Result<Response, ApiError> {
-    let view: JobView = match wait {
-        Some(wait) => ctx.queue.wait_for(job_id, wait).await?,
-        None => ctx.store.get_job(job_id).await?.ok_or_else(|| {
-            ApiError::Internal(anyhow::anyhow!("job {job_id} vanished right after it was stored"))
-        })?,
-    };
-    Ok(job_accepted(&view, finished_status))
-}
-
 /// The instance `id` if the caller may see it; otherwise it does not exist, as far as the
 /// caller can tell.
 pub async fn visible_instance(
@@ -724,11 +643,13 @@ pub async fn visible_instance(
     caller: &Caller,
     id: &str,
 ) -> Result<InstanceRecord, ApiError> {
-    let instance = ctx.store.find_instance(id).await?.ok_or_else(|| instance_not_found(id))?;
-    caller.require(&instance.namespace, Role::Viewer, || instance_not_found(id))?;
+    let instance = ctx
+        .store
+        .find_instance(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("instance", Key::Id(id)))?;
+    caller.require(&instance.namespace, Role::Viewer, || {
+        ApiError::not_found("instance", Key::Id(id))
+    })?;
     Ok(instance)
-}
-
-fn instance_not_found(id: &str) -> ApiError {
-    ApiError::NotFound(format!("no instance with id '{id}'"))
 }

@@ -4,22 +4,24 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::api::auth::Caller;
+use crate::api::error::Key;
 use crate::api::extract::{QueryParams, encode_cursor, page_param};
 use crate::api::limits::StreamSlot;
 use crate::api::{ApiContext, ApiError};
 use crate::domain::JobStatus;
 use crate::storage::{InstanceRecord, JobEvent, JobFilter, JobRecord, JobView, to_datetime};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 #[derive(Serialize, ToSchema)]
 pub struct JobBody {
@@ -106,19 +108,11 @@ impl From<&JobView> for JobBody {
     }
 }
 
-/// The answer to a request that enqueued a job: `202 Accepted` while it runs, `finished_status`
-/// once it has finished; `Location` points at the job either way.
-pub fn job_accepted(view: &JobView, finished_status: StatusCode) -> Response {
-    let status = if view.job.status.is_finished() { finished_status } else { StatusCode::ACCEPTED };
-    let location = format!("/v1/jobs/{}", view.job.id);
-    (status, [(header::LOCATION, location)], Json(JobBody::from(view))).into_response()
-}
-
-pub fn router() -> Router<ApiContext> {
-    Router::new()
-        .route("/jobs", get(list_jobs))
-        .route("/jobs/{id}", get(get_job))
-        .route("/jobs/{id}/events", get(get_job_events))
+pub fn router() -> OpenApiRouter<ApiContext> {
+    OpenApiRouter::new()
+        .routes(routes!(list_jobs))
+        .routes(routes!(get_job))
+        .routes(routes!(get_job_events))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -255,8 +249,13 @@ pub async fn get_job(
 /// The job `id` if the caller may see it: an admin sees every job, others the jobs of their
 /// namespaces and the jobs they asked for.
 async fn visible_job(ctx: &ApiContext, caller: &Caller, id: &str) -> Result<JobView, ApiError> {
-    let view = ctx.store.get_job(id).await?.ok_or_else(|| job_not_found(id))?;
-    if sees_job(caller, &view.job) { Ok(view) } else { Err(job_not_found(id)) }
+    let view =
+        ctx.store.get_job(id).await?.ok_or_else(|| ApiError::not_found("job", Key::Id(id)))?;
+    if sees_job(caller, &view.job) {
+        Ok(view)
+    } else {
+        Err(ApiError::not_found("job", Key::Id(id)))
+    }
 }
 
 fn sees_job(caller: &Caller, job: &JobRecord) -> bool {
@@ -292,8 +291,4 @@ pub async fn list_jobs(
         items: page.items.iter().map(JobBody::from).collect(),
         next_cursor: page.next_after.as_deref().map(encode_cursor),
     }))
-}
-
-pub fn job_not_found(id: &str) -> ApiError {
-    ApiError::NotFound(format!("no job with id '{id}'"))
 }

@@ -7,25 +7,26 @@
 //! every region of the policy. Key pair names are unique across corral, as in an EC2 account;
 //! a namespace's operators manage its key pairs, and anyone may launch with a name they know.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey, PublicKey};
 use utoipa::ToSchema;
 
+use crate::api::admission::admitted;
 use crate::api::auth::Caller;
+use crate::api::error::Key;
 use crate::api::extract::{QueryParams, ValidJson, wait_param};
-use crate::api::instances::admitted;
-use crate::api::namespaces::namespace_not_found;
 use crate::api::{ApiContext, ApiError, FieldError};
 use crate::domain::{JobKind, KEY_NAME_RULE, Role, is_valid_key_name, is_valid_namespace};
 use crate::jobs::DeleteKeyPairPayload;
 use crate::storage::new_id;
 use crate::storage::{KeyPairRecord, NewJob, now_millis, to_datetime};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -75,10 +76,10 @@ impl From<&KeyPairRecord> for KeyPairBody {
     }
 }
 
-pub fn router() -> Router<ApiContext> {
-    Router::new()
-        .route("/keypairs", get(list_key_pairs).post(create_key_pair))
-        .route("/keypairs/{name}", get(get_key_pair).delete(delete_key_pair))
+pub fn router() -> OpenApiRouter<ApiContext> {
+    OpenApiRouter::new()
+        .routes(routes!(list_key_pairs, create_key_pair))
+        .routes(routes!(get_key_pair, delete_key_pair))
 }
 
 /// Registers a key pair: imports `public_key`, or generates one and answers its private key
@@ -96,9 +97,11 @@ pub async fn create_key_pair(
 ) -> Result<Response, ApiError> {
     let namespace = body.namespace.unwrap_or_else(|| "default".to_string());
     if !is_valid_namespace(&namespace) {
-        return Err(namespace_not_found(&namespace));
+        return Err(ApiError::not_found("namespace", Key::Name(&namespace)));
     }
-    caller.require(&namespace, Role::Operator, || namespace_not_found(&namespace))?;
+    caller.require(&namespace, Role::Operator, || {
+        ApiError::not_found("namespace", Key::Name(&namespace))
+    })?;
     if !is_valid_key_name(&body.name) {
         return Err(ApiError::Validation(vec![FieldError::new("name", KEY_NAME_RULE)]));
     }
@@ -208,7 +211,7 @@ pub async fn delete_key_pair(
     };
     match ctx.store.delete_key_pair(&pair.name, &job).await? {
         Some(admission) => admitted(&ctx, admission, &job.id, wait, StatusCode::OK).await,
-        None => Err(key_pair_not_found(&name)),
+        None => Err(ApiError::not_found("key pair", Key::Name(&name))),
     }
 }
 
@@ -218,11 +221,11 @@ async fn visible_key_pair(
     name: &str,
     role: Role,
 ) -> Result<KeyPairRecord, ApiError> {
-    let pair = ctx.store.find_key_pair(name).await?.ok_or_else(|| key_pair_not_found(name))?;
-    caller.require(&pair.namespace, role, || key_pair_not_found(name))?;
+    let pair = ctx
+        .store
+        .find_key_pair(name)
+        .await?
+        .ok_or_else(|| ApiError::not_found("key pair", Key::Name(name)))?;
+    caller.require(&pair.namespace, role, || ApiError::not_found("key pair", Key::Name(name)))?;
     Ok(pair)
-}
-
-fn key_pair_not_found(name: &str) -> ApiError {
-    ApiError::NotFound(format!("no key pair named '{name}'"))
 }

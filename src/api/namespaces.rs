@@ -1,22 +1,24 @@
 //! `/v1/namespaces`: the groups instances live in, their quotas and what they use, and
 //! terminating everything in one.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
+use crate::api::admission::{TERRAFORM_UNAVAILABLE, admitted};
 use crate::api::auth::Caller;
+use crate::api::error::Key;
 use crate::api::extract::{QueryParams, ValidJson, wait_param};
-use crate::api::instances::{TERRAFORM_UNAVAILABLE, admitted};
 use crate::api::{ApiContext, ApiError, FieldError};
 use crate::domain::{Backend, JobKind, Role, is_valid_namespace};
 use crate::storage::new_id;
 use crate::storage::{NamespaceChange, NamespaceRecord, NewJob, now_millis, to_datetime};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 #[derive(Debug, Default, Clone, Copy, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -92,11 +94,11 @@ impl From<&NamespaceRecord> for NamespaceBody {
     }
 }
 
-pub fn router() -> Router<ApiContext> {
-    Router::new()
-        .route("/namespaces", get(list_namespaces).post(create_namespace))
-        .route("/namespaces/{namespace}", get(get_namespace).patch(update_namespace))
-        .route("/namespaces/{namespace}/instances", delete(terminate_namespace))
+pub fn router() -> OpenApiRouter<ApiContext> {
+    OpenApiRouter::new()
+        .routes(routes!(list_namespaces, create_namespace))
+        .routes(routes!(get_namespace, update_namespace))
+        .routes(routes!(terminate_namespace))
 }
 
 /// Creates a namespace, optionally with quotas and a default backend (admins only).
@@ -168,9 +170,12 @@ pub async fn get_namespace(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<NamespaceBody>, ApiError> {
-    caller.require(&name, Role::Viewer, || namespace_not_found(&name))?;
-    let namespace =
-        ctx.store.find_namespace(&name).await?.ok_or_else(|| namespace_not_found(&name))?;
+    caller.require(&name, Role::Viewer, || ApiError::not_found("namespace", Key::Name(&name)))?;
+    let namespace = ctx
+        .store
+        .find_namespace(&name)
+        .await?
+        .ok_or_else(|| ApiError::not_found("namespace", Key::Name(&name)))?;
     Ok(Json(NamespaceBody::from(&namespace)))
 }
 
@@ -213,7 +218,7 @@ pub async fn update_namespace(
         .store
         .update_namespace(&name, &change, &caller.actor())
         .await?
-        .ok_or_else(|| namespace_not_found(&name))?;
+        .ok_or_else(|| ApiError::not_found("namespace", Key::Name(&name)))?;
     Ok(Json(NamespaceBody::from(&namespace)))
 }
 
@@ -239,9 +244,9 @@ pub async fn terminate_namespace(
 ) -> Result<Response, ApiError> {
     params.allow_only(&["wait"])?;
     let wait = wait_param(&params)?;
-    caller.require(&name, Role::Operator, || namespace_not_found(&name))?;
+    caller.require(&name, Role::Operator, || ApiError::not_found("namespace", Key::Name(&name)))?;
     if ctx.store.find_namespace(&name).await?.is_none() {
-        return Err(namespace_not_found(&name));
+        return Err(ApiError::not_found("namespace", Key::Name(&name)));
     }
     let job = NewJob {
         id: new_id(),
@@ -281,8 +286,4 @@ fn check_backend(
         errors.push(FieldError::new("default_backend", TERRAFORM_UNAVAILABLE));
     }
     Some(backend)
-}
-
-pub fn namespace_not_found(name: &str) -> ApiError {
-    ApiError::NotFound(format!("no namespace named '{name}'"))
 }

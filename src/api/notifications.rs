@@ -9,18 +9,19 @@
 //! the namespace's to know. The event itself still names its namespace.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::{Path, State};
-use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::api::auth::Caller;
+use crate::api::error::Key;
 use crate::api::extract::{QueryParams, encode_cursor, page_param};
 use crate::api::{ApiContext, ApiError};
 use crate::domain::{Notification, Role};
 use crate::storage::{DeliveryFilter, DeliveryRecord, DeliveryStatus, to_datetime};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 #[derive(Serialize, ToSchema)]
 pub struct DeliveryBody {
@@ -73,10 +74,8 @@ impl From<&DeliveryRecord> for DeliveryBody {
     }
 }
 
-pub fn router() -> Router<ApiContext> {
-    Router::new()
-        .route("/notifications", get(list_notifications))
-        .route("/notifications/{id}/retry", post(retry_notification))
+pub fn router() -> OpenApiRouter<ApiContext> {
+    OpenApiRouter::new().routes(routes!(list_notifications)).routes(routes!(retry_notification))
 }
 
 /// Deliveries, newest first: those of the subscriptions of the namespaces the caller may read;
@@ -123,7 +122,7 @@ pub async fn retry_notification(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<DeliveryBody>, ApiError> {
-    let not_found = || ApiError::NotFound(format!("no notification delivery with id '{id}'"));
+    let not_found = || ApiError::not_found("notification delivery", Key::Id(&id));
     let delivery = ctx.store.find_delivery(&id).await?.ok_or_else(not_found)?;
     // The delivery's namespace is its subscription's: none (admins only) for global
     // subscriptions and the configured addresses, whatever namespace the event is in.

@@ -4,22 +4,25 @@
 
 use std::collections::BTreeMap;
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::api::admission::IdempotencyHeader;
 use crate::api::auth::Caller;
-use crate::api::extract::{IdempotencyHeader, QueryParams, wait_param};
+use crate::api::error::{Key, no_such};
+use crate::api::extract::{QueryParams, wait_param};
 use crate::api::instances::{InstanceBody, enqueue_instances_job};
 use crate::api::{ApiContext, ApiError, FieldError};
 use crate::cloud::{TAG_JOB_ID, TAG_NAMESPACE};
 use crate::domain::{JobKind, is_valid_namespace};
 use crate::storage::{InstanceRecord, OrphanRecord, now_millis, to_datetime};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 #[derive(Serialize, ToSchema)]
 pub struct OrphanBody {
@@ -65,12 +68,12 @@ impl From<&OrphanRecord> for OrphanBody {
     }
 }
 
-pub fn router() -> Router<ApiContext> {
-    Router::new()
-        .route("/orphans", get(list_orphans))
-        .route("/orphans/{cloud_id}/adopt", post(adopt_orphan))
-        .route("/orphans/{cloud_id}/terminate", post(terminate_orphan))
-        .route("/reconcile", post(reconcile_now))
+pub fn router() -> OpenApiRouter<ApiContext> {
+    OpenApiRouter::new()
+        .routes(routes!(list_orphans))
+        .routes(routes!(adopt_orphan))
+        .routes(routes!(terminate_orphan))
+        .routes(routes!(reconcile_now))
 }
 
 /// Runs a reconcile pass over every instance now, as a job: state and IPs refreshed, drift and
@@ -163,7 +166,7 @@ async fn adopt(
     cloud_id: &str,
     namespace: Option<&str>,
 ) -> Result<InstanceRecord, ApiError> {
-    let not_found = || ApiError::NotFound(format!("no orphan with cloud id '{cloud_id}'"));
+    let not_found = || ApiError::not_found("orphan", Key::CloudId(cloud_id));
     let orphans = ctx.store.list_orphans().await?;
     let orphan = orphans.iter().find(|o| o.cloud_id == cloud_id).ok_or_else(not_found)?;
     let now = now_millis();
@@ -183,8 +186,8 @@ async fn adopt(
     }
     if ctx.store.find_namespace(&namespace).await?.is_none() {
         return Err(refuse(format!(
-            "no namespace named '{namespace}'; create it first (POST /v1/namespaces) or pass \
-             ?namespace= with an existing one"
+            "{}; create it first (POST /v1/namespaces) or pass ?namespace= with an existing one",
+            no_such("namespace", Key::Name(&namespace))
         )));
     }
     let created_by_job = tags.get(TAG_JOB_ID).cloned().unwrap_or_default();

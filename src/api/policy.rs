@@ -2,13 +2,14 @@
 
 use std::collections::BTreeMap;
 
+use axum::Json;
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::api::ApiContext;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 #[derive(Serialize, ToSchema)]
 pub struct PolicyBody {
@@ -40,8 +41,8 @@ pub struct StorageBody {
     pub default: i64,
 }
 
-pub fn router() -> Router<ApiContext> {
-    Router::new().route("/policy", get(get_policy))
+pub fn router() -> OpenApiRouter<ApiContext> {
+    OpenApiRouter::new().routes(routes!(get_policy))
 }
 
 /// The policy every create request is checked against.

@@ -10,20 +10,22 @@
 //! make unbounded work for the delivery workers; a create past the cap is a `422`. Global
 //! subscriptions are made by admins only and are not counted or capped.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::api::auth::Caller;
+use crate::api::error::Key;
 use crate::api::extract::ValidJson;
 use crate::api::{ApiContext, ApiError, FieldError};
 use crate::domain::{EventType, Role};
 use crate::storage::{Channel, SubscriptionAdmission, SubscriptionRecord, now_millis, to_datetime};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Shortest webhook signing secret accepted.
 const MIN_SECRET_LEN: usize = 16;
@@ -88,7 +90,7 @@ impl From<&SubscriptionRecord> for WebhookBody {
         WebhookBody {
             id: record.id.clone(),
             url: record.target.clone(),
-            events: record.events.clone(),
+            events: event_names(&record.events),
             namespace: record.namespace.clone(),
             created_by: record.created_by.clone(),
             created_at: to_datetime(record.created_at),
@@ -101,7 +103,7 @@ impl From<&SubscriptionRecord> for EmailSubscriptionBody {
         EmailSubscriptionBody {
             id: record.id.clone(),
             email: record.target.clone(),
-            events: record.events.clone(),
+            events: event_names(&record.events),
             namespace: record.namespace.clone(),
             created_by: record.created_by.clone(),
             created_at: to_datetime(record.created_at),
@@ -109,18 +111,12 @@ impl From<&SubscriptionRecord> for EmailSubscriptionBody {
     }
 }
 
-pub fn router() -> Router<ApiContext> {
-    Router::new()
-        .route("/webhooks", get(list_webhooks).post(create_webhook))
-        .route("/webhooks/{id}", get(get_webhook).delete(delete_webhook))
-        .route(
-            "/email-subscriptions",
-            get(list_email_subscriptions).post(create_email_subscription),
-        )
-        .route(
-            "/email-subscriptions/{id}",
-            get(get_email_subscription).delete(delete_email_subscription),
-        )
+pub fn router() -> OpenApiRouter<ApiContext> {
+    OpenApiRouter::new()
+        .routes(routes!(list_webhooks, create_webhook))
+        .routes(routes!(get_webhook, delete_webhook))
+        .routes(routes!(list_email_subscriptions, create_email_subscription))
+        .routes(routes!(get_email_subscription, delete_email_subscription))
 }
 
 /// Subscribes a URL to events. Each delivery is a JSON POST signed with
@@ -141,7 +137,7 @@ pub async fn create_webhook(
     ValidJson(body): ValidJson<CreateWebhookBody>,
 ) -> Result<Response, ApiError> {
     require_manage(&caller, body.namespace.as_deref())?;
-    let mut errors = check_events(&body.events);
+    let (events, mut errors) = parse_events(&body.events);
     if body.secret.chars().count() < MIN_SECRET_LEN {
         errors.push(FieldError::new(
             "secret",
@@ -158,7 +154,7 @@ pub async fn create_webhook(
     }
     let record = SubscriptionRecord {
         secret: Some(body.secret),
-        ..new_subscription(&caller, Channel::Webhook, body.namespace, body.url, body.events)
+        ..new_subscription(&caller, Channel::Webhook, body.namespace, body.url, events)
     };
     store(&ctx, &caller, &record).await?;
     Ok((StatusCode::CREATED, Json(WebhookBody::from(&record))).into_response())
@@ -216,7 +212,7 @@ pub async fn create_email_subscription(
     ValidJson(body): ValidJson<CreateEmailSubscriptionBody>,
 ) -> Result<Response, ApiError> {
     require_manage(&caller, body.namespace.as_deref())?;
-    let mut errors = check_events(&body.events);
+    let (events, mut errors) = parse_events(&body.events);
     let email = body.email.trim().to_string();
     if email.parse::<lettre::Address>().is_err() {
         errors.push(FieldError::new("email", format!("'{email}' is not an email address")));
@@ -230,7 +226,7 @@ pub async fn create_email_subscription(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let record = new_subscription(&caller, Channel::Email, body.namespace, email, body.events);
+    let record = new_subscription(&caller, Channel::Email, body.namespace, email, events);
     store(&ctx, &caller, &record).await?;
     Ok((StatusCode::CREATED, Json(EmailSubscriptionBody::from(&record))).into_response())
 }
@@ -277,7 +273,7 @@ pub async fn delete_email_subscription(
 fn require_manage(caller: &Caller, namespace: Option<&str>) -> Result<(), ApiError> {
     match namespace {
         Some(namespace) => caller.require(namespace, Role::Operator, || {
-            ApiError::NotFound(format!("no namespace named '{namespace}'"))
+            ApiError::not_found("namespace", Key::Name(namespace))
         }),
         None => caller.require_admin().map_err(|_| {
             ApiError::Forbidden(
@@ -288,17 +284,21 @@ fn require_manage(caller: &Caller, namespace: Option<&str>) -> Result<(), ApiErr
     }
 }
 
-fn check_events(events: &[String]) -> Vec<FieldError> {
-    events
-        .iter()
-        .enumerate()
-        .filter_map(|(index, event)| {
-            event
-                .parse::<EventType>()
-                .err()
-                .map(|err| FieldError::new(format!("events[{index}]"), err))
-        })
-        .collect()
+/// The events a request names, and a problem for each name that is no event.
+fn parse_events(names: &[String]) -> (Vec<EventType>, Vec<FieldError>) {
+    let (mut events, mut errors) = (Vec::new(), Vec::new());
+    for (index, name) in names.iter().enumerate() {
+        match name.parse::<EventType>() {
+            Ok(event) => events.push(event),
+            Err(err) => errors.push(FieldError::new(format!("events[{index}]"), err)),
+        }
+    }
+    (events, errors)
+}
+
+/// Event names as answered: in name order.
+fn event_names(events: &[EventType]) -> Vec<String> {
+    events.iter().map(|event| event.as_str().to_string()).collect()
 }
 
 fn new_subscription(
@@ -306,9 +306,9 @@ fn new_subscription(
     channel: Channel,
     namespace: Option<String>,
     target: String,
-    mut events: Vec<String>,
+    mut events: Vec<EventType>,
 ) -> SubscriptionRecord {
-    events.sort();
+    events.sort_by_key(|event| event.as_str());
     events.dedup();
     SubscriptionRecord {
         id: crate::storage::new_id(),
@@ -334,7 +334,7 @@ async fn store(
     match ctx.store.create_subscription(record, max, &caller.actor()).await? {
         SubscriptionAdmission::Created => Ok(()),
         SubscriptionAdmission::UnknownNamespace => {
-            Err(ApiError::NotFound(format!("no namespace named '{namespace}'")))
+            Err(ApiError::not_found("namespace", Key::Name(namespace)))
         }
         SubscriptionAdmission::OverCap { held, max } => Err(ApiError::QuotaExceeded(format!(
             "namespace '{namespace}' allows {max} subscriptions (webhooks and email subscriptions \
@@ -364,7 +364,7 @@ async fn find(
     needed: Role,
 ) -> Result<SubscriptionRecord, ApiError> {
     let not_found =
-        || ApiError::NotFound(format!("no {} subscription with id '{id}'", channel.as_str()));
+        || ApiError::not_found(&format!("{} subscription", channel.as_str()), Key::Id(id));
     let record = ctx.store.find_subscription(id).await?.filter(|record| record.channel == channel);
     let Some(record) = record else { return Err(not_found()) };
     match &record.namespace {
@@ -385,6 +385,6 @@ async fn remove(
     if ctx.store.delete_subscription(&record, &caller.actor()).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(ApiError::NotFound(format!("no {} subscription with id '{id}'", channel.as_str())))
+        Err(ApiError::not_found(&format!("{} subscription", channel.as_str()), Key::Id(id)))
     }
 }

@@ -12,13 +12,16 @@
 //! viewers do not). Terraform authenticates with HTTP Basic, the password being an API key or a
 //! token. Callers are authorized before the body is read.
 
-use axum::Router;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
 use crate::api::auth::Caller;
+use crate::api::error::Key;
 use crate::api::extract::QueryParams;
 use crate::api::{ApiContext, ApiError};
 use crate::domain::{Credential, Role};
@@ -27,11 +30,12 @@ use crate::storage::LockOutcome;
 /// Largest state document accepted.
 const MAX_STATE_BYTES: usize = 16 * 1024 * 1024;
 
-pub fn router() -> Router<ApiContext> {
-    Router::new().route(
-        "/terraform/state/{workspace}",
-        any(state).layer(DefaultBodyLimit::max(MAX_STATE_BYTES)),
-    )
+/// The route is documented as its `GET` (OpenAPI has no `LOCK` or `UNLOCK`; the operation says
+/// what the other methods do) and answers every method.
+pub fn router() -> OpenApiRouter<ApiContext> {
+    let (schemas, paths, _get_only) = routes!(state);
+    let any_method = any(state).layer(DefaultBodyLimit::max(MAX_STATE_BYTES));
+    OpenApiRouter::new().routes((schemas, paths, any_method))
 }
 
 /// Reads a workspace's Terraform state (204 when none); `POST` writes it, `DELETE` removes it,
@@ -128,7 +132,7 @@ async fn authorize(
     workspace: &str,
     read: bool,
 ) -> Result<(), ApiError> {
-    let not_found = || ApiError::NotFound(format!("no Terraform workspace '{workspace}'"));
+    let not_found = || ApiError::not_found("Terraform workspace", Key::Name(workspace));
     if let Credential::Workspace { workspace: allowed, .. } = &caller.principal.credential {
         // The middleware lets such a token reach its own workspace only.
         return if allowed == workspace { Ok(()) } else { Err(not_found()) };

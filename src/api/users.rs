@@ -4,22 +4,24 @@
 
 use std::collections::BTreeMap;
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::api::auth::Caller;
+use crate::api::error::Key;
 use crate::api::extract::{ClientAddress, ValidJson};
 use crate::api::{ApiContext, ApiError, FieldError};
 use crate::auth::hash_password;
 use crate::domain::{MIN_PASSWORD_LEN, Role, is_reserved_username, is_valid_username};
 use crate::storage::{UserChanges, UserRecord, UserWrite, now_millis, to_datetime};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -74,10 +76,12 @@ impl From<&UserRecord> for UserBody {
     }
 }
 
-pub fn router() -> Router<ApiContext> {
-    Router::new()
-        .route("/users", get(list_users).post(create_user))
-        .route("/users/{username}", get(get_user).patch(update_user).delete(delete_user))
+pub fn router() -> OpenApiRouter<ApiContext> {
+    OpenApiRouter::new().routes(routes!(list_users, create_user)).routes(routes!(
+        get_user,
+        update_user,
+        delete_user
+    ))
 }
 
 /// Creates a user (admins only).
@@ -156,7 +160,11 @@ pub async fn get_user(
     if caller.principal.username != username {
         caller.require_admin()?;
     }
-    let user = ctx.store.user_by_name(&username).await?.ok_or_else(|| user_not_found(&username))?;
+    let user = ctx
+        .store
+        .user_by_name(&username)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user", Key::Name(&username)))?;
     Ok(Json(UserBody::from(&user)))
 }
 
@@ -274,7 +282,7 @@ fn parse_roles(
 fn written(write: UserWrite, username: &str) -> Result<UserRecord, ApiError> {
     match write {
         UserWrite::Done(user) => Ok(user),
-        UserWrite::NotFound => Err(user_not_found(username)),
+        UserWrite::NotFound => Err(ApiError::not_found("user", Key::Name(username))),
         UserWrite::UsernameTaken => Err(ApiError::Conflict {
             detail: format!("the username '{username}' is taken"),
             errors: vec![FieldError::new("username", "taken")],
@@ -290,8 +298,4 @@ fn written(write: UserWrite, username: &str) -> Result<UserRecord, ApiError> {
             errors: Vec::new(),
         }),
     }
-}
-
-fn user_not_found(username: &str) -> ApiError {
-    ApiError::NotFound(format!("no user named '{username}'"))
 }

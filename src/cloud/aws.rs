@@ -57,6 +57,7 @@ impl AwsProvider {
         }
         if let (Some(key_id), Some(secret)) = (&settings.access_key_id, &settings.secret_access_key)
         {
+            let secret = secrecy::ExposeSecret::expose_secret(secret);
             let credentials = Credentials::new(key_id, secret, None, None, "corral-config");
             loader = loader.credentials_provider(credentials);
         }

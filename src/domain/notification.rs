@@ -158,8 +158,8 @@ impl Notification {
 }
 
 /// Whether a subscription to `events` (empty: all) wants `event`.
-pub fn subscribed(events: &[String], event: EventType) -> bool {
-    events.is_empty() || events.iter().any(|wanted| wanted == event.as_str())
+pub fn subscribed(events: &[EventType], event: EventType) -> bool {
+    events.is_empty() || events.contains(&event)
 }
 
 #[cfg(test)]
@@ -195,7 +195,7 @@ mod tests {
     #[test]
     fn an_empty_subscription_wants_everything() {
         assert!(subscribed(&[], EventType::JobFailed));
-        let only = vec!["instance.stopped".to_string()];
+        let only = vec![EventType::InstanceStopped];
         assert!(subscribed(&only, EventType::InstanceStopped));
         assert!(!subscribed(&only, EventType::InstanceStarted));
     }

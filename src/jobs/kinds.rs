@@ -6,6 +6,7 @@
 
 mod change_state;
 mod create_instances;
+mod prelaunch;
 mod refresh;
 mod tag;
 mod terraform;
@@ -14,7 +15,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::cloud::CloudInstance;
-use crate::domain::{InstanceState, JobKind};
+use crate::domain::{Backend, InstanceState, JobKind};
 use crate::jobs::{JobError, JobRun};
 use crate::storage::{InstanceRecord, Observation};
 
@@ -33,7 +34,14 @@ pub use tag::TagPayload;
 /// Runs one attempt of a job.
 pub async fn run(run: &JobRun<'_>) -> Result<(), JobError> {
     match run.job.job.kind {
-        JobKind::CreateInstances => create_instances::run(run).await,
+        JobKind::CreateInstances => {
+            let payload: CreatePayload = serde_json::from_value(run.job.job.payload.clone())
+                .map_err(|err| JobError::Permanent(format!("unreadable job payload: {err}")))?;
+            match payload.backend {
+                Backend::Aws => create_instances::run(run, &payload).await,
+                Backend::Terraform => terraform::create(run, &payload).await,
+            }
+        }
         JobKind::RefreshInstances => refresh::run(run).await,
         JobKind::TagInstances => tag::run(run).await,
         JobKind::DeleteKeyPair => {

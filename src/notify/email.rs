@@ -33,7 +33,8 @@ impl Mailer {
             .port(settings.smtp_port())
             .timeout(Some(Duration::from_secs(settings.smtp_timeout_secs)));
         if let (Some(user), Some(password)) = (&settings.smtp_user, &settings.smtp_password) {
-            builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
+            let password = secrecy::ExposeSecret::expose_secret(password).to_string();
+            builder = builder.credentials(Credentials::new(user.clone(), password));
         }
         let from = settings
             .smtp_from

@@ -62,7 +62,8 @@ pub struct SubscriptionRecord {
     /// The webhook URL or the email address.
     pub target: String,
     /// Event types wanted; empty means all.
-    pub events: Vec<String>,
+    /// Empty: every event.
+    pub events: Vec<EventType>,
     /// The webhook's signing secret; never leaves the server after creation.
     pub secret: Option<String>,
     pub created_by: String,
@@ -186,7 +187,9 @@ impl TryFrom<SubscriptionRow> for SubscriptionRecord {
     fn try_from(row: SubscriptionRow) -> Result<Self, Self::Error> {
         Ok(SubscriptionRecord {
             channel: row.channel.parse().map_err(StorageError::Corrupt)?,
-            events: serde_json::from_str(&row.events)
+            events: serde_json::from_str::<Vec<String>>(&row.events)
+                .map_err(|err| err.to_string())
+                .and_then(|names| names.iter().map(|name| name.parse()).collect())
                 .map_err(|err| StorageError::Corrupt(format!("events of {}: {err}", row.id)))?,
             id: row.id,
             namespace: row.namespace,
@@ -299,7 +302,7 @@ impl Store {
         .bind(subscription.channel.as_str())
         .bind(&subscription.namespace)
         .bind(&subscription.target)
-        .bind(serde_json::to_string(&subscription.events).expect("events serialize"))
+        .bind(serde_json::to_string(&event_names(&subscription.events)).expect("names serialize"))
         .bind(&subscription.secret)
         .bind(&subscription.created_by)
         .bind(subscription.created_at)
@@ -702,7 +705,7 @@ pub(super) fn subscription_value(subscription: &SubscriptionRecord) -> serde_jso
     serde_json::json!({
         "channel": subscription.channel.as_str(),
         "target": subscription.target,
-        "events": subscription.events,
+        "events": event_names(&subscription.events),
         "namespace": subscription.namespace,
     })
 }
@@ -729,4 +732,9 @@ pub(super) fn drift_notification(
             new_value: drift.new_value.clone(),
         }),
     }
+}
+
+/// Event names, as stored and audited.
+fn event_names(events: &[EventType]) -> Vec<&'static str> {
+    events.iter().map(|event| event.as_str()).collect()
 }

@@ -43,7 +43,7 @@ impl<'args> Sql<'args> {
         Separated { sql: self, separator, first: true }
     }
 
-    /// ` VALUES (…), (…)`: one parenthesised row per item, its values pushed by `row`.
+    /// `VALUES (…), (…)`: one parenthesised row per item, its values pushed by `row`.
     pub fn push_values<I>(
         &mut self,
         items: impl IntoIterator<Item = I>,

@@ -186,6 +186,24 @@ pub(crate) async fn get_json(client: &reqwest::Client, url: impl reqwest::IntoUr
     client.get(url).send().await.unwrap().json().await.unwrap()
 }
 
+/// Returns once the server at `url` lists a running job (or after 30 s, when none started: the
+/// test's own assertions then say what happened).
+async fn wait_until_a_job_runs(client: &reqwest::Client, url: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        let answer = client.get(format!("{url}/v1/jobs?limit=100")).send().await;
+        if let Ok(answer) = answer
+            && let Ok(page) = answer.json::<Value>().await
+            && page["items"]
+                .as_array()
+                .is_some_and(|jobs| jobs.iter().any(|job| job["status"] == "running"))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub(crate) async fn all_pages(client: &reqwest::Client, url: &str) -> Vec<Value> {
     let mut items = Vec::new();
     let mut next = format!("{url}?limit=100");
@@ -249,11 +267,13 @@ async fn kill_9_mid_work_then_restart_loses_and_duplicates_nothing() {
             ));
         }
 
-        // Act: send everything, kill -9 at a random point, twice, then restart and send it all
+        // Act: send everything, kill -9 at a random point once a job is running (on a loaded
+        // machine a fixed delay may end before any is), twice, then restart and send it all
         // again (the idempotency keys make resent requests return the jobs already stored).
         let mut server = server;
-        for (low, high) in [(20, 400), (100, 1200)] {
+        for (low, high) in [(0, 300), (50, 800)] {
             let _in_flight = send_all(&client, &server.url, &workload);
+            wait_until_a_job_runs(&client, &server.url).await;
             tokio::time::sleep(random_ms(low, high)).await;
             server.kill_9();
             server = Server::start(&database, &key, &secret).await;
@@ -428,7 +448,8 @@ async fn kill_9_mid_terraform_apply_then_restart_adopts_what_it_made_instead_of_
     // finish (its terraform must die with it); then corral starts again.
     let ec2 = crate::helpers::ec2_client(&key, &secret);
     let tagged = || Filter::builder().name("tag:corral:job-id").values(&job_id).build();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    // A guard, not a measure of speed: init, plan and the start of apply on a loaded machine.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     loop {
         let found = ec2.describe_instances().filters(tagged()).send().await.unwrap();
         if !found.reservations().is_empty() {

@@ -34,474 +34,63 @@ async fn status_counts_instances_by_state_and_jobs_by_status() {
     assert!(status["cloud"].as_str().unwrap().contains("127.0.0.1"), "{status}");
 }
 
-/// Routes served but left out of the OpenAPI document on purpose: the pages of the
-/// documentation itself. (Swagger UI's `/docs/…` and `/openapi.json` are added by
-/// `SwaggerUi`, not by `.route(…)`, so they are in neither list.)
-const UNDOCUMENTED: [(&str, &str); 2] = [("GET", "/redoc"), ("GET", "/redoc/redoc.standalone.js")];
-
 /// HTTP methods, as a path item of an OpenAPI document names its operations.
 const DOCUMENT_METHODS: [&str; 8] =
     ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
 
-/// The document and the routers agree both ways: every method and path the routers declare
-/// (`declared_routes`, read from their source) is in `/openapi.json` and every operation there
-/// is served, but for the documentation's own pages; each operation has its own id.
+/// A route and its operation in `/openapi.json` come from one declaration (`routes!` on a
+/// handler with its `#[utoipa::path]`, `src/api.rs`), so the document cannot miss a route made
+/// that way. What is left to check: that no module adds a route past that registry (a plain
+/// `.route(`, which only the documentation's own pages use), that every operation of the
+/// document is served (an anonymous call finds a route: it is answered, if only with 401, never
+/// with "no such route" or "method not allowed"), and that each operation has its own id.
 #[tokio::test]
-async fn openapi_document_lists_exactly_the_routes_the_routers_serve() {
+async fn every_documented_operation_is_served_and_every_route_is_documented() {
+    let api = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src/api"));
+    for entry in std::fs::read_dir(api).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&path).unwrap();
+        // Unit tests build routers of their own.
+        let text = text.split("#[cfg(test)]").next().unwrap_or_default();
+        let code: String = text
+            .lines()
+            .filter(|line| !line.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        if name != "docs.rs" {
+            assert!(!code.contains(".route("), "{name} adds a route past the registry (routes!)");
+        }
+    }
+
     let app = spawn_app().await;
-    let declared = declared_routes();
-
     let doc: Value = app.get("/openapi.json").await.json().await.unwrap();
-
-    let mut documented = BTreeSet::new();
+    let anonymous = crate::helpers::http();
     let mut operation_ids = BTreeSet::new();
+    let mut problems = Vec::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, operation) in item.as_object().unwrap() {
             if !DOCUMENT_METHODS.contains(&method.as_str()) {
                 continue;
             }
-            documented.insert((method.to_uppercase(), path.clone()));
             let id = operation["operationId"].as_str();
             let id = id.unwrap_or_else(|| panic!("{method} {path} has no operationId"));
             assert!(operation_ids.insert(id.to_string()), "two operations are called {id}");
-        }
-    }
-    let mut problems = Vec::new();
-    for (method, path) in &declared {
-        // `any(…)` is Terraform's state protocol (GET, POST, DELETE, LOCK, UNLOCK): OpenAPI
-        // cannot name LOCK or UNLOCK, and the document lists the route by its GET.
-        let listed = if method == "ANY" {
-            documented.iter().any(|(_, documented_path)| documented_path == path)
-        } else {
-            documented.contains(&(method.clone(), path.clone()))
-        };
-        match (listed, UNDOCUMENTED.contains(&(method.as_str(), path.as_str()))) {
-            (false, false) => {
-                problems.push(format!("{method} {path} is missing from the document"))
-            }
-            (true, true) => problems.push(format!("{method} {path} is documented after all")),
-            _ => {}
-        }
-    }
-    for (method, path) in &documented {
-        let served = declared.contains(&(method.clone(), path.clone()))
-            || declared.contains(&("ANY".to_string(), path.clone()));
-        if !served {
-            problems.push(format!("{method} {path} is documented but no router serves it"));
-        }
-    }
-    for (method, path) in UNDOCUMENTED {
-        if !declared.contains(&(method.to_string(), path.to_string())) {
-            problems.push(format!("{method} {path} is listed as undocumented but not served"));
-        }
-    }
-    assert!(
-        problems.is_empty(),
-        "the routers and /openapi.json disagree:\n{}",
-        problems.join("\n")
-    );
-}
-
-/// Method routers a route is made with, as axum names them.
-const ROUTER_METHODS: [&str; 9] =
-    ["get", "post", "put", "patch", "delete", "head", "options", "trace", "any"];
-/// Calls on a method router that add no method to it.
-const ROUTER_MODIFIERS: [&str; 3] = ["layer", "route_layer", "with_state"];
-
-/// Every (method, path) corral's API routers declare, read from their source: each
-/// `.route("PATH", METHOD(handler)…)` in the functions of `src/api/*.rs` that return a
-/// `Router` (test modules left out), under the prefix `api::router` in `src/api.rs` mounts that
-/// function at. A method router made with `any(…)` is `ANY`.
-fn declared_routes() -> BTreeSet<(String, String)> {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let api = std::fs::read_to_string(format!("{root}/src/api.rs")).unwrap();
-    let mounts = router_mounts(&api, &blank_literals(&api));
-    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(format!("{root}/src/api"))
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|extension| extension == "rs"))
-        .collect();
-    files.sort();
-    let mut routes = BTreeSet::new();
-    for file in files {
-        let module = file.file_stem().unwrap().to_str().unwrap().to_string();
-        let original = std::fs::read_to_string(&file).unwrap();
-        let code = blank_literals(&original);
-        let end = test_module_start(&code);
-        let (original, code) = (&original[..end], &code[..end]);
-        let mut calls = 0;
-        for (function, open, close) in router_functions(code) {
-            let declared = routes_in(original, code, open, close);
-            if declared.is_empty() {
-                continue;
-            }
-            let key = format!("{module}::{function}");
-            let prefixes = mounts.get(&key);
-            let prefixes = prefixes.unwrap_or_else(|| panic!("src/api.rs mounts {key} nowhere"));
-            calls += declared.len();
-            for (path, methods) in declared {
-                for prefix in prefixes {
-                    for method in &methods {
-                        routes.insert((method.clone(), format!("{prefix}{path}")));
-                    }
-                }
-            }
-        }
-        let found = code.matches(".route(").count();
-        assert_eq!(calls, found, "src/api/{module}.rs has a .route( outside a router function");
-    }
-    routes
-}
-
-/// Where `fn router` of `src/api.rs` mounts each router function (`module::function`): the
-/// prefixes of the `.nest(…)` calls it sits in, through the routers bound by `let`.
-fn router_mounts(original: &str, code: &str) -> BTreeMap<String, Vec<String>> {
-    let functions = router_functions(code);
-    let (_, open, close) =
-        functions.iter().find(|(name, _, _)| name == "router").expect("src/api.rs has fn router");
-    // (router, what it merges or nests: a `let` name or `module::function`, at which prefix);
-    // the router served (the body's last expression) is "".
-    let mut edges: Vec<(String, String, String)> = Vec::new();
-    for (start, end) in split_top_level(code, open + 1, *close, b';') {
-        let start = start + (code[start..end].len() - code[start..end].trim_start().len());
-        let statement = &code[start..end];
-        let (router, expression) = match statement.strip_prefix("let ") {
-            Some(rest) => {
-                let rest = rest.strip_prefix("mut ").unwrap_or(rest);
-                let name: String =
-                    rest.bytes().take_while(|b| is_ident(*b)).map(char::from).collect();
-                (name, start + statement.find('=').expect("a let has an ="))
-            }
-            None => (String::new(), start),
-        };
-        for call in [".merge(", ".nest("] {
-            let mut at = expression;
-            while let Some(found) = find_from(&code.as_bytes()[..end], at, call.as_bytes()) {
-                let open = found + call.len() - 1;
-                let close = closing_bracket(code, open);
-                let arguments = split_top_level(code, open + 1, close, b',');
-                let (prefix, child) = match (call, arguments.as_slice()) {
-                    (".merge(", &[child]) => (String::new(), child),
-                    (".nest(", &[prefix, child]) => (string_literal(original, code, prefix), child),
-                    _ => panic!("src/api.rs: cannot follow {}", &original[found..=close]),
-                };
-                let child: String =
-                    code[child.0..child.1].chars().filter(|c| !c.is_whitespace()).collect();
-                let function =
-                    child.strip_suffix("()").filter(|f| f.contains("::")).map(str::to_string);
-                let child = match function {
-                    Some(function) => function,
-                    None => {
-                        assert!(child.bytes().all(is_ident), "src/api.rs mounts {child}");
-                        child
-                    }
-                };
-                edges.push((router.clone(), child, prefix));
-                at = close;
+            let concrete = path.replace(['{', '}'], "");
+            let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let answer =
+                anonymous.request(method.clone(), app.url(&concrete)).send().await.unwrap();
+            let status = answer.status();
+            let problem: Value = answer.json().await.unwrap_or_default();
+            let unrouted = status == StatusCode::METHOD_NOT_ALLOWED
+                || (status == StatusCode::NOT_FOUND && problem["detail"] == "no such route");
+            if unrouted {
+                problems.push(format!("{method} {path} is documented but not served: {problem}"));
             }
         }
     }
-    let mut mounts = BTreeMap::new();
-    mount(&edges, "", "", &mut mounts);
-    mounts
-}
-
-/// Records where the routers merged or nested into `router` (mounted at `base`) are mounted.
-fn mount(
-    edges: &[(String, String, String)],
-    router: &str,
-    base: &str,
-    mounts: &mut BTreeMap<String, Vec<String>>,
-) {
-    for (parent, child, prefix) in edges {
-        if parent.as_str() != router {
-            continue;
-        }
-        let at = format!("{base}{prefix}");
-        if child.contains("::") {
-            mounts.entry(child.clone()).or_default().push(at);
-        } else {
-            mount(edges, child, &at, mounts);
-        }
-    }
-}
-
-/// The `.route(…)` calls between `from` and `to`: each path, with the methods of its method
-/// router. `code` is `original` with its literals blanked.
-fn routes_in(original: &str, code: &str, from: usize, to: usize) -> Vec<(String, Vec<String>)> {
-    let mut routes = Vec::new();
-    let mut at = from;
-    while let Some(call) = find_from(&code.as_bytes()[..to], at, b".route(") {
-        let open = call + ".route".len();
-        let close = closing_bracket(code, open);
-        let arguments = split_top_level(code, open + 1, close, b',');
-        let &[path, method_router] = arguments.as_slice() else {
-            panic!("a route of other than two arguments: {}", &original[call..=close]);
-        };
-        routes.push((string_literal(original, code, path), router_methods(code, method_router)));
-        at = close;
-    }
-    routes
-}
-
-/// The methods of a method router such as `get(a).post(b)` or `any(c).layer(d)`: the calls
-/// outside any bracket, uppercased.
-fn router_methods(code: &str, (start, end): (usize, usize)) -> Vec<String> {
-    let bytes = code.as_bytes();
-    let mut methods = Vec::new();
-    let (mut depth, mut at) = (0i32, start);
-    while at < end {
-        let byte = bytes[at];
-        if matches!(byte, b'(' | b'[' | b'{') {
-            depth += 1;
-            at += 1;
-        } else if matches!(byte, b')' | b']' | b'}') {
-            depth -= 1;
-            at += 1;
-        } else if depth == 0 && is_ident(byte) {
-            let word_end = at + bytes[at..end].iter().take_while(|b| is_ident(**b)).count();
-            let word = &code[at..word_end];
-            if bytes.get(word_end) == Some(&b'(') {
-                if ROUTER_METHODS.contains(&word) {
-                    methods.push(word.to_uppercase());
-                } else {
-                    let router = code[start..end].trim();
-                    assert!(
-                        ROUTER_MODIFIERS.contains(&word),
-                        "what does {word} route in {router}?"
-                    );
-                }
-            }
-            at = word_end;
-        } else {
-            at += 1;
-        }
-    }
-    assert!(!methods.is_empty(), "no method in {}", code[start..end].trim());
-    methods
-}
-
-/// The text of the string literal that `code[start..end]` is.
-fn string_literal(original: &str, code: &str, (start, end): (usize, usize)) -> String {
-    let text = code[start..end].trim();
-    let quoted = text.len() >= 2 && text.starts_with('"') && text.ends_with('"');
-    assert!(quoted, "not a string literal: {}", original[start..end].trim());
-    let open = start + code[start..end].find('"').unwrap();
-    let close = start + code[start..end].rfind('"').unwrap();
-    original[open + 1..close].to_string()
-}
-
-/// The functions of `code` that return a `Router`: each name, and the offsets of the braces
-/// of its body.
-fn router_functions(code: &str) -> Vec<(String, usize, usize)> {
-    let bytes = code.as_bytes();
-    let mut found = Vec::new();
-    let mut from = 0;
-    while let Some(at) = find_from(bytes, from, b"fn ") {
-        from = at + 3;
-        if at > 0 && is_ident(bytes[at - 1]) {
-            continue;
-        }
-        let name_end = from + bytes[from..].iter().take_while(|b| is_ident(**b)).count();
-        let Some(open) = find_from(bytes, name_end, b"{") else { break };
-        let signature = &code[name_end..open];
-        if signature.contains(';') || !signature.contains("-> Router") {
-            continue;
-        }
-        let close = closing_bracket(code, open);
-        found.push((code[at + 3..name_end].to_string(), open, close));
-        from = close;
-    }
-    found
-}
-
-/// Where the test module of `code` begins (its routes are the tests' own), else its end.
-fn test_module_start(code: &str) -> usize {
-    let mut from = 0;
-    while let Some(at) = code[from..].find("#[cfg(test)]").map(|at| at + from) {
-        if code[at + "#[cfg(test)]".len()..].trim_start().starts_with("mod ") {
-            return at;
-        }
-        from = at + 1;
-    }
-    code.len()
-}
-
-/// The offsets of `code[from..to]` split at each `separator` outside brackets; empty parts
-/// (after a trailing separator) left out.
-fn split_top_level(code: &str, from: usize, to: usize, separator: u8) -> Vec<(usize, usize)> {
-    let mut parts = Vec::new();
-    let (mut depth, mut start) = (0i32, from);
-    for (at, byte) in code.bytes().enumerate().take(to).skip(from) {
-        match byte {
-            b'(' | b'[' | b'{' => depth += 1,
-            b')' | b']' | b'}' => depth -= 1,
-            _ if byte == separator && depth == 0 => {
-                parts.push((start, at));
-                start = at + 1;
-            }
-            _ => {}
-        }
-    }
-    parts.push((start, to));
-    parts.retain(|&(start, end)| !code[start..end].trim().is_empty());
-    parts
-}
-
-/// The offset of the bracket that closes the one at `open`.
-fn closing_bracket(code: &str, open: usize) -> usize {
-    let mut depth = 0i32;
-    for (at, byte) in code.bytes().enumerate().skip(open) {
-        match byte {
-            b'(' | b'[' | b'{' => depth += 1,
-            b')' | b']' | b'}' => {
-                depth -= 1;
-                if depth == 0 {
-                    return at;
-                }
-            }
-            _ => {}
-        }
-    }
-    panic!("nothing closes the bracket at offset {open}");
-}
-
-/// `code` with the text of its comments, string literals (raw ones too) and character literals
-/// replaced by spaces, byte for byte, so that brackets, commas and calls can be found in it at
-/// the offsets they have in `code`.
-fn blank_literals(code: &str) -> String {
-    let bytes = code.as_bytes();
-    let mut out = bytes.to_vec();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i..].starts_with(b"//") {
-            let end = find_from(bytes, i, b"\n").unwrap_or(bytes.len());
-            blank(&mut out, i, end);
-            i = end;
-        } else if bytes[i..].starts_with(b"/*") {
-            let end = find_from(bytes, i + 2, b"*/").map_or(bytes.len(), |at| at + 2);
-            blank(&mut out, i, end);
-            i = end;
-        } else if let Some(hashes) = raw_string_hashes(bytes, i) {
-            let quote = i + 1 + hashes;
-            let closing: Vec<u8> =
-                std::iter::once(b'"').chain(std::iter::repeat_n(b'#', hashes)).collect();
-            let end = find_from(bytes, quote + 1, &closing).unwrap_or(bytes.len());
-            blank(&mut out, quote + 1, end);
-            i = end + closing.len();
-        } else if bytes[i] == b'"' {
-            let mut end = i + 1;
-            while end < bytes.len() && bytes[end] != b'"' {
-                end += if bytes[end] == b'\\' { 2 } else { 1 };
-            }
-            blank(&mut out, i + 1, end);
-            i = end + 1;
-        } else if bytes[i] == b'\'' {
-            // A character literal ('x', '\'', '\n'); otherwise a lifetime, left as it is.
-            if bytes.get(i + 1) == Some(&b'\\') {
-                let end = find_from(bytes, i + 3, b"'").unwrap_or(bytes.len());
-                blank(&mut out, i + 1, end);
-                i = end + 1;
-            } else if bytes.get(i + 2) == Some(&b'\'') {
-                blank(&mut out, i + 1, i + 2);
-                i += 3;
-            } else {
-                i += 1;
-            }
-        } else {
-            i += 1;
-        }
-    }
-    String::from_utf8(out).expect("whole characters are blanked")
-}
-
-/// Replaces `out[from..to]` by spaces, but for line ends.
-fn blank(out: &mut [u8], from: usize, to: usize) {
-    let to = to.min(out.len());
-    for byte in &mut out[from.min(to)..to] {
-        if *byte != b'\n' {
-            *byte = b' ';
-        }
-    }
-}
-
-/// How many `#` a raw string literal that starts at `at` (`r"…"`, `r#"…"#`) has, if one does.
-fn raw_string_hashes(bytes: &[u8], at: usize) -> Option<usize> {
-    if bytes[at] != b'r' || (at > 0 && is_ident(bytes[at - 1])) {
-        return None;
-    }
-    let hashes = bytes[at + 1..].iter().take_while(|b| **b == b'#').count();
-    (bytes.get(at + 1 + hashes) == Some(&b'"')).then_some(hashes)
-}
-
-fn is_ident(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || byte == b'_'
-}
-
-/// Where `needle` first occurs in `haystack` from `from` on.
-fn find_from(haystack: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
-    let rest = haystack.get(from..)?;
-    rest.windows(needle.len()).position(|window| window == needle).map(|at| at + from)
-}
-
-#[test]
-fn the_route_reader_skips_comments_and_literals_and_follows_chains_lines_and_nesting() {
-    let module = r##"//! .route("/in-a-comment", get(nothing))
-const PAGE: &str = r#"<a href="x">.route("/in-a-raw-string", get(x))</a>"#;
-/// Its routes; a "quote" in a comment.
-pub fn router() -> Router<ApiContext> {
-    let brace = '{';
-    Router::new()
-        .route("/one", get(read).post(write))
-        .route(
-            "/two/{id}",
-            get(|| async { "a \"quoted\" ) brace {" }).delete(remove),
-        )
-        .route("/state", any(state).layer(DefaultBodyLimit::max(1024)))
-}
-fn helper(text: &'static str) -> usize { text.len() }
-#[cfg(test)]
-mod tests {
-    fn router() -> Router { Router::new().route("/slow", get(slow)) }
-}
-"##;
-    let code = blank_literals(module);
-    assert_eq!(code.len(), module.len());
-    let end = test_module_start(&code);
-    let (module, code) = (&module[..end], &code[..end]);
-    assert_eq!(code.matches(".route(").count(), 3, "{code}");
-    let functions = router_functions(code);
-    let names: Vec<&str> = functions.iter().map(|(name, _, _)| name.as_str()).collect();
-    assert_eq!(names, ["router"]);
-    let (_, open, close) = &functions[0];
-    let routes: Vec<String> = routes_in(module, code, *open, *close)
-        .into_iter()
-        .map(|(path, methods)| format!("{} {path}", methods.join(",")))
-        .collect();
-    assert_eq!(routes, ["GET,POST /one", "GET,DELETE /two/{id}", "ANY /state"]);
-
-    let api = r#"pub fn health_router(ctx: ApiContext) -> Router { health::router().with_state(ctx) }
-pub fn router(ctx: ApiContext) -> Router {
-    let v1 = Router::new().merge(alpha::router()).merge(beta::router());
-    let protected = Router::new()
-        .nest("/v1", v1)
-        .merge(health::status_router())
-        .route_layer(layer(|request| { let id = "}"; id }));
-    Router::new().merge(protected).nest("/v1", auth::public_router()).merge(docs::router())
-}
-"#;
-    let mounts = router_mounts(api, &blank_literals(api));
-    let expected: BTreeMap<String, Vec<String>> = [
-        ("alpha::router", "/v1"),
-        ("auth::public_router", "/v1"),
-        ("beta::router", "/v1"),
-        ("docs::router", ""),
-        ("health::status_router", ""),
-    ]
-    .into_iter()
-    .map(|(function, prefix)| (function.to_string(), vec![prefix.to_string()]))
-    .collect();
-    assert_eq!(mounts, expected);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert!(operation_ids.len() > 40, "{operation_ids:?}");
 }
 
 #[tokio::test]

@@ -92,7 +92,7 @@ pub async fn spawn_server(configure: impl FnOnce(&mut Settings)) -> Started {
     };
     settings.aws.endpoint_url = Some(moto_url());
     settings.aws.access_key_id = Some(key_id.clone());
-    settings.aws.secret_access_key = Some(secret.clone());
+    settings.aws.secret_access_key = Some(secret.clone().into());
     settings.jobs.poll_interval_ms = 100;
     settings.jobs.state_poll_initial_ms = 50;
     settings.jobs.state_poll_max_ms = 500;
@@ -102,8 +102,8 @@ pub async fn spawn_server(configure: impl FnOnce(&mut Settings)) -> Started {
     settings.aws.rate_limits =
         corral::config::RateLimits { launch: fast, mutate: fast, describe: fast };
     settings.reconcile.interval = 0.0;
-    settings.auth.admin_password = Some(ADMIN_PASSWORD.to_string());
-    settings.auth.jwt_secret = Some(JWT_SECRET.to_string());
+    settings.auth.admin_password = Some(ADMIN_PASSWORD.into());
+    settings.auth.jwt_secret = Some(JWT_SECRET.into());
     if let Some(mirror) = terraform_mirror_path() {
         let rc = dir.path().join("cli.tfrc");
         std::fs::write(&rc, terraform_cli_config(&mirror)).unwrap();
@@ -519,16 +519,18 @@ impl TestApp {
     }
 
     /// Polls a job until it has finished, for tests that did not pass `?wait=` or whose wait
-    /// ran out.
+    /// ran out. Gives up after 300 s: a guard against a job that never ends, not a measure of
+    /// speed (a Terraform job on a loaded machine takes a minute or two).
     pub async fn wait_for_job(&self, id: &str) -> Value {
-        for _ in 0..1200 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+        while tokio::time::Instant::now() < deadline {
             let job: Value = self.get_job(id).await.json().await.unwrap();
             if job["status"] == "succeeded" || job["status"] == "failed" {
                 return job;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("job {id} did not finish in 120 s");
+        panic!("job {id} did not finish in 300 s");
     }
 
     /// Creates instances and waits for the job; panics unless it succeeded.

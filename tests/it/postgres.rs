@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use corral::config::Role;
+use corral::config::ProcessRole;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -185,14 +185,14 @@ async fn an_api_process_wakes_a_worker_process_and_hears_at_once_when_it_finishe
     // anything is posted.
     let database = new_postgres_database(&base).await;
     let worker = spawn_server(|settings| {
-        settings.role = Role::Worker;
+        settings.role = ProcessRole::Worker;
         settings.database_url = database.clone();
         settings.jobs.poll_interval_ms = 60_000;
     })
     .await;
     let _stop_worker = worker.shutdown.clone().drop_guard();
     let api = spawn_app_with(|settings| {
-        settings.role = Role::Api;
+        settings.role = ProcessRole::Api;
         settings.database_url = database.clone();
     })
     .await;

@@ -330,7 +330,7 @@ async fn two_servers_on_one_database_run_one_reconcile_pass_per_interval() {
         settings.database_url = database_url;
         settings.aws.endpoint_url = Some(second_proxy.url.clone());
         settings.aws.access_key_id = Some(key_id);
-        settings.aws.secret_access_key = Some(secret);
+        settings.aws.secret_access_key = Some(secret.into());
         settings.reconcile.interval = 2.0;
         settings.policy.regions = vec!["us-east-1".to_string()];
     })

@@ -478,18 +478,18 @@ async fn a_generated_password_must_be_changed_before_the_admin_changes_anything_
     assert_eq!(me["roles"], json!({}), "{me}");
 }
 
-/// Settings print their secrets as `[redacted]`: the AWS secret key, the first admin's
-/// password, the token signing key and the SMTP password never appear in their `Debug` form,
-/// which still shows the settings around them.
+/// Settings print their secrets as `[REDACTED]` (each is a `secrecy::SecretString`): the AWS
+/// secret key, the first admin's password, the token signing key and the SMTP password never
+/// appear in their `Debug` form, which still shows the settings around them.
 #[test]
 fn settings_print_their_secrets_as_redacted() {
     let mut settings = corral::config::Settings::default();
     settings.aws.access_key_id = Some("AKIAEXAMPLEKEY0001".to_string());
-    settings.aws.secret_access_key = Some("aws-secret-key-3141".to_string());
-    settings.auth.admin_password = Some("admin-password-2718".to_string());
-    settings.auth.jwt_secret = Some("jwt-signing-key-1618-0123456789abcdef".to_string());
+    settings.aws.secret_access_key = Some("aws-secret-key-3141".into());
+    settings.auth.admin_password = Some("admin-password-2718".into());
+    settings.auth.jwt_secret = Some("jwt-signing-key-1618-0123456789abcdef".into());
     settings.notify.smtp_user = Some("mailer-1732".to_string());
-    settings.notify.smtp_password = Some("smtp-password-1414".to_string());
+    settings.notify.smtp_password = Some("smtp-password-1414".into());
     let secrets = [
         "aws-secret-key-3141",
         "admin-password-2718",
@@ -507,8 +507,8 @@ fn settings_print_their_secrets_as_redacted() {
         assert!(text.contains("AKIAEXAMPLEKEY0001") && text.contains("mailer-1732"), "{text}");
     }
     for field in ["secret_access_key", "admin_password", "jwt_secret", "smtp_password"] {
-        let redacted = format!("{field}: Some(\"[redacted]\")");
-        assert!(printed.contains(&redacted), "{field} is not shown as [redacted]: {printed}");
+        let redacted = format!("{field}: Some(SecretBox<str>([REDACTED]))");
+        assert!(printed.contains(&redacted), "{field} is not shown as [REDACTED]: {printed}");
     }
 }
 

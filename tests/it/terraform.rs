@@ -1,8 +1,12 @@
 //! The Terraform backend, with the real `terraform` of this machine and the AWS provider from
 //! its local mirror, against moto: the lifecycle, one request's destroy leaving another's
 //! instances alone, the state and its lock kept by corral, retries that end with Terraform's
-//! error and leave nothing behind, namespace and server default backends, and a server without
-//! terraform. Skipped, saying so, where terraform is absent.
+//! error and leave nothing behind, namespace and server default backends, user text kept
+//! literal, and a server without terraform. Skipped, saying so, where terraform is absent.
+//!
+//! Each Terraform command costs seconds of CPU (loading the AWS provider), and these tests are
+//! most of the suite's time: a test runs as few Terraform jobs as what it shows needs, at once
+//! where they are independent.
 
 use aws_sdk_ec2::types::{Filter, InstanceStateName};
 use corral::domain::Backend;
@@ -70,7 +74,6 @@ async fn terraform_creates_stops_starts_and_destroys_one_request_leaving_another
     let mut first = create_body("tf-first");
     first["ingress"] = json!([{ "port": 22, "cidr": "caller" }]);
     first["tags"] = json!({ "team": "blue" });
-    let first = create_and_wait(&app, &first, "?backend=terraform").await;
     // The second names no backend: its namespace defaults to Terraform (the server to aws).
     let namespace = json!({ "name": "tf-team", "default_backend": "terraform" });
     assert_eq!(
@@ -79,7 +82,11 @@ async fn terraform_creates_stops_starts_and_destroys_one_request_leaving_another
     );
     let mut second = create_body("tf-second");
     second["namespace"] = json!("tf-team");
-    let second = create_and_wait(&app, &second, "").await;
+    // The two requests run at once, each in its own workspace.
+    let (first, second) = tokio::join!(
+        create_and_wait(&app, &first, "?backend=terraform"),
+        create_and_wait(&app, &second, "")
+    );
 
     for job in [&first, &second] {
         assert_eq!(job["status"], "succeeded", "{job}");
@@ -273,7 +280,9 @@ async fn the_state_lock_is_kept_by_corral_and_a_second_run_waits_for_its_holder(
     // While the stops run, an UNLOCK naming a lock nobody holds answers who holds the lock, if
     // anyone does, and changes nothing: corral's runs are seen holding it.
     let mut holders = Vec::new();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+    // A guard against stops that never end (each is a Terraform plan and apply, the second
+    // after the first), not a measure of their speed.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(300);
     loop {
         let probe =
             app.client.request(method("UNLOCK"), &address).json(&lock("probe")).send().await;
@@ -384,45 +393,17 @@ async fn a_terraform_default_backend_without_terraform_is_refused_at_start() {
     assert!(format!("{err:#}").contains("/nonexistent/terraform"), "{err:#}");
 }
 
+/// Which backend a request that names none gets (its namespace's default, else the server's),
+/// and that user text reaches the cloud as written on both backends: tags and user_data full of
+/// Terraform's template syntax, each of which would read a file of the server or run a function
+/// if Terraform evaluated it. (One test, so that its Terraform create serves both.)
 #[tokio::test]
-async fn the_configured_default_backend_applies_to_requests_whose_namespace_names_none() {
+async fn the_configured_default_backend_applies_and_user_text_reaches_the_cloud_as_written() {
     if terraform_mirror().is_none() {
         return;
     }
     let app =
         spawn_app_with(|settings| settings.terraform.default_backend = Backend::Terraform).await;
-    let response = app.post_instances(&create_body("tf-default"), "").await;
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
-    let job: Value = response.json().await.unwrap();
-    let job = app.wait_for_job(job["id"].as_str().unwrap()).await;
-    assert_eq!(job["status"], "succeeded", "{job}");
-    let id = job["instances"][0]["id"].as_str().unwrap();
-    let instance: Value = app.get(&format!("/v1/instances/{id}")).await.json().await.unwrap();
-    assert_eq!(instance["backend"], "terraform");
-    assert!(app.job_steps(job["id"].as_str().unwrap()).await.contains("terraform apply: done"));
-
-    // A namespace's default comes before the server's.
-    let namespace = json!({ "name": "native", "default_backend": "aws" });
-    assert_eq!(
-        app.post_json("/v1/namespaces", &namespace, None).await.status(),
-        StatusCode::CREATED
-    );
-    let mut body = create_body("native-default");
-    body["namespace"] = json!("native");
-    let job = app.create_running(&body).await;
-    let id = job["instances"][0]["id"].as_str().unwrap();
-    let instance: Value = app.get(&format!("/v1/instances/{id}")).await.json().await.unwrap();
-    assert_eq!(instance["backend"], "aws");
-    assert!(!app.job_steps(job["id"].as_str().unwrap()).await.contains("terraform"));
-}
-
-#[tokio::test]
-async fn template_syntax_in_tags_and_user_data_reaches_the_cloud_as_written() {
-    if terraform_mirror().is_none() {
-        return;
-    }
-    let app = spawn_app().await;
-    // Each would read a file of the server, or run a function, if Terraform evaluated it.
     let tags = json!({
         "${upper(\"key\")}": "${upper(\"probe\")}-${length(file(\"/etc/passwd\"))}",
         "directive": "%{ if true }yes%{ endif }",
@@ -430,14 +411,33 @@ async fn template_syntax_in_tags_and_user_data_reaches_the_cloud_as_written() {
     });
     let user_data =
         "#!/bin/sh\necho '${file(\"/proc/self/environ\")}' %{for x in [1]}${x}%{endfor}\n";
-    for (name, query) in [("tf-literal", "?backend=terraform"), ("native-literal", "")] {
+    // A namespace's default comes before the server's.
+    let namespace = json!({ "name": "native", "default_backend": "aws" });
+    assert_eq!(
+        app.post_json("/v1/namespaces", &namespace, None).await.status(),
+        StatusCode::CREATED
+    );
+    for (name, namespace, backend) in
+        [("tf-literal", "default", "terraform"), ("native-literal", "native", "aws")]
+    {
         let mut body = create_body(name);
+        body["namespace"] = json!(namespace);
         body["tags"] = tags.clone();
         body["user_data"] = json!(user_data);
-        let job = create_and_wait(&app, &body, query).await;
+        let job = create_and_wait(&app, &body, "").await;
         assert_eq!(job["status"], "succeeded", "{job}");
-        let cloud_id = job["instances"][0]["cloud_id"].as_str().unwrap();
+        let id = job["instances"][0]["id"].as_str().unwrap();
+        let instance: Value = app.get(&format!("/v1/instances/{id}")).await.json().await.unwrap();
+        assert_eq!(instance["backend"], backend, "{name}");
+        let steps = app.job_steps(job["id"].as_str().unwrap()).await;
+        if backend == "terraform" {
+            assert!(steps.contains("terraform apply: done"), "{steps}");
+        } else {
+            assert!(!steps.contains("terraform"), "{steps}");
+        }
+        assert!(!steps.contains("PROBE") && !steps.contains("root:"), "{steps}");
 
+        let cloud_id = job["instances"][0]["cloud_id"].as_str().unwrap();
         let instance = app.moto_instances().await.remove(cloud_id).unwrap();
         let cloud_tags = crate::helpers::tags_of(&instance);
         for (key, value) in tags.as_object().unwrap() {
@@ -455,8 +455,6 @@ async fn template_syntax_in_tags_and_user_data_reaches_the_cloud_as_written() {
         use base64::Engine;
         let decoded = base64::engine::general_purpose::STANDARD.decode(encoded).unwrap();
         assert_eq!(String::from_utf8(decoded).unwrap(), user_data, "{name}");
-        let steps = app.job_steps(job["id"].as_str().unwrap()).await;
-        assert!(!steps.contains("PROBE") && !steps.contains("root:"), "{steps}");
     }
 }
 

@@ -21,7 +21,8 @@ use crate::cloud::CloudError;
 use crate::cloud::{
     CloudInstance, LaunchRequest, SecurityGroupSpec, TAG_INSTANCE_ID, TAG_JOB_ID, TAG_NAMESPACE,
 };
-use crate::domain::{Backend, ImageFacts, InstanceState, InstanceTypeFacts, LaunchSpec};
+use crate::domain::{Backend, InstanceState, LaunchSpec};
+use crate::jobs::kinds::prelaunch::{check_cloud_rules, import_key_pair};
 use crate::jobs::kinds::{observation, wait_for_state};
 use crate::jobs::{JobContext, JobError, JobRun};
 use crate::storage::{InstanceRecord, JobView};
@@ -37,13 +38,9 @@ pub struct CreatePayload {
     pub backend: Backend,
 }
 
-pub async fn run(run: &JobRun<'_>) -> Result<(), JobError> {
+/// Creates the request's instances through the AWS API (`payload.backend` is `aws`).
+pub async fn run(run: &JobRun<'_>, payload: &CreatePayload) -> Result<(), JobError> {
     let (ctx, job) = (run.ctx, run.job);
-    let payload: CreatePayload = serde_json::from_value(job.job.payload.clone())
-        .map_err(|err| JobError::Permanent(format!("unreadable job payload: {err}")))?;
-    if payload.backend == Backend::Terraform {
-        return super::terraform::create(run, &payload).await;
-    }
     let spec = &payload.spec;
     let region = spec.region.as_str();
     let mut instances = job.instances.clone();
@@ -57,7 +54,7 @@ pub async fn run(run: &JobRun<'_>) -> Result<(), JobError> {
             Some(_) => ctx.provider.find_tagged(region, TAG_JOB_ID, &job.job.id).await?,
         };
         if launched.is_empty() {
-            let launched = match launch(run, &payload, instances.len()).await {
+            let launched = match launch(run, payload, instances.len()).await {
                 Ok(launched) => launched,
                 Err(err) => {
                     if run.is_final(&err) {
@@ -175,47 +172,6 @@ async fn launch(
         )));
     }
     Ok(launched)
-}
-
-/// Checks the policy rules that need the cloud's facts about the AMI and instance type, and
-/// records the type's vCPUs; returns those facts.
-pub(super) async fn check_cloud_rules(
-    run: &JobRun<'_>,
-    spec: &LaunchSpec,
-) -> Result<(ImageFacts, InstanceTypeFacts), JobError> {
-    let ctx = run.ctx;
-    let region = spec.region.as_str();
-    let image = ctx.catalog.image(region, &spec.ami).await?;
-    let instance_type = ctx.catalog.instance_type(region, &spec.instance_type).await?;
-    let violations = ctx.policy.check_image(spec, &image, &instance_type);
-    if !violations.is_empty() {
-        let messages: Vec<String> = violations.iter().map(|v| v.to_string()).collect();
-        return Err(JobError::Permanent(format!("policy violation: {}", messages.join("; "))));
-    }
-    // The request may have been admitted without the vCPU count (no vCPU quota, cloud not
-    // asked); record it now so that later quotas count these instances right.
-    ctx.store.record_vcpus(&run.job.job.id, i64::from(instance_type.vcpus)).await?;
-    Ok((image, instance_type))
-}
-
-/// Imports the request's key pair into its region when corral holds the public key and the
-/// region does not have it yet.
-pub(super) async fn import_key_pair(run: &JobRun<'_>, spec: &LaunchSpec) -> Result<(), JobError> {
-    let ctx = run.ctx;
-    let region = spec.region.as_str();
-    if let Some(key_name) = &spec.key_name
-        && let Some(pair) = ctx.store.find_key_pair(key_name).await?
-    {
-        let tags = BTreeMap::from([(TAG_NAMESPACE.to_string(), pair.namespace.clone())]);
-        if ctx.provider.ensure_key_pair(region, &pair.name, &pair.public_key, &tags).await? {
-            run.step(format!(
-                "imported key pair {} into {region} ({})",
-                pair.name, pair.fingerprint
-            ))
-            .await;
-        }
-    }
-    Ok(())
 }
 
 /// Makes what the instances need to be reached exist before they launch: the key pair, when
@@ -388,7 +344,9 @@ mod tests {
         let h = harness(fake).await;
         let job = claimed_job(&h.ctx, 2).await;
 
-        run(&JobRun { ctx: &h.ctx, job: &job, worker: "unit-worker" }).await.unwrap();
+        crate::jobs::kinds::run(&JobRun { ctx: &h.ctx, job: &job, worker: "unit-worker" })
+            .await
+            .unwrap();
 
         let view = h.ctx.store.get_job(&job.job.id).await.unwrap().unwrap();
         for instance in &view.instances {
@@ -405,7 +363,9 @@ mod tests {
         let h = harness(FakeProvider::default()).await;
         let job = claimed_job(&h.ctx, 1).await;
 
-        run(&JobRun { ctx: &h.ctx, job: &job, worker: "unit-worker" }).await.unwrap();
+        crate::jobs::kinds::run(&JobRun { ctx: &h.ctx, job: &job, worker: "unit-worker" })
+            .await
+            .unwrap();
 
         assert_eq!(h.fake.calls("find_tagged"), 0);
         assert_eq!(h.fake.calls("launch"), 1);
@@ -441,7 +401,9 @@ mod tests {
             });
         }
 
-        run(&JobRun { ctx: &h.ctx, job: &job, worker: "unit-worker" }).await.unwrap();
+        crate::jobs::kinds::run(&JobRun { ctx: &h.ctx, job: &job, worker: "unit-worker" })
+            .await
+            .unwrap();
 
         assert_eq!(h.fake.calls("launch"), 0, "nothing is launched twice");
         let view = h.ctx.store.get_job(&job.job.id).await.unwrap().unwrap();
@@ -460,7 +422,9 @@ mod tests {
             let job = claimed_job(&h.ctx, 1).await;
 
             let err =
-                run(&JobRun { ctx: &h.ctx, job: &job, worker: "unit-worker" }).await.unwrap_err();
+                crate::jobs::kinds::run(&JobRun { ctx: &h.ctx, job: &job, worker: "unit-worker" })
+                    .await
+                    .unwrap_err();
 
             let JobError::Permanent(message) = err else { panic!("{code} must be permanent") };
             assert!(message.starts_with(&format!("{code}: token reused")), "{message}");
@@ -485,7 +449,10 @@ mod tests {
             state_reason: None,
         });
 
-        let err = run(&JobRun { ctx: &h.ctx, job: &job, worker: "unit-worker" }).await.unwrap_err();
+        let err =
+            crate::jobs::kinds::run(&JobRun { ctx: &h.ctx, job: &job, worker: "unit-worker" })
+                .await
+                .unwrap_err();
 
         assert!(matches!(err, JobError::Transient(_)), "{err:?}");
         assert_eq!(h.fake.calls("launch"), 0);

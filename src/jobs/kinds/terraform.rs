@@ -28,7 +28,8 @@ use std::time::Duration;
 
 use crate::cloud::{TAG_INSTANCE_ID, TAG_JOB_ID};
 use crate::domain::{Action, InstanceState};
-use crate::jobs::kinds::create_instances::{CreatePayload, check_cloud_rules, import_key_pair};
+use crate::jobs::kinds::CreatePayload;
+use crate::jobs::kinds::prelaunch::{check_cloud_rules, import_key_pair};
 use crate::jobs::kinds::wait_for_state;
 use crate::jobs::{JobError, JobRun};
 use crate::storage::{InstanceRecord, JobView};
