@@ -15,6 +15,52 @@ use crate::api::jobs::JobBody;
 use crate::api::{ApiContext, ApiError, FieldError};
 use crate::storage::{Admission, IdempotencyKey, JobView};
 
+/// `?wait=SECONDS`, which every route that stores a job takes.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WaitParams {
+    /// Seconds to wait for the job to finish before answering (default 0: at once).
+    #[param(minimum = 0, maximum = 60)]
+    pub wait: Option<i64>,
+}
+
+impl WaitParams {
+    /// `?wait=` of `params`, checked (0-60).
+    pub fn from_query(params: &crate::api::extract::QueryParams) -> Result<WaitParams, ApiError> {
+        Ok(WaitParams { wait: params.int("wait", 0, 60)? })
+    }
+
+    /// How long to wait for the job; `None` answers at once.
+    pub fn duration(&self) -> Option<std::time::Duration> {
+        self.wait
+            .filter(|seconds| *seconds > 0)
+            .map(|seconds| std::time::Duration::from_secs(seconds.unsigned_abs()))
+    }
+}
+
+/// The answer of a route that stores a job: `200` once the job has finished (within
+/// `?wait=`), `202` while it is queued or running; `Location` names the job either way.
+#[derive(utoipa::IntoResponses)]
+pub enum JobAnswer {
+    /// The job finished within `wait`
+    #[response(status = 200, headers(("location" = String, description = "The job")))]
+    Finished(#[to_schema] JobBody),
+    /// The job is queued or running
+    #[response(status = 202, headers(("location" = String, description = "The job")))]
+    Accepted(#[to_schema] JobBody),
+}
+
+/// `JobAnswer` of a create: `201` once the job has finished, `202` before.
+#[derive(utoipa::IntoResponses)]
+pub enum JobCreated {
+    /// The job finished within `wait`
+    #[response(status = 201, headers(("location" = String, description = "The job")))]
+    Finished(#[to_schema] JobBody),
+    /// The job is queued or running
+    #[response(status = 202, headers(("location" = String, description = "The job")))]
+    Accepted(#[to_schema] JobBody),
+}
+
 /// Why a request or setting naming the Terraform backend is refused on this server.
 pub const TERRAFORM_UNAVAILABLE: &str = "the Terraform backend is unavailable: terraform is not installed on this server \
      (terraform.binary)";
@@ -74,11 +120,39 @@ impl IdempotencyHeader {
 }
 
 /// The answer to a request that enqueued a job: `202 Accepted` while it runs, `finished_status`
-/// once it has finished; `Location` points at the job either way.
+/// (`201` for a create, `200` otherwise) once it has finished.
 pub fn job_accepted(view: &JobView, finished_status: StatusCode) -> Response {
-    let status = if view.job.status.is_finished() { finished_status } else { StatusCode::ACCEPTED };
-    let location = format!("/v1/jobs/{}", view.job.id);
-    (status, [(header::LOCATION, location)], Json(JobBody::from(view))).into_response()
+    let body = JobBody::from(view);
+    match (finished_status == StatusCode::CREATED, view.job.status.is_finished()) {
+        (true, true) => JobCreated::Finished(body).into_response(),
+        (true, false) => JobCreated::Accepted(body).into_response(),
+        (false, true) => JobAnswer::Finished(body).into_response(),
+        (false, false) => JobAnswer::Accepted(body).into_response(),
+    }
+}
+
+impl IntoResponse for JobAnswer {
+    fn into_response(self) -> Response {
+        match self {
+            JobAnswer::Finished(body) => job_response(StatusCode::OK, body),
+            JobAnswer::Accepted(body) => job_response(StatusCode::ACCEPTED, body),
+        }
+    }
+}
+
+impl IntoResponse for JobCreated {
+    fn into_response(self) -> Response {
+        match self {
+            JobCreated::Finished(body) => job_response(StatusCode::CREATED, body),
+            JobCreated::Accepted(body) => job_response(StatusCode::ACCEPTED, body),
+        }
+    }
+}
+
+/// `status`, the job, and `Location` naming it.
+fn job_response(status: StatusCode, body: JobBody) -> Response {
+    let location = format!("/v1/jobs/{}", body.id);
+    (status, [(header::LOCATION, location)], Json(body)).into_response()
 }
 
 /// The answer to a request whose job the store admitted, replayed, or refused.

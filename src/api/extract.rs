@@ -219,17 +219,29 @@ impl QueryParams {
 
 /// `?wait=SECONDS` for mutating routes: block until the job ends or the time is up.
 pub fn wait_param(params: &QueryParams) -> Result<Option<std::time::Duration>, ApiError> {
-    Ok(params
-        .int("wait", 0, 60)?
-        .filter(|s| *s > 0)
-        .map(|s| std::time::Duration::from_secs(s as u64)))
+    Ok(crate::api::admission::WaitParams::from_query(params)?.duration())
+}
+
+/// `?limit=&cursor=` of every list that pages by cursor (what `page_param` reads).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// Items per page (default 50).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
 }
 
 /// `limit` (1-100, default 50) and `cursor` (opaque, from a previous page's `next_cursor`).
 pub fn page_param(params: &QueryParams) -> Result<crate::storage::PageRequest, ApiError> {
     use base64::Engine;
-    let limit = params.int("limit", 1, 100)?.unwrap_or(50);
-    let after = match params.one("cursor")? {
+    let page = PageParams {
+        limit: params.int("limit", 1, 100)?,
+        cursor: params.one("cursor")?.map(str::to_string),
+    };
+    let limit = page.limit.unwrap_or(50);
+    let after = match page.cursor.as_deref() {
         None => None,
         Some(raw) => {
             let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD

@@ -14,13 +14,14 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::api::admission::{IdempotencyHeader, TERRAFORM_UNAVAILABLE, admitted, replay};
+use crate::api::admission::{
+    IdempotencyHeader, JobAnswer, JobCreated, TERRAFORM_UNAVAILABLE, WaitParams, admitted, replay,
+};
 use crate::api::auth::Caller;
 use crate::api::error::Key;
 use crate::api::extract::{
-    ClientAddress, QueryParams, ValidJson, encode_cursor, page_param, wait_param,
+    ClientAddress, PageParams, QueryParams, ValidJson, encode_cursor, page_param, wait_param,
 };
-use crate::api::jobs::JobBody;
 use crate::api::{ApiContext, ApiError, FieldError};
 use crate::cloud::CloudError;
 use crate::domain::{
@@ -164,12 +165,11 @@ pub fn router() -> OpenApiRouter<ApiContext> {
 #[utoipa::path(post, path = "/v1/instances", tag = "instances", operation_id = "create_instances",
     request_body = CreateInstancesBody,
     params(
-        ("wait" = Option<i64>, Query, description = "Seconds (up to 60) to wait for the job to finish"),
+        WaitParams,
         ("backend" = Option<String>, Query, description = "aws (native AWS API; awscli is its older name) or terraform; default: the namespace's default_backend, else terraform.default_backend"),
     ),
     responses(
-        (status = 201, description = "The job finished within `wait`", body = JobBody),
-        (status = 202, description = "The job is queued or running", body = JobBody),
+        JobCreated,
         (status = 400, body = crate::api::Problem),
         (status = 403, body = crate::api::Problem),
         (status = 404, description = "No such namespace", body = crate::api::Problem),
@@ -303,8 +303,7 @@ async fn vcpus_of(ctx: &ApiContext, spec: &LaunchSpec) -> Result<i64, ApiError> 
         ("namespace" = Option<String>, Query),
         ("name" = Option<String>, Query, description = "Exact name"),
         ("tag" = Option<Vec<String>>, Query, description = "KEY:VALUE; repeat for several (all must match)"),
-        ("limit" = Option<i64>, Query, description = "Page size, 1-100 (default 50)"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+        PageParams,
     ),
     responses((status = 200, body = InstancePage), (status = 400, body = crate::api::Problem)))]
 pub async fn list_instances(
@@ -352,11 +351,10 @@ macro_rules! single_action {
         #[utoipa::path($method, path = $path, tag = "instances", operation_id = stringify!($handler),
             params(
                 ("id" = String, Path, description = "corral id or EC2 instance id (i-…)"),
-                ("wait" = Option<i64>, Query, description = "Seconds (up to 60) to wait for the job to finish"),
+                WaitParams,
             ),
             responses(
-                (status = 200, description = "The job finished within `wait`", body = JobBody),
-                (status = 202, description = "The job is queued or running", body = JobBody),
+                JobAnswer,
                 (status = 403, body = crate::api::Problem),
                 (status = 404, body = crate::api::Problem),
                 (status = 409, description = "The instance's state does not allow the action, or another job owns it", body = crate::api::Problem),
@@ -410,10 +408,9 @@ single_action!(
 /// Applies one action to many instances as one job (one cloud call per region).
 #[utoipa::path(post, path = "/v1/instances/actions", tag = "instances", operation_id = "act_on_instances",
     request_body = BulkActionBody,
-    params(("wait" = Option<i64>, Query, description = "Seconds (up to 60) to wait for the job to finish")),
+    params(WaitParams),
     responses(
-        (status = 200, description = "The job finished within `wait`", body = JobBody),
-        (status = 202, description = "The job is queued or running", body = JobBody),
+        JobAnswer,
         (status = 403, body = crate::api::Problem),
         (status = 404, description = "Some ids are unknown; all are listed", body = crate::api::Problem),
         (status = 409, description = "Some instances cannot take the action now; all are listed", body = crate::api::Problem),
@@ -448,11 +445,10 @@ pub async fn act_on_instances(
 #[utoipa::path(post, path = "/v1/instances/{id}/refresh", tag = "instances", operation_id = "refresh_instance",
     params(
         ("id" = String, Path, description = "corral id or EC2 instance id (i-…)"),
-        ("wait" = Option<i64>, Query, description = "Seconds (up to 60) to wait for the job to finish"),
+        WaitParams,
     ),
     responses(
-        (status = 200, description = "The job finished within `wait`", body = JobBody),
-        (status = 202, description = "The job is queued or running", body = JobBody),
+        JobAnswer,
         (status = 403, body = crate::api::Problem),
         (status = 404, body = crate::api::Problem),
     ))]
@@ -485,11 +481,10 @@ pub struct UpdateInstanceBody {
     request_body = UpdateInstanceBody,
     params(
         ("id" = String, Path, description = "corral id or EC2 instance id (i-…)"),
-        ("wait" = Option<i64>, Query, description = "Seconds (up to 60) to wait for the job to finish"),
+        WaitParams,
     ),
     responses(
-        (status = 200, description = "The job finished within `wait`", body = JobBody),
-        (status = 202, description = "The job is queued or running", body = JobBody),
+        JobAnswer,
         (status = 403, body = crate::api::Problem),
         (status = 404, body = crate::api::Problem),
         (status = 409, description = "The instance is busy with another job, or not in the cloud", body = crate::api::Problem),

@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 
 use crate::api::auth::Caller;
 use crate::api::error::Key;
-use crate::api::extract::{QueryParams, encode_cursor, page_param};
+use crate::api::extract::{PageParams, QueryParams, encode_cursor, page_param};
 use crate::api::limits::StreamSlot;
 use crate::api::{ApiContext, ApiError};
 use crate::domain::JobStatus;
@@ -269,8 +269,7 @@ fn sees_job(caller: &Caller, job: &JobRecord) -> bool {
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs", operation_id = "list_jobs",
     params(
         ("status" = Option<String>, Query, description = "queued, running, succeeded or failed"),
-        ("limit" = Option<i64>, Query, description = "Page size, 1-100 (default 50)"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+        PageParams,
     ),
     responses((status = 200, body = JobPage), (status = 400, body = crate::api::Problem)))]
 pub async fn list_jobs(

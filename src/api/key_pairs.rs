@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey, PublicKey};
 use utoipa::ToSchema;
 
-use crate::api::admission::admitted;
+use crate::api::admission::{JobAnswer, WaitParams, admitted};
 use crate::api::auth::Caller;
 use crate::api::error::Key;
 use crate::api::extract::{QueryParams, ValidJson, wait_param};
@@ -185,10 +185,9 @@ pub async fn get_key_pair(
 /// launched with it keep it: EC2 has put the public key on them.
 #[utoipa::path(delete, path = "/v1/keypairs/{name}", tag = "keypairs", operation_id = "delete_key_pair",
     params(("name" = String, Path),
-        ("wait" = Option<i64>, Query, description = "Seconds (up to 60) to wait for the job to finish")),
+        WaitParams),
     responses(
-        (status = 200, description = "The job finished within `wait`", body = crate::api::jobs::JobBody),
-        (status = 202, description = "The job is queued or running", body = crate::api::jobs::JobBody),
+        JobAnswer,
         (status = 403, body = crate::api::Problem), (status = 404, body = crate::api::Problem)))]
 pub async fn delete_key_pair(
     State(ctx): State<ApiContext>,

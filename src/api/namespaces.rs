@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 
-use crate::api::admission::{TERRAFORM_UNAVAILABLE, admitted};
+use crate::api::admission::{JobAnswer, TERRAFORM_UNAVAILABLE, WaitParams, admitted};
 use crate::api::auth::Caller;
 use crate::api::error::Key;
 use crate::api::extract::{QueryParams, ValidJson, wait_param};
@@ -227,11 +227,10 @@ pub async fn update_namespace(
 #[utoipa::path(delete, path = "/v1/namespaces/{namespace}/instances", tag = "namespaces", operation_id = "terminate_namespace",
     params(
         ("namespace" = String, Path),
-        ("wait" = Option<i64>, Query, description = "Seconds (up to 60) to wait for the job to finish"),
+        WaitParams,
     ),
     responses(
-        (status = 200, description = "The job finished within `wait`", body = crate::api::jobs::JobBody),
-        (status = 202, description = "The job is queued or running", body = crate::api::jobs::JobBody),
+        JobAnswer,
         (status = 403, body = crate::api::Problem),
         (status = 404, body = crate::api::Problem),
         (status = 409, description = "Some instances are busy with other jobs; all are listed", body = crate::api::Problem),

@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 
 use crate::api::auth::Caller;
 use crate::api::error::Key;
-use crate::api::extract::{QueryParams, encode_cursor, page_param};
+use crate::api::extract::{PageParams, QueryParams, encode_cursor, page_param};
 use crate::api::{ApiContext, ApiError};
 use crate::domain::{Notification, Role};
 use crate::storage::{DeliveryFilter, DeliveryRecord, DeliveryStatus, to_datetime};
@@ -86,8 +86,7 @@ pub fn router() -> OpenApiRouter<ApiContext> {
     params(
         ("status" = Option<String>, Query, description = "pending, delivered or dead"),
         ("event_id" = Option<String>, Query, description = "Only the deliveries of this event"),
-        ("limit" = Option<i64>, Query, description = "1-100, default 50"),
-        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+        PageParams,
     ),
     responses((status = 200, body = DeliveryPage), (status = 400, body = crate::api::Problem)))]
 pub async fn list_notifications(

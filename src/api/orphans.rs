@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::api::admission::IdempotencyHeader;
+use crate::api::admission::{IdempotencyHeader, JobAnswer, WaitParams};
 use crate::api::auth::Caller;
 use crate::api::error::{Key, no_such};
 use crate::api::extract::{QueryParams, wait_param};
@@ -78,12 +78,14 @@ pub fn router() -> OpenApiRouter<ApiContext> {
 
 /// Runs a reconcile pass over every instance now, as a job: state and IPs refreshed, drift and
 /// missing instances recorded, orphans listed.
-#[utoipa::path(post, path = "/v1/reconcile", tag = "orphans", operation_id = "reconcile_now",
-    params(("wait" = Option<i64>, Query, description = "Seconds (up to 60) to wait for the job to finish")),
-    responses(
-        (status = 200, description = "The job finished within `wait`", body = crate::api::jobs::JobBody),
-        (status = 202, description = "The job is queued or running", body = crate::api::jobs::JobBody),
-    ))]
+#[utoipa::path(
+    post,
+    path = "/v1/reconcile",
+    tag = "orphans",
+    operation_id = "reconcile_now",
+    params(WaitParams),
+    responses(JobAnswer,)
+)]
 pub async fn reconcile_now(
     State(ctx): State<ApiContext>,
     caller: Caller,
@@ -133,12 +135,11 @@ pub async fn adopt_orphan(
 #[utoipa::path(post, path = "/v1/orphans/{cloud_id}/terminate", tag = "orphans", operation_id = "terminate_orphan",
     params(
         ("cloud_id" = String, Path, description = "EC2 instance id"),
-        ("wait" = Option<i64>, Query, description = "Seconds (up to 60) to wait for the job to finish"),
+        WaitParams,
         ("namespace" = Option<String>, Query, description = "The namespace it joins first (default: its corral:namespace tag's, else default)"),
     ),
     responses(
-        (status = 200, description = "The job finished within `wait`", body = crate::api::jobs::JobBody),
-        (status = 202, description = "The job is queued or running", body = crate::api::jobs::JobBody),
+        JobAnswer,
         (status = 404, body = crate::api::Problem),
         (status = 422, description = "The namespace is malformed or does not exist", body = crate::api::Problem),
     ))]
