@@ -1,0 +1,288 @@
+//! `corral instances`: list, show, create, update, and the lifecycle actions, single and in
+//! bulk (`--wait` follows the job).
+
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use super::{confirm, encode, job_result, pairs, query, require_terminal, show_many, split_ids};
+use crate::cli::client::{Client, Failure, Outcome};
+use crate::cli::output::{Column, Out};
+
+#[derive(Debug, Subcommand)]
+pub enum InstancesCommand {
+    /// Lists instances, following every page (newest first).
+    ///
+    /// Examples:
+    ///   corral instances list --state running --tag team=blue
+    ///   corral instances list -o json | jq '.[].public_ip'
+    List(ListInstances),
+    /// Shows instances by corral id or EC2 id (i-…).
+    ///
+    /// Example: corral instances get i-0123456789abcdef0
+    Get(Ids),
+    /// Creates instances (one job); with --count N, named NAME-1 … NAME-N.
+    ///
+    /// Example:
+    ///   corral instances create web --ami ami-04681a1dbd79675a5 --instance-type t3.micro \
+    ///     --storage-gb 8 --count 2 --tag team=blue --wait
+    Create(CreateInstances),
+    /// Starts instances (one job for all of them).
+    ///
+    /// Example: corral instances start i-0abc,i-0def --wait
+    Start(Action),
+    /// Stops instances (one job for all of them).
+    ///
+    /// Example: corral instances stop web-1-id web-2-id --wait
+    Stop(Action),
+    /// Reboots instances (one job for all of them).
+    Reboot(Action),
+    /// Terminates instances after showing them and asking (or with --yes).
+    ///
+    /// Example: corral instances terminate i-0abc --yes --wait
+    Terminate(Terminate),
+    /// Renames an instance or changes its tags (applied in the cloud by a job).
+    ///
+    /// Example: corral instances update i-0abc --name web-blue --tag team=blue
+    Update(UpdateInstance),
+}
+
+#[derive(Debug, Args)]
+pub struct ListInstances {
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// provisioning, pending, running, stopping, stopped, shutting-down, terminated, failed, missing
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Only instances with this tag (repeatable).
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    pub tags: Vec<String>,
+    #[arg(long)]
+    pub name: Option<String>,
+    /// At most this many instances.
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct Ids {
+    /// Ids, space- or comma-separated.
+    #[arg(required = true, value_name = "ID")]
+    pub ids: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct Action {
+    /// corral ids or EC2 ids, space- or comma-separated.
+    #[arg(required = true, value_name = "ID")]
+    pub ids: Vec<String>,
+    /// Follow the job until it ends.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct Terminate {
+    #[command(flatten)]
+    pub action: Action,
+    /// Do not ask for confirmation.
+    #[arg(short, long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateInstances {
+    /// Name of the instance, or the prefix of their names with --count.
+    pub name: String,
+    #[arg(long)]
+    pub ami: String,
+    #[arg(long)]
+    pub instance_type: String,
+    /// Root volume size in GiB (default from the policy).
+    #[arg(long)]
+    pub storage_gb: Option<i64>,
+    #[arg(long, default_value_t = 1)]
+    pub count: i64,
+    #[arg(long)]
+    pub region: Option<String>,
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Existing EC2 key pair, for SSH.
+    #[arg(long)]
+    pub key_name: Option<String>,
+    /// A tag (repeatable).
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    pub tags: Vec<String>,
+    /// A file whose contents run at first boot (a shell script or cloud-init).
+    #[arg(long, value_name = "FILE")]
+    pub user_data_file: Option<std::path::PathBuf>,
+    /// Lets traffic in (repeatable): PORT[/udp][=CIDR]; without a CIDR, from this machine's
+    /// address alone (as the server sees it). corral makes a security group for the request.
+    #[arg(long = "ingress", value_name = "PORT[/PROTO][=CIDR]")]
+    pub ingress: Vec<String>,
+    /// aws (the AWS API) or terraform; default: the namespace's, else the server's.
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Sent as Idempotency-Key: the same key never creates twice.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Follow the job until it ends.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateInstance {
+    pub id: String,
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Replaces the instance's tags with these (repeatable).
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    pub tags: Vec<String>,
+    #[arg(long)]
+    pub wait: bool,
+}
+
+const INSTANCE_COLUMNS: &[Column] = &[
+    Column::field("ID", "id"),
+    Column::field("CLOUD ID", "cloud_id"),
+    Column::field("NAME", "name"),
+    Column::field("STATE", "state"),
+    Column::field("TYPE", "instance_type"),
+    Column::field("REGION", "region"),
+    Column::field("PUBLIC IP", "public_ip"),
+    Column::field("NAMESPACE", "namespace"),
+    Column::field("PRIVATE IP", "private_ip").wide(),
+    Column::field("AMI", "ami").wide(),
+    Column::field("STORAGE GB", "storage_gb").wide(),
+    Column::field("KEY", "key_name").wide(),
+    Column::field("TAGS", "tags").wide(),
+    Column::field("CREATED", "created_at").wide(),
+];
+
+pub async fn instances(client: &Client, out: &Out, command: InstancesCommand) -> Outcome<()> {
+    match command {
+        InstancesCommand::List(list) => {
+            let filters =
+                [("namespace", list.namespace), ("state", list.state), ("name", list.name)];
+            let mut path = format!("/v1/instances{}", query(&filters));
+            for (key, value) in pairs("tag", &list.tags)? {
+                path.push(if path.contains('?') { '&' } else { '?' });
+                path.push_str(&format!("tag={}", encode(&format!("{key}:{value}"))));
+            }
+            let items = client.list_all(&path, list.limit).await?;
+            out.items(&items, INSTANCE_COLUMNS)?;
+        }
+        InstancesCommand::Get(ids) => {
+            let mut items = Vec::new();
+            for id in split_ids(&ids.ids) {
+                items.push(client.get(&format!("/v1/instances/{}", encode(&id))).await?);
+            }
+            show_many(out, &items, INSTANCE_COLUMNS)?;
+        }
+        InstancesCommand::Create(create) => {
+            let body = create_body(&create)?;
+            let path = match &create.backend {
+                Some(backend) => format!("/v1/instances?backend={}", encode(backend)),
+                None => "/v1/instances".to_string(),
+            };
+            let mut request = client.request(reqwest::Method::POST, &path).json(&body);
+            if let Some(key) = &create.idempotency_key {
+                request = request.header("idempotency-key", key);
+            }
+            let job = client.send(request).await?;
+            job_result(client, out, job, create.wait).await?;
+        }
+        InstancesCommand::Start(action) => act(client, out, "start", action).await?,
+        InstancesCommand::Stop(action) => act(client, out, "stop", action).await?,
+        InstancesCommand::Reboot(action) => act(client, out, "reboot", action).await?,
+        InstancesCommand::Terminate(terminate) => {
+            if !terminate.yes {
+                let ids = split_ids(&terminate.action.ids);
+                require_terminal("terminate", ids.len())?;
+                let mut doomed = Vec::new();
+                for id in ids {
+                    doomed.push(client.get(&format!("/v1/instances/{}", encode(&id))).await?);
+                }
+                confirm(&doomed, "terminate")?;
+            }
+            act(client, out, "terminate", terminate.action).await?;
+        }
+        InstancesCommand::Update(update) => {
+            let mut body = json!({});
+            if let Some(name) = update.name {
+                body["name"] = json!(name);
+            }
+            if !update.tags.is_empty() {
+                body["tags"] = json!(pairs("tag", &update.tags)?);
+            }
+            if body.as_object().is_some_and(|body| body.is_empty()) {
+                return Err(Failure::usage("nothing to change: give --name or --tag"));
+            }
+            let job = client.patch(&format!("/v1/instances/{}", encode(&update.id)), &body).await?;
+            job_result(client, out, job, update.wait).await?;
+        }
+    }
+    Ok(())
+}
+
+fn create_body(create: &CreateInstances) -> Outcome<Value> {
+    if create.count < 1 {
+        return Err(Failure::usage("--count must be at least 1"));
+    }
+    let mut body = json!({
+        "ami": create.ami,
+        "instance_type": create.instance_type,
+        "count": create.count,
+    });
+    let name_field = if create.count > 1 { "name_prefix" } else { "name" };
+    body[name_field] = json!(create.name);
+    for (field, value) in [
+        ("region", &create.region),
+        ("namespace", &create.namespace),
+        ("key_name", &create.key_name),
+    ] {
+        if let Some(value) = value {
+            body[field] = json!(value);
+        }
+    }
+    if let Some(storage) = create.storage_gb {
+        body["storage_gb"] = json!(storage);
+    }
+    if !create.tags.is_empty() {
+        body["tags"] = json!(pairs("tag", &create.tags)?);
+    }
+    if let Some(path) = &create.user_data_file {
+        let script = std::fs::read_to_string(path)
+            .map_err(|err| Failure::usage(format!("--user-data-file {}: {err}", path.display())))?;
+        body["user_data"] = json!(script);
+    }
+    if !create.ingress.is_empty() {
+        let rules: Outcome<Vec<Value>> =
+            create.ingress.iter().map(|rule| ingress_rule(rule)).collect();
+        body["ingress"] = json!(rules?);
+    }
+    Ok(body)
+}
+
+/// `22`, `53/udp=10.0.0.0/8`, `443=0.0.0.0/0` as the API's ingress rule.
+fn ingress_rule(text: &str) -> Outcome<Value> {
+    let (port, cidr) = text.split_once('=').unwrap_or((text, "caller"));
+    let (port, protocol) = port.split_once('/').unwrap_or((port, "tcp"));
+    let port: i64 = port.parse().map_err(|_| {
+        Failure::usage(format!(
+            "--ingress {text}: expected PORT[/PROTO][=CIDR], e.g. 22 or 53/udp=10.0.0.0/8"
+        ))
+    })?;
+    Ok(json!({ "port": port, "protocol": protocol, "cidr": cidr }))
+}
+
+/// One job for a lifecycle action on many instances.
+async fn act(client: &Client, out: &Out, action: &str, args: Action) -> Outcome<()> {
+    let ids = split_ids(&args.ids);
+    if ids.is_empty() {
+        return Err(Failure::usage("no instance ids given"));
+    }
+    let job =
+        client.post("/v1/instances/actions", &json!({ "action": action, "ids": ids })).await?;
+    job_result(client, out, job, args.wait).await
+}

@@ -1,0 +1,67 @@
+//! `corral jobs`: list, show, follow (`wait`) and the history of the durable jobs.
+
+use clap::Subcommand;
+
+use super::{Ids, encode, job_result, query, show_many, split_ids};
+use crate::cli::client::{Client, Outcome};
+use crate::cli::output::{Column, Out, scalar};
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Lists jobs, newest first.
+    ///
+    /// Example: corral jobs list --status failed
+    List {
+        /// queued, running, succeeded or failed
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Shows jobs.
+    Get(Ids),
+    /// Follows a job until it ends; exits 1 if it failed.
+    ///
+    /// Example: corral jobs wait 0193…
+    Wait { id: String },
+}
+
+pub(super) const JOB_COLUMNS: &[Column] = &[
+    Column::field("ID", "id"),
+    Column::field("KIND", "kind"),
+    Column::field("STATUS", "status"),
+    Column::field("ATTEMPTS", "attempts"),
+    Column::field("NAMESPACE", "namespace"),
+    Column::computed("INSTANCES", "instances", |job| {
+        let names: Vec<String> =
+            job["instances"].as_array().into_iter().flatten().map(|i| scalar(&i["name"])).collect();
+        names.join(",")
+    }),
+    Column::field("CREATED", "created_at"),
+    Column::field("ACTOR", "actor").wide(),
+    Column::field("FINISHED", "finished_at").wide(),
+    Column::field("ERROR", "error").wide(),
+];
+
+pub async fn jobs(client: &Client, out: &Out, command: JobsCommand) -> Outcome<()> {
+    match command {
+        JobsCommand::List { status, limit } => {
+            let items = client
+                .list_all(&format!("/v1/jobs{}", query(&[("status", status)])), limit)
+                .await?;
+            out.items(&items, JOB_COLUMNS)?;
+        }
+        JobsCommand::Get(ids) => {
+            let mut items = Vec::new();
+            for id in split_ids(&ids.ids) {
+                items.push(client.get(&format!("/v1/jobs/{}", encode(&id))).await?);
+            }
+            show_many(out, &items, JOB_COLUMNS)?;
+        }
+        JobsCommand::Wait { id } => {
+            let job = client.get(&format!("/v1/jobs/{}", encode(&id))).await?;
+            job_result(client, out, job, true).await?;
+        }
+    }
+    Ok(())
+}
