@@ -6,8 +6,8 @@
 //! flags. Unknown keys in the file are errors, so a typo never silently keeps a default.
 //!
 //! A few variables have short names that scripts rely on: `CORRAL_JOB_MAX_ATTEMPTS`
-//! (`jobs.max_attempts`), `CORRAL_JOB_RETRY_DELAY` (`jobs.retry_delay_secs`, seconds) and
-//! `CORRAL_RECONCILE_INTERVAL` (`reconcile.interval_secs`, seconds).
+//! (`jobs.max_attempts`), `CORRAL_JOB_RETRY_DELAY` (`jobs.retry_delay`, seconds) and
+//! `CORRAL_RECONCILE_INTERVAL` (`reconcile.interval`, seconds).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use figment::Figment;
-use figment::providers::{Env, Format, Toml};
+use figment::providers::{Env, Format, Serialized, Toml};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
@@ -38,17 +38,6 @@ const ENV_KEYS: [&str; 12] = [
     "terraform",
 ];
 
-/// Settings renamed so that their names say their unit: the old name is still read, with a
-/// warning (`#[serde(alias)]` on the new field).
-const RENAMED: [(&str, &str); 6] = [
-    ("jobs.retry_delay", "jobs.retry_delay_secs"),
-    ("jobs.retry_max_delay", "jobs.retry_max_delay_secs"),
-    ("jobs.transient_budget", "jobs.transient_budget_secs"),
-    ("notify.retry_delay", "notify.retry_delay_secs"),
-    ("notify.retry_max_delay", "notify.retry_max_delay_secs"),
-    ("reconcile.interval", "reconcile.interval_secs"),
-];
-
 /// Short environment names and the keys they set.
 const ENV_ALIASES: [(&str, &str); 15] = [
     ("default_backend", "terraform__default_backend"),
@@ -64,8 +53,8 @@ const ENV_ALIASES: [(&str, &str); 15] = [
     ("notify_email", "notify__email"),
     ("webhook_allow_private", "notify__webhook_allow_private"),
     ("job_max_attempts", "jobs__max_attempts"),
-    ("job_retry_delay", "jobs__retry_delay_secs"),
-    ("reconcile_interval", "reconcile__interval_secs"),
+    ("job_retry_delay", "jobs__retry_delay"),
+    ("reconcile_interval", "reconcile__interval"),
 ];
 
 /// Printed (`Debug`) with the password of its URLs left out; every secret setting is a
@@ -441,17 +430,14 @@ pub struct JobSettings {
     pub concurrency: usize,
     /// Attempts before a job that keeps failing is parked as `failed`. Transient failures
     /// (throttling, 5xx, connection errors, timeouts) are not counted: they are retried until
-    /// they have lasted `transient_budget_secs`.
+    /// they have lasted `transient_budget`.
     pub max_attempts: i64,
     /// Seconds a job's transient failures in a row may last before it is parked as `failed`.
-    #[serde(alias = "transient_budget")]
-    pub transient_budget_secs: f64,
+    pub transient_budget: f64,
     /// Seconds before the first retry (`CORRAL_JOB_RETRY_DELAY`); doubles with every attempt
-    /// up to `retry_max_delay_secs`.
-    #[serde(alias = "retry_delay")]
-    pub retry_delay_secs: f64,
-    #[serde(alias = "retry_max_delay")]
-    pub retry_max_delay_secs: f64,
+    /// up to `retry_max_delay`.
+    pub retry_delay: f64,
+    pub retry_max_delay: f64,
     /// How often idle workers look for due jobs when nothing wakes them.
     pub poll_interval_ms: u64,
     /// Lease on a claimed job; renewed while the job runs, so a dead worker's job is re-claimed.
@@ -470,9 +456,9 @@ impl Default for JobSettings {
         JobSettings {
             concurrency: 4,
             max_attempts: 3,
-            transient_budget_secs: 600.0,
-            retry_delay_secs: 2.0,
-            retry_max_delay_secs: 300.0,
+            transient_budget: 600.0,
+            retry_delay: 2.0,
+            retry_max_delay: 300.0,
             poll_interval_ms: 1_000,
             lease_secs: 60,
             shutdown_grace_secs: 10.0,
@@ -486,13 +472,13 @@ impl Default for JobSettings {
 impl JobSettings {
     /// Delay before the attempt after `attempts` failed ones: base × 2^(attempts-1), capped.
     pub fn backoff(&self, attempts: i64) -> Duration {
-        backoff(self.retry_delay_secs, self.retry_max_delay_secs, attempts)
+        backoff(self.retry_delay, self.retry_max_delay, attempts)
     }
 
     /// Delay after the `failures`-th transient failure in a row: as `backoff`, at most 30 s, so
     /// that a cloud that recovers is noticed soon.
     pub fn transient_backoff(&self, failures: i64) -> Duration {
-        backoff(self.retry_delay_secs, self.retry_max_delay_secs.min(TRANSIENT_MAX_DELAY), failures)
+        backoff(self.retry_delay, self.retry_max_delay.min(TRANSIENT_MAX_DELAY), failures)
     }
 
     pub fn lease(&self) -> Duration {
@@ -508,13 +494,12 @@ const TRANSIENT_MAX_DELAY: f64 = 30.0;
 pub struct ReconcileSettings {
     /// Seconds between two reconcile passes (`CORRAL_RECONCILE_INTERVAL`); 0 turns the
     /// periodic pass off (forced refreshes still work).
-    #[serde(alias = "interval")]
-    pub interval_secs: f64,
+    pub interval: f64,
 }
 
 impl Default for ReconcileSettings {
     fn default() -> ReconcileSettings {
-        ReconcileSettings { interval_secs: 60.0 }
+        ReconcileSettings { interval: 60.0 }
     }
 }
 
@@ -545,11 +530,9 @@ pub struct NotifySettings {
     pub smtp_timeout_secs: u64,
     /// Attempts per delivery before it is parked as dead.
     pub max_attempts: i64,
-    /// Seconds before the first retry; doubles with every attempt up to `retry_max_delay_secs`.
-    #[serde(alias = "retry_delay")]
-    pub retry_delay_secs: f64,
-    #[serde(alias = "retry_max_delay")]
-    pub retry_max_delay_secs: f64,
+    /// Seconds before the first retry; doubles with every attempt up to `retry_max_delay`.
+    pub retry_delay: f64,
+    pub retry_max_delay: f64,
     /// How often idle delivery workers look for due deliveries.
     pub poll_interval_ms: u64,
     /// The address people reach this corral at, for links in emails; by default the
@@ -588,8 +571,8 @@ impl Default for NotifySettings {
             webhook_timeout_secs: 10,
             smtp_timeout_secs: 30,
             max_attempts: 10,
-            retry_delay_secs: 5.0,
-            retry_max_delay_secs: 900.0,
+            retry_delay: 5.0,
+            retry_max_delay: 900.0,
             poll_interval_ms: 1_000,
             public_url: None,
             max_subscriptions_per_namespace: 50,
@@ -608,7 +591,7 @@ impl NotifySettings {
 
     /// Delay before the attempt after `attempts` failed ones: base × 2^(attempts-1), capped.
     pub fn backoff(&self, attempts: i64) -> Duration {
-        backoff(self.retry_delay_secs, self.retry_max_delay_secs, attempts)
+        backoff(self.retry_delay, self.retry_max_delay, attempts)
     }
 
     fn validate(&self) -> Vec<String> {
@@ -644,10 +627,10 @@ impl NotifySettings {
         if self.max_attempts < 1 {
             problems.push("notify.max_attempts: must be at least 1".to_string());
         }
-        let (delay, max_delay) = (self.retry_delay_secs, self.retry_max_delay_secs);
+        let (delay, max_delay) = (self.retry_delay, self.retry_max_delay);
         if !delay.is_finite() || !max_delay.is_finite() || delay < 0.0 || max_delay < delay {
             problems.push(
-                "notify.retry_delay_secs: must be at least 0 and at most notify.retry_max_delay_secs"
+                "notify.retry_delay: must be at least 0 and at most notify.retry_max_delay"
                     .to_string(),
             );
         }
@@ -735,9 +718,7 @@ impl Settings {
 
     /// Reads defaults, then `config_file` if given, then `CORRAL_*` variables.
     pub fn load(config_file: Option<&Path>) -> anyhow::Result<Settings> {
-        // What the file and the environment leave out takes the defaults of `Settings`
-        // (`#[serde(default)]`).
-        let mut figment = Figment::new();
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         if let Some(path) = config_file {
             anyhow::ensure!(path.exists(), "config file {} does not exist", path.display());
             figment = figment.merge(Toml::file_exact(path));
@@ -755,17 +736,7 @@ impl Settings {
                 let key = key.as_str().to_ascii_lowercase();
                 ENV_KEYS.iter().any(|allowed| key.starts_with(allowed))
             });
-        let figment = figment.merge(env);
-        for (old, new) in RENAMED {
-            if figment.find_value(old).is_ok() {
-                anyhow::ensure!(
-                    figment.find_value(new).is_err(),
-                    "{old} and {new} are one setting, under its old and its new name: give {new} only"
-                );
-                tracing::warn!("the setting {old} is now called {new}; the old name still works");
-            }
-        }
-        let settings: Settings = figment.extract().context("invalid configuration")?;
+        let settings: Settings = figment.merge(env).extract().context("invalid configuration")?;
         settings.validate()?;
         Ok(settings)
     }
@@ -788,10 +759,9 @@ impl Settings {
         if self.jobs.max_attempts < 1 {
             problems.push("jobs.max_attempts: must be at least 1".to_string());
         }
-        if !self.jobs.transient_budget_secs.is_finite() || self.jobs.transient_budget_secs < 0.0 {
-            problems.push(
-                "jobs.transient_budget_secs: must be a number of seconds, at least 0".to_string(),
-            );
+        if !self.jobs.transient_budget.is_finite() || self.jobs.transient_budget < 0.0 {
+            problems
+                .push("jobs.transient_budget: must be a number of seconds, at least 0".to_string());
         }
         if !self.jobs.shutdown_grace_secs.is_finite() || self.jobs.shutdown_grace_secs < 0.0 {
             problems.push("jobs.shutdown_grace_secs: must be at least 0".to_string());
@@ -799,15 +769,14 @@ impl Settings {
         if self.jobs.lease_secs < 3 {
             problems.push("jobs.lease_secs: must be at least 3".to_string());
         }
-        let (delay, max_delay) = (self.jobs.retry_delay_secs, self.jobs.retry_max_delay_secs);
+        let (delay, max_delay) = (self.jobs.retry_delay, self.jobs.retry_max_delay);
         if !delay.is_finite() || !max_delay.is_finite() || delay < 0.0 || max_delay < delay {
             problems.push(
-                "jobs.retry_delay_secs: must be at least 0 and at most jobs.retry_max_delay_secs"
-                    .to_string(),
+                "jobs.retry_delay: must be at least 0 and at most jobs.retry_max_delay".to_string(),
             );
         }
-        if !self.reconcile.interval_secs.is_finite() || self.reconcile.interval_secs < 0.0 {
-            problems.push("reconcile.interval_secs: must be at least 0 seconds".to_string());
+        if !self.reconcile.interval.is_finite() || self.reconcile.interval < 0.0 {
+            problems.push("reconcile.interval: must be at least 0 seconds".to_string());
         }
         let limits = self.aws.rate_limits;
         for (name, bucket) in
@@ -910,44 +879,10 @@ mod tests {
 
     #[test]
     fn backoff_doubles_and_is_capped() {
-        let jobs = JobSettings {
-            retry_delay_secs: 0.1,
-            retry_max_delay_secs: 0.35,
-            ..JobSettings::default()
-        };
+        let jobs =
+            JobSettings { retry_delay: 0.1, retry_max_delay: 0.35, ..JobSettings::default() };
         let delays: Vec<u128> = (1..=4).map(|n| jobs.backoff(n).as_millis()).collect();
         assert_eq!(delays, [100, 200, 350, 350]);
-    }
-
-    #[test]
-    #[allow(clippy::result_large_err, reason = "figment's Jail fixes the closure's error type")]
-    fn renamed_settings_are_read_under_their_old_names_but_not_under_both() {
-        figment::Jail::expect_with(|jail| {
-            jail.create_file(
-                "old.toml",
-                "[jobs]\nretry_delay = 0.25\nretry_max_delay = 9\ntransient_budget = 30\n\
-                 [notify]\nretry_delay = 2\nretry_max_delay = 60\n[reconcile]\ninterval = 5\n",
-            )?;
-            let settings =
-                Settings::load(Some(Path::new("old.toml"))).map_err(|err| format!("{err:#}"))?;
-            assert_eq!(settings.jobs.retry_delay_secs, 0.25);
-            assert_eq!(settings.jobs.retry_max_delay_secs, 9.0);
-            assert_eq!(settings.jobs.transient_budget_secs, 30.0);
-            assert_eq!(settings.notify.retry_delay_secs, 2.0);
-            assert_eq!(settings.notify.retry_max_delay_secs, 60.0);
-            assert_eq!(settings.reconcile.interval_secs, 5.0);
-
-            jail.set_env("CORRAL_JOBS__TRANSIENT_BUDGET", "45");
-            let settings = Settings::load(None).map_err(|err| format!("{err:#}"))?;
-            assert_eq!(settings.jobs.transient_budget_secs, 45.0);
-
-            jail.create_file("both.toml", "[jobs]\nretry_delay_secs = 1\n")?;
-            jail.set_env("CORRAL_JOBS__RETRY_DELAY", "2");
-            let err = Settings::load(Some(Path::new("both.toml"))).unwrap_err();
-            let err = format!("{err:#}");
-            assert!(err.contains("jobs.retry_delay and jobs.retry_delay_secs"), "{err}");
-            Ok(())
-        });
     }
 
     #[test]
@@ -968,8 +903,8 @@ mod tests {
             assert_eq!(settings.notify.email, ["ops@example.com", "dev@example.com"]);
             assert!(settings.notify.webhook_allow_private);
             assert_eq!(settings.jobs.max_attempts, 7);
-            assert_eq!(settings.jobs.retry_delay_secs, 0.5);
-            assert_eq!(settings.reconcile.interval_secs, 15.0);
+            assert_eq!(settings.jobs.retry_delay, 0.5);
+            assert_eq!(settings.reconcile.interval, 15.0);
             assert_eq!(settings.jobs.concurrency, 2);
             Ok(())
         });
