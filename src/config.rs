@@ -818,6 +818,38 @@ mod tests {
         assert_eq!(settings.policy.regions, Policy::free_tier().regions);
     }
 
+    /// The defaults are merged under what the file and the environment give, key by key: a
+    /// file that sets the AMI rule of one region keeps the default rule (`*`) for the others,
+    /// and a half-given table keeps the defaults of the keys it leaves out. (Loading the file
+    /// straight into the structs would drop both: every other region would then take any AMI.)
+    #[test]
+    #[allow(clippy::result_large_err, reason = "figment's Jail fixes the closure's error type")]
+    fn what_a_file_leaves_out_of_a_table_keeps_its_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file(
+                "corral.toml",
+                "[policy.amis.eu-west-1]\nowners = [\"123456789012\"]\n\
+                 [policy.storage_gb]\nmax = 20\n\
+                 [aws.rate_limits.launch]\nburst = 7\n",
+            )?;
+            let settings =
+                Settings::load(Some(Path::new("corral.toml"))).map_err(|err| format!("{err:#}"))?;
+            let free_tier = Policy::free_tier();
+            assert_eq!(settings.policy.amis["eu-west-1"].owners, ["123456789012"]);
+            assert_eq!(settings.policy.amis.get("*"), free_tier.amis.get("*"), "the * rule stays");
+            assert_eq!(settings.policy.ami_rule("us-east-1"), free_tier.ami_rule("us-east-1"));
+            assert_eq!(settings.policy.storage_gb.max, 20);
+            assert_eq!(settings.policy.storage_gb.min, free_tier.storage_gb.min);
+            assert_eq!(settings.aws.rate_limits.launch.burst, 7.0);
+            assert_eq!(
+                settings.aws.rate_limits.launch.per_second,
+                RateLimits::default().launch.per_second
+            );
+            Ok(())
+        });
+    }
+
     #[test]
     fn a_remote_state_url_over_plain_http_is_refused() {
         for url in ["http://10.0.0.5:8080", "http://corral.internal"] {
