@@ -32,6 +32,7 @@ mod namespaces;
 mod notifications;
 mod orphans;
 mod policy;
+mod schema;
 mod subscriptions;
 mod terraform_state;
 mod users;
@@ -116,6 +117,7 @@ pub fn router(ctx: ApiContext) -> Router {
     let mut document = ApiDoc::openapi();
     document.merge(protected_doc);
     document.merge(public_doc);
+    docs::describe_error_answers(&mut document);
     let request_id = HeaderName::from_static(auth::REQUEST_ID_HEADER);
     Router::new()
         .merge(protected)

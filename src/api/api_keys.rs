@@ -23,7 +23,8 @@ use utoipa_axum::routes;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiKeyBody {
-    /// What the key is for, 1-100 characters.
+    /// What the key is for: 1-100 characters, not all blank.
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub name: String,
     /// When the key stops working; when absent, never, or when the credential of this
     /// request expires (a token, an expiring key), unless `password` is given.
@@ -84,7 +85,8 @@ pub fn router() -> OpenApiRouter<ApiContext> {
 /// Creates an API key that acts as the caller. The answer is the only time the key is shown.
 #[utoipa::path(post, path = "/v1/api-keys", tag = "api-keys", operation_id = "create_api_key",
     request_body = CreateApiKeyBody,
-    responses((status = 201, body = CreatedApiKeyBody), (status = 422, body = crate::api::Problem)))]
+    responses((status = 201, body = CreatedApiKeyBody), (status = 422, body = crate::api::Problem),
+        (status = 429, description = "Too many wrong passwords for this user or address", body = crate::api::Problem)))]
 pub async fn create_api_key(
     State(ctx): State<ApiContext>,
     caller: Caller,
@@ -93,8 +95,8 @@ pub async fn create_api_key(
 ) -> Result<Response, ApiError> {
     let mut errors = Vec::new();
     let name = body.name.trim();
-    if name.is_empty() || name.chars().count() > 100 {
-        errors.push(FieldError::new("name", "must be 1-100 characters"));
+    if name.is_empty() || body.name.chars().count() > 100 {
+        errors.push(FieldError::new("name", "must be 1-100 characters, not all blank"));
     }
     let now = now_millis();
     let mut expires_at = body.expires_at.map(|at| at.timestamp_millis());
@@ -143,7 +145,8 @@ pub async fn create_api_key(
 /// `?user=`.
 #[utoipa::path(get, path = "/v1/api-keys", tag = "api-keys", operation_id = "list_api_keys",
     params(("user" = Option<String>, Query, description = "Only this user's keys (admins)")),
-    responses((status = 200, body = ApiKeyList), (status = 403, body = crate::api::Problem)))]
+    responses((status = 200, body = ApiKeyList), (status = 403, body = crate::api::Problem),
+        (status = 404, description = "No such user", body = crate::api::Problem)))]
 pub async fn list_api_keys(
     State(ctx): State<ApiContext>,
     caller: Caller,

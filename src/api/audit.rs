@@ -76,9 +76,9 @@ pub fn router() -> OpenApiRouter<ApiContext> {
 /// The audit log, newest first, filtered by namespace, actor, action and target.
 #[utoipa::path(get, path = "/v1/audit", tag = "audit", operation_id = "list_audit",
     params(
-        ("page" = Option<i64>, Query, description = "From 1 (default 1). Pages reach 10000 events \
+        ("page" = Option<i64>, Query, minimum = 1, maximum = 1_000_000, description = "From 1 (default 1). Pages reach 10000 events \
             back: (page - 1) * limit at most 10000; read further with cursor"),
-        ("limit" = Option<i64>, Query, description = "Events per page, 1-100 (default 10)"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 100, description = "Events per page, 1-100 (default 10)"),
         ("cursor" = Option<String>, Query, description = "next_cursor of a previous page: the \
             events older than that page's last, newest first, at any depth (keyset paging). \
             Give the same filters; page may only be 1 with it"),

@@ -156,11 +156,13 @@ pub fn router() -> OpenApiRouter<ApiContext> {
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     /// `password`, when given (OAuth2 clients send it).
+    #[schema(pattern = "^password$", nullable = false)]
     pub grant_type: Option<String>,
     pub username: String,
     pub password: String,
     /// Accepted and ignored: a token carries all of its user's roles.
     #[serde(rename = "scope")]
+    #[schema(nullable = false)]
     pub _scope: Option<String>,
 }
 

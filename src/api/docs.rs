@@ -76,6 +76,79 @@ impl Modify for SecuritySchemes {
     }
 }
 
+/// Completes every operation of `openapi` with the error answers the layers around the handlers
+/// give, and documents every error answer with the type it is sent as
+/// (`application/problem+json`), so that the document names every status a route can answer:
+///
+/// - `400`: a malformed JSON body, or a query string with a parameter the route does not take
+///   (`extract`), for operations with a body or query parameters;
+/// - `401`: no valid credentials (`auth::require_auth`), for operations that need them;
+/// - `404`: no such resource, for operations with path parameters;
+/// - `413` and `415`: a body too large, or not JSON, for operations with a body;
+/// - `503`: the answer did not start in time (`limits::request_timeout`), for every operation.
+///
+/// What a handler itself answers is declared in its `#[utoipa::path]`.
+pub fn describe_error_answers(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::ParameterIn;
+    use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
+    for item in openapi.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+            &mut item.head,
+            &mut item.options,
+            &mut item.trace,
+        ];
+        for operation in operations.into_iter().flatten() {
+            let parameters = operation.parameters.as_deref().unwrap_or_default();
+            let has_query = parameters.iter().any(|p| p.parameter_in == ParameterIn::Query);
+            let has_path = parameters.iter().any(|p| p.parameter_in == ParameterIn::Path);
+            let has_body = operation.request_body.is_some();
+            // `security(())` (health, docs, the token endpoint) is one empty requirement.
+            let secured = operation.security.as_ref().is_none_or(|requirements| {
+                requirements.iter().any(|requirement| {
+                    serde_json::to_value(requirement)
+                        .is_ok_and(|value| value != serde_json::json!({}))
+                })
+            });
+            let added = [
+                (400, has_body || has_query, "The body or the query string is malformed"),
+                (401, secured, "No valid credentials"),
+                (404, has_path, "No such resource"),
+                (413, has_body, "The body is too large"),
+                (415, has_body, "The body is not JSON"),
+                (503, true, "The answer did not start in time, or the server is busy"),
+            ];
+            let responses = &mut operation.responses.responses;
+            for (status, applies, description) in added {
+                if applies {
+                    responses.entry(status.to_string()).or_insert_with(|| {
+                        RefOr::T(ResponseBuilder::new().description(description).build())
+                    });
+                }
+            }
+            for (status, response) in responses.iter_mut() {
+                let RefOr::T(response) = response else { continue };
+                if !status.starts_with(['4', '5']) {
+                    continue;
+                }
+                // 423 carries Terraform's lock info, not a problem.
+                if status == "423" {
+                    continue;
+                }
+                response.content.shift_remove("application/json");
+                response.content.insert(
+                    error::PROBLEM_JSON.to_string(),
+                    Content::new(Some(RefOr::Ref(Ref::from_schema_name("Problem")))),
+                );
+            }
+        }
+    }
+}
+
 const REDOC_JS: &[u8] = include_bytes!("../../assets/redoc/redoc.standalone.js");
 
 const OPENAPI_PATH: &str = "/openapi.json";

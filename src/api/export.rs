@@ -30,28 +30,38 @@ pub fn router() -> OpenApiRouter<ApiContext> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
+pub(super) enum Format {
     Terraform,
     CloudFormation,
 }
 
+impl Format {
+    pub(super) const ALL: [Format; 2] = [Format::Terraform, Format::CloudFormation];
+
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Format::Terraform => "terraform",
+            Format::CloudFormation => "cloudformation",
+        }
+    }
+}
+
 fn format_param(params: &QueryParams) -> Result<Format, ApiError> {
     params.allow_only(&["format"])?;
-    match params.one("format")? {
-        None | Some("terraform") => Ok(Format::Terraform),
-        Some("cloudformation") => Ok(Format::CloudFormation),
-        Some(other) => Err(ApiError::bad_field(
+    let Some(name) = params.one("format")? else { return Ok(Format::Terraform) };
+    Format::ALL.into_iter().find(|format| format.as_str() == name).ok_or_else(|| {
+        ApiError::bad_field(
             "format",
-            format!("'{other}' is not an export format; use terraform or cloudformation"),
-        )),
-    }
+            format!("'{name}' is not an export format; use terraform or cloudformation"),
+        )
+    })
 }
 
 /// A configuration that reproduces one instance (`main.tf` or a CloudFormation template).
 #[utoipa::path(get, path = "/v1/instances/{id}/export", tag = "instances",
     operation_id = "export_instance",
     params(("id" = String, Path, description = "corral id or EC2 instance id (i-…)"),
-        ("format" = Option<String>, Query, description = "terraform (default) or cloudformation")),
+        ("format" = inline(Option<crate::api::schema::ExportFormats>), Query, description = "terraform (default) or cloudformation")),
     responses((status = 200, description = "The configuration", content_type = "text/plain"),
         (status = 404, body = crate::api::Problem), (status = 409, body = crate::api::Problem)))]
 pub async fn export_instance(
@@ -78,7 +88,7 @@ pub async fn export_instance(
 #[utoipa::path(get, path = "/v1/namespaces/{namespace}/export", tag = "namespaces",
     operation_id = "export_namespace",
     params(("namespace" = String, Path),
-        ("format" = Option<String>, Query, description = "terraform (default) or cloudformation")),
+        ("format" = inline(Option<crate::api::schema::ExportFormats>), Query, description = "terraform (default) or cloudformation")),
     responses((status = 200, description = "The configuration", content_type = "text/plain"),
         (status = 404, body = crate::api::Problem)))]
 pub async fn export_namespace(

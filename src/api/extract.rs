@@ -117,19 +117,36 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ValidJson<T> {
     }
 }
 
+/// A JSON body as `T`. A number without a fractional part is an integer wherever it is written
+/// (`2.0` as `2`), as JSON Schema counts it, so that what the OpenAPI document calls an integer
+/// is read as one.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(deserializer).map_err(|err| {
+    let mut value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|err| ApiError::bad_request(format!("the body is not valid JSON: {err}")))?;
+    integral_numbers_as_integers(&mut value);
+    serde_path_to_error::deserialize(value).map_err(|err| {
         let path = err.path().to_string();
-        let inner = err.into_inner();
-        match inner.classify() {
-            serde_json::error::Category::Data => {
-                let field = if path == "." { "body".to_string() } else { path };
-                ApiError::Validation(vec![FieldError::new(field, strip_position(&inner))])
-            }
-            _ => ApiError::bad_request(format!("the body is not valid JSON: {inner}")),
-        }
+        let field = if path == "." { "body".to_string() } else { path };
+        ApiError::Validation(vec![FieldError::new(field, strip_position(err.inner()))])
     })
+}
+
+fn integral_numbers_as_integers(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Number(number) => {
+            if let Some(float) = number.as_f64().filter(|_| number.is_f64())
+                && float.fract() == 0.0
+                && float >= i64::MIN as f64
+                && float < i64::MAX as f64
+            {
+                *number = serde_json::Number::from(float as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_numbers_as_integers),
+        Value::Object(fields) => fields.values_mut().for_each(integral_numbers_as_integers),
+        Value::Null | Value::Bool(_) | Value::String(_) => {}
+    }
 }
 
 /// serde_json appends " at line L column C"; the field path says more.
@@ -272,6 +289,24 @@ pub fn encode_cursor(after: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_number_without_a_fraction_is_an_integer_and_one_with_a_fraction_is_refused() {
+        #[derive(Debug, serde::Deserialize)]
+        struct Body {
+            count: i64,
+            sizes: Vec<i64>,
+        }
+        let body: Body = parse_json(br#"{"count": 2.0, "sizes": [1e2, -3.0, 4]}"#).unwrap();
+        assert_eq!((body.count, body.sizes), (2, vec![100, -3, 4]));
+        let Err(ApiError::Validation(errors)) =
+            parse_json::<Body>(br#"{"count": 2.5, "sizes": []}"#)
+        else {
+            panic!("a fraction is not an integer");
+        };
+        assert_eq!(errors[0].field, "count");
+        assert!(matches!(parse_json::<Body>(b"{"), Err(ApiError::BadRequest { .. })));
+    }
 
     fn forwarded(values: &[&str]) -> axum::http::HeaderMap {
         let mut headers = axum::http::HeaderMap::new();

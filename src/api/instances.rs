@@ -47,16 +47,21 @@ pub struct CreateInstancesBody {
     /// Names instances `<prefix>-1` … `<prefix>-<count>`.
     pub name_prefix: Option<String>,
     /// How many instances to create (default 1, at most the policy's `max_count`).
+    #[schema(minimum = 1)]
     pub count: Option<i64>,
     /// Region (default: the policy's `default_region`).
     pub region: Option<String>,
+    /// An AMI id, `ami-` and 1-32 letters or digits (default: the policy's).
+    #[schema(pattern = "^ami-[A-Za-z0-9]{1,32}$")]
     pub ami: Option<String>,
     pub instance_type: Option<String>,
     /// Root volume size in GiB (default from the policy).
     pub storage_gb: Option<i64>,
     /// CPU credit mode for burstable types (default: the policy's first allowed mode).
+    #[schema(value_type = Option<crate::api::schema::CpuCreditModes>)]
     pub cpu_credits: Option<String>,
-    /// Existing EC2 key pair for SSH.
+    /// Existing EC2 key pair for SSH: 1-255 printable ASCII characters.
+    #[schema(pattern = "^[ -~]{1,255}$")]
     pub key_name: Option<String>,
     pub security_group_ids: Option<Vec<String>>,
     /// Script or cloud-init data run at first boot (plain text, not base64).
@@ -74,8 +79,10 @@ pub struct CreateInstancesBody {
 #[serde(deny_unknown_fields)]
 pub struct IngressBody {
     /// Port to open, 1-65535.
+    #[schema(minimum = 1, maximum = 65535)]
     pub port: Option<i64>,
     /// `tcp` (default) or `udp`.
+    #[schema(pattern = "^(tcp|udp)$")]
     pub protocol: Option<String>,
     /// Address range allowed in, e.g. `203.0.113.0/24`; `caller` means the address this request
     /// came from, alone (/32).
@@ -85,9 +92,10 @@ pub struct IngressBody {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkActionBody {
-    /// `start`, `stop`, `reboot` or `terminate`.
+    #[schema(value_type = crate::api::schema::Actions)]
     pub action: String,
-    /// corral ids or EC2 instance ids (`i-…`).
+    /// corral ids or EC2 instance ids (`i-…`), 1 to 1000.
+    #[schema(min_items = 1, max_items = 1000)]
     pub ids: Vec<String>,
 }
 
@@ -166,7 +174,7 @@ pub fn router() -> OpenApiRouter<ApiContext> {
     request_body = CreateInstancesBody,
     params(
         WaitParams,
-        ("backend" = Option<String>, Query, description = "aws (native AWS API; awscli is its older name) or terraform; default: the namespace's default_backend, else terraform.default_backend"),
+        ("backend" = inline(Option<crate::api::schema::Backends>), Query, description = "aws (native AWS API; awscli is its older name) or terraform; default: the namespace's default_backend, else terraform.default_backend"),
     ),
     responses(
         JobCreated,
@@ -299,10 +307,10 @@ async fn vcpus_of(ctx: &ApiContext, spec: &LaunchSpec) -> Result<i64, ApiError> 
 /// Instances, newest first, filtered by state, namespace, name and tags.
 #[utoipa::path(get, path = "/v1/instances", tag = "instances", operation_id = "list_instances",
     params(
-        ("state" = Option<String>, Query, description = "Only instances in this state"),
+        ("state" = inline(Option<crate::api::schema::InstanceStates>), Query, description = "Only instances in this state"),
         ("namespace" = Option<String>, Query),
         ("name" = Option<String>, Query, description = "Exact name"),
-        ("tag" = Option<Vec<String>>, Query, description = "KEY:VALUE; repeat for several (all must match)"),
+        ("tag" = inline(Option<Vec<crate::api::schema::TagFilter>>), Query, description = "KEY:VALUE; repeat for several (all must match)"),
         PageParams,
     ),
     responses((status = 200, body = InstancePage), (status = 400, body = crate::api::Problem)))]

@@ -268,7 +268,7 @@ fn sees_job(caller: &Caller, job: &JobRecord) -> bool {
 /// namespaces and those the caller asked for.
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs", operation_id = "list_jobs",
     params(
-        ("status" = Option<String>, Query, description = "queued, running, succeeded or failed"),
+        ("status" = inline(Option<crate::api::schema::JobStatuses>), Query),
         PageParams,
     ),
     responses((status = 200, body = JobPage), (status = 400, body = crate::api::Problem)))]

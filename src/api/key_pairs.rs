@@ -31,7 +31,8 @@ use utoipa_axum::routes;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyPairBody {
-    /// The name instances give as `key_name`.
+    /// The name instances give as `key_name`: 1-255 printable ASCII characters.
+    #[schema(pattern = "^[ -~]{1,255}$")]
     pub name: String,
     /// Namespace whose operators manage the key pair (default `default`).
     pub namespace: Option<String>,

@@ -24,24 +24,28 @@ use utoipa_axum::routes;
 #[serde(deny_unknown_fields)]
 pub struct Quota {
     /// Most instances the namespace may hold; null for no limit.
+    #[schema(minimum = 0)]
     pub instances: Option<i64>,
     /// Most vCPUs its instances may have together; null for no limit.
+    #[schema(minimum = 0)]
     pub vcpus: Option<i64>,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateNamespaceBody {
-    /// 1-63 lowercase letters, digits and '-'.
+    /// 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit.
+    #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     pub name: String,
     #[serde(default)]
     pub quota: Quota,
     /// The backend (aws or terraform) of create requests in the namespace that name none;
     /// null or absent: the server's `terraform.default_backend`.
+    #[schema(value_type = Option<crate::api::schema::Backends>)]
     pub default_backend: Option<String>,
 }
 
-/// Changes the settings given; the others stay as they are.
+/// Changes the settings given; the others stay as they are. At least one is given.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateNamespaceBody {
@@ -49,7 +53,7 @@ pub struct UpdateNamespaceBody {
     pub quota: Option<Quota>,
     /// aws or terraform; null returns the namespace to the server's default.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<crate::api::schema::Backends>)]
     pub default_backend: Option<Option<String>>,
 }
 

@@ -84,7 +84,7 @@ pub fn router() -> OpenApiRouter<ApiContext> {
 #[utoipa::path(get, path = "/v1/notifications", tag = "notifications",
     operation_id = "list_notifications",
     params(
-        ("status" = Option<String>, Query, description = "pending, delivered or dead"),
+        ("status" = inline(Option<crate::api::schema::DeliveryStatuses>), Query),
         ("event_id" = Option<String>, Query, description = "Only the deliveries of this event"),
         PageParams,
     ),

@@ -34,11 +34,14 @@ const MIN_SECRET_LEN: usize = 16;
 #[serde(deny_unknown_fields)]
 pub struct CreateWebhookBody {
     /// Where events are POSTed (http or https).
+    #[schema(format = "uri", pattern = "^[Hh][Tt][Tt][Pp][Ss]?://")]
     pub url: String,
     /// Event types to send; all of them when empty or absent.
     #[serde(default)]
+    #[schema(value_type = Vec<crate::api::schema::EventTypes>)]
     pub events: Vec<String>,
     /// Key of the `X-Corral-Signature` HMAC, at least 16 characters; never shown again.
+    #[schema(min_length = 16)]
     pub secret: String,
     /// Only this namespace's events; every namespace's when absent (admins only).
     pub namespace: Option<String>,
@@ -57,9 +60,11 @@ pub struct WebhookBody {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateEmailSubscriptionBody {
+    #[schema(format = Email)]
     pub email: String,
     /// Event types to mail; all of them when empty or absent.
     #[serde(default)]
+    #[schema(value_type = Vec<crate::api::schema::EventTypes>)]
     pub events: Vec<String>,
     /// Only this namespace's events; every namespace's when absent (admins only).
     pub namespace: Option<String>,

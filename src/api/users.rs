@@ -27,19 +27,24 @@ use utoipa_axum::routes;
 #[serde(deny_unknown_fields)]
 pub struct CreateUserBody {
     /// 1-63 lowercase letters, digits, '.', '_' and '-'.
+    #[schema(pattern = "^[a-z0-9._-]{1,63}$")]
     pub username: String,
     /// At least 12 characters.
+    #[schema(min_length = 12)]
     pub password: String,
     #[serde(default)]
     pub admin: bool,
     /// Role per namespace: `operator` or `viewer`.
     #[serde(default)]
+    #[schema(value_type = BTreeMap<String, crate::api::schema::Roles>)]
     pub roles: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUserBody {
+    /// At least 12 characters.
+    #[schema(min_length = 12)]
     pub password: Option<String>,
     /// The password being replaced: needed to change one's own password (an admin resetting
     /// someone else's does not give it).
@@ -47,6 +52,7 @@ pub struct UpdateUserBody {
     /// Admins only.
     pub admin: Option<bool>,
     /// Replaces every role of the user (admins only).
+    #[schema(value_type = Option<BTreeMap<String, crate::api::schema::Roles>>)]
     pub roles: Option<BTreeMap<String, String>>,
 }
 

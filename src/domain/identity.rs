@@ -18,6 +18,8 @@ pub enum Role {
 }
 
 impl Role {
+    pub const ALL: [Role; 2] = [Role::Operator, Role::Viewer];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Viewer => "viewer",

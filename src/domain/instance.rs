@@ -177,6 +177,8 @@ pub enum Backend {
 impl Backend {
     /// The names a backend is given by, as shown in documentation and errors.
     pub const NAMES: [&'static str; 2] = ["aws", "terraform"];
+    /// Every name `FromStr` accepts: `NAMES` and the older `awscli`.
+    pub const ACCEPTED: [&'static str; 3] = ["aws", "awscli", "terraform"];
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -41,6 +41,8 @@ pub enum CpuCredits {
 }
 
 impl CpuCredits {
+    pub const ALL: [CpuCredits; 2] = [CpuCredits::Standard, CpuCredits::Unlimited];
+
     pub fn as_str(self) -> &'static str {
         match self {
             CpuCredits::Standard => "standard",

@@ -95,6 +95,9 @@ pub enum DeliveryStatus {
 }
 
 impl DeliveryStatus {
+    pub const ALL: [DeliveryStatus; 3] =
+        [DeliveryStatus::Pending, DeliveryStatus::Delivered, DeliveryStatus::Dead];
+
     pub fn as_str(self) -> &'static str {
         match self {
             DeliveryStatus::Pending => "pending",

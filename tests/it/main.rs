@@ -5,6 +5,7 @@
 mod access;
 mod audit;
 mod cli;
+mod conformance;
 mod crash;
 mod errors;
 mod export;

@@ -1,0 +1,79 @@
+//! JSON Schemas of the names the API accepts, made from the lists of the types that own them
+//! (`domain::InstanceState::ALL`, …), so that `/openapi.json` states each enumeration the
+//! handlers enforce and cannot drift from it. Each is a schema-only type: a parameter names it
+//! as `inline(schema::InstanceStates)`, a field as `#[schema(value_type = schema::Actions, inline)]`.
+
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+
+use crate::domain::{Action, Backend, CpuCredits, EventType, InstanceState, JobStatus, Role};
+use crate::storage::DeliveryStatus;
+
+/// A string that is one of `names`.
+fn one_of<'a>(names: impl IntoIterator<Item = &'a str>) -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(names.into_iter().collect::<Vec<_>>()))
+        .into()
+}
+
+macro_rules! names {
+    ($($(#[$doc:meta])* $schema:ident = $names:expr;)*) => {$(
+        $(#[$doc])*
+        pub struct $schema;
+
+        impl utoipa::PartialSchema for $schema {
+            fn schema() -> RefOr<Schema> {
+                one_of($names)
+            }
+        }
+
+        impl utoipa::ToSchema for $schema {}
+    )*};
+}
+
+names! {
+    /// An instance state.
+    InstanceStates = InstanceState::ALL.map(InstanceState::as_str);
+    /// A job status.
+    JobStatuses = JobStatus::ALL.map(JobStatus::as_str);
+    /// A lifecycle action.
+    Actions = Action::ALL.map(Action::as_str);
+    /// A backend, by any name it is accepted by.
+    Backends = Backend::ACCEPTED;
+    /// A role in a namespace.
+    Roles = Role::ALL.map(Role::as_str);
+    /// A CPU credit mode.
+    CpuCreditModes = CpuCredits::ALL.map(CpuCredits::as_str);
+    /// A notification event.
+    EventTypes = EventType::ALL.map(EventType::as_str);
+    /// Where a notification's delivery stands.
+    DeliveryStatuses = DeliveryStatus::ALL.map(DeliveryStatus::as_str);
+    /// What an export is written as.
+    ExportFormats = crate::api::export::Format::ALL.map(crate::api::export::Format::as_str);
+}
+
+/// A string matching `pattern` (ECMA-262, unanchored unless it says so).
+fn matching(pattern: &str) -> RefOr<Schema> {
+    ObjectBuilder::new().schema_type(Type::String).pattern(Some(pattern)).into()
+}
+
+macro_rules! patterns {
+    ($($(#[$doc:meta])* $schema:ident = $pattern:expr;)*) => {$(
+        $(#[$doc])*
+        pub struct $schema;
+
+        impl utoipa::PartialSchema for $schema {
+            fn schema() -> RefOr<Schema> {
+                matching($pattern)
+            }
+        }
+
+        impl utoipa::ToSchema for $schema {}
+    )*};
+}
+
+patterns! {
+    /// A tag filter, `KEY:VALUE`.
+    TagFilter = ":";
+}
