@@ -9,7 +9,8 @@
 //!
 //! Handlers validate, write the desired state and a job in one transaction, and return; they
 //! never change anything in the cloud (jobs do), and read from it only through the cached
-//! catalog. Wire types live next to their handlers and are not domain types. Errors use one
+//! catalog. Wire types are not domain types: those the CLI reads too (instances, jobs,
+//! namespaces, audit) are in `crate::wire`, the others live next to their handlers. Errors use one
 //! envelope (`api::error`).
 //!
 //! Every route except health, docs and `/v1/token` sits behind `auth::require_auth`; handlers

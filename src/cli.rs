@@ -227,7 +227,7 @@ async fn login(
     let anonymous = Client::new(&server, Credential::None)?;
     let form =
         [("grant_type", "password"), ("username", username), ("password", password.as_str())];
-    let token =
+    let token: serde_json::Value =
         anonymous.send(anonymous.request(reqwest::Method::POST, "/v1/token").form(&form)).await?;
     let token = token["access_token"].as_str().unwrap_or_default().to_string();
     let mut profile = Profile {
@@ -243,7 +243,7 @@ async fn login(
         let key_name = format!("corral CLI on {}", host.trim()).trim().to_string();
         // The password lets the key outlive the 30-minute token that asks for it.
         let request = json!({ "name": key_name, "password": password });
-        let created = with_token.post("/v1/api-keys", &request).await?;
+        let created: serde_json::Value = with_token.post("/v1/api-keys", &request).await?;
         profile.api_key = created["key"].as_str().map(str::to_string);
     }
     config.profiles.insert(name.clone(), profile);
@@ -262,14 +262,14 @@ async fn logout(env: &Environment, client: &Client, profile_flag: Option<&str>) 
     };
     if let Some(key) = profile.api_key.take() {
         let prefix: String = key.split('_').take(2).collect::<Vec<_>>().join("_");
-        if let Ok(keys) = client.get("/v1/api-keys").await {
+        if let Ok(keys) = client.get::<serde_json::Value>("/v1/api-keys").await {
             let mine = keys["items"]
                 .as_array()
                 .into_iter()
                 .flatten()
                 .find(|k| k["prefix"] == prefix.as_str());
             if let Some(id) = mine.and_then(|k| k["id"].as_str()) {
-                client.delete(&format!("/v1/api-keys/{id}")).await?;
+                let _: serde_json::Value = client.delete(&format!("/v1/api-keys/{id}")).await?;
             }
         }
     }

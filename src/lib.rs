@@ -4,7 +4,8 @@
 //! pure), `cloud` (the provider trait and AWS), `storage` (all SQL), `jobs` (the durable queue
 //! and one reconciler per job kind), `notify` (email and webhooks from an outbox), `auth` (who a
 //! request comes from), `terraform` (the Terraform backend's configuration and runs), `api`
-//! (HTTP), `server` (the listener: TLS, timeouts, connection limits), `config`,
+//! (HTTP), `wire` (the answers as the API writes and the CLI reads them), `server` (the
+//! listener: TLS, timeouts, connection limits), `config`,
 //! `telemetry`, `startup` (wiring), `cli` (the command line). See ARCHITECTURE.md.
 
 pub mod domain;
@@ -20,6 +21,7 @@ pub mod terraform;
 
 pub mod api;
 pub mod server;
+pub mod wire;
 
 pub mod cli;
 pub mod config;

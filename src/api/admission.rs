@@ -11,9 +11,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::api::error::{Key, no_such};
-use crate::api::jobs::JobBody;
 use crate::api::{ApiContext, ApiError, FieldError};
 use crate::storage::{Admission, IdempotencyKey, JobView};
+use crate::wire::JobBody;
 
 /// `?wait=SECONDS`, which every route that stores a job takes.
 #[derive(utoipa::IntoParams)]

@@ -8,46 +8,14 @@
 
 use axum::Json;
 use axum::extract::State;
-use chrono::{DateTime, Utc};
-use serde::Serialize;
-use utoipa::ToSchema;
 
 use crate::api::auth::Caller;
 use crate::api::extract::{QueryParams, encode_cursor, page_param};
 use crate::api::{ApiContext, ApiError};
 use crate::storage::{AuditFilter, AuditRecord, to_datetime};
+use crate::wire::{AuditEventBody, AuditPage};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-
-#[derive(Serialize, ToSchema)]
-pub struct AuditEventBody {
-    pub id: i64,
-    pub timestamp: DateTime<Utc>,
-    /// A username, an API key's prefix, or `system`.
-    pub actor: String,
-    /// E.g. `instance.create`, `instance.state`, `user.update`.
-    pub action: String,
-    /// What the action applied to: an instance id, a username, a namespace, a key prefix.
-    pub target: String,
-    pub namespace: Option<String>,
-    pub old_value: Option<serde_json::Value>,
-    pub new_value: Option<serde_json::Value>,
-    /// The `X-Request-Id` of the request that made the change; null for changes corral observed.
-    pub request_id: Option<String>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct AuditPage {
-    pub logs: Vec<AuditEventBody>,
-    /// The page asked for; 1 with `cursor`, whose pages count from the cursor.
-    pub page: i64,
-    pub limit: i64,
-    /// Events matching the filters, on all pages.
-    pub total: i64,
-    /// Pass as `cursor` (with the same filters) for the next, older page, however deep; null on
-    /// the last page.
-    pub next_cursor: Option<String>,
-}
 
 /// How far back `page` reaches: `(page - 1) * limit` is at most this many events. The
 /// description of `page` in `list_audit`'s OpenAPI annotation names it too.

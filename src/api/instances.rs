@@ -33,6 +33,7 @@ use crate::storage::{
     Admission, IdempotencyKey, InstanceFilter, InstanceRecord, NewJob, new_id, now_millis,
     to_datetime,
 };
+use crate::wire::{InstanceBody, InstancePage};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -97,39 +98,6 @@ pub struct BulkActionBody {
     /// corral ids or EC2 instance ids (`i-…`), 1 to 1000.
     #[schema(min_items = 1, max_items = 1000)]
     pub ids: Vec<String>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct InstanceBody {
-    pub id: String,
-    /// EC2 instance id, once launched.
-    pub cloud_id: Option<String>,
-    pub name: String,
-    pub namespace: String,
-    pub region: String,
-    pub ami: String,
-    pub instance_type: String,
-    pub storage_gb: i64,
-    /// provisioning, pending, running, stopping, stopped, shutting-down, terminated or failed.
-    pub state: String,
-    pub public_ip: Option<String>,
-    pub private_ip: Option<String>,
-    pub key_name: Option<String>,
-    /// How to log in, when the instance has a key pair and a public address.
-    pub ssh_command: Option<String>,
-    pub tags: BTreeMap<String, String>,
-    pub backend: String,
-    /// The queued or running job that owns the instance now, if any.
-    pub active_job_id: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct InstancePage {
-    pub items: Vec<InstanceBody>,
-    /// Pass as `cursor` to get the next page; null on the last page.
-    pub next_cursor: Option<String>,
 }
 
 impl From<&InstanceRecord> for InstanceBody {

@@ -9,9 +9,6 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Utc};
-use serde::Serialize;
-use utoipa::ToSchema;
 
 use crate::api::auth::Caller;
 use crate::api::error::Key;
@@ -20,54 +17,9 @@ use crate::api::limits::StreamSlot;
 use crate::api::{ApiContext, ApiError};
 use crate::domain::JobStatus;
 use crate::storage::{InstanceRecord, JobEvent, JobFilter, JobRecord, JobView, to_datetime};
+use crate::wire::{JobBody, JobEventBody, JobEventList, JobInstanceBody, JobPage};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-
-#[derive(Serialize, ToSchema)]
-pub struct JobBody {
-    pub id: String,
-    /// `create_instances`, `start_instances`, `stop_instances`, `reboot_instances`,
-    /// `terminate_instances`, `tag_instances`, `refresh_instances` or `reconcile`.
-    pub kind: String,
-    /// `queued`, `running`, `succeeded` or `failed`.
-    pub status: String,
-    /// Attempts made so far (including the running one).
-    pub attempts: i64,
-    pub max_attempts: i64,
-    /// Why the job failed, or why its last attempt failed while it is queued for a retry.
-    pub error: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub finished_at: Option<DateTime<Utc>>,
-    /// Who asked for the job: a username, an API key's prefix, or `system`.
-    pub actor: String,
-    /// The namespace the job works in; null when it spans several, or none.
-    pub namespace: Option<String>,
-    /// The instances the job touches, as last reported by the cloud.
-    pub instances: Vec<JobInstanceBody>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct JobInstanceBody {
-    pub id: String,
-    pub cloud_id: Option<String>,
-    pub name: String,
-    pub state: String,
-    pub public_ip: Option<String>,
-    pub private_ip: Option<String>,
-    /// The EC2 key pair to log in with, if any.
-    pub key_name: Option<String>,
-    /// How to log in, when the instance has a key pair and a public address.
-    pub ssh_command: Option<String>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct JobPage {
-    pub items: Vec<JobBody>,
-    /// Pass as `cursor` to get the next page; null on the last page.
-    pub next_cursor: Option<String>,
-}
 
 impl From<&InstanceRecord> for JobInstanceBody {
     fn from(instance: &InstanceRecord) -> JobInstanceBody {
@@ -113,22 +65,6 @@ pub fn router() -> OpenApiRouter<ApiContext> {
         .routes(routes!(list_jobs))
         .routes(routes!(get_job))
         .routes(routes!(get_job_events))
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct JobEventBody {
-    /// Position in the job's history, from 1; also the SSE event id.
-    pub seq: i64,
-    pub at: DateTime<Utc>,
-    pub attempt: i64,
-    /// `step`, `error` or `outcome`.
-    pub kind: String,
-    pub message: String,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct JobEventList {
-    pub items: Vec<JobEventBody>,
 }
 
 impl From<JobEvent> for JobEventBody {

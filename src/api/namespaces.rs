@@ -5,8 +5,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer};
 use utoipa::ToSchema;
 
 use crate::api::admission::{JobAnswer, TERRAFORM_UNAVAILABLE, WaitParams, admitted};
@@ -17,19 +16,9 @@ use crate::api::{ApiContext, ApiError, FieldError};
 use crate::domain::{Backend, JobKind, Role, is_valid_namespace};
 use crate::storage::new_id;
 use crate::storage::{NamespaceChange, NamespaceRecord, NewJob, now_millis, to_datetime};
+use crate::wire::{NamespaceBody, NamespaceList, Quota, Usage};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-
-#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Quota {
-    /// Most instances the namespace may hold; null for no limit.
-    #[schema(minimum = 0)]
-    pub instances: Option<i64>,
-    /// Most vCPUs its instances may have together; null for no limit.
-    #[schema(minimum = 0)]
-    pub vcpus: Option<i64>,
-}
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -62,35 +51,12 @@ fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Option<S
     Option::<String>::deserialize(deserializer).map(Some)
 }
 
-#[derive(Serialize, ToSchema)]
-pub struct Usage {
-    /// Instances that exist or are being created (not terminated, not failed).
-    pub instances: i64,
-    pub vcpus: i64,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct NamespaceBody {
-    pub name: String,
-    pub quota: Quota,
-    /// The backend of create requests that name none; null: the server's default.
-    pub default_backend: Option<&'static str>,
-    pub usage: Usage,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct NamespaceList {
-    pub items: Vec<NamespaceBody>,
-}
-
 impl From<&NamespaceRecord> for NamespaceBody {
     fn from(namespace: &NamespaceRecord) -> NamespaceBody {
         NamespaceBody {
             name: namespace.name.clone(),
             quota: Quota { instances: namespace.max_instances, vcpus: namespace.max_vcpus },
-            default_backend: namespace.default_backend.map(Backend::as_str),
+            default_backend: namespace.default_backend,
             usage: Usage { instances: namespace.instances, vcpus: namespace.vcpus },
             created_at: to_datetime(namespace.created_at),
             updated_at: to_datetime(namespace.updated_at),

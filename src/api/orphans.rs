@@ -16,11 +16,12 @@ use crate::api::admission::{IdempotencyHeader, JobAnswer, WaitParams};
 use crate::api::auth::Caller;
 use crate::api::error::{Key, no_such};
 use crate::api::extract::{QueryParams, wait_param};
-use crate::api::instances::{InstanceBody, enqueue_instances_job};
+use crate::api::instances::enqueue_instances_job;
 use crate::api::{ApiContext, ApiError, FieldError};
 use crate::cloud::{TAG_JOB_ID, TAG_NAMESPACE};
 use crate::domain::{JobKind, is_valid_namespace};
 use crate::storage::{InstanceRecord, OrphanRecord, now_millis, to_datetime};
+use crate::wire::InstanceBody;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 

@@ -1,7 +1,11 @@
 //! The HTTP client behind every CLI command: one server, one credential, JSON in and out, and
-//! the API's problem details turned into errors that carry the CLI's exit code.
+//! the API's problem details turned into errors that carry the CLI's exit code. Answers are
+//! read as the type the caller names: the API's own wire types (`crate::wire`) where they are
+//! shared, JSON values elsewhere.
 
 use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::cli::ExitCode;
@@ -85,24 +89,37 @@ impl Client {
         }
     }
 
-    pub async fn get(&self, path: &str) -> Outcome<Value> {
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Outcome<T> {
         self.send(self.request(Method::GET, path)).await
     }
 
-    pub async fn post(&self, path: &str, body: &Value) -> Outcome<Value> {
+    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Outcome<T> {
         self.send(self.request(Method::POST, path).json(body)).await
     }
 
-    pub async fn patch(&self, path: &str, body: &Value) -> Outcome<Value> {
+    pub async fn patch<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Outcome<T> {
         self.send(self.request(Method::PATCH, path).json(body)).await
     }
 
-    pub async fn delete(&self, path: &str) -> Outcome<Value> {
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Outcome<T> {
         self.send(self.request(Method::DELETE, path)).await
     }
 
     /// Every item of a paged list, following `next_cursor`, up to `limit` items.
-    pub async fn list_all(&self, path: &str, limit: Option<usize>) -> Outcome<Vec<Value>> {
+    pub async fn list_all<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        limit: Option<usize>,
+    ) -> Outcome<Vec<T>> {
+        #[derive(serde::Deserialize)]
+        struct Page<T> {
+            items: Vec<T>,
+            next_cursor: Option<String>,
+        }
         let mut items = Vec::new();
         let separator = if path.contains('?') { '&' } else { '?' };
         let mut cursor: Option<String> = None;
@@ -112,31 +129,33 @@ impl Client {
             if let Some(cursor) = &cursor {
                 url.push_str(&format!("&cursor={cursor}"));
             }
-            let page = self.get(&url).await?;
-            items.extend(page["items"].as_array().cloned().unwrap_or_default());
+            let page: Page<T> = self.get(&url).await?;
+            items.extend(page.items);
             if limit.is_some_and(|limit| items.len() >= limit) {
                 items.truncate(limit.unwrap_or(usize::MAX));
                 return Ok(items);
             }
-            match page["next_cursor"].as_str() {
-                Some(next) => cursor = Some(next.to_string()),
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
                 None => return Ok(items),
             }
         }
     }
 
-    /// Sends a request and reads its JSON answer; an error answer becomes a `Failure` with the
-    /// API's `detail` and the exit code its status calls for.
-    pub async fn send(&self, request: reqwest::RequestBuilder) -> Outcome<Value> {
+    /// Sends a request and reads its JSON answer as `T` (an empty answer as `null`); an error
+    /// answer becomes a `Failure` with the API's `detail` and the exit code its status calls
+    /// for.
+    pub async fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Outcome<T> {
         let response = request.send().await.map_err(|err| self.unreachable(&err))?;
         let status = response.status();
         let text = response.text().await.map_err(|err| self.unreachable(&err))?;
         if status.is_success() {
-            if text.is_empty() {
-                return Ok(Value::Null);
-            }
-            return serde_json::from_str(&text).map_err(|err| {
-                Failure::failed(format!("{} answered something that is not JSON: {err}", self.base))
+            let text = if text.is_empty() { "null" } else { text.as_str() };
+            return serde_json::from_str(text).map_err(|err| {
+                Failure::failed(format!(
+                    "{} answered something this client cannot read: {err}",
+                    self.base
+                ))
             });
         }
         Err(problem(status, &text))

@@ -13,11 +13,13 @@ mod users;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::cli::client::{Client, Failure, Outcome};
-use crate::cli::output::{Column, Out, scalar};
+use crate::cli::output::{Column, Out, cell};
 use crate::cli::wait;
+use crate::wire::{InstanceBody, JobBody, JobInstanceBody};
 
 pub use api_keys::{ApiKeysCommand, api_keys};
 pub use audit::{AuditArgs, audit};
@@ -29,12 +31,14 @@ pub use namespaces::{NamespacesCommand, namespaces};
 pub use policy::policy;
 pub use users::{UsersCommand, users};
 
-fn limit(value: &Value) -> String {
-    if value.is_null() { "∞".to_string() } else { scalar(value) }
+/// A quota: its figure, or ∞ for none.
+fn limit(value: Option<i64>) -> String {
+    value.map_or_else(|| "∞".to_string(), |value| value.to_string())
 }
 
-fn compact(value: &Value) -> String {
-    if value.is_null() { String::new() } else { value.to_string() }
+/// A JSON value on one line; nothing for none.
+fn compact(value: &Option<Value>) -> String {
+    value.as_ref().map(Value::to_string).unwrap_or_default()
 }
 
 /// Ids from arguments that may each hold several, comma-separated.
@@ -77,30 +81,23 @@ fn live() -> bool {
 
 /// Prints a job just stored: at once, or after following it with `--wait`; a failed job is a
 /// failed command.
-pub async fn job_result(client: &Client, out: &Out, job: Value, wait: bool) -> Outcome<()> {
-    let job = if wait && !is_finished(&job) {
-        wait::follow(client, job["id"].as_str().unwrap_or_default(), live()).await?
-    } else {
-        job
-    };
+pub async fn job_result(client: &Client, out: &Out, job: JobBody, wait: bool) -> Outcome<()> {
+    let job =
+        if wait && !job.is_finished() { wait::follow(client, &job.id, live()).await? } else { job };
     print_job(out, &job, wait)?;
-    if job["status"] == "failed" {
+    if job.status == "failed" {
         return Err(Failure::failed(format!(
             "job {} failed: {}",
-            scalar(&job["id"]),
-            scalar(&job["error"])
+            job.id,
+            job.error.as_deref().unwrap_or_default()
         )));
     }
     Ok(())
 }
 
-fn is_finished(job: &Value) -> bool {
-    matches!(job["status"].as_str(), Some("succeeded" | "failed"))
-}
-
 /// A job: as JSON/YAML; or in a table, followed (once finished) by its instances with their
 /// addresses and SSH commands.
-fn print_job(out: &Out, job: &Value, finished: bool) -> std::io::Result<()> {
+fn print_job(out: &Out, job: &JobBody, finished: bool) -> std::io::Result<()> {
     if out.quiet
         || !matches!(
             out.format,
@@ -111,27 +108,26 @@ fn print_job(out: &Out, job: &Value, finished: bool) -> std::io::Result<()> {
     }
     out.item(job, JOB_COLUMNS)?;
     if !finished {
-        return out.line(&format!("follow it with: corral jobs wait {}", scalar(&job["id"])));
+        return out.line(&format!("follow it with: corral jobs wait {}", job.id));
     }
-    let instances = job["instances"].as_array().cloned().unwrap_or_default();
-    if instances.is_empty() {
+    if job.instances.is_empty() {
         return Ok(());
     }
     out.line("")?;
-    const FINISHED_COLUMNS: &[Column] = &[
-        Column::field("ID", "id"),
-        Column::field("CLOUD ID", "cloud_id"),
-        Column::field("NAME", "name"),
-        Column::field("STATE", "state"),
-        Column::field("PUBLIC IP", "public_ip"),
-        Column::field("PRIVATE IP", "private_ip"),
+    const FINISHED_COLUMNS: &[Column<JobInstanceBody>] = &[
+        Column::new("ID", "id", |i| i.id.clone()),
+        Column::new("CLOUD ID", "cloud_id", |i| cell(&i.cloud_id)),
+        Column::new("NAME", "name", |i| i.name.clone()),
+        Column::new("STATE", "state", |i| i.state.clone()),
+        Column::new("PUBLIC IP", "public_ip", |i| cell(&i.public_ip)),
+        Column::new("PRIVATE IP", "private_ip", |i| cell(&i.private_ip)),
     ];
-    out.items(&instances, FINISHED_COLUMNS)?;
-    for instance in &instances {
-        if let Some(ssh) = instance["ssh_command"].as_str()
-            && instance["state"] == "running"
+    out.items(&job.instances, FINISHED_COLUMNS)?;
+    for instance in &job.instances {
+        if let Some(ssh) = &instance.ssh_command
+            && instance.state == "running"
         {
-            out.line(&format!("{ssh}    # {}", scalar(&instance["name"])))?;
+            out.line(&format!("{ssh}    # {}", instance.name))?;
         }
     }
     Ok(())
@@ -149,16 +145,19 @@ fn require_terminal(verb: &str, count: usize) -> Outcome<()> {
 }
 
 /// Shows what is about to be destroyed and asks.
-fn confirm(doomed: &[Value], verb: &str) -> Outcome<()> {
+fn confirm(doomed: &[InstanceBody], verb: &str) -> Outcome<()> {
     let headers: Vec<String> =
         ["ID", "CLOUD ID", "NAME", "STATE", "NAMESPACE"].iter().map(|h| h.to_string()).collect();
     let rows: Vec<Vec<String>> = doomed
         .iter()
         .map(|i| {
-            ["id", "cloud_id", "name", "state", "namespace"]
-                .iter()
-                .map(|f| scalar(&i[*f]))
-                .collect()
+            vec![
+                i.id.clone(),
+                cell(&i.cloud_id),
+                i.name.clone(),
+                i.state.clone(),
+                i.namespace.clone(),
+            ]
         })
         .collect();
     eprint!("{}", crate::cli::output::table(&headers, &rows));
@@ -170,7 +169,7 @@ fn confirm(doomed: &[Value], verb: &str) -> Outcome<()> {
 }
 
 /// One item as an item, several as a list.
-fn show_many(out: &Out, items: &[Value], columns: &[Column]) -> std::io::Result<()> {
+fn show_many<T: Serialize>(out: &Out, items: &[T], columns: &[Column<T>]) -> std::io::Result<()> {
     match items {
         [one] => out.item(one, columns),
         many => out.items(many, columns),

@@ -106,7 +106,7 @@ async fn list(client: &Client, out: &Out, state: Option<String>) -> Outcome<()> 
 
 /// Asks for what a create needs, with the policy's defaults.
 async fn create(client: &Client, out: &Out, prompt: &mut Prompt) -> Outcome<()> {
-    let policy = client.get("/v1/policy").await?;
+    let policy: Value = client.get("/v1/policy").await?;
     let first = |field: &str| policy[field][0].as_str().unwrap_or_default().to_string();
     let default_storage = policy["storage_gb"]["default"].as_i64().unwrap_or(8).to_string();
     let default_region = policy["default_region"].as_str().unwrap_or_default().to_string();

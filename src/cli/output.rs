@@ -11,6 +11,7 @@
 use std::borrow::Cow;
 use std::io::Write;
 
+use serde::Serialize;
 use serde_json::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -23,39 +24,41 @@ pub enum Format {
     Csv,
 }
 
-/// A column: its header in tables, its field name in CSV, and how to read it from an item.
-pub struct Column {
+/// A column of items of type `T`: its header in tables, its field name in CSV, and how to
+/// read its cell from an item. Items of the API's wire types are read through their fields
+/// (`Column::new`), so that the compiler checks every column; untyped JSON items by name
+/// (`Column::field`).
+pub struct Column<T> {
     pub header: &'static str,
     pub field: &'static str,
     pub wide_only: bool,
-    /// Computes the cell; `None` shows the field of the same name.
-    read: Option<fn(&Value) -> String>,
+    read: fn(&T) -> String,
 }
 
-impl Column {
-    /// A column showing the field of the same name.
-    pub const fn field(header: &'static str, field: &'static str) -> Column {
-        Column { header, field, wide_only: false, read: None }
+impl<T> Column<T> {
+    pub const fn new(header: &'static str, field: &'static str, read: fn(&T) -> String) -> Self {
+        Column { header, field, wide_only: false, read }
     }
 
-    pub const fn computed(
-        header: &'static str,
-        field: &'static str,
-        read: fn(&Value) -> String,
-    ) -> Column {
-        Column { header, field, wide_only: false, read: Some(read) }
-    }
-
-    pub const fn wide(self) -> Column {
+    pub const fn wide(self) -> Self {
         Column { wide_only: true, ..self }
     }
+}
 
-    fn value(&self, item: &Value) -> String {
-        match self.read {
-            Some(read) => read(item),
-            None => scalar(&item[self.field]),
-        }
-    }
+/// A `Column<Value>` showing the JSON field of the name given, for answers read untyped.
+macro_rules! field_column {
+    ($header:expr, $field:literal) => {
+        $crate::cli::output::Column::<serde_json::Value>::new($header, $field, |item| {
+            $crate::cli::output::scalar(&item[$field])
+        })
+    };
+}
+pub(crate) use field_column;
+
+/// A value as one cell, as its JSON form shows (`scalar`): what a table shows of a typed
+/// field is what it showed of the same field in JSON.
+pub fn cell(value: &impl Serialize) -> String {
+    scalar(&serde_json::to_value(value).unwrap_or_default())
 }
 
 /// A value as one cell: strings bare, null empty, objects as `k=v` pairs.
@@ -91,25 +94,24 @@ impl Out {
     }
 
     /// One object, as the API gave it (json, yaml) or as a one-row table.
-    pub fn item(&self, item: &Value, columns: &[Column]) -> std::io::Result<()> {
+    pub fn item<T: Serialize>(&self, item: &T, columns: &[Column<T>]) -> std::io::Result<()> {
         match self.format {
             Format::Json => self.line(&serde_json::to_string_pretty(item).expect("JSON prints")),
-            Format::Yaml => self.line(yaml(item).trim_end()),
+            Format::Yaml => self.line(yaml(&json(item)).trim_end()),
             _ => self.items(std::slice::from_ref(item), columns),
         }
     }
 
     /// A list: an array (json, yaml), rows (table, wide, csv), or identifiers (quiet).
-    pub fn items(&self, items: &[Value], columns: &[Column]) -> std::io::Result<()> {
+    pub fn items<T: Serialize>(&self, items: &[T], columns: &[Column<T>]) -> std::io::Result<()> {
         if self.quiet {
             // The first column is what identifies an item: an id, a username, a name.
-            let key = columns.first().map_or("id", |column| column.field);
             for item in items {
-                self.line(&scalar(&item[key]))?;
+                self.line(&columns.first().map_or_else(String::new, |column| (column.read)(item)))?;
             }
             return Ok(());
         }
-        let array = Value::Array(items.to_vec());
+        let array = json(items);
         match self.format {
             Format::Json => self.line(&serde_json::to_string_pretty(&array).expect("JSON prints")),
             Format::Yaml => self.line(yaml(&array).trim_end()),
@@ -119,19 +121,19 @@ impl Out {
                 text.push_str(&csv_row(&headers));
                 for item in items {
                     let row: Vec<String> =
-                        columns.iter().map(|column| column.value(item)).collect();
+                        columns.iter().map(|column| (column.read)(item)).collect();
                     text.push_str(&csv_row(&row));
                 }
                 self.write(&text)
             }
             Format::Table | Format::Wide => {
                 let wide = self.format == Format::Wide;
-                let shown: Vec<&Column> =
+                let shown: Vec<&Column<T>> =
                     columns.iter().filter(|column| wide || !column.wide_only).collect();
                 let headers: Vec<String> = shown.iter().map(|c| c.header.to_string()).collect();
                 let rows: Vec<Vec<String>> = items
                     .iter()
-                    .map(|item| shown.iter().map(|c| c.value(item)).collect())
+                    .map(|item| shown.iter().map(|c| (c.read)(item)).collect())
                     .collect();
                 self.write(&table(&headers, &rows))
             }
@@ -143,6 +145,11 @@ impl Out {
         lock.write_all(text.as_bytes())?;
         lock.flush()
     }
+}
+
+/// What the API wrote, back as JSON: the wire types serialize as they were read.
+fn json<S: Serialize + ?Sized>(value: &S) -> Value {
+    serde_json::to_value(value).expect("wire types serialize")
 }
 
 /// Columns padded to their widest cell, two spaces apart, with the cells `printable`.

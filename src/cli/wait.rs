@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use reqwest::Method;
-use serde_json::Value;
 
 use crate::cli::ExitCode;
 use crate::cli::client::{Client, Failure, Outcome};
+use crate::wire::{JobBody, JobEventBody};
 
 /// Follows job `id` until it ends and returns it as the API does.
-pub async fn follow(client: &Client, id: &str, live: bool) -> Outcome<Value> {
+pub async fn follow(client: &Client, id: &str, live: bool) -> Outcome<JobBody> {
     let watch = watch(client, id, live);
     tokio::select! {
         job = watch => job,
@@ -23,7 +23,7 @@ pub async fn follow(client: &Client, id: &str, live: bool) -> Outcome<Value> {
     }
 }
 
-async fn watch(client: &Client, id: &str, live: bool) -> Outcome<Value> {
+async fn watch(client: &Client, id: &str, live: bool) -> Outcome<JobBody> {
     let mut display = Display::new(live);
     let mut last_seq: Option<String> = None;
     let mut failures = 0;
@@ -68,7 +68,7 @@ async fn read_events(
     mut response: reqwest::Response,
     display: &mut Display,
     last_seq: &mut Option<String>,
-) -> Outcome<Option<Value>> {
+) -> Outcome<Option<JobBody>> {
     let mut buffer = String::new();
     loop {
         let chunk = match response.chunk().await {
@@ -91,10 +91,11 @@ async fn read_events(
                 }
                 "" => {}
                 kind => {
-                    let message: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
-                    let text = message["message"].as_str().unwrap_or_default();
+                    let message = serde_json::from_str::<JobEventBody>(&event.data)
+                        .map(|event| event.message)
+                        .unwrap_or_default();
                     let job = client.get(&format!("/v1/jobs/{id}")).await.ok();
-                    display.event(kind, text, job.as_ref());
+                    display.event(kind, &message, job.as_ref());
                 }
             }
         }
@@ -140,7 +141,7 @@ impl Display {
         Display { live, seen: Vec::new() }
     }
 
-    fn event(&mut self, kind: &str, message: &str, job: Option<&Value>) {
+    fn event(&mut self, kind: &str, message: &str, job: Option<&JobBody>) {
         let instances = job.map(instance_lines).unwrap_or_default();
         match &mut self.live {
             Some((multi, bars)) => {
@@ -171,7 +172,7 @@ impl Display {
         }
     }
 
-    fn finish(&mut self, job: &Value) {
+    fn finish(&mut self, job: &JobBody) {
         if let Some((_, bars)) = &self.live {
             for (bar, line) in bars.iter().zip(instance_lines(job)) {
                 bar.finish_with_message(line);
@@ -181,19 +182,16 @@ impl Display {
 }
 
 /// `name  cloud-id  state  public-ip` for each instance of a job.
-pub fn instance_lines(job: &Value) -> Vec<String> {
-    job["instances"]
-        .as_array()
-        .into_iter()
-        .flatten()
+pub fn instance_lines(job: &JobBody) -> Vec<String> {
+    job.instances
+        .iter()
         .map(|instance| {
-            let field = |name: &str| instance[name].as_str().unwrap_or("-").to_string();
             format!(
                 "{}  {}  {}  {}",
-                field("name"),
-                field("cloud_id"),
-                field("state"),
-                field("public_ip")
+                instance.name,
+                instance.cloud_id.as_deref().unwrap_or("-"),
+                instance.state,
+                instance.public_ip.as_deref().unwrap_or("-")
             )
         })
         .collect()

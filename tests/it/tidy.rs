@@ -47,6 +47,11 @@ fn boundaries_hold() {
         if relative.starts_with("api") {
             assert!(!code.contains("Provider"), "{relative} reaches the cloud provider");
         }
+        if relative == "wire.rs" {
+            for module in ["axum", "crate::storage", "crate::jobs", "crate::cloud", "crate::api"] {
+                assert!(!code.contains(module), "{relative} uses {module}: wire types are shared");
+            }
+        }
         if relative == "cli.rs" || relative.starts_with("cli/") {
             for module in ["storage", "startup", "jobs", "cloud", "terraform", "notify"] {
                 assert!(

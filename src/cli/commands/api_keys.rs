@@ -1,11 +1,11 @@
 //! `corral api-keys`: keys for scripts, shown once when made.
 
 use clap::Subcommand;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::encode;
 use crate::cli::client::{Client, Outcome};
-use crate::cli::output::{Column, Out, scalar};
+use crate::cli::output::{Column, Out, field_column, scalar};
 
 #[derive(Debug, Subcommand)]
 pub enum ApiKeysCommand {
@@ -23,25 +23,25 @@ pub enum ApiKeysCommand {
     Revoke { id: String },
 }
 
-const API_KEY_COLUMNS: &[Column] = &[
-    Column::field("ID", "id"),
-    Column::field("PREFIX", "prefix"),
-    Column::field("NAME", "name"),
-    Column::field("USER", "username"),
-    Column::field("EXPIRES", "expires_at"),
-    Column::field("REVOKED", "revoked_at"),
-    Column::field("KEY", "key"),
+const API_KEY_COLUMNS: &[Column<Value>] = &[
+    field_column!("ID", "id"),
+    field_column!("PREFIX", "prefix"),
+    field_column!("NAME", "name"),
+    field_column!("USER", "username"),
+    field_column!("EXPIRES", "expires_at"),
+    field_column!("REVOKED", "revoked_at"),
+    field_column!("KEY", "key"),
 ];
 
 pub async fn api_keys(client: &Client, out: &Out, command: ApiKeysCommand) -> Outcome<()> {
     match command {
         ApiKeysCommand::List => {
-            let list = client.get("/v1/api-keys").await?;
+            let list: Value = client.get("/v1/api-keys").await?;
             out.items(list["items"].as_array().map_or(&[][..], Vec::as_slice), API_KEY_COLUMNS)?;
         }
         ApiKeysCommand::Create { name, expires_at } => {
             let body = json!({ "name": name, "expires_at": expires_at });
-            let created = client.post("/v1/api-keys", &body).await?;
+            let created: Value = client.post("/v1/api-keys", &body).await?;
             if out.quiet {
                 out.line(&scalar(&created["key"]))?;
             } else {
@@ -50,7 +50,7 @@ pub async fn api_keys(client: &Client, out: &Out, command: ApiKeysCommand) -> Ou
             }
         }
         ApiKeysCommand::Revoke { id } => {
-            let revoked = client.delete(&format!("/v1/api-keys/{}", encode(&id))).await?;
+            let revoked: Value = client.delete(&format!("/v1/api-keys/{}", encode(&id))).await?;
             out.item(&revoked, API_KEY_COLUMNS)?;
         }
     }

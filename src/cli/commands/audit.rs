@@ -4,7 +4,8 @@ use clap::Args;
 
 use super::{compact, query};
 use crate::cli::client::{Client, Outcome};
-use crate::cli::output::{Column, Out};
+use crate::cli::output::{Column, Out, cell};
+use crate::wire::{AuditEventBody, AuditPage};
 
 #[derive(Debug, Args)]
 pub struct AuditArgs {
@@ -23,16 +24,16 @@ pub struct AuditArgs {
     pub limit: i64,
 }
 
-const AUDIT_COLUMNS: &[Column] = &[
-    Column::field("ID", "id"),
-    Column::field("TIME", "timestamp"),
-    Column::field("ACTOR", "actor"),
-    Column::field("ACTION", "action"),
-    Column::field("TARGET", "target"),
-    Column::field("NAMESPACE", "namespace"),
-    Column::computed("OLD", "old_value", |event| compact(&event["old_value"])).wide(),
-    Column::computed("NEW", "new_value", |event| compact(&event["new_value"])).wide(),
-    Column::field("REQUEST", "request_id").wide(),
+const AUDIT_COLUMNS: &[Column<AuditEventBody>] = &[
+    Column::new("ID", "id", |event| event.id.to_string()),
+    Column::new("TIME", "timestamp", |event| cell(&event.timestamp)),
+    Column::new("ACTOR", "actor", |event| event.actor.clone()),
+    Column::new("ACTION", "action", |event| event.action.clone()),
+    Column::new("TARGET", "target", |event| event.target.clone()),
+    Column::new("NAMESPACE", "namespace", |event| cell(&event.namespace)),
+    Column::new("OLD", "old_value", |event: &AuditEventBody| compact(&event.old_value)).wide(),
+    Column::new("NEW", "new_value", |event: &AuditEventBody| compact(&event.new_value)).wide(),
+    Column::new("REQUEST", "request_id", |event: &AuditEventBody| cell(&event.request_id)).wide(),
 ];
 
 pub async fn audit(client: &Client, out: &Out, args: AuditArgs) -> Outcome<()> {
@@ -47,16 +48,15 @@ pub async fn audit(client: &Client, out: &Out, args: AuditArgs) -> Outcome<()> {
             ("target", args.target),
         ])
     );
-    let page = client.get(&path).await?;
-    let logs = page["logs"].as_array().cloned().unwrap_or_default();
-    out.items(&logs, AUDIT_COLUMNS)?;
+    let page: AuditPage = client.get(&path).await?;
+    out.items(&page.logs, AUDIT_COLUMNS)?;
     if !out.quiet
         && matches!(
             out.format,
             crate::cli::output::Format::Table | crate::cli::output::Format::Wide
         )
     {
-        let total = page["total"].as_i64().unwrap_or_default();
+        let total = page.total;
         let pages = (total + args.limit - 1) / args.limit.max(1);
         eprintln!("page {} of {pages} ({total} events)", args.page);
     }

@@ -6,7 +6,8 @@ use serde_json::{Value, json};
 
 use super::{confirm, encode, job_result, pairs, query, require_terminal, show_many, split_ids};
 use crate::cli::client::{Client, Failure, Outcome};
-use crate::cli::output::{Column, Out};
+use crate::cli::output::{Column, Out, cell};
+use crate::wire::InstanceBody;
 
 #[derive(Debug, Subcommand)]
 pub enum InstancesCommand {
@@ -142,21 +143,21 @@ pub struct UpdateInstance {
     pub wait: bool,
 }
 
-const INSTANCE_COLUMNS: &[Column] = &[
-    Column::field("ID", "id"),
-    Column::field("CLOUD ID", "cloud_id"),
-    Column::field("NAME", "name"),
-    Column::field("STATE", "state"),
-    Column::field("TYPE", "instance_type"),
-    Column::field("REGION", "region"),
-    Column::field("PUBLIC IP", "public_ip"),
-    Column::field("NAMESPACE", "namespace"),
-    Column::field("PRIVATE IP", "private_ip").wide(),
-    Column::field("AMI", "ami").wide(),
-    Column::field("STORAGE GB", "storage_gb").wide(),
-    Column::field("KEY", "key_name").wide(),
-    Column::field("TAGS", "tags").wide(),
-    Column::field("CREATED", "created_at").wide(),
+const INSTANCE_COLUMNS: &[Column<InstanceBody>] = &[
+    Column::new("ID", "id", |i| i.id.clone()),
+    Column::new("CLOUD ID", "cloud_id", |i| cell(&i.cloud_id)),
+    Column::new("NAME", "name", |i| i.name.clone()),
+    Column::new("STATE", "state", |i| i.state.clone()),
+    Column::new("TYPE", "instance_type", |i| i.instance_type.clone()),
+    Column::new("REGION", "region", |i| i.region.clone()),
+    Column::new("PUBLIC IP", "public_ip", |i| cell(&i.public_ip)),
+    Column::new("NAMESPACE", "namespace", |i| i.namespace.clone()),
+    Column::new("PRIVATE IP", "private_ip", |i: &InstanceBody| cell(&i.private_ip)).wide(),
+    Column::new("AMI", "ami", |i: &InstanceBody| i.ami.clone()).wide(),
+    Column::new("STORAGE GB", "storage_gb", |i: &InstanceBody| i.storage_gb.to_string()).wide(),
+    Column::new("KEY", "key_name", |i: &InstanceBody| cell(&i.key_name)).wide(),
+    Column::new("TAGS", "tags", |i: &InstanceBody| cell(&i.tags)).wide(),
+    Column::new("CREATED", "created_at", |i: &InstanceBody| cell(&i.created_at)).wide(),
 ];
 
 pub async fn instances(client: &Client, out: &Out, command: InstancesCommand) -> Outcome<()> {

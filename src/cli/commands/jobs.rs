@@ -4,7 +4,8 @@ use clap::Subcommand;
 
 use super::{Ids, encode, job_result, query, show_many, split_ids};
 use crate::cli::client::{Client, Outcome};
-use crate::cli::output::{Column, Out, scalar};
+use crate::cli::output::{Column, Out, cell};
+use crate::wire::JobBody;
 
 #[derive(Debug, Subcommand)]
 pub enum JobsCommand {
@@ -26,21 +27,20 @@ pub enum JobsCommand {
     Wait { id: String },
 }
 
-pub(super) const JOB_COLUMNS: &[Column] = &[
-    Column::field("ID", "id"),
-    Column::field("KIND", "kind"),
-    Column::field("STATUS", "status"),
-    Column::field("ATTEMPTS", "attempts"),
-    Column::field("NAMESPACE", "namespace"),
-    Column::computed("INSTANCES", "instances", |job| {
-        let names: Vec<String> =
-            job["instances"].as_array().into_iter().flatten().map(|i| scalar(&i["name"])).collect();
+pub(super) const JOB_COLUMNS: &[Column<JobBody>] = &[
+    Column::new("ID", "id", |job| job.id.clone()),
+    Column::new("KIND", "kind", |job| job.kind.clone()),
+    Column::new("STATUS", "status", |job| job.status.clone()),
+    Column::new("ATTEMPTS", "attempts", |job| job.attempts.to_string()),
+    Column::new("NAMESPACE", "namespace", |job| cell(&job.namespace)),
+    Column::new("INSTANCES", "instances", |job| {
+        let names: Vec<&str> = job.instances.iter().map(|i| i.name.as_str()).collect();
         names.join(",")
     }),
-    Column::field("CREATED", "created_at"),
-    Column::field("ACTOR", "actor").wide(),
-    Column::field("FINISHED", "finished_at").wide(),
-    Column::field("ERROR", "error").wide(),
+    Column::new("CREATED", "created_at", |job| cell(&job.created_at)),
+    Column::new("ACTOR", "actor", |job: &JobBody| job.actor.clone()).wide(),
+    Column::new("FINISHED", "finished_at", |job: &JobBody| cell(&job.finished_at)).wide(),
+    Column::new("ERROR", "error", |job: &JobBody| cell(&job.error)).wide(),
 ];
 
 pub async fn jobs(client: &Client, out: &Out, command: JobsCommand) -> Outcome<()> {

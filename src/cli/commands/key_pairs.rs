@@ -2,11 +2,11 @@
 //! a file only its owner can read).
 
 use clap::Subcommand;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::{encode, job_result};
 use crate::cli::client::{Client, Failure, Outcome};
-use crate::cli::output::{Column, Out};
+use crate::cli::output::{Column, Out, field_column};
 
 #[derive(Debug, Subcommand)]
 pub enum KeyPairsCommand {
@@ -40,22 +40,22 @@ pub enum KeyPairsCommand {
     },
 }
 
-const KEY_PAIR_COLUMNS: &[Column] = &[
-    Column::field("NAME", "name"),
-    Column::field("NAMESPACE", "namespace"),
-    Column::field("TYPE", "key_type"),
-    Column::field("FINGERPRINT", "fingerprint"),
-    Column::field("CREATED", "created_at"),
+const KEY_PAIR_COLUMNS: &[Column<Value>] = &[
+    field_column!("NAME", "name"),
+    field_column!("NAMESPACE", "namespace"),
+    field_column!("TYPE", "key_type"),
+    field_column!("FINGERPRINT", "fingerprint"),
+    field_column!("CREATED", "created_at"),
 ];
 
 pub async fn key_pairs(client: &Client, out: &Out, command: KeyPairsCommand) -> Outcome<()> {
     match command {
         KeyPairsCommand::List => {
-            let list = client.get("/v1/keypairs").await?;
+            let list: Value = client.get("/v1/keypairs").await?;
             out.items(list["items"].as_array().map_or(&[][..], Vec::as_slice), KEY_PAIR_COLUMNS)?;
         }
         KeyPairsCommand::Get { name } => {
-            let pair = client.get(&format!("/v1/keypairs/{}", encode(&name))).await?;
+            let pair: Value = client.get(&format!("/v1/keypairs/{}", encode(&name))).await?;
             out.item(&pair, KEY_PAIR_COLUMNS)?;
         }
         KeyPairsCommand::Create { name, namespace, public_key_file, private_key_file } => {
@@ -75,7 +75,7 @@ pub async fn key_pairs(client: &Client, out: &Out, command: KeyPairsCommand) -> 
                     private_file = Some((path, file));
                 }
             }
-            let created = match client.post("/v1/keypairs", &body).await {
+            let created: Value = match client.post("/v1/keypairs", &body).await {
                 Ok(created) => created,
                 Err(failure) => {
                     if let Some((path, _)) = &private_file {

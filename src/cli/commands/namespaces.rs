@@ -2,11 +2,13 @@
 //! instance of one.
 
 use clap::Subcommand;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::{confirm, encode, job_result, limit, require_terminal};
 use crate::cli::client::{Client, Outcome};
-use crate::cli::output::{Column, Out, scalar};
+use crate::cli::output::{Column, Out, cell};
+use crate::domain::Backend;
+use crate::wire::{InstanceBody, NamespaceBody, NamespaceList};
 
 #[derive(Debug, Subcommand)]
 pub enum NamespacesCommand {
@@ -52,25 +54,23 @@ pub enum NamespacesCommand {
     },
 }
 
-const NAMESPACE_COLUMNS: &[Column] = &[
-    Column::field("NAME", "name"),
-    Column::computed("INSTANCES", "instances", |ns| {
-        format!("{}/{}", scalar(&ns["usage"]["instances"]), limit(&ns["quota"]["instances"]))
+const NAMESPACE_COLUMNS: &[Column<NamespaceBody>] = &[
+    Column::new("NAME", "name", |ns| ns.name.clone()),
+    Column::new("INSTANCES", "instances", |ns| {
+        format!("{}/{}", ns.usage.instances, limit(ns.quota.instances))
     }),
-    Column::computed("VCPUS", "vcpus", |ns| {
-        format!("{}/{}", scalar(&ns["usage"]["vcpus"]), limit(&ns["quota"]["vcpus"]))
+    Column::new("VCPUS", "vcpus", |ns| format!("{}/{}", ns.usage.vcpus, limit(ns.quota.vcpus))),
+    Column::new("BACKEND", "default_backend", |ns| {
+        ns.default_backend.map_or("(server)", Backend::as_str).to_string()
     }),
-    Column::computed("BACKEND", "default_backend", |ns| {
-        ns["default_backend"].as_str().unwrap_or("(server)").to_string()
-    }),
-    Column::field("CREATED", "created_at"),
+    Column::new("CREATED", "created_at", |ns| cell(&ns.created_at)),
 ];
 
 pub async fn namespaces(client: &Client, out: &Out, command: NamespacesCommand) -> Outcome<()> {
     match command {
         NamespacesCommand::List => {
-            let list = client.get("/v1/namespaces").await?;
-            out.items(list["items"].as_array().map_or(&[][..], Vec::as_slice), NAMESPACE_COLUMNS)?;
+            let list: NamespaceList = client.get("/v1/namespaces").await?;
+            out.items(&list.items, NAMESPACE_COLUMNS)?;
         }
         NamespacesCommand::Get { name } => {
             out.item(
@@ -105,11 +105,11 @@ pub async fn namespaces(client: &Client, out: &Out, command: NamespacesCommand) 
         NamespacesCommand::Terminate { name, yes, wait } => {
             if !yes {
                 let path = format!("/v1/instances?namespace={}", encode(&name));
-                let doomed: Vec<Value> = client
+                let doomed: Vec<InstanceBody> = client
                     .list_all(&path, None)
                     .await?
                     .into_iter()
-                    .filter(|i| !matches!(i["state"].as_str(), Some("terminated" | "failed")))
+                    .filter(|i: &InstanceBody| !matches!(i.state.as_str(), "terminated" | "failed"))
                     .collect();
                 if !doomed.is_empty() {
                     require_terminal("terminate", doomed.len())?;

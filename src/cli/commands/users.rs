@@ -3,11 +3,11 @@
 use std::io::IsTerminal;
 
 use clap::Subcommand;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::{ask, encode, pairs, read_secret};
 use crate::cli::client::{Client, Failure, Outcome};
-use crate::cli::output::{Column, Out};
+use crate::cli::output::{Column, Out, field_column};
 
 #[derive(Debug, Subcommand)]
 pub enum UsersCommand {
@@ -47,17 +47,17 @@ pub enum UsersCommand {
     },
 }
 
-const USER_COLUMNS: &[Column] = &[
-    Column::field("USERNAME", "username"),
-    Column::field("ADMIN", "admin"),
-    Column::field("ROLES", "roles"),
-    Column::field("CREATED", "created_at"),
+const USER_COLUMNS: &[Column<Value>] = &[
+    field_column!("USERNAME", "username"),
+    field_column!("ADMIN", "admin"),
+    field_column!("ROLES", "roles"),
+    field_column!("CREATED", "created_at"),
 ];
 
 pub async fn users(client: &Client, out: &Out, command: UsersCommand) -> Outcome<()> {
     match command {
         UsersCommand::List => {
-            let list = client.get("/v1/users").await?;
+            let list: Value = client.get("/v1/users").await?;
             out.items(list["items"].as_array().map_or(&[][..], Vec::as_slice), USER_COLUMNS)?;
         }
         UsersCommand::Get { username } => {
@@ -80,7 +80,7 @@ pub async fn users(client: &Client, out: &Out, command: UsersCommand) -> Outcome
                 body["roles"] = json!(pairs("role", &roles)?);
             }
             if password {
-                let me = client.get("/v1/me").await?;
+                let me: Value = client.get("/v1/me").await?;
                 if me["username"].as_str() == Some(username.as_str()) {
                     body["current_password"] = json!(read_secret("current password")?);
                 }
@@ -97,7 +97,7 @@ pub async fn users(client: &Client, out: &Out, command: UsersCommand) -> Outcome
                     "not deleting {username} without confirmation; pass --yes"
                 )));
             }
-            client.delete(&format!("/v1/users/{}", encode(&username))).await?;
+            let _: Value = client.delete(&format!("/v1/users/{}", encode(&username))).await?;
             if !out.quiet {
                 eprintln!("deleted user {username}");
             }
