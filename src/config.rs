@@ -1,25 +1,46 @@
-//! Typed settings for `corral serve`, one struct per section.
+//! Typed settings for `corral serve`: `Settings`, and one module per section with its
+//! defaults and its validation (`server`, `aws`, `jobs` with `reconcile`, `auth`, `notify`,
+//! `terraform`; the policy is `domain::Policy`).
 //!
 //! Sources, lowest precedence first: built-in defaults, the optional TOML file given by
 //! `--config` / `CORRAL_CONFIG`, then environment variables `CORRAL_<KEY>` with `__` between
 //! nested keys (`CORRAL_JOBS__CONCURRENCY=8`, `CORRAL_POLICY__MAX_COUNT=3`), then command-line
 //! flags. Unknown keys in the file are errors, so a typo never silently keeps a default.
 //!
+//! Durations say their unit in their name (`_secs`, `_ms`). Settings named before that
+//! (`RENAMED`: `jobs.retry_delay`, …) are still read under their old names, from the file and
+//! from the environment, with a warning naming what was written; a source that gives both
+//! names of one setting is refused.
+//!
 //! A few variables have short names that scripts rely on: `CORRAL_JOB_MAX_ATTEMPTS`
-//! (`jobs.max_attempts`), `CORRAL_JOB_RETRY_DELAY` (`jobs.retry_delay`, seconds) and
-//! `CORRAL_RECONCILE_INTERVAL` (`reconcile.interval`, seconds).
+//! (`jobs.max_attempts`), `CORRAL_JOB_RETRY_DELAY` (`jobs.retry_delay_secs`) and
+//! `CORRAL_RECONCILE_INTERVAL` (`reconcile.interval_secs`).
+
+mod auth;
+mod aws;
+mod jobs;
+mod notify;
+mod server;
+mod terraform;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
-use secrecy::{ExposeSecret, SecretString};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Backend, Policy};
+use crate::domain::Policy;
+
+pub use auth::AuthSettings;
+pub use aws::{AwsSettings, Bucket, RateLimits};
+pub use jobs::{JobSettings, ReconcileSettings};
+pub use notify::{NotifySettings, SmtpTls};
+pub use server::ServerSettings;
+pub use terraform::{TerraformSettings, plain_http_to_another_host};
 
 /// Top-level keys that environment variables may set; other `CORRAL_*` variables (client
 /// settings, test harness settings) are not part of the server's configuration.
@@ -53,9 +74,68 @@ const ENV_ALIASES: [(&str, &str); 15] = [
     ("notify_email", "notify__email"),
     ("webhook_allow_private", "notify__webhook_allow_private"),
     ("job_max_attempts", "jobs__max_attempts"),
-    ("job_retry_delay", "jobs__retry_delay"),
-    ("reconcile_interval", "reconcile__interval"),
+    ("job_retry_delay", "jobs__retry_delay_secs"),
+    ("reconcile_interval", "reconcile__interval_secs"),
 ];
+
+/// Settings renamed to say their unit: section, old name, new name.
+const RENAMED: [(&str, &str, &str); 6] = [
+    ("jobs", "retry_delay", "retry_delay_secs"),
+    ("jobs", "retry_max_delay", "retry_max_delay_secs"),
+    ("jobs", "transient_budget", "transient_budget_secs"),
+    ("notify", "retry_delay", "retry_delay_secs"),
+    ("notify", "retry_max_delay", "retry_max_delay_secs"),
+    ("reconcile", "interval", "interval_secs"),
+];
+
+/// The variable that sets `key` of `section`: `CORRAL_SECTION__KEY`, or the short name
+/// (`ENV_ALIASES`) when that is the one set.
+fn env_name(section: &str, key: &str) -> String {
+    let target = format!("{section}__{key}");
+    ENV_ALIASES
+        .iter()
+        .filter(|(_, aliased)| *aliased == target)
+        .map(|(alias, _)| format!("CORRAL_{}", alias.to_ascii_uppercase()))
+        .find(|alias| std::env::var_os(alias).is_some())
+        .unwrap_or_else(|| format!("CORRAL_{}", target.to_ascii_uppercase()))
+}
+
+/// A source of settings whose `RENAMED` keys are read as their new names, each with a warning
+/// that names the key as the source spells it (`spell`) and the source (`origin`); both names
+/// in one source is an error, as a reader could not tell which one counts.
+struct Renamed<P> {
+    source: P,
+    spell: fn(section: &str, key: &str) -> String,
+    origin: String,
+}
+
+impl<P: Provider> Provider for Renamed<P> {
+    fn metadata(&self) -> Metadata {
+        self.source.metadata()
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut data = self.source.data()?;
+        for dict in data.values_mut() {
+            for (section, old, new) in RENAMED {
+                let Some(Value::Dict(_, table)) = dict.get_mut(section) else { continue };
+                let Some(value) = table.remove(old) else { continue };
+                let (was, is) = ((self.spell)(section, old), (self.spell)(section, new));
+                if table.contains_key(new) {
+                    return Err(figment::Error::from(format!(
+                        "{was} and {is} are one setting: keep {is} only"
+                    )));
+                }
+                tracing::warn!(
+                    "{was} ({}) is an old name: it is read as {is}, its name now; rename it",
+                    self.origin
+                );
+                table.insert(new.to_string(), value);
+            }
+        }
+        Ok(data)
+    }
+}
 
 /// Printed (`Debug`) with the password of its URLs left out; every secret setting is a
 /// `SecretString`, which prints as `[REDACTED]`.
@@ -82,120 +162,8 @@ pub struct Settings {
     pub terraform: TerraformSettings,
 }
 
-/// How the HTTP listener treats connections: TLS, the proxies in front of it, and the limits
-/// that keep one client from holding the server.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServerSettings {
-    /// PEM certificate chain and private key: with both, `serve` speaks HTTPS itself
-    /// (`CORRAL_SERVER__TLS_CERT`, `CORRAL_SERVER__TLS_KEY`).
-    pub tls_cert: Option<String>,
-    pub tls_key: Option<String>,
-    /// Address ranges of reverse proxies (e.g. `10.0.0.0/8`): for connections from them, the
-    /// client is read from `X-Forwarded-For` (login throttling, `"cidr": "caller"`). Empty:
-    /// the header is ignored, as any client could write it.
-    pub trusted_proxies: Vec<String>,
-    /// Longest a client may take to send a request's headers, from connecting or from its
-    /// previous answer (an idle connection is closed after it).
-    pub header_timeout_secs: u64,
-    /// Longest a request may take until its answer starts (answered `503` past it); `?wait=`
-    /// adds the longest wait, and an event stream goes on once it has started.
-    pub request_timeout_secs: u64,
-    /// Connections served at once; further ones are answered `503` and closed.
-    pub max_connections: usize,
-    /// Event streams (`/v1/jobs/{id}/events`) open at once, in all and per caller; further
-    /// ones are answered `429`.
-    pub max_event_streams: usize,
-    pub max_event_streams_per_caller: usize,
-}
-
-impl Default for ServerSettings {
-    fn default() -> ServerSettings {
-        ServerSettings {
-            tls_cert: None,
-            tls_key: None,
-            trusted_proxies: Vec::new(),
-            header_timeout_secs: 30,
-            request_timeout_secs: 60,
-            max_connections: 1024,
-            max_event_streams: 256,
-            max_event_streams_per_caller: 16,
-        }
-    }
-}
-
-impl ServerSettings {
-    /// The trusted proxies' ranges, or what is wrong with them.
-    pub fn trusted_proxies(&self) -> Result<Vec<ipnet::IpNet>, String> {
-        self.trusted_proxies
-            .iter()
-            .map(|cidr| {
-                let cidr = cidr.trim();
-                cidr.parse::<ipnet::IpNet>()
-                    .or_else(|_| cidr.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                    .map(|net| net.trunc())
-                    .map_err(|_| {
-                        format!(
-                            "server.trusted_proxies: '{cidr}' is not an address range; expected \
-                             e.g. 10.0.0.0/8 or fd00::/8"
-                        )
-                    })
-            })
-            .collect()
-    }
-
-    fn validate(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        if let Err(problem) = self.trusted_proxies() {
-            problems.push(problem);
-        }
-        if self.tls_cert.is_some() != self.tls_key.is_some() {
-            problems.push(
-                "server.tls_cert and server.tls_key go together: set both or neither".to_string(),
-            );
-        }
-        for (name, value) in [
-            ("header_timeout_secs", self.header_timeout_secs as usize),
-            ("request_timeout_secs", self.request_timeout_secs as usize),
-            ("max_connections", self.max_connections),
-            ("max_event_streams", self.max_event_streams),
-            ("max_event_streams_per_caller", self.max_event_streams_per_caller),
-        ] {
-            if value == 0 {
-                problems.push(format!("server.{name}: must be at least 1"));
-            }
-        }
-        problems
-    }
-}
-
-/// The Terraform backend: which binary runs, where it finds providers, and how it reaches
-/// corral's state API.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TerraformSettings {
-    /// Backend of create requests without `?backend=` (`CORRAL_DEFAULT_BACKEND`): `aws` or
-    /// `terraform`.
-    pub default_backend: Backend,
-    /// The terraform executable: a path, or a name looked up on `PATH`.
-    pub binary: String,
-    /// A Terraform CLI configuration (`TF_CLI_CONFIG_FILE`), e.g. one naming a provider mirror
-    /// (`CORRAL_TERRAFORM_CLI_CONFIG`).
-    pub cli_config: Option<String>,
-    /// Base URL at which Terraform, run by this process's workers, reaches corral's API for
-    /// its state (`CORRAL_TERRAFORM_STATE_URL`); default: `notify.public_url`, else this
-    /// process's own listener. Worker-only processes must set one of them.
-    pub state_url: Option<String>,
-    /// Where each run gets its working directory (default: the system's temporary folder).
-    pub work_dir: Option<String>,
-    /// An HTTP(S) proxy through which runs reach the cloud and the provider registry
-    /// (`HTTPS_PROXY` and `HTTP_PROXY` of each run). Runs never inherit corral's own
-    /// environment, proxies included.
-    pub proxy: Option<String>,
-}
-
-// Both `Debug`s name every field (no `..`), so that a field added later cannot slip out of
-// them, or past the redaction, unnoticed.
+// `Debug` names every field (no `..`), so that a field added later cannot slip out of it, or
+// past the redaction, unnoticed (as `TerraformSettings`' does).
 impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let Settings {
@@ -226,34 +194,6 @@ impl std::fmt::Debug for Settings {
             .field("notify", notify)
             .field("terraform", terraform)
             .finish()
-    }
-}
-
-impl std::fmt::Debug for TerraformSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let TerraformSettings { default_backend, binary, cli_config, state_url, work_dir, proxy } =
-            self;
-        f.debug_struct("TerraformSettings")
-            .field("default_backend", default_backend)
-            .field("binary", binary)
-            .field("cli_config", cli_config)
-            .field("state_url", state_url)
-            .field("work_dir", work_dir)
-            .field("proxy", &proxy.as_deref().map(crate::storage::redact_url))
-            .finish()
-    }
-}
-
-impl Default for TerraformSettings {
-    fn default() -> TerraformSettings {
-        TerraformSettings {
-            default_backend: Backend::Aws,
-            binary: "terraform".to_string(),
-            cli_config: None,
-            state_url: None,
-            work_dir: None,
-            proxy: None,
-        }
     }
 }
 
@@ -307,395 +247,10 @@ impl ProcessRole {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AwsSettings {
-    /// Send every EC2 call here instead of AWS, e.g. a local emulator. The standard
-    /// `AWS_ENDPOINT_URL` variable does the same.
-    pub endpoint_url: Option<String>,
-    /// Static credentials; when absent, the standard AWS credential chain is used.
-    pub access_key_id: Option<String>,
-    #[serde(skip_serializing)]
-    pub secret_access_key: Option<SecretString>,
-    /// Time limit for one attempt of one cloud call.
-    pub call_timeout_secs: u64,
-    /// How long AMI and instance-type facts are cached.
-    pub catalog_ttl_secs: u64,
-    /// Client-side rate limits per region, sized like EC2's own token buckets.
-    pub rate_limits: RateLimits,
-}
-
-/// Token buckets (`burst` calls at once, `per_second` refill) per API class and region.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RateLimits {
-    /// RunInstances and StartInstances.
-    pub launch: Bucket,
-    /// Other mutating calls: Stop, Reboot, Terminate, CreateTags.
-    pub mutate: Bucket,
-    /// Describe calls.
-    pub describe: Bucket,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Bucket {
-    pub burst: f64,
-    pub per_second: f64,
-}
-
-impl Default for RateLimits {
-    fn default() -> RateLimits {
-        RateLimits {
-            launch: Bucket { burst: 5.0, per_second: 2.0 },
-            mutate: Bucket { burst: 50.0, per_second: 5.0 },
-            describe: Bucket { burst: 100.0, per_second: 20.0 },
-        }
-    }
-}
-
-impl Default for AwsSettings {
-    fn default() -> AwsSettings {
-        AwsSettings {
-            endpoint_url: None,
-            access_key_id: None,
-            secret_access_key: None,
-            call_timeout_secs: 30,
-            catalog_ttl_secs: 3600,
-            rate_limits: RateLimits::default(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthSettings {
-    /// Password of the `admin` user created on first start with an empty database
-    /// (`CORRAL_ADMIN_PASSWORD`); when unset, one is generated and written once to a file only
-    /// corral's user can read, in the data directory, and must be changed at first sign-in.
-    #[serde(skip_serializing)]
-    pub admin_password: Option<SecretString>,
-    /// Key that signs access tokens (HS256), at least 32 bytes; when unset, one is generated
-    /// and kept in the database, so every process sharing it accepts the same tokens.
-    #[serde(skip_serializing)]
-    pub jwt_secret: Option<SecretString>,
-    /// How long an access token from `/v1/token` is valid.
-    pub token_ttl_secs: u64,
-    /// Failed logins for one username, then one address, within `login_window_secs` before
-    /// further attempts are refused with 429 until the window has passed.
-    pub login_failures_per_user: u32,
-    pub login_failures_per_address: u32,
-    pub login_window_secs: u64,
-}
-
-impl Default for AuthSettings {
-    fn default() -> AuthSettings {
-        AuthSettings {
-            admin_password: None,
-            jwt_secret: None,
-            token_ttl_secs: 1800,
-            login_failures_per_user: 5,
-            login_failures_per_address: 20,
-            login_window_secs: 300,
-        }
-    }
-}
-
-impl AuthSettings {
-    pub fn validate(&self) -> Result<(), String> {
-        if let Some(secret) = &self.jwt_secret
-            && secret.expose_secret().len() < 32
-        {
-            return Err("auth.jwt_secret must be at least 32 bytes".to_string());
-        }
-        if let Some(password) = &self.admin_password
-            && password.expose_secret().chars().count() < crate::domain::MIN_PASSWORD_LEN
-        {
-            return Err(format!(
-                "CORRAL_ADMIN_PASSWORD (auth.admin_password) must have at least {} characters",
-                crate::domain::MIN_PASSWORD_LEN
-            ));
-        }
-        if self.token_ttl_secs == 0 {
-            return Err("auth.token_ttl_secs must be positive".to_string());
-        }
-        Ok(())
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct JobSettings {
-    /// Jobs run at the same time by this process.
-    pub concurrency: usize,
-    /// Attempts before a job that keeps failing is parked as `failed`. Transient failures
-    /// (throttling, 5xx, connection errors, timeouts) are not counted: they are retried until
-    /// they have lasted `transient_budget`.
-    pub max_attempts: i64,
-    /// Seconds a job's transient failures in a row may last before it is parked as `failed`.
-    pub transient_budget: f64,
-    /// Seconds before the first retry (`CORRAL_JOB_RETRY_DELAY`); doubles with every attempt
-    /// up to `retry_max_delay`.
-    pub retry_delay: f64,
-    pub retry_max_delay: f64,
-    /// How often idle workers look for due jobs when nothing wakes them.
-    pub poll_interval_ms: u64,
-    /// Lease on a claimed job; renewed while the job runs, so a dead worker's job is re-claimed.
-    pub lease_secs: u64,
-    /// At shutdown, how long running jobs may take to finish before they are handed back.
-    pub shutdown_grace_secs: f64,
-    /// First pause between state polls of a waiting job; doubles up to `state_poll_max_ms`.
-    pub state_poll_initial_ms: u64,
-    pub state_poll_max_ms: u64,
-    /// How long one attempt waits for instances to reach their target state.
-    pub state_wait_timeout_secs: u64,
-}
-
-impl Default for JobSettings {
-    fn default() -> JobSettings {
-        JobSettings {
-            concurrency: 4,
-            max_attempts: 3,
-            transient_budget: 600.0,
-            retry_delay: 2.0,
-            retry_max_delay: 300.0,
-            poll_interval_ms: 1_000,
-            lease_secs: 60,
-            shutdown_grace_secs: 10.0,
-            state_poll_initial_ms: 1_000,
-            state_poll_max_ms: 10_000,
-            state_wait_timeout_secs: 600,
-        }
-    }
-}
-
-impl JobSettings {
-    /// Delay before the attempt after `attempts` failed ones: base × 2^(attempts-1), capped.
-    pub fn backoff(&self, attempts: i64) -> Duration {
-        backoff(self.retry_delay, self.retry_max_delay, attempts)
-    }
-
-    /// Delay after the `failures`-th transient failure in a row: as `backoff`, at most 30 s, so
-    /// that a cloud that recovers is noticed soon.
-    pub fn transient_backoff(&self, failures: i64) -> Duration {
-        backoff(self.retry_delay, self.retry_max_delay.min(TRANSIENT_MAX_DELAY), failures)
-    }
-
-    pub fn lease(&self) -> Duration {
-        Duration::from_secs(self.lease_secs)
-    }
-}
-
-/// The longest pause between two tries of a job failing transiently, in seconds.
-const TRANSIENT_MAX_DELAY: f64 = 30.0;
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ReconcileSettings {
-    /// Seconds between two reconcile passes (`CORRAL_RECONCILE_INTERVAL`); 0 turns the
-    /// periodic pass off (forced refreshes still work).
-    pub interval: f64,
-}
-
-impl Default for ReconcileSettings {
-    fn default() -> ReconcileSettings {
-        ReconcileSettings { interval: 60.0 }
-    }
-}
-
-/// Email and webhook notifications. The SMTP keys and the recipients have short environment
-/// names: `CORRAL_SMTP_HOST`, `CORRAL_SMTP_PORT`, `CORRAL_SMTP_USER`, `CORRAL_SMTP_PASSWORD`,
-/// `CORRAL_SMTP_TLS`, `CORRAL_SMTP_FROM`, `CORRAL_NOTIFY_EMAIL`, and
-/// `CORRAL_WEBHOOK_ALLOW_PRIVATE`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct NotifySettings {
-    /// SMTP server; email is off without it.
-    pub smtp_host: Option<String>,
-    /// Defaults by `smtp_tls`: 25 (`none`), 587 (`starttls`), 465 (`tls`).
-    pub smtp_port: Option<u16>,
-    pub smtp_user: Option<String>,
-    #[serde(skip_serializing)]
-    pub smtp_password: Option<SecretString>,
-    pub smtp_tls: SmtpTls,
-    /// The sender, e.g. `corral <corral@example.com>`.
-    pub smtp_from: String,
-    /// Addresses told about every event, comma-separated or a list.
-    #[serde(deserialize_with = "comma_separated")]
-    pub email: Vec<String>,
-    /// Lets webhooks reach loopback, link-local and private addresses (off: an SSRF guard).
-    pub webhook_allow_private: bool,
-    /// Time limit of one webhook call, and of one SMTP conversation.
-    pub webhook_timeout_secs: u64,
-    pub smtp_timeout_secs: u64,
-    /// Attempts per delivery before it is parked as dead.
-    pub max_attempts: i64,
-    /// Seconds before the first retry; doubles with every attempt up to `retry_max_delay`.
-    pub retry_delay: f64,
-    pub retry_max_delay: f64,
-    /// How often idle delivery workers look for due deliveries.
-    pub poll_interval_ms: u64,
-    /// The address people reach this corral at, for links in emails; by default the
-    /// listening address.
-    pub public_url: Option<String>,
-    /// Most subscriptions one namespace may hold, webhooks and email subscriptions counted
-    /// together (`CORRAL_NOTIFY__MAX_SUBSCRIPTIONS_PER_NAMESPACE`); a create past it is refused
-    /// with 422. Global subscriptions, which only admins make, are not counted or capped. 0
-    /// leaves namespaces none of their own.
-    pub max_subscriptions_per_namespace: u32,
-}
-
-/// How the SMTP connection is secured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SmtpTls {
-    /// Plain text, for a relay on loopback.
-    None,
-    /// Upgrade a plain connection (port 587).
-    Starttls,
-    /// TLS from the first byte (port 465).
-    Tls,
-}
-
-impl Default for NotifySettings {
-    fn default() -> NotifySettings {
-        NotifySettings {
-            smtp_host: None,
-            smtp_port: None,
-            smtp_user: None,
-            smtp_password: None,
-            smtp_tls: SmtpTls::Starttls,
-            smtp_from: "corral <corral@localhost>".to_string(),
-            email: Vec::new(),
-            webhook_allow_private: false,
-            webhook_timeout_secs: 10,
-            smtp_timeout_secs: 30,
-            max_attempts: 10,
-            retry_delay: 5.0,
-            retry_max_delay: 900.0,
-            poll_interval_ms: 1_000,
-            public_url: None,
-            max_subscriptions_per_namespace: 50,
-        }
-    }
-}
-
-impl NotifySettings {
-    pub fn smtp_port(&self) -> u16 {
-        self.smtp_port.unwrap_or(match self.smtp_tls {
-            SmtpTls::None => 25,
-            SmtpTls::Starttls => 587,
-            SmtpTls::Tls => 465,
-        })
-    }
-
-    /// Delay before the attempt after `attempts` failed ones: base × 2^(attempts-1), capped.
-    pub fn backoff(&self, attempts: i64) -> Duration {
-        backoff(self.retry_delay, self.retry_max_delay, attempts)
-    }
-
-    fn validate(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        if !self.email.is_empty() && self.smtp_host.is_none() {
-            problems.push(
-                "notify.email (CORRAL_NOTIFY_EMAIL) needs an SMTP server: set CORRAL_SMTP_HOST"
-                    .to_string(),
-            );
-        }
-        if self.smtp_user.is_some() != self.smtp_password.is_some() {
-            problems.push(
-                "CORRAL_SMTP_USER and CORRAL_SMTP_PASSWORD go together: set both or neither"
-                    .to_string(),
-            );
-        }
-        if self.smtp_user.is_some() && self.smtp_tls == SmtpTls::None {
-            problems.push(
-                "CORRAL_SMTP_USER with CORRAL_SMTP_TLS=none would send the password in clear: \
-                 use starttls or tls"
-                    .to_string(),
-            );
-        }
-        if self.smtp_from.parse::<lettre::message::Mailbox>().is_err() {
-            problems
-                .push(format!("CORRAL_SMTP_FROM: '{}' is not an email address", self.smtp_from));
-        }
-        for address in &self.email {
-            if address.parse::<lettre::Address>().is_err() {
-                problems.push(format!("CORRAL_NOTIFY_EMAIL: '{address}' is not an email address"));
-            }
-        }
-        if self.max_attempts < 1 {
-            problems.push("notify.max_attempts: must be at least 1".to_string());
-        }
-        let (delay, max_delay) = (self.retry_delay, self.retry_max_delay);
-        if !delay.is_finite() || !max_delay.is_finite() || delay < 0.0 || max_delay < delay {
-            problems.push(
-                "notify.retry_delay: must be at least 0 and at most notify.retry_max_delay"
-                    .to_string(),
-            );
-        }
-        if self.webhook_timeout_secs == 0 || self.smtp_timeout_secs == 0 {
-            problems.push("notify timeouts must be at least 1 second".to_string());
-        }
-        if let Some(url) = &self.public_url
-            && !(url.starts_with("http://") || url.starts_with("https://"))
-        {
-            problems
-                .push(format!("notify.public_url: '{url}' must start with http:// or https://"));
-        }
-        problems
-    }
-}
-
 /// `base` × 2^(attempts-1) seconds, at most `max`.
 fn backoff(base: f64, max: f64, attempts: i64) -> Duration {
     let exponent = attempts.clamp(1, 30) as i32 - 1;
     Duration::from_secs_f64((base * 2f64.powi(exponent)).min(max).max(0.0))
-}
-
-/// Reads a list given as a comma-separated string (as environment variables give it) or as a
-/// list; blanks are dropped.
-fn comma_separated<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
-    }
-    let items = match OneOrMany::deserialize(deserializer)? {
-        OneOrMany::One(text) => text.split(',').map(str::to_string).collect(),
-        OneOrMany::Many(items) => items,
-    };
-    Ok(items
-        .into_iter()
-        .map(|item| item.trim().to_string())
-        .filter(|item| !item.is_empty())
-        .collect())
-}
-
-/// Why Terraform runs may not send their state token to `url`: plain HTTP to a host other
-/// than this machine would carry it, and the state, in clear over the network. `None` when
-/// the URL is fine.
-pub fn plain_http_to_another_host(url: &str) -> Option<String> {
-    let parsed = match url::Url::parse(url) {
-        Ok(parsed) => parsed,
-        Err(err) => return Some(format!("'{url}' is not a URL: {err}")),
-    };
-    let loopback = match parsed.host() {
-        Some(url::Host::Domain(name)) => name == "localhost",
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    };
-    (parsed.scheme() == "http" && !loopback).then(|| {
-        format!(
-            "'{url}' is plain HTTP to another host: Terraform runs would send their state token \
-             and the state in clear. Use https:// (serve with server.tls_cert and \
-             server.tls_key, or behind a TLS proxy), or a loopback address"
-        )
-    })
 }
 
 impl Settings {
@@ -721,7 +276,12 @@ impl Settings {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         if let Some(path) = config_file {
             anyhow::ensure!(path.exists(), "config file {} does not exist", path.display());
-            figment = figment.merge(Toml::file_exact(path));
+            let file = Renamed {
+                source: Toml::file_exact(path),
+                spell: |section, key| format!("{section}.{key}"),
+                origin: format!("in {}", path.display()),
+            };
+            figment = figment.merge(file);
         }
         let env = Env::prefixed("CORRAL_")
             .map(|key| {
@@ -736,6 +296,8 @@ impl Settings {
                 let key = key.as_str().to_ascii_lowercase();
                 ENV_KEYS.iter().any(|allowed| key.starts_with(allowed))
             });
+        let env =
+            Renamed { source: env, spell: env_name, origin: "in the environment".to_string() };
         let settings: Settings = figment.merge(env).extract().context("invalid configuration")?;
         settings.validate()?;
         Ok(settings)
@@ -753,45 +315,9 @@ impl Settings {
         {
             problems.push(format!("terraform.state_url: {problem}"));
         }
-        if self.jobs.concurrency == 0 {
-            problems.push("jobs.concurrency: must be at least 1".to_string());
-        }
-        if self.jobs.max_attempts < 1 {
-            problems.push("jobs.max_attempts: must be at least 1".to_string());
-        }
-        if !self.jobs.transient_budget.is_finite() || self.jobs.transient_budget < 0.0 {
-            problems
-                .push("jobs.transient_budget: must be a number of seconds, at least 0".to_string());
-        }
-        if !self.jobs.shutdown_grace_secs.is_finite() || self.jobs.shutdown_grace_secs < 0.0 {
-            problems.push("jobs.shutdown_grace_secs: must be at least 0".to_string());
-        }
-        if self.jobs.lease_secs < 3 {
-            problems.push("jobs.lease_secs: must be at least 3".to_string());
-        }
-        let (delay, max_delay) = (self.jobs.retry_delay, self.jobs.retry_max_delay);
-        if !delay.is_finite() || !max_delay.is_finite() || delay < 0.0 || max_delay < delay {
-            problems.push(
-                "jobs.retry_delay: must be at least 0 and at most jobs.retry_max_delay".to_string(),
-            );
-        }
-        if !self.reconcile.interval.is_finite() || self.reconcile.interval < 0.0 {
-            problems.push("reconcile.interval: must be at least 0 seconds".to_string());
-        }
-        let limits = self.aws.rate_limits;
-        for (name, bucket) in
-            [("launch", limits.launch), ("mutate", limits.mutate), ("describe", limits.describe)]
-        {
-            if !bucket.burst.is_finite()
-                || bucket.burst < 1.0
-                || !bucket.per_second.is_finite()
-                || bucket.per_second <= 0.0
-            {
-                problems.push(format!(
-                    "aws.rate_limits.{name}: burst must be at least 1 and per_second above 0"
-                ));
-            }
-        }
+        problems.extend(self.jobs.validate());
+        problems.extend(self.reconcile.validate());
+        problems.extend(self.aws.validate());
         anyhow::ensure!(problems.is_empty(), "invalid configuration:\n  {}", problems.join("\n  "));
         Ok(())
     }
@@ -845,6 +371,85 @@ mod tests {
             assert_eq!(
                 settings.aws.rate_limits.launch.per_second,
                 RateLimits::default().launch.per_second
+            );
+            Ok(())
+        });
+    }
+
+    /// What `f` logs at warn, and what it returns.
+    fn warnings_of<T>(f: impl FnOnce() -> T) -> (T, String) {
+        use std::sync::{Arc, Mutex};
+        let written = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = written.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || Sink(sink.clone()))
+            .finish();
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let value = tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+        (value, text)
+    }
+
+    /// The names settings had before they said their unit still work, from the file and from
+    /// the environment, each with a warning naming it as written; the environment still wins
+    /// over the file, and giving both names in one source is refused.
+    #[test]
+    #[allow(clippy::result_large_err, reason = "figment's Jail fixes the closure's error type")]
+    fn old_names_of_settings_still_work_with_a_warning() {
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file(
+                "corral.toml",
+                "[jobs]\nretry_delay = 7\nretry_max_delay = 70\n[reconcile]\ninterval = 9\n\
+                 [notify]\nretry_max_delay = 99\n",
+            )?;
+            jail.set_env("CORRAL_JOBS__TRANSIENT_BUDGET", "5");
+            jail.set_env("CORRAL_NOTIFY__RETRY_DELAY", "3");
+            jail.set_env("CORRAL_JOBS__RETRY_MAX_DELAY_SECS", "80");
+            let (settings, warnings) =
+                warnings_of(|| Settings::load(Some(Path::new("corral.toml"))));
+            let settings = settings.map_err(|err| format!("{err:#}"))?;
+            assert_eq!(settings.jobs.retry_delay_secs, 7.0);
+            assert_eq!(settings.jobs.retry_max_delay_secs, 80.0, "the environment wins");
+            assert_eq!(settings.jobs.transient_budget_secs, 5.0);
+            assert_eq!(settings.reconcile.interval_secs, 9.0);
+            assert_eq!(settings.notify.retry_delay_secs, 3.0);
+            assert_eq!(settings.notify.retry_max_delay_secs, 99.0);
+            for named in [
+                "jobs.retry_delay (in corral.toml) is an old name: it is read as \
+                 jobs.retry_delay_secs, its name now",
+                "reconcile.interval (in corral.toml)",
+                "CORRAL_JOBS__TRANSIENT_BUDGET (in the environment) is an old name: it is read \
+                 as CORRAL_JOBS__TRANSIENT_BUDGET_SECS",
+                "CORRAL_NOTIFY__RETRY_DELAY (in the environment) is an old name",
+            ] {
+                assert!(warnings.contains(named), "{named} in {warnings}");
+            }
+            assert!(!warnings.contains("RETRY_MAX_DELAY_SECS (in"), "{warnings}");
+
+            jail.create_file("both.toml", "[jobs]\nretry_delay = 1\nretry_delay_secs = 2\n")?;
+            let err = format!("{:#}", Settings::load(Some(Path::new("both.toml"))).unwrap_err());
+            assert!(
+                err.contains("jobs.retry_delay and jobs.retry_delay_secs are one setting"),
+                "{err}"
+            );
+            jail.set_env("CORRAL_RECONCILE__INTERVAL", "1");
+            jail.set_env("CORRAL_RECONCILE_INTERVAL", "2");
+            let err = format!("{:#}", Settings::load(None).unwrap_err());
+            assert!(
+                err.contains("CORRAL_RECONCILE__INTERVAL and CORRAL_RECONCILE_INTERVAL are one"),
+                "{err}"
             );
             Ok(())
         });
@@ -911,8 +516,11 @@ mod tests {
 
     #[test]
     fn backoff_doubles_and_is_capped() {
-        let jobs =
-            JobSettings { retry_delay: 0.1, retry_max_delay: 0.35, ..JobSettings::default() };
+        let jobs = JobSettings {
+            retry_delay_secs: 0.1,
+            retry_max_delay_secs: 0.35,
+            ..JobSettings::default()
+        };
         let delays: Vec<u128> = (1..=4).map(|n| jobs.backoff(n).as_millis()).collect();
         assert_eq!(delays, [100, 200, 350, 350]);
     }
@@ -935,8 +543,8 @@ mod tests {
             assert_eq!(settings.notify.email, ["ops@example.com", "dev@example.com"]);
             assert!(settings.notify.webhook_allow_private);
             assert_eq!(settings.jobs.max_attempts, 7);
-            assert_eq!(settings.jobs.retry_delay, 0.5);
-            assert_eq!(settings.reconcile.interval, 15.0);
+            assert_eq!(settings.jobs.retry_delay_secs, 0.5);
+            assert_eq!(settings.reconcile.interval_secs, 15.0);
             assert_eq!(settings.jobs.concurrency, 2);
             Ok(())
         });

@@ -150,7 +150,7 @@ impl JobRun<'_> {
 pub enum JobError {
     /// The cloud is briefly unwell (throttling, 5xx answers, connection errors, timeouts): the
     /// attempt is not counted, and the job is tried again until its transient failures in a
-    /// row have lasted `jobs.transient_budget`.
+    /// row have lasted `jobs.transient_budget_secs`.
     #[error("{0}")]
     Transient(String),
     /// Another attempt may succeed, but this one counts against `max_attempts`: a wait that
@@ -176,7 +176,7 @@ pub(crate) fn transient_budget_spent(
 ) -> bool {
     let claimed_at = job.updated_at;
     let since = job.transient_since.unwrap_or(claimed_at);
-    (claimed_at - since) as f64 >= settings.transient_budget * 1000.0
+    (claimed_at - since) as f64 >= settings.transient_budget_secs * 1000.0
 }
 
 impl From<CloudError> for JobError {

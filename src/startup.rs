@@ -220,7 +220,7 @@ impl Application {
             let holder = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
             background.push(tokio::spawn(jobs::run_reconciler(
                 self.jobs.clone(),
-                Duration::from_secs_f64(self.reconcile.interval),
+                Duration::from_secs_f64(self.reconcile.interval_secs),
                 holder,
                 shutdown.clone(),
             )));

@@ -117,6 +117,7 @@ impl Client {
     ) -> Outcome<Vec<T>> {
         #[derive(serde::Deserialize)]
         struct Page<T> {
+            #[serde(default = "Vec::new")]
             items: Vec<T>,
             next_cursor: Option<String>,
         }
@@ -151,10 +152,16 @@ impl Client {
         let text = response.text().await.map_err(|err| self.unreachable(&err))?;
         if status.is_success() {
             let text = if text.is_empty() { "null" } else { text.as_str() };
-            return serde_json::from_str(text).map_err(|err| {
+            let value: Value = serde_json::from_str(text).map_err(|err| {
+                Failure::failed(format!("{} answered something that is not JSON: {err}", self.base))
+            })?;
+            return serde_path_to_error::deserialize(value).map_err(|err| {
                 Failure::failed(format!(
-                    "{} answered something this client cannot read: {err}",
-                    self.base
+                    "{} answered what this client cannot read, at {}: {}; is the server another \
+                     version of corral?",
+                    self.base,
+                    err.path(),
+                    err.inner()
                 ))
             });
         }

@@ -96,7 +96,11 @@ impl Out {
     /// One object, as the API gave it (json, yaml) or as a one-row table.
     pub fn item<T: Serialize>(&self, item: &T, columns: &[Column<T>]) -> std::io::Result<()> {
         match self.format {
-            Format::Json => self.line(&serde_json::to_string_pretty(item).expect("JSON prints")),
+            // Through `Value`, as lists are: its keys are sorted, as they were when the answer
+            // was read untyped.
+            Format::Json => {
+                self.line(&serde_json::to_string_pretty(&json(item)).expect("JSON prints"))
+            }
             Format::Yaml => self.line(yaml(&json(item)).trim_end()),
             _ => self.items(std::slice::from_ref(item), columns),
         }

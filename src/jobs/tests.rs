@@ -36,7 +36,7 @@ async fn harness(fake: FakeProvider, concurrency: usize, lease_secs: u64) -> Har
         concurrency,
         lease_secs,
         poll_interval_ms: 20,
-        retry_delay: 60.0,
+        retry_delay_secs: 60.0,
         state_poll_initial_ms: 1,
         state_poll_max_ms: 5,
         ..JobSettings::default()

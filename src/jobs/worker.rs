@@ -169,7 +169,7 @@ impl Worker {
                 let now = now_millis();
                 let delay = (run_at - now).max(0) as f64 / 1000.0;
                 let lasted = (now - job_record.transient_since.unwrap_or(now)) as f64 / 1000.0;
-                let left = (self.ctx.settings.transient_budget - lasted).max(0.0);
+                let left = (self.ctx.settings.transient_budget_secs - lasted).max(0.0);
                 vec![(
                     "error",
                     format!(
@@ -228,7 +228,7 @@ impl Worker {
                 error: format!(
                     "gave up after {lasted:.0}s of transient failures ({failures} in a row, the \
                      budget is {:.0}s): {error}",
-                    settings.transient_budget
+                    settings.transient_budget_secs
                 ),
             };
         }

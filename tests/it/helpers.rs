@@ -96,12 +96,12 @@ pub async fn spawn_server(configure: impl FnOnce(&mut Settings)) -> Started {
     settings.jobs.poll_interval_ms = 100;
     settings.jobs.state_poll_initial_ms = 50;
     settings.jobs.state_poll_max_ms = 500;
-    settings.jobs.retry_delay = 0.05;
+    settings.jobs.retry_delay_secs = 0.05;
     // Tests measure behaviour, not EC2's budget: the limiter has unit tests of its own.
     let fast = corral::config::Bucket { burst: 1000.0, per_second: 1000.0 };
     settings.aws.rate_limits =
         corral::config::RateLimits { launch: fast, mutate: fast, describe: fast };
-    settings.reconcile.interval = 0.0;
+    settings.reconcile.interval_secs = 0.0;
     settings.auth.admin_password = Some(ADMIN_PASSWORD.into());
     settings.auth.jwt_secret = Some(JWT_SECRET.into());
     if let Some(mirror) = terraform_mirror_path() {

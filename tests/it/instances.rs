@@ -249,7 +249,7 @@ async fn an_instance_busy_with_a_job_refuses_another_action() {
     // The cloud is unreachable and retries are far apart, so the create job keeps the instance.
     let app = spawn_app_with(|settings| {
         settings.aws.endpoint_url = Some("http://127.0.0.1:9".to_string());
-        settings.jobs.retry_delay = 600.0;
+        settings.jobs.retry_delay_secs = 600.0;
     })
     .await;
     let job: Value = app.post_instances(&create_body("busy"), "").await.json().await.unwrap();

@@ -39,15 +39,15 @@ async fn jobs_are_listed_newest_first_with_filters_and_pages() {
 
 /// Transient cloud failures (nothing listens, so every call fails to connect) do not use up
 /// attempts: with `max_attempts = 1` the job runs again and again, each run attempt 1, until its
-/// transient failures have lasted `jobs.transient_budget`; then it fails and says why.
+/// transient failures have lasted `jobs.transient_budget_secs`; then it fails and says why.
 #[tokio::test]
 async fn transient_cloud_failures_are_retried_uncounted_then_the_job_fails_and_says_why() {
     // Arrange: nothing listens on port 9.
     let app = spawn_app_with(|settings| {
         settings.aws.endpoint_url = Some("http://127.0.0.1:9".to_string());
         settings.jobs.max_attempts = 1;
-        settings.jobs.transient_budget = 2.0;
-        settings.jobs.retry_max_delay = 0.5;
+        settings.jobs.transient_budget_secs = 2.0;
+        settings.jobs.retry_max_delay_secs = 0.5;
     })
     .await;
 
@@ -125,7 +125,7 @@ async fn a_state_wait_that_times_out_counts_as_an_attempt_and_the_job_fails_afte
 async fn wait_returns_202_when_the_job_outlasts_it() {
     let app = spawn_app_with(|settings| {
         settings.aws.endpoint_url = Some("http://127.0.0.1:9".to_string());
-        settings.jobs.retry_delay = 600.0;
+        settings.jobs.retry_delay_secs = 600.0;
     })
     .await;
 

@@ -96,8 +96,8 @@ fn mail_to(sink: &SmtpSink) -> impl FnOnce(&mut corral::config::Settings) {
 
 fn quick_retries(settings: &mut corral::config::Settings) {
     settings.notify.poll_interval_ms = 50;
-    settings.notify.retry_delay = 0.1;
-    settings.notify.retry_max_delay = 0.4;
+    settings.notify.retry_delay_secs = 0.1;
+    settings.notify.retry_max_delay_secs = 0.4;
     settings.notify.smtp_timeout_secs = 2;
     settings.notify.webhook_timeout_secs = 2;
 }

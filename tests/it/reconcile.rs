@@ -259,14 +259,14 @@ async fn next_event(
     }
 }
 
-/// With `reconcile.interval` set, corral looks at the cloud by itself: an instance stopped
+/// With `reconcile.interval_secs` set, corral looks at the cloud by itself: an instance stopped
 /// behind its back is recorded as stopped within a few intervals, with its drift and its audit
 /// event, and no job was asked for.
 #[tokio::test]
 async fn the_periodic_reconciler_records_drift_without_being_asked() {
     // Arrange
     let app = spawn_app_with(|settings| {
-        settings.reconcile.interval = 1.0;
+        settings.reconcile.interval_secs = 1.0;
         settings.policy.regions = vec!["us-east-1".to_string()];
     })
     .await;
@@ -320,7 +320,7 @@ async fn two_servers_on_one_database_run_one_reconcile_pass_per_interval() {
     let second_proxy = FaultProxy::start(moto_url(), 0.0).await;
     let first = spawn_server(|settings| {
         settings.aws.endpoint_url = Some(first_proxy.url.clone());
-        settings.reconcile.interval = 2.0;
+        settings.reconcile.interval_secs = 2.0;
         settings.policy.regions = vec!["us-east-1".to_string()];
     })
     .await;
@@ -331,7 +331,7 @@ async fn two_servers_on_one_database_run_one_reconcile_pass_per_interval() {
         settings.aws.endpoint_url = Some(second_proxy.url.clone());
         settings.aws.access_key_id = Some(key_id);
         settings.aws.secret_access_key = Some(secret.into());
-        settings.reconcile.interval = 2.0;
+        settings.reconcile.interval_secs = 2.0;
         settings.policy.regions = vec!["us-east-1".to_string()];
     })
     .await;

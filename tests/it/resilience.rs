@@ -75,8 +75,8 @@ async fn fifty_creates_at_30_percent_faults_each_launch_one_instance_three_round
         };
         settings.jobs.concurrency = 10;
         settings.jobs.max_attempts = 3;
-        settings.jobs.retry_delay = 0.05;
-        settings.jobs.retry_max_delay = 0.5;
+        settings.jobs.retry_delay_secs = 0.05;
+        settings.jobs.retry_max_delay_secs = 0.5;
     })
     .await;
 
@@ -145,7 +145,7 @@ async fn fifty_creates_at_30_percent_faults_each_launch_one_instance_three_round
 }
 
 /// With the cloud unreachable, a create job is tried again and again without using up its
-/// attempts until its transient failures have lasted `jobs.transient_budget`, then fails and
+/// attempts until its transient failures have lasted `jobs.transient_budget_secs`, then fails and
 /// says why; nothing is lost: its instance is recorded as failed and the cloud has none.
 #[tokio::test]
 async fn unreachable_cloud_a_create_fails_after_its_transient_budget_and_nothing_is_lost() {
@@ -155,9 +155,9 @@ async fn unreachable_cloud_a_create_fails_after_its_transient_budget_and_nothing
     let app = spawn_app_with(|settings| {
         settings.aws.endpoint_url = Some(proxy.url.clone());
         settings.jobs.max_attempts = 3;
-        settings.jobs.transient_budget = 3.0;
-        settings.jobs.retry_delay = 0.05;
-        settings.jobs.retry_max_delay = 0.5;
+        settings.jobs.transient_budget_secs = 3.0;
+        settings.jobs.retry_delay_secs = 0.05;
+        settings.jobs.retry_max_delay_secs = 0.5;
     })
     .await;
 
@@ -268,7 +268,7 @@ async fn cloud_ids_are_recorded_as_soon_as_the_launch_answers_before_any_other_c
     proxy.set_mode(Mode::FailAfterLaunch);
     let app = spawn_app_with(|settings| {
         settings.aws.endpoint_url = Some(proxy.url.clone());
-        settings.jobs.retry_max_delay = 0.2;
+        settings.jobs.retry_max_delay_secs = 0.2;
     })
     .await;
     let body =
@@ -454,9 +454,9 @@ async fn a_launch_lost_as_the_cloud_goes_down_is_found_again_as_an_orphan() {
     proxy.set_mode(Mode::DownAfterLostLaunch);
     let app = spawn_app_with(|settings| {
         settings.aws.endpoint_url = Some(proxy.url.clone());
-        settings.jobs.transient_budget = 2.0;
-        settings.jobs.retry_delay = 0.05;
-        settings.jobs.retry_max_delay = 0.5;
+        settings.jobs.transient_budget_secs = 2.0;
+        settings.jobs.retry_delay_secs = 0.05;
+        settings.jobs.retry_max_delay_secs = 0.5;
     })
     .await;
 
@@ -502,9 +502,9 @@ async fn calls_that_time_out_are_transient_failures() {
         settings.aws.endpoint_url = Some(proxy.url.clone());
         settings.aws.call_timeout_secs = 1;
         settings.jobs.max_attempts = 1;
-        settings.jobs.transient_budget = 1.0;
-        settings.jobs.retry_delay = 0.05;
-        settings.jobs.retry_max_delay = 0.5;
+        settings.jobs.transient_budget_secs = 1.0;
+        settings.jobs.retry_delay_secs = 0.05;
+        settings.jobs.retry_max_delay_secs = 0.5;
     })
     .await;
 
