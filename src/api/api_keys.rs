@@ -24,7 +24,12 @@ use utoipa_axum::routes;
 #[serde(deny_unknown_fields)]
 pub struct CreateApiKeyBody {
     /// What the key is for: 1-100 characters, not all blank.
-    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
+    /// (Blank as Rust's `str::trim` counts it: Unicode's White_Space.)
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"[^\t\n\v\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+    )]
     pub name: String,
     /// When the key stops working; when absent, never, or when the credential of this
     /// request expires (a token, an expiring key), unless `password` is given.

@@ -152,8 +152,8 @@ pub fn router() -> OpenApiRouter<ApiContext> {
     OpenApiRouter::new().routes(routes!(get_me))
 }
 
+/// Unknown fields are ignored, as OAuth2 asks of a token endpoint (RFC 6749, 3.2).
 #[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     /// `password`, when given (OAuth2 clients send it).
     #[schema(pattern = "^password$", nullable = false)]

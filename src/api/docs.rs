@@ -80,9 +80,12 @@ impl Modify for SecuritySchemes {
 /// give, and documents every error answer with the type it is sent as
 /// (`application/problem+json`), so that the document names every status a route can answer:
 ///
-/// - `400`: a malformed JSON body, or a query string with a parameter the route does not take
-///   (`extract`), for operations with a body or query parameters;
-/// - `401`: no valid credentials (`auth::require_auth`), for operations that need them;
+/// - `400`: a malformed JSON body, a query string with a parameter the route does not take
+///   (`extract`), or a path that is not UTF-8 once decoded, for operations with a body, query
+///   or path parameters;
+/// - `401`: no valid credentials, and `403`: credentials that may not be used here (a user who
+///   must change the password first, a Terraform run's token outside its workspace), for
+///   operations that need credentials (`auth::require_auth`);
 /// - `404`: no such resource, for operations with path parameters;
 /// - `413` and `415`: a body too large, or not JSON, for operations with a body;
 /// - `503`: the answer did not start in time (`limits::request_timeout`), for every operation.
@@ -90,6 +93,7 @@ impl Modify for SecuritySchemes {
 /// What a handler itself answers is declared in its `#[utoipa::path]`.
 pub fn describe_error_answers(openapi: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::path::ParameterIn;
+    use utoipa::openapi::security::SecurityRequirement;
     use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
     for item in openapi.paths.paths.values_mut() {
         let operations = [
@@ -109,14 +113,14 @@ pub fn describe_error_answers(openapi: &mut utoipa::openapi::OpenApi) {
             let has_body = operation.request_body.is_some();
             // `security(())` (health, docs, the token endpoint) is one empty requirement.
             let secured = operation.security.as_ref().is_none_or(|requirements| {
-                requirements.iter().any(|requirement| {
-                    serde_json::to_value(requirement)
-                        .is_ok_and(|value| value != serde_json::json!({}))
-                })
+                requirements
+                    .iter()
+                    .any(|requirement| *requirement != SecurityRequirement::default())
             });
             let added = [
-                (400, has_body || has_query, "The body or the query string is malformed"),
+                (400, has_body || has_query || has_path, "The body, query or path is malformed"),
                 (401, secured, "No valid credentials"),
+                (403, secured, "The credentials may not do this"),
                 (404, has_path, "No such resource"),
                 (413, has_body, "The body is too large"),
                 (415, has_body, "The body is not JSON"),
@@ -133,10 +137,6 @@ pub fn describe_error_answers(openapi: &mut utoipa::openapi::OpenApi) {
             for (status, response) in responses.iter_mut() {
                 let RefOr::T(response) = response else { continue };
                 if !status.starts_with(['4', '5']) {
-                    continue;
-                }
-                // 423 carries Terraform's lock info, not a problem.
-                if status == "423" {
                     continue;
                 }
                 response.content.shift_remove("application/json");

@@ -118,35 +118,73 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ValidJson<T> {
 }
 
 /// A JSON body as `T`. A number without a fractional part is an integer wherever it is written
-/// (`2.0` as `2`), as JSON Schema counts it, so that what the OpenAPI document calls an integer
-/// is read as one.
+/// (`2.0` as `2`, `1e2` as `100`, below 2^53, where a float stops being exact), as JSON Schema
+/// counts it, so that what the OpenAPI document calls an integer is read as one. The body is
+/// read as it streams, once; only a body refused for a float where an integer goes is read a
+/// second time, with its whole floats written as integers.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let mut value: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|err| ApiError::bad_request(format!("the body is not valid JSON: {err}")))?;
-    integral_numbers_as_integers(&mut value);
-    serde_path_to_error::deserialize(value).map_err(|err| {
-        let path = err.path().to_string();
-        let field = if path == "." { "body".to_string() } else { path };
-        ApiError::Validation(vec![FieldError::new(field, strip_position(err.inner()))])
+    match deserialize(bytes) {
+        Err((_, err)) if err.to_string().starts_with("invalid type: floating point") => {
+            deserialize(&whole_numbers_as_integers(bytes))
+        }
+        read => read,
+    }
+    .map_err(|(path, err)| match err.classify() {
+        serde_json::error::Category::Data => {
+            let field = if path == "." { "body".to_string() } else { path };
+            ApiError::Validation(vec![FieldError::new(field, strip_position(&err))])
+        }
+        _ => ApiError::bad_request(format!("the body is not valid JSON: {err}")),
     })
 }
 
-fn integral_numbers_as_integers(value: &mut serde_json::Value) {
-    use serde_json::Value;
-    match value {
-        Value::Number(number) => {
-            if let Some(float) = number.as_f64().filter(|_| number.is_f64())
-                && float.fract() == 0.0
-                && float >= i64::MIN as f64
-                && float < i64::MAX as f64
-            {
-                *number = serde_json::Number::from(float as i64);
-            }
+fn deserialize<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, (String, serde_json::Error)> {
+    let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(deserializer)
+        .map_err(|err| (err.path().to_string(), err.into_inner()))
+}
+
+/// `json` with each number that has a fraction or an exponent but is a whole number below 2^53
+/// (where every float is still exact) written as an integer; strings are copied as they are. Outside strings, JSON has digits
+/// in numbers only.
+fn whole_numbers_as_integers(json: &[u8]) -> Vec<u8> {
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    let mut out = Vec::with_capacity(json.len());
+    let (mut at, mut in_string) = (0, false);
+    while at < json.len() {
+        let byte = json[at];
+        if in_string {
+            let escaped = byte == b'\\' && at + 1 < json.len();
+            let end = if escaped { at + 2 } else { at + 1 };
+            out.extend_from_slice(&json[at..end]);
+            in_string = byte != b'"' || escaped;
+            at = end;
+            continue;
         }
-        Value::Array(items) => items.iter_mut().for_each(integral_numbers_as_integers),
-        Value::Object(fields) => fields.values_mut().for_each(integral_numbers_as_integers),
-        Value::Null | Value::Bool(_) | Value::String(_) => {}
+        if byte == b'-' || byte.is_ascii_digit() {
+            let start = at;
+            while at < json.len()
+                && matches!(json[at], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+            {
+                at += 1;
+            }
+            let token = &json[start..at];
+            let whole = std::str::from_utf8(token)
+                .ok()
+                .filter(|text| text.contains(['.', 'e', 'E']))
+                .and_then(|text| text.parse::<f64>().ok())
+                .filter(|number| number.fract() == 0.0 && number.abs() < EXACT);
+            match whole {
+                Some(number) => out.extend_from_slice((number as i64).to_string().as_bytes()),
+                None => out.extend_from_slice(token),
+            }
+            continue;
+        }
+        in_string = byte == b'"';
+        out.push(byte);
+        at += 1;
     }
+    out
 }
 
 /// serde_json appends " at line L column C"; the field path says more.
@@ -299,6 +337,23 @@ mod tests {
         }
         let body: Body = parse_json(br#"{"count": 2.0, "sizes": [1e2, -3.0, 4]}"#).unwrap();
         assert_eq!((body.count, body.sizes), (2, vec![100, -3, 4]));
+        // Strings are data: a number inside one is not rewritten.
+        #[derive(Debug, serde::Deserialize)]
+        struct Named {
+            count: i64,
+            name: String,
+        }
+        let named: Named = parse_json(br#"{"name": "v\"2.0\" 3.0", "count": 3.0}"#).unwrap();
+        assert_eq!((named.count, named.name.as_str()), (3, r#"v"2.0" 3.0"#));
+        // Past 2^53 a float is no longer exact, so it is not taken for an integer.
+        assert!(parse_json::<Body>(br#"{"count": 9007199254740993.0, "sizes": []}"#).is_err());
+        // A field given twice is refused, as before.
+        let Err(ApiError::Validation(twice)) =
+            parse_json::<Body>(br#"{"count": 1, "count": 2.0, "sizes": []}"#)
+        else {
+            panic!("a duplicate field is refused");
+        };
+        assert!(twice[0].message.contains("duplicate field"), "{:?}", twice[0]);
         let Err(ApiError::Validation(errors)) =
             parse_json::<Body>(br#"{"count": 2.5, "sizes": []}"#)
         else {

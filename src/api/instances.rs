@@ -44,15 +44,17 @@ const MAX_BULK_IDS: usize = 1000;
 #[serde(deny_unknown_fields)]
 pub struct CreateInstancesBody {
     /// Name of the instance; for several, use `name_prefix`.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
     pub name: Option<String>,
     /// Names instances `<prefix>-1` … `<prefix>-<count>`.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,59}$")]
     pub name_prefix: Option<String>,
     /// How many instances to create (default 1, at most the policy's `max_count`).
     #[schema(minimum = 1)]
     pub count: Option<i64>,
     /// Region (default: the policy's `default_region`).
     pub region: Option<String>,
-    /// An AMI id, `ami-` and 1-32 letters or digits (default: the policy's).
+    /// An AMI id, `ami-` and 1-32 letters or digits.
     #[schema(pattern = "^ami-[A-Za-z0-9]{1,32}$")]
     pub ami: Option<String>,
     pub instance_type: Option<String>,
@@ -64,6 +66,7 @@ pub struct CreateInstancesBody {
     /// Existing EC2 key pair for SSH: 1-255 printable ASCII characters.
     #[schema(pattern = "^[ -~]{1,255}$")]
     pub key_name: Option<String>,
+    #[schema(max_items = 5)]
     pub security_group_ids: Option<Vec<String>>,
     /// Script or cloud-init data run at first boot (plain text, not base64).
     pub user_data: Option<String>,
@@ -72,6 +75,7 @@ pub struct CreateInstancesBody {
     pub namespace: Option<String>,
     /// Traffic to let in. corral creates a security group with these rules for the request,
     /// tagged like the instances, and deletes it when its last instance is terminated.
+    #[schema(max_items = 20)]
     pub ingress: Option<Vec<IngressBody>>,
 }
 
@@ -446,6 +450,7 @@ pub async fn refresh_instance(
 #[serde(deny_unknown_fields)]
 pub struct UpdateInstanceBody {
     /// New name (the EC2 `Name` tag).
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
     pub name: Option<String>,
     /// Replaces every user tag.
     pub tags: Option<BTreeMap<String, String>>,

@@ -1,7 +1,8 @@
-//! JSON Schemas of the names the API accepts, made from the lists of the types that own them
-//! (`domain::InstanceState::ALL`, …), so that `/openapi.json` states each enumeration the
-//! handlers enforce and cannot drift from it. Each is a schema-only type: a parameter names it
-//! as `inline(schema::InstanceStates)`, a field as `#[schema(value_type = schema::Actions, inline)]`.
+//! JSON Schemas of the names the API accepts, made from the lists the owning types keep beside
+//! their parsers (`domain::InstanceState::ALL`, …), so that `/openapi.json` states each
+//! enumeration the handlers enforce. Each is a schema-only type: a query parameter names it as
+//! `inline(Option<schema::InstanceStates>)`, a body field as
+//! `#[schema(value_type = schema::Actions)]` (a named component then).
 
 use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
@@ -10,7 +11,7 @@ use crate::domain::{Action, Backend, CpuCredits, EventType, InstanceState, JobSt
 use crate::storage::DeliveryStatus;
 
 /// A string that is one of `names`.
-fn one_of<'a>(names: impl IntoIterator<Item = &'a str>) -> RefOr<Schema> {
+fn enumeration<'a>(names: impl IntoIterator<Item = &'a str>) -> RefOr<Schema> {
     ObjectBuilder::new()
         .schema_type(Type::String)
         .enum_values(Some(names.into_iter().collect::<Vec<_>>()))
@@ -24,7 +25,7 @@ macro_rules! names {
 
         impl utoipa::PartialSchema for $schema {
             fn schema() -> RefOr<Schema> {
-                one_of($names)
+                enumeration($names)
             }
         }
 
@@ -53,27 +54,13 @@ names! {
     ExportFormats = crate::api::export::Format::ALL.map(crate::api::export::Format::as_str);
 }
 
-/// A string matching `pattern` (ECMA-262, unanchored unless it says so).
-fn matching(pattern: &str) -> RefOr<Schema> {
-    ObjectBuilder::new().schema_type(Type::String).pattern(Some(pattern)).into()
+/// A tag filter of a list: `KEY:VALUE`.
+pub struct TagFilter;
+
+impl utoipa::PartialSchema for TagFilter {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new().schema_type(Type::String).pattern(Some(":")).into()
+    }
 }
 
-macro_rules! patterns {
-    ($($(#[$doc:meta])* $schema:ident = $pattern:expr;)*) => {$(
-        $(#[$doc])*
-        pub struct $schema;
-
-        impl utoipa::PartialSchema for $schema {
-            fn schema() -> RefOr<Schema> {
-                matching($pattern)
-            }
-        }
-
-        impl utoipa::ToSchema for $schema {}
-    )*};
-}
-
-patterns! {
-    /// A tag filter, `KEY:VALUE`.
-    TagFilter = ":";
-}
+impl utoipa::ToSchema for TagFilter {}

@@ -185,6 +185,7 @@ pub async fn get_user(
         (status = 404, body = crate::api::Problem),
         (status = 409, description = "The change would leave no admin", body = crate::api::Problem),
         (status = 422, body = crate::api::Problem),
+        (status = 429, description = "Too many wrong passwords for this user or address", body = crate::api::Problem),
     ))]
 pub async fn update_user(
     State(ctx): State<ApiContext>,

@@ -8,7 +8,7 @@
 
 use std::process::Stdio;
 
-use crate::helpers::{missing_prerequisite, spawn_app_with};
+use crate::helpers::{ADMIN_PASSWORD, client_with, login, missing_prerequisite, spawn_app_with};
 
 #[tokio::test]
 async fn schemathesis_finds_no_answer_the_document_does_not_describe() {
@@ -24,6 +24,8 @@ async fn schemathesis_finds_no_answer_the_document_does_not_describe() {
         settings.notify.smtp_port = Some(9);
     })
     .await;
+    // A token, not an API key: the stateful phase revokes the keys it finds listed.
+    let token = login(&app.address, "admin", ADMIN_PASSWORD).await;
     let reports = tempfile::tempdir().unwrap();
     let output = tokio::process::Command::new(schemathesis)
         .arg("--config-file")
@@ -33,7 +35,7 @@ async fn schemathesis_finds_no_answer_the_document_does_not_describe() {
         .args(["--checks", "all", "--seed", "1", "--max-examples", "10"])
         .args(["--generation-database", "none", "--no-color"])
         .arg("--header")
-        .arg(format!("X-API-KEY: {}", app.admin_key))
+        .arg(format!("Authorization: Bearer {token}"))
         .current_dir(reports.path())
         .stdin(Stdio::null())
         .kill_on_drop(true)
@@ -54,6 +56,11 @@ async fn schemathesis_finds_no_answer_the_document_does_not_describe() {
     };
     let selected = figure("Selected:").and_then(|s| s.split('/').nth(1)).expect("operations");
     assert_eq!(figure("Tested:"), Some(selected), "not every operation was tested:\n{stdout}");
+    // The run kept its credentials to the end: had it lost them, every later answer would
+    // have been a 401, which the checks accept.
+    let admin = client_with("authorization", &format!("Bearer {token}"));
+    let me = admin.get(format!("{}/v1/me", app.address)).send().await.unwrap();
+    assert_eq!(me.status(), 200, "the run lost its credentials");
     for phase in ["Coverage", "Fuzzing", "Stateful"] {
         assert!(stdout.contains(&format!("✅ {phase}")), "phase {phase} did not pass:\n{stdout}");
     }
