@@ -181,7 +181,13 @@ async fn client(cli: Cli) -> Outcome<()> {
         }
     };
     if let Command::Completions { shell } = command {
-        clap_complete::generate(shell, &mut Cli::command(), "corral", &mut std::io::stdout());
+        // Written whole, through an error the caller sees: clap_complete panics on a closed
+        // pipe (`corral completions bash | head -1`).
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "corral", &mut script);
+        let mut stdout = std::io::stdout().lock();
+        std::io::Write::write_all(&mut stdout, &script)?;
+        std::io::Write::flush(&mut stdout)?;
         return Ok(());
     }
     if let Command::Login { username, token_only } = command {

@@ -298,7 +298,14 @@ impl Settings {
             });
         let env =
             Renamed { source: env, spell: env_name, origin: "in the environment".to_string() };
-        let settings: Settings = figment.merge(env).extract().context("invalid configuration")?;
+        let mut settings: Settings =
+            figment.merge(env).extract().context("invalid configuration")?;
+        // A policy the configuration changed is no longer the free-tier profile, unless the
+        // configuration names its own.
+        let free_tier = Policy::free_tier();
+        if settings.policy.profile == free_tier.profile && settings.policy != free_tier {
+            settings.policy.profile = "custom".to_string();
+        }
         settings.validate()?;
         Ok(settings)
     }
@@ -451,6 +458,26 @@ mod tests {
                 err.contains("CORRAL_RECONCILE__INTERVAL and CORRAL_RECONCILE_INTERVAL are one"),
                 "{err}"
             );
+            Ok(())
+        });
+    }
+
+    /// `/v1/policy` names the profile in force: `free-tier` only while the configuration
+    /// changes nothing of it, else `custom` or the name the configuration gives.
+    #[test]
+    #[allow(clippy::result_large_err, reason = "figment's Jail fixes the closure's error type")]
+    fn a_changed_policy_is_not_called_free_tier() {
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            let profile = |text: &str| -> Result<String, String> {
+                std::fs::write("corral.toml", text).map_err(|err| err.to_string())?;
+                let settings = Settings::load(Some(Path::new("corral.toml")))
+                    .map_err(|err| format!("{err:#}"))?;
+                Ok(settings.policy.profile)
+            };
+            assert_eq!(profile("[jobs]\nconcurrency = 2\n")?, "free-tier");
+            assert_eq!(profile("[policy]\nmax_count = 3\n")?, "custom");
+            assert_eq!(profile("[policy]\nprofile = \"prod\"\nmax_count = 3\n")?, "prod");
             Ok(())
         });
     }

@@ -9,6 +9,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::api::{ApiContext, ApiError};
+use crate::storage::{now_millis, to_datetime};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -66,7 +67,7 @@ pub async fn get_status(State(ctx): State<ApiContext>) -> Result<Json<StatusBody
     Ok(Json(StatusBody {
         version: env!("CARGO_PKG_VERSION").to_string(),
         uptime_seconds: ctx.started_at.elapsed().as_secs(),
-        timestamp: Utc::now(),
+        timestamp: to_datetime(now_millis()),
         cloud: ctx.cloud_endpoint.to_string(),
         instances: counts.instances_by_state,
         jobs: counts.jobs_by_status,

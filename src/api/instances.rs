@@ -452,11 +452,11 @@ pub struct UpdateInstanceBody {
     /// New name (the EC2 `Name` tag).
     #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
     pub name: Option<String>,
-    /// Replaces every user tag.
-    pub tags: Option<BTreeMap<String, String>>,
+    /// Tags to set: a value sets one, null removes it, and a tag left out stays.
+    pub tags: Option<BTreeMap<String, Option<String>>>,
 }
 
-/// Renames an instance or replaces its tags. corral records the change (with old and new
+/// Renames an instance or changes its tags (what the body leaves out stays). corral records the change (with old and new
 /// values in the audit log) and a job applies it to the cloud.
 #[utoipa::path(patch, path = "/v1/instances/{id}", tag = "instances", operation_id = "update_instance",
     request_body = UpdateInstanceBody,
@@ -491,7 +491,13 @@ pub async fn update_instance(
         )]));
     }
     let name = body.name.unwrap_or_else(|| instance.name.clone());
-    let tags = body.tags.unwrap_or_else(|| instance.tags.clone());
+    let mut tags = instance.tags.clone();
+    for (key, value) in body.tags.into_iter().flatten() {
+        match value {
+            Some(value) => tags.insert(key, value),
+            None => tags.remove(&key),
+        };
+    }
     let violations = check_name_and_tags(&name, &tags);
     if !violations.is_empty() {
         return Err(ApiError::Validation(
@@ -509,7 +515,7 @@ pub async fn update_instance(
         actor: caller.actor(),
         namespace: Some(instance.namespace.clone()),
     };
-    let admission = match ctx.store.update_instance(&job, &instance.id, &name, &tags).await? {
+    let admission = match ctx.store.update_instance(&job, &instance, &name, &tags).await? {
         Ok(_) => Admission::Stored,
         Err(refused) => refused,
     };

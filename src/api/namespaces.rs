@@ -38,17 +38,35 @@ pub struct CreateNamespaceBody {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateNamespaceBody {
-    /// Replaces both quotas.
-    pub quota: Option<Quota>,
+    /// The quotas given change; those left out stay.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<QuotaChange>, nullable = false)]
+    pub quota: Option<Option<QuotaChange>>,
     /// aws or terraform; null returns the namespace to the server's default.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<crate::api::schema::Backends>)]
     pub default_backend: Option<Option<String>>,
 }
 
+/// Quotas to change: a number sets one, null lifts it (no limit), one left out stays.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaChange {
+    /// Most instances the namespace may hold; null for no limit.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>, minimum = 0)]
+    pub instances: Option<Option<i64>>,
+    /// Most vCPUs its instances may have together; null for no limit.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>, minimum = 0)]
+    pub vcpus: Option<Option<i64>>,
+}
+
 /// Tells a field given as null (`Some(None)`) from one left out (`None`, by `serde(default)`).
-fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Option<String>>, D::Error> {
-    Option::<String>::deserialize(deserializer).map(Some)
+pub(super) fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 impl From<&NamespaceRecord> for NamespaceBody {
@@ -169,21 +187,36 @@ pub async fn update_namespace(
 ) -> Result<Json<NamespaceBody>, ApiError> {
     caller.require_admin()?;
     let mut errors = Vec::new();
-    if let Some(quota) = &body.quota {
-        check_quota(quota, &mut errors);
-    }
+    let (max_instances, max_vcpus) = match &body.quota {
+        Some(Some(quota)) => {
+            if quota.instances.is_none() && quota.vcpus.is_none() {
+                errors.push(FieldError::new("quota", "give instances, vcpus or both"));
+            }
+            (quota.instances, quota.vcpus)
+        }
+        Some(None) => {
+            errors.push(FieldError::new(
+                "quota",
+                "give the quotas to change, e.g. {\"instances\": null} to lift one",
+            ));
+            (None, None)
+        }
+        None => (None, None),
+    };
+    let quota = Quota { instances: max_instances.flatten(), vcpus: max_vcpus.flatten() };
+    check_quota(&quota, &mut errors);
     let default_backend =
         body.default_backend.as_ref().map(|name| check_backend(&ctx, name.as_deref(), &mut errors));
     if body.quota.is_none() && body.default_backend.is_none() {
-        errors.push(FieldError::new("body", "nothing to change: give quota or default_backend"));
+        errors.push(FieldError::new(
+            "body",
+            "nothing to change: give quota.instances, quota.vcpus or default_backend",
+        ));
     }
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let change = NamespaceChange {
-        quota: body.quota.map(|quota| (quota.instances, quota.vcpus)),
-        default_backend,
-    };
+    let change = NamespaceChange { max_instances, max_vcpus, default_backend };
     let namespace = ctx
         .store
         .update_namespace(&name, &change, &caller.actor())

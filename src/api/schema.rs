@@ -64,3 +64,21 @@ impl utoipa::PartialSchema for TagFilter {
 }
 
 impl utoipa::ToSchema for TagFilter {}
+
+/// A role in a namespace, or null: what a user update gives per namespace (null takes the
+/// role away).
+pub struct RoleOrNull;
+
+impl utoipa::PartialSchema for RoleOrNull {
+    fn schema() -> RefOr<Schema> {
+        let mut names: Vec<serde_json::Value> =
+            Role::ALL.iter().map(|role| role.as_str().into()).collect();
+        names.push(serde_json::Value::Null);
+        ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::SchemaType::from_iter([Type::String, Type::Null]))
+            .enum_values(Some(names))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for RoleOrNull {}

@@ -51,9 +51,10 @@ pub struct UpdateUserBody {
     pub current_password: Option<String>,
     /// Admins only.
     pub admin: Option<bool>,
-    /// Replaces every role of the user (admins only).
-    #[schema(value_type = Option<BTreeMap<String, crate::api::schema::Roles>>)]
-    pub roles: Option<BTreeMap<String, String>>,
+    /// Roles to give per namespace (admins only): a role sets one, null takes it away, and a
+    /// namespace left out keeps its role.
+    #[schema(value_type = Option<BTreeMap<String, crate::api::schema::RoleOrNull>>)]
+    pub roles: Option<BTreeMap<String, Option<String>>>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -228,7 +229,15 @@ pub async fn update_user(
     } else if body.current_password.is_some() {
         errors.push(FieldError::new("current_password", "only goes with a new password"));
     }
-    let roles = body.roles.as_ref().map(|roles| parse_roles(roles, &mut errors));
+    let mut roles = BTreeMap::new();
+    for (namespace, role) in body.roles.iter().flatten() {
+        match role.as_deref().map(str::parse::<Role>).transpose() {
+            Ok(role) => {
+                roles.insert(namespace.clone(), role);
+            }
+            Err(err) => errors.push(FieldError::new(format!("roles.{namespace}"), err)),
+        }
+    }
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
@@ -298,6 +307,17 @@ fn written(write: UserWrite, username: &str) -> Result<UserRecord, ApiError> {
             unknown
                 .into_iter()
                 .map(|ns| FieldError::new(format!("roles.{ns}"), "no such namespace"))
+                .collect(),
+        )),
+        UserWrite::NoRoleToRemove(missing) => Err(ApiError::Validation(
+            missing
+                .into_iter()
+                .map(|ns| {
+                    FieldError::new(
+                        format!("roles.{ns}"),
+                        format!("'{username}' holds no role in '{ns}' to take away"),
+                    )
+                })
                 .collect(),
         )),
         UserWrite::LastAdmin => Err(ApiError::Conflict {

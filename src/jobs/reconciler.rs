@@ -15,7 +15,8 @@ use crate::storage::now_millis;
 
 /// Runs a pass every `interval` until `shutdown`; a zero interval turns the loop off. Processes
 /// sharing a database take turns through the `reconciler` lease: one holds it while it keeps
-/// passing, another takes it over once it has expired (three intervals without a pass).
+/// passing, another takes it over once it has expired (three intervals without a pass), or at
+/// its next interval when the holder stops, which gives it up.
 pub async fn run_reconciler(
     ctx: Arc<JobContext>,
     interval: Duration,
@@ -28,7 +29,12 @@ pub async fn run_reconciler(
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => {
+                if let Err(err) = ctx.store.release_lease("reconciler", &holder).await {
+                    tracing::warn!(error = ?err, "giving the reconciler lease up failed");
+                }
+                return;
+            }
         }
         let until = now_millis() + 3 * interval.as_millis() as i64;
         match ctx.store.try_lease("reconciler", &holder, until).await {

@@ -239,3 +239,34 @@ async fn an_expired_lease_is_taken_over_by_a_live_worker() {
     );
     assert_eq!(h.fake.calls("launch"), 1);
 }
+
+/// A reconciler that stops gives its lease up, so that the next process (after a restart, or
+/// another replica) passes at its first interval instead of three intervals later.
+#[tokio::test]
+async fn a_stopping_reconciler_gives_its_lease_up() {
+    let harness = harness(FakeProvider::default(), 1, 60).await;
+    let shutdown = CancellationToken::new();
+    // Its lease lasts three intervals (6 s): long past the end of this test, unless given up.
+    let interval = Duration::from_secs(2);
+    let task = tokio::spawn(crate::jobs::reconciler::run_reconciler(
+        harness.ctx.clone(),
+        interval,
+        "first".to_string(),
+        shutdown.clone(),
+    ));
+    let store = &harness.ctx.store;
+    let later = || now_millis() + 60_000;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    // Held by the running reconciler: another holder cannot take it.
+    while store.try_lease("reconciler", "probe", now_millis() - 1).await.unwrap() {
+        store.release_lease("reconciler", "probe").await.unwrap();
+        assert!(tokio::time::Instant::now() < deadline, "the reconciler never took its lease");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!store.try_lease("reconciler", "second", later()).await.unwrap());
+
+    shutdown.cancel();
+    task.await.unwrap();
+
+    assert!(store.try_lease("reconciler", "second", later()).await.unwrap(), "given up");
+}

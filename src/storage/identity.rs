@@ -34,8 +34,8 @@ pub struct UserChanges {
     /// A new password: raises the user's credentials version, which ends their tokens.
     pub password_hash: Option<String>,
     pub admin: Option<bool>,
-    /// Replaces every role binding of the user.
-    pub roles: Option<BTreeMap<String, Role>>,
+    /// Roles to give (`Some`) or take away (`None`), per namespace; the others stay.
+    pub roles: BTreeMap<String, Option<Role>>,
 }
 
 /// What became of a request to write a user.
@@ -46,6 +46,8 @@ pub enum UserWrite {
     NotFound,
     /// Roles name namespaces that do not exist; nothing was stored.
     UnknownNamespaces(Vec<String>),
+    /// Roles to take away name namespaces the user holds no role in; nothing was stored.
+    NoRoleToRemove(Vec<String>),
     /// The change would leave corral without an admin; nothing was stored.
     LastAdmin,
 }
@@ -166,6 +168,14 @@ impl Store {
             let entry = AuditEntry::new("user.create", &user.username)
                 .new_value(serde_json::json!({ "admin": true, "roles": {} }));
             insert_audit(&mut tx, &Actor::system(), &entry).await?;
+            // The `default` namespace comes with the schema, before any clock reading; it
+            // dates from the first admin, made at the first start.
+            sqlx::query(
+                "UPDATE namespaces SET created_at = $1, updated_at = $1 WHERE name = 'default' AND created_at = 0",
+            )
+            .bind(user.created_at)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(created)
@@ -248,8 +258,25 @@ impl Store {
         .bind(&before.id)
         .execute(&mut *tx)
         .await?;
-        if let Some(roles) = &changes.roles {
-            let unknown = write_roles(&mut tx, &before.id, roles).await?;
+        let missing: Vec<String> = changes
+            .roles
+            .iter()
+            .filter(|(namespace, role)| role.is_none() && !before.roles.contains_key(*namespace))
+            .map(|(namespace, _)| namespace.clone())
+            .collect();
+        if !missing.is_empty() {
+            tx.rollback().await?;
+            return Ok(UserWrite::NoRoleToRemove(missing));
+        }
+        let mut roles = before.roles.clone();
+        for (namespace, role) in &changes.roles {
+            match role {
+                Some(role) => roles.insert(namespace.clone(), *role),
+                None => roles.remove(namespace),
+            };
+        }
+        if !changes.roles.is_empty() {
+            let unknown = write_roles(&mut tx, &before.id, &roles).await?;
             if !unknown.is_empty() {
                 tx.rollback().await?;
                 return Ok(UserWrite::UnknownNamespaces(unknown));
@@ -260,8 +287,7 @@ impl Store {
             return Ok(UserWrite::LastAdmin);
         }
         let admin = changes.admin.unwrap_or(before.admin);
-        let roles = changes.roles.as_ref().unwrap_or(&before.roles);
-        let mut new_value = user_value(admin, roles);
+        let mut new_value = user_value(admin, &roles);
         if changes.password_hash.is_some() {
             new_value["password"] = serde_json::json!("changed");
         }

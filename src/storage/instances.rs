@@ -498,14 +498,17 @@ impl Store {
     }
 
     /// Changes name and tags of an idle instance and stores the job that applies them in the
-    /// cloud; the instance before the change, or why it could not change.
+    /// cloud; the instance before the change, or why it could not change. `read` is the
+    /// instance as the change was made from (merged onto): if its name or tags changed since,
+    /// nothing is written, so that a change made meanwhile is never lost.
     pub async fn update_instance(
         &self,
         job: &NewJob,
-        instance_id: &str,
+        read: &InstanceRecord,
         name: &str,
         tags: &std::collections::BTreeMap<String, String>,
     ) -> Result<Result<InstanceRecord, Admission>, StorageError> {
+        let instance_id = read.id.as_str();
         let mut tx = match begin_job(&self.pool, job, None).await? {
             Ok(tx) => tx,
             Err(known) => return Ok(Err(known)),
@@ -543,6 +546,13 @@ impl Store {
             return Ok(Err(Admission::Conflicts(conflicts)));
         };
         let before = InstanceRecord::try_from(before)?;
+        if before.name != read.name || before.tags != read.tags {
+            tx.rollback().await?;
+            return Ok(Err(Admission::Conflicts(vec![StateConflict {
+                instance_id: before.id,
+                reason: "its name or tags changed while this request was made; retry".to_string(),
+            }])));
+        }
         sqlx::query("UPDATE instances SET name = $1, tags = $2 WHERE id = $3")
             .bind(name)
             .bind(serde_json::to_string(tags).expect("tags serialize"))

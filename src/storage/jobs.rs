@@ -694,6 +694,17 @@ impl Store {
         Ok(taken == 1)
     }
 
+    /// Gives lease `name` up, if `holder` holds it, so that another process may take it at its next
+    /// try.
+    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StorageError> {
+        sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
+            .bind(name)
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn job_record(&self, id: &str) -> Result<Option<JobRecord>, StorageError> {
         let row: Option<JobRow> =
             sqlx::query_as(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))

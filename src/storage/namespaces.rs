@@ -24,8 +24,10 @@ pub struct NamespaceRecord {
 /// What a namespace update changes; `None` leaves a setting as it is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NamespaceChange {
-    /// Both quotas: most instances, most vCPUs (`None`: no limit).
-    pub quota: Option<(Option<i64>, Option<i64>)>,
+    /// Most instances; `Some(None)`: no limit.
+    pub max_instances: Option<Option<i64>>,
+    /// Most vCPUs; `Some(None)`: no limit.
+    pub max_vcpus: Option<Option<i64>>,
     /// `Some(None)` returns the namespace to the server's default backend.
     pub default_backend: Option<Option<Backend>>,
 }
@@ -120,7 +122,8 @@ impl Store {
             return Ok(None);
         };
         let old_backend = old_backend.as_deref().and_then(|name| name.parse::<Backend>().ok());
-        let (max_instances, max_vcpus) = change.quota.unwrap_or((old_instances, old_vcpus));
+        let max_instances = change.max_instances.unwrap_or(old_instances);
+        let max_vcpus = change.max_vcpus.unwrap_or(old_vcpus);
         let backend = change.default_backend.unwrap_or(old_backend);
         sqlx::query(
             "UPDATE namespaces SET max_instances = $1, max_vcpus = $2, default_backend = $3 \

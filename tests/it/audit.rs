@@ -57,15 +57,16 @@ async fn requests_and_observed_state_changes_are_audited_with_actor_and_request_
 async fn patching_an_instance_records_old_and_new_values_and_retags_it_in_the_cloud() {
     let app = spawn_app().await;
     let mut body = create_body("before");
-    body["tags"] = json!({ "team": "blue", "temp": "yes" });
+    body["tags"] = json!({ "team": "blue", "temp": "yes", "owner": "ops" });
     let job = app.create_running(&body).await;
     let instance = &job["instances"][0];
     let (id, cloud_id) = (instance["id"].as_str().unwrap(), instance["cloud_id"].as_str().unwrap());
 
+    // A tag given changes, a null one goes, and the tag left out stays.
     let response = app
         .client
         .patch(app.url(&format!("/v1/instances/{id}?wait=30")))
-        .json(&json!({ "name": "after", "tags": { "team": "red" } }))
+        .json(&json!({ "name": "after", "tags": { "team": "red", "temp": null } }))
         .send()
         .await
         .unwrap();
@@ -80,11 +81,12 @@ async fn patching_an_instance_records_old_and_new_values_and_retags_it_in_the_cl
     let tags = crate::helpers::tags_of(&app.moto_instances().await[cloud_id]);
     assert_eq!(tags["Name"], "after");
     assert_eq!(tags["team"], "red");
+    assert_eq!(tags["owner"], "ops", "a tag the request left out stays in the cloud");
     assert!(!tags.contains_key("temp"), "a removed tag is removed in the cloud");
     let stored: Value = app.get_instance(id).await.json().await.unwrap();
     assert_eq!(
         (stored["name"].as_str(), &stored["tags"]),
-        (Some("after"), &json!({ "team": "red" }))
+        (Some("after"), &json!({ "owner": "ops", "team": "red" }))
     );
     let audit: Value = app
         .get(&format!("/v1/audit?action=instance.update&target={id}"))
@@ -97,10 +99,10 @@ async fn patching_an_instance_records_old_and_new_values_and_retags_it_in_the_cl
     assert_eq!(event["actor"], app.admin_key[..12]);
     assert_eq!(
         event["old_value"],
-        json!({ "name": "before", "tags": { "team": "blue", "temp": "yes" } })
+        json!({ "name": "before", "tags": { "owner": "ops", "team": "blue", "temp": "yes" } })
     );
     assert_eq!(event["new_value"]["name"], "after");
-    assert_eq!(event["new_value"]["tags"], json!({ "team": "red" }));
+    assert_eq!(event["new_value"]["tags"], json!({ "owner": "ops", "team": "red" }));
 
     // Bad names and reserved tags are refused, naming the field, and change nothing.
     let bad = app

@@ -160,11 +160,16 @@ async fn instances_go_through_their_whole_life_from_the_command_line() {
     assert!(started["instances"].as_array().unwrap().iter().all(|i| i["state"] == "running"));
     let rebooted = corral.json(&["instances", "reboot", &ids[0], "--wait"]).await;
     assert_eq!(rebooted["status"], "succeeded");
-    let queued = corral.json(&["instances", "update", &ids[0], "--name", "web-blue"]).await;
+    let update = ["instances", "update", &ids[0], "--name", "web-blue", "--tag", "owner=ops"];
+    let queued = corral.json(&update).await;
     assert!(queued["id"].is_string());
     corral.ok(&["jobs", "wait", queued["id"].as_str().unwrap()]).await;
     let renamed: Value = app.get_instance(&ids[0]).await.json().await.unwrap();
     assert_eq!(renamed["name"], "web-blue");
+    assert_eq!(renamed["tags"], json!({ "owner": "ops", "team": "blue" }), "tags merge");
+    let clash = ["instances", "update", &ids[0], "--tag", "team=red", "--remove-tag", "team"];
+    let refused = corral.run(&clash).await;
+    assert_eq!(code(&refused), 2, "{}", describe(&refused));
 
     // terminate: refused without a terminal and without --yes, done with it.
     let refused = corral.run(&["instances", "terminate", &ids[0]]).await;
@@ -352,20 +357,27 @@ async fn login_keeps_a_key_in_a_private_profile_and_dotenv_and_profiles_configur
 async fn a_closed_pipe_is_not_an_error_and_completions_are_printed() {
     let app = spawn_app().await;
     let corral = Corral::new(&app);
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_corral"));
-    command
-        .args(["policy", "-o", "yaml"])
-        .env("CORRAL_SERVER", &app.address)
-        .env("CORRAL_API_KEY", &app.admin_key)
-        .env("HOME", corral.home.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = command.spawn().unwrap();
-    drop(child.stdout.take()); // the reader goes away before anything is written
-    let output = child.wait_with_output().await.unwrap();
-    assert!(output.status.success(), "{}", describe(&output));
-    assert!(output.stderr.is_empty(), "{}", String::from_utf8_lossy(&output.stderr));
+    for args in [
+        &["policy", "-o", "yaml"][..],
+        &["completions", "bash"],
+        &["completions", "zsh"],
+        &["completions", "fish"],
+    ] {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_corral"));
+        command
+            .args(args)
+            .env("CORRAL_SERVER", &app.address)
+            .env("CORRAL_API_KEY", &app.admin_key)
+            .env("HOME", corral.home.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().unwrap();
+        drop(child.stdout.take()); // the reader goes away before anything is written
+        let output = child.wait_with_output().await.unwrap();
+        assert!(output.status.success(), "{args:?}: {}", describe(&output));
+        assert!(output.stderr.is_empty(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    }
 
     for shell in ["bash", "zsh", "fish"] {
         let script = corral.ok(&["completions", shell]).await;
@@ -449,6 +461,14 @@ async fn namespaces_users_and_api_keys_are_managed_from_the_command_line() {
         corral.json(&["namespaces", "update", "team-a", "--default-backend", "server"]).await;
     assert_eq!(updated["default_backend"], Value::Null);
     assert_eq!(updated["quota"]["vcpus"], 8);
+    // One quota changes alone, "none" lifts it, and the command says what changed.
+    let output = corral.run(&["namespaces", "update", "team-a", "--max-vcpus", "none"]).await;
+    assert!(output.status.success(), "{output:?}");
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("team-a: quota.vcpus: 8 → ∞"), "{said}");
+    assert!(!said.contains("quota.instances"), "only what changed is said: {said}");
+    let now = corral.json(&["namespaces", "get", "team-a"]).await;
+    assert_eq!(now["quota"], json!({ "instances": 5, "vcpus": null }));
 
     // Users: the password comes from stdin, never from the command line.
     let args = ["users", "create", "dana", "--role", "team-a=operator", "-o", "json"];
@@ -460,6 +480,12 @@ async fn namespaces_users_and_api_keys_are_managed_from_the_command_line() {
     assert!(!token.is_empty());
     let promoted = corral.json(&["users", "update", "dana", "--role", "team-a=viewer"]).await;
     assert_eq!(promoted["roles"], json!({ "team-a": "viewer" }));
+    // A role in another namespace keeps the first; --remove-role takes one away.
+    corral.ok(&["namespaces", "create", "team-b"]).await;
+    let both = corral.json(&["users", "update", "dana", "--role", "team-b=operator"]).await;
+    assert_eq!(both["roles"], json!({ "team-a": "viewer", "team-b": "operator" }));
+    let one = corral.json(&["users", "update", "dana", "--remove-role", "team-a"]).await;
+    assert_eq!(one["roles"], json!({ "team-b": "operator" }));
     let names = corral.ok(&["users", "list", "-q"]).await;
     assert_eq!(names.lines().collect::<Vec<_>>(), ["admin", "dana"]);
     let refused = corral.run(&["users", "delete", "dana"]).await;

@@ -28,7 +28,15 @@ async fn status_counts_instances_by_state_and_jobs_by_status() {
 
     assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
     assert!(status["uptime_seconds"].is_u64());
-    assert!(status["timestamp"].is_string());
+    // Times are written to the millisecond, as everywhere in the API.
+    let timestamp = status["timestamp"].as_str().unwrap();
+    let parsed = chrono::DateTime::parse_from_rfc3339(timestamp).unwrap();
+    assert_eq!(parsed.timestamp_subsec_nanos() % 1_000_000, 0, "{timestamp}");
+    // The default namespace dates from the first start, not from 1970.
+    let default: Value = app.get("/v1/namespaces/default").await.json().await.unwrap();
+    let created = chrono::DateTime::parse_from_rfc3339(default["created_at"].as_str().unwrap());
+    let age = parsed.signed_duration_since(created.unwrap());
+    assert!(age >= chrono::TimeDelta::zero() && age < chrono::TimeDelta::minutes(10), "{default}");
     assert_eq!(status["instances"], serde_json::json!({ "stopped": 1 }));
     assert_eq!(status["jobs"], serde_json::json!({ "succeeded": 2 }));
     assert!(status["cloud"].as_str().unwrap().contains("127.0.0.1"), "{status}");

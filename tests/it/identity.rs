@@ -405,13 +405,17 @@ async fn a_namespace_update_changes_only_what_it_names() {
         async move { request.await.unwrap() }
     };
 
-    // A quota alone keeps the backend; the backend alone keeps the quotas; null clears it.
+    // One quota keeps the other and the backend; the backend alone keeps the quotas; null
+    // lifts a quota, or returns the backend to the server's.
     let changed: Value = patch(json!({ "quota": { "vcpus": 8 } })).await.json().await.unwrap();
-    assert_eq!(changed["quota"], json!({ "instances": null, "vcpus": 8 }));
+    assert_eq!(changed["quota"], json!({ "instances": 4, "vcpus": 8 }));
     assert_eq!(changed["default_backend"], "aws");
     let changed: Value = patch(json!({ "default_backend": null })).await.json().await.unwrap();
-    assert_eq!(changed["quota"], json!({ "instances": null, "vcpus": 8 }));
+    assert_eq!(changed["quota"], json!({ "instances": 4, "vcpus": 8 }));
     assert_eq!(changed["default_backend"], Value::Null);
+    let changed: Value =
+        patch(json!({ "quota": { "instances": null } })).await.json().await.unwrap();
+    assert_eq!(changed["quota"], json!({ "instances": null, "vcpus": 8 }));
 
     // Bad changes are refused whole, each named; nothing changes.
     let problem = assert_problem(
@@ -424,15 +428,56 @@ async fn a_namespace_update_changes_only_what_it_names() {
     assert!(problem.to_string().contains("unknown backend 'ansible'"), "{problem}");
     let problem = assert_problem(patch(json!({})).await, StatusCode::UNPROCESSABLE_ENTITY).await;
     assert!(problem.to_string().contains("nothing to change"), "{problem}");
+    for quota in [json!({}), Value::Null] {
+        let response = patch(json!({ "quota": quota, "default_backend": "aws" })).await;
+        let problem = assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+        assert_eq!(problem_fields(&problem), ["quota"], "{problem}");
+    }
     let now: Value = app.get("/v1/namespaces/team").await.json().await.unwrap();
     assert_eq!((&now["quota"], &now["default_backend"]), (&changed["quota"], &Value::Null));
 
     // The audit log keeps each setting before and after.
     let audit: Value =
         app.get("/v1/audit?namespace=team&action=namespace.update").await.json().await.unwrap();
-    assert_eq!(audit["total"], 2);
-    assert_eq!(audit["logs"][0]["old_value"]["default_backend"], "aws");
-    assert_eq!(audit["logs"][0]["new_value"]["default_backend"], Value::Null);
+    assert_eq!(audit["total"], 3);
+    assert_eq!(audit["logs"][1]["old_value"]["default_backend"], "aws");
+    assert_eq!(audit["logs"][1]["new_value"]["default_backend"], Value::Null);
+    assert_eq!(audit["logs"][0]["old_value"]["quota"], json!({ "instances": 4, "vcpus": 8 }));
+    assert_eq!(audit["logs"][0]["new_value"]["quota"], json!({ "instances": null, "vcpus": 8 }));
+}
+
+/// A role given changes that namespace only, null takes one away, and the other roles stay.
+#[tokio::test]
+async fn a_user_update_changes_only_the_roles_it_names() {
+    let app = spawn_app().await;
+    app.create_namespaces(&["alpha", "beta"]).await;
+    let body = json!({ "username": "kim", "password": "long enough password", "roles": { "alpha": "operator" } });
+    assert_eq!(app.post_json("/v1/users", &body, None).await.status(), StatusCode::CREATED);
+    let patch = |body: Value| {
+        let request = app.client.patch(app.url("/v1/users/kim")).json(&body).send();
+        async move { request.await.unwrap().json::<Value>().await.unwrap() }
+    };
+
+    let user = patch(json!({ "roles": { "beta": "viewer" } })).await;
+    assert_eq!(user["roles"], json!({ "alpha": "operator", "beta": "viewer" }), "{user}");
+    let user = patch(json!({ "roles": { "alpha": null } })).await;
+    assert_eq!(user["roles"], json!({ "beta": "viewer" }), "{user}");
+    let user = patch(json!({ "admin": false })).await;
+    assert_eq!(user["roles"], json!({ "beta": "viewer" }), "{user}");
+
+    // A role to take away that the user does not hold, or a bad role, is refused, naming it,
+    // and nothing changes.
+    for (body, field) in [
+        (json!({ "roles": { "alpha": null, "beta": null } }), "roles.alpha"),
+        (json!({ "roles": { "beta": "owner" } }), "roles.beta"),
+        (json!({ "roles": { "ghost": "viewer" } }), "roles.ghost"),
+    ] {
+        let response = app.client.patch(app.url("/v1/users/kim")).json(&body).send().await;
+        let problem = assert_problem(response.unwrap(), StatusCode::UNPROCESSABLE_ENTITY).await;
+        assert_eq!(problem_fields(&problem), [field], "{problem}");
+    }
+    let user: Value = app.get("/v1/users/kim").await.json().await.unwrap();
+    assert_eq!(user["roles"], json!({ "beta": "viewer" }), "{user}");
 }
 
 #[tokio::test]

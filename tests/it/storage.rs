@@ -164,6 +164,11 @@ async fn a_named_lease_has_one_holder_until_it_expires() {
     assert!(store.try_lease("reconciler", "a", now_millis() - 1).await.unwrap(), "renewed");
     assert!(store.try_lease("reconciler", "b", now_millis() + 60_000).await.unwrap(), "taken over");
     assert!(!store.try_lease("reconciler", "a", now_millis() + 60_000).await.unwrap());
+    // Given up by another than its holder, it stays; by its holder, it is free at once.
+    store.release_lease("reconciler", "a").await.unwrap();
+    assert!(!store.try_lease("reconciler", "a", now_millis() + 60_000).await.unwrap());
+    store.release_lease("reconciler", "b").await.unwrap();
+    assert!(store.try_lease("reconciler", "a", now_millis() + 60_000).await.unwrap(), "freed");
 }
 
 #[tokio::test]

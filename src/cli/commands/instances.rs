@@ -136,9 +136,12 @@ pub struct UpdateInstance {
     pub id: String,
     #[arg(long)]
     pub name: Option<String>,
-    /// Replaces the instance's tags with these (repeatable).
+    /// Sets a tag (repeatable); the instance's other tags stay.
     #[arg(long = "tag", value_name = "KEY=VALUE")]
     pub tags: Vec<String>,
+    /// Removes a tag (repeatable).
+    #[arg(long = "remove-tag", value_name = "KEY")]
+    pub remove_tags: Vec<String>,
     #[arg(long)]
     pub wait: bool,
 }
@@ -213,11 +216,22 @@ pub async fn instances(client: &Client, out: &Out, command: InstancesCommand) ->
             if let Some(name) = update.name {
                 body["name"] = json!(name);
             }
-            if !update.tags.is_empty() {
-                body["tags"] = json!(pairs("tag", &update.tags)?);
+            let mut tags: serde_json::Map<String, Value> =
+                pairs("tag", &update.tags)?.into_iter().map(|(k, v)| (k, json!(v))).collect();
+            for key in &update.remove_tags {
+                if tags.insert(key.clone(), Value::Null).is_some_and(|was| !was.is_null()) {
+                    return Err(Failure::usage(format!(
+                        "--tag and --remove-tag both name '{key}'"
+                    )));
+                }
+            }
+            if !tags.is_empty() {
+                body["tags"] = Value::Object(tags);
             }
             if body.as_object().is_some_and(|body| body.is_empty()) {
-                return Err(Failure::usage("nothing to change: give --name or --tag"));
+                return Err(Failure::usage(
+                    "nothing to change: give --name, --tag or --remove-tag",
+                ));
             }
             let job = client.patch(&format!("/v1/instances/{}", encode(&update.id)), &body).await?;
             job_result(client, out, job, update.wait).await?;

@@ -5,7 +5,7 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::{confirm, encode, job_result, limit, require_terminal};
-use crate::cli::client::{Client, Outcome};
+use crate::cli::client::{Client, Failure, Outcome};
 use crate::cli::output::{Column, Out, cell};
 use crate::domain::Backend;
 use crate::wire::{InstanceBody, NamespaceBody, NamespaceList};
@@ -30,16 +30,17 @@ pub enum NamespacesCommand {
         #[arg(long, value_parser = ["aws", "terraform"])]
         default_backend: Option<String>,
     },
-    /// Sets a namespace's quotas (an omitted one becomes unlimited) and, with
-    /// --default-backend only, keeps the quotas and changes the default backend.
+    /// Changes the settings given and keeps the others; says what changed.
     ///
-    /// Example: corral namespaces update team-a --default-backend terraform
+    /// Example: corral namespaces update team-a --max-instances 5 --max-vcpus none
     Update {
         name: String,
-        #[arg(long)]
-        max_instances: Option<i64>,
-        #[arg(long)]
-        max_vcpus: Option<i64>,
+        /// Most instances, or none for no limit.
+        #[arg(long, value_name = "N|none", value_parser = limit_arg)]
+        max_instances: Option<Limit>,
+        /// Most vCPUs, or none for no limit.
+        #[arg(long, value_name = "N|none", value_parser = limit_arg)]
+        max_vcpus: Option<Limit>,
         /// Backend of create requests that name none; "server" follows the server's default.
         #[arg(long, value_parser = ["aws", "terraform", "server"])]
         default_backend: Option<String>,
@@ -87,20 +88,40 @@ pub async fn namespaces(client: &Client, out: &Out, command: NamespacesCommand) 
             out.item(&client.post("/v1/namespaces", &body).await?, NAMESPACE_COLUMNS)?;
         }
         NamespacesCommand::Update { name, max_instances, max_vcpus, default_backend } => {
-            let quota = json!({ "instances": max_instances, "vcpus": max_vcpus });
-            let body = match default_backend.as_deref() {
-                None => json!({ "quota": quota }),
-                Some(backend) => {
-                    let backend = (backend != "server").then_some(backend);
-                    if max_instances.is_none() && max_vcpus.is_none() {
-                        json!({ "default_backend": backend })
-                    } else {
-                        json!({ "quota": quota, "default_backend": backend })
-                    }
+            let mut quota = serde_json::Map::new();
+            for (field, limit) in [("instances", max_instances), ("vcpus", max_vcpus)] {
+                if let Some(Limit(limit)) = limit {
+                    quota.insert(field.to_string(), json!(limit));
                 }
-            };
+            }
+            let mut body = serde_json::Map::new();
+            if !quota.is_empty() {
+                body.insert("quota".to_string(), quota.into());
+            }
+            if let Some(backend) = default_backend.as_deref() {
+                body.insert(
+                    "default_backend".to_string(),
+                    json!((backend != "server").then_some(backend)),
+                );
+            }
+            if body.is_empty() {
+                return Err(Failure::usage(
+                    "nothing to change: give --max-instances, --max-vcpus or --default-backend",
+                ));
+            }
             let path = format!("/v1/namespaces/{}", encode(&name));
-            out.item(&client.patch(&path, &body).await?, NAMESPACE_COLUMNS)?;
+            let before: NamespaceBody = client.get(&path).await?;
+            let after: NamespaceBody = client.patch(&path, &body).await?;
+            out.item(&after, NAMESPACE_COLUMNS)?;
+            if !out.quiet {
+                let changes = changes(&before, &after);
+                if changes.is_empty() {
+                    eprintln!("{name}: no change");
+                }
+                for change in changes {
+                    eprintln!("{name}: {change}");
+                }
+            }
         }
         NamespacesCommand::Terminate { name, yes, wait } => {
             if !yes {
@@ -121,4 +142,47 @@ pub async fn namespaces(client: &Client, out: &Out, command: NamespacesCommand) 
         }
     }
     Ok(())
+}
+
+/// A quota given on the command line: a number of 0 or more, or `none` for no limit.
+#[derive(Debug, Clone, Copy)]
+pub struct Limit(Option<i64>);
+
+fn limit_arg(text: &str) -> Result<Limit, String> {
+    match text {
+        "none" | "unlimited" => Ok(Limit(None)),
+        number => number
+            .parse::<i64>()
+            .ok()
+            .filter(|number| *number >= 0)
+            .map(|n| Limit(Some(n)))
+            .ok_or_else(|| format!("'{text}' is not a limit: give a number of 0 or more, or none")),
+    }
+}
+
+/// What an update changed, one line per setting: `quota.instances: 30 → 5`.
+fn changes(before: &NamespaceBody, after: &NamespaceBody) -> Vec<String> {
+    let backend = |ns: &NamespaceBody| ns.default_backend.map_or("(server)", Backend::as_str);
+    [
+        ("quota.instances", limit(before.quota.instances), limit(after.quota.instances)),
+        ("quota.vcpus", limit(before.quota.vcpus), limit(after.quota.vcpus)),
+        ("default_backend", backend(before).to_string(), backend(after).to_string()),
+    ]
+    .into_iter()
+    .filter(|(_, was, is)| was != is)
+    .map(|(setting, was, is)| format!("{setting}: {was} → {is}"))
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_limit_is_a_count_or_none() {
+        assert_eq!(limit_arg("5").unwrap().0, Some(5));
+        assert_eq!(limit_arg("none").unwrap().0, None);
+        assert!(limit_arg("-1").unwrap_err().contains("'-1' is not a limit"));
+        assert!(limit_arg("lots").is_err());
+    }
 }

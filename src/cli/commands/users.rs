@@ -27,14 +27,20 @@ pub enum UsersCommand {
         #[arg(long = "role", value_name = "NAMESPACE=ROLE")]
         roles: Vec<String>,
     },
-    /// Changes a user's roles, admin flag or (with --password) password, read from stdin.
+    /// Changes a user's roles, admin flag or (with --password) password, read from stdin;
+    /// what it does not name stays.
+    ///
+    /// Example: corral users update dana --role team-b=viewer --remove-role team-a
     Update {
         username: String,
         #[arg(long)]
         admin: Option<bool>,
-        /// Replaces the user's roles (repeatable).
+        /// Gives the user a role in a namespace (repeatable); other roles stay.
         #[arg(long = "role", value_name = "NAMESPACE=ROLE")]
         roles: Vec<String>,
+        /// Takes the user's role in a namespace away (repeatable).
+        #[arg(long = "remove-role", value_name = "NAMESPACE")]
+        remove_roles: Vec<String>,
         /// Read a new password from stdin; for one's own account, the current password
         /// first (asked for, or the line before the new one).
         #[arg(long)]
@@ -71,13 +77,23 @@ pub async fn users(client: &Client, out: &Out, command: UsersCommand) -> Outcome
             let body = json!({ "username": username, "password": password, "admin": admin, "roles": pairs("role", &roles)? });
             out.item(&client.post("/v1/users", &body).await?, USER_COLUMNS)?;
         }
-        UsersCommand::Update { username, admin, roles, password } => {
+        UsersCommand::Update { username, admin, roles, remove_roles, password } => {
             let mut body = json!({});
             if let Some(admin) = admin {
                 body["admin"] = json!(admin);
             }
-            if !roles.is_empty() {
-                body["roles"] = json!(pairs("role", &roles)?);
+            let mut changes: serde_json::Map<String, Value> =
+                pairs("role", &roles)?.into_iter().map(|(ns, role)| (ns, json!(role))).collect();
+            for namespace in remove_roles {
+                if changes.insert(namespace.clone(), Value::Null).is_some_and(|was| !was.is_null())
+                {
+                    return Err(Failure::usage(format!(
+                        "--role and --remove-role both name '{namespace}'"
+                    )));
+                }
+            }
+            if !changes.is_empty() {
+                body["roles"] = Value::Object(changes);
             }
             if password {
                 let me: Value = client.get("/v1/me").await?;
