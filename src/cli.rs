@@ -95,6 +95,8 @@ pub enum Command {
         role: Option<crate::config::ProcessRole>,
     },
     /// Applies database migrations and exits.
+    ///
+    /// Example: corral migrate --database postgres://corral:secret@db/corral
     Migrate {
         #[command(flatten)]
         server: ServerArgs,
@@ -110,6 +112,8 @@ pub enum Command {
         token_only: bool,
     },
     /// Forgets the profile's credentials (and revokes its API key).
+    ///
+    /// Example: corral logout --profile staging
     Logout,
     /// Instances and their lifecycle.
     #[command(subcommand, visible_alias = "i")]
@@ -118,8 +122,12 @@ pub enum Command {
     #[command(subcommand)]
     Jobs(JobsCommand),
     /// The guardrails in force.
+    ///
+    /// Example: corral policy -o json
     Policy,
     /// Who did what, newest first.
+    ///
+    /// Example: corral audit --namespace team-a --action instance.create --limit 50
     Audit(AuditArgs),
     /// Namespaces and their quotas.
     #[command(subcommand)]
@@ -138,6 +146,8 @@ pub enum Command {
     /// Example: corral completions bash > /etc/bash_completion.d/corral
     Completions { shell: clap_complete::Shell },
     /// The interactive menu (what `corral` alone opens on a terminal).
+    ///
+    /// Example: corral interactive
     Interactive,
 }
 
@@ -293,5 +303,97 @@ impl ServerArgs {
             settings.database_url = database.clone();
         }
         Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// `text` split into words as a shell would: single and double quotes group, and are
+    /// dropped.
+    fn shell_words(text: &str) -> Vec<String> {
+        let (mut words, mut word, mut quote, mut in_word) =
+            (Vec::new(), String::new(), None, false);
+        for c in text.chars() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), c) => word.push(c),
+                (None, '\'' | '"') => {
+                    quote = Some(c);
+                    in_word = true;
+                }
+                (None, c) if c.is_whitespace() => {
+                    if in_word {
+                        words.push(std::mem::take(&mut word));
+                        in_word = false;
+                    }
+                }
+                (None, c) => {
+                    word.push(c);
+                    in_word = true;
+                }
+            }
+        }
+        if in_word {
+            words.push(word);
+        }
+        words
+    }
+
+    /// Every subcommand says what it does, and shows at least one example, each on a line of
+    /// its own, that pastes as it is: clap parses it (after a `|`, the part that runs corral;
+    /// a placeholder such as `<job id>` stands for a value).
+    #[test]
+    fn every_subcommand_has_a_description_and_examples_that_parse() {
+        fn walk(command: &clap::Command, path: &mut Vec<String>, problems: &mut Vec<String>) {
+            for sub in command.get_subcommands().filter(|sub| sub.get_name() != "help") {
+                path.push(sub.get_name().to_string());
+                let name = path.join(" ");
+                if sub.get_about().is_none_or(|about| about.to_string().trim().is_empty()) {
+                    problems.push(format!("corral {name}: no description"));
+                }
+                if !sub.has_subcommands() {
+                    let long =
+                        sub.get_long_about().map(|about| about.to_string()).unwrap_or_default();
+                    let examples: Vec<&str> = long
+                        .lines()
+                        .filter_map(|line| line.trim().strip_prefix("Example: "))
+                        .map(|line| line.rsplit("| ").next().unwrap_or(line))
+                        .collect();
+                    if examples.is_empty() {
+                        problems.push(format!("corral {name}: no 'Example: ' line in its help"));
+                    }
+                    for example in examples {
+                        let command = example.split(" #").next().unwrap_or(example);
+                        let command = command.split(" > ").next().unwrap_or(command);
+                        let words: Vec<String> = shell_words(command)
+                            .into_iter()
+                            .map(|word| {
+                                if word.starts_with('<') { "placeholder".to_string() } else { word }
+                            })
+                            .collect();
+                        if words.first().map(String::as_str) != Some("corral") {
+                            problems
+                                .push(format!("corral {name}: '{example}' does not run corral"));
+                        } else if let Err(err) = Cli::command().try_get_matches_from(&words) {
+                            problems.push(format!("corral {name}: '{example}': {}", err.kind()));
+                        }
+                    }
+                }
+                walk(sub, path, problems);
+                path.pop();
+            }
+        }
+        let mut problems = Vec::new();
+        walk(&Cli::command(), &mut Vec::new(), &mut problems);
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+
+    #[test]
+    fn shell_words_group_quotes() {
+        assert_eq!(shell_words(r#"a 'b c' "d" e'f'"#), ["a", "b c", "d", "ef"]);
     }
 }

@@ -10,6 +10,8 @@ use crate::cli::output::{Column, Out, field_column, scalar};
 #[derive(Debug, Subcommand)]
 pub enum ApiKeysCommand {
     /// Lists API keys (yours; everyone's for admins).
+    ///
+    /// Example: corral api-keys list -o wide
     List,
     /// Creates an API key acting as you; the key is printed this once.
     ///
@@ -20,6 +22,8 @@ pub enum ApiKeysCommand {
         expires_at: Option<String>,
     },
     /// Revokes an API key at once.
+    ///
+    /// Example: corral api-keys revoke 0193a5c2-7b1e-7c3d-9f00-2a6b4c8d0e1f
     Revoke { id: String },
 }
 

@@ -13,9 +13,9 @@ use crate::wire::InstanceBody;
 pub enum InstancesCommand {
     /// Lists instances, following every page (newest first).
     ///
-    /// Examples:
-    ///   corral instances list --state running --tag team=blue
-    ///   corral instances list -o json | jq '.[].public_ip'
+    /// Example: corral instances list --state running --tag team=blue
+    ///
+    /// Example: corral instances list -o json --namespace team-a
     List(ListInstances),
     /// Shows instances by corral id or EC2 id (i-…).
     ///
@@ -23,9 +23,9 @@ pub enum InstancesCommand {
     Get(Ids),
     /// Creates instances (one job); with --count N, named NAME-1 … NAME-N.
     ///
-    /// Example:
-    ///   corral instances create web --ami ami-04681a1dbd79675a5 --instance-type t3.micro \
-    ///     --storage-gb 8 --count 2 --tag team=blue --wait
+    /// Example: corral instances create web --ami ami-04681a1dbd79675a5 --instance-type t3.micro --count 2 --tag team=blue --wait
+    ///
+    /// Example: corral instances create app --ami ami-04681a1dbd79675a5 --instance-type t3.micro --key-name deploy --ingress 22 --backend terraform
     Create(CreateInstances),
     /// Starts instances (one job for all of them).
     ///
@@ -33,9 +33,11 @@ pub enum InstancesCommand {
     Start(Action),
     /// Stops instances (one job for all of them).
     ///
-    /// Example: corral instances stop web-1-id web-2-id --wait
+    /// Example: corral instances stop i-0abc i-0def --wait
     Stop(Action),
     /// Reboots instances (one job for all of them).
+    ///
+    /// Example: corral instances reboot i-0abc --wait
     Reboot(Action),
     /// Terminates instances after showing them and asking (or with --yes).
     ///
@@ -43,7 +45,7 @@ pub enum InstancesCommand {
     Terminate(Terminate),
     /// Renames an instance or changes its tags (applied in the cloud by a job).
     ///
-    /// Example: corral instances update i-0abc --name web-blue --tag team=blue
+    /// Example: corral instances update i-0abc --name web-blue --tag team=blue --remove-tag temp
     Update(UpdateInstance),
 }
 

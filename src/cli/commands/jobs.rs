@@ -19,11 +19,13 @@ pub enum JobsCommand {
         #[arg(long)]
         limit: Option<usize>,
     },
-    /// Shows jobs.
+    /// Shows jobs, with their instances and, for a failed one, its error.
+    ///
+    /// Example: corral jobs get 0193a5c2-7b1e-7c3d-9f00-2a6b4c8d0e1f -o yaml
     Get(Ids),
     /// Follows a job until it ends; exits 1 if it failed.
     ///
-    /// Example: corral jobs wait 0193…
+    /// Example: corral jobs wait 0193a5c2-7b1e-7c3d-9f00-2a6b4c8d0e1f
     Wait { id: String },
 }
 

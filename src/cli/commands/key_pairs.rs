@@ -11,16 +11,19 @@ use crate::cli::output::{Column, Out, field_column};
 #[derive(Debug, Subcommand)]
 pub enum KeyPairsCommand {
     /// Lists key pairs of the namespaces you can see.
+    ///
+    /// Example: corral keypairs list
     List,
-    Get {
-        name: String,
-    },
+    /// Shows a key pair: its namespace, type, fingerprint and public key.
+    ///
+    /// Example: corral keypairs get deploy -o yaml
+    Get { name: String },
     /// Generates a key pair and saves its private key to a new file (mode 0600); corral keeps
     /// only the public key. With --public-key-file, registers that key instead.
     ///
-    /// Examples:
-    ///   corral keypairs create deploy              # writes ./deploy.pem
-    ///   corral keypairs create laptop --public-key-file ~/.ssh/id_ed25519.pub
+    /// Example: corral keypairs create deploy  # writes ./deploy.pem
+    ///
+    /// Example: corral keypairs create laptop --public-key-file ~/.ssh/id_ed25519.pub
     Create {
         name: String,
         #[arg(long)]
@@ -33,6 +36,8 @@ pub enum KeyPairsCommand {
         private_key_file: Option<std::path::PathBuf>,
     },
     /// Forgets a key pair and deletes it in every region (a job).
+    ///
+    /// Example: corral keypairs delete deploy --wait
     Delete {
         name: String,
         #[arg(long)]

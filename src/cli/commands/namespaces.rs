@@ -13,10 +13,13 @@ use crate::wire::{InstanceBody, NamespaceBody, NamespaceList};
 #[derive(Debug, Subcommand)]
 pub enum NamespacesCommand {
     /// Lists namespaces with their quotas and use.
+    ///
+    /// Example: corral namespaces list -o wide
     List,
-    Get {
-        name: String,
-    },
+    /// Shows a namespace: its quotas, what it uses, its default backend.
+    ///
+    /// Example: corral namespaces get team-a
+    Get { name: String },
     /// Creates a namespace (admins).
     ///
     /// Example: corral namespaces create team-a --max-instances 20 --max-vcpus 40
@@ -46,6 +49,8 @@ pub enum NamespacesCommand {
         default_backend: Option<String>,
     },
     /// Terminates every instance of a namespace after showing them and asking (or --yes).
+    ///
+    /// Example: corral namespaces terminate team-a --yes --wait
     Terminate {
         name: String,
         #[arg(short, long)]

@@ -12,10 +12,13 @@ use crate::cli::output::{Column, Out, field_column};
 #[derive(Debug, Subcommand)]
 pub enum UsersCommand {
     /// Lists users (admins).
+    ///
+    /// Example: corral users list -q
     List,
-    Get {
-        username: String,
-    },
+    /// Shows a user with their roles.
+    ///
+    /// Example: corral users get dana
+    Get { username: String },
     /// Creates a user; the password is read from stdin (or asked for on a terminal).
     ///
     /// Example: echo 'a long passphrase' | corral users create dana --role team-a=operator
@@ -46,6 +49,9 @@ pub enum UsersCommand {
         #[arg(long)]
         password: bool,
     },
+    /// Deletes a user with their roles and API keys (admins), after asking (or --yes).
+    ///
+    /// Example: corral users delete dana --yes
     Delete {
         username: String,
         #[arg(short, long)]
