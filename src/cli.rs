@@ -37,7 +37,7 @@ Examples:
   corral instances create web --ami ami-04681a1dbd79675a5 --instance-type t3.micro --storage-gb 8 --wait
   corral instances stop i-0abc,i-0def --wait
   corral instances terminate i-0abc --yes
-  corral jobs wait <job id>
+  corral jobs wait 0193a5c2-7b1e-7c3d-9f00-2a6b4c8d0e1f
   corral audit --namespace team-a --action instance.create
 
 Connection: --server or CORRAL_SERVER, credentials from `corral login`, CORRAL_API_KEY or
@@ -143,7 +143,7 @@ pub enum Command {
     Keypairs(KeyPairsCommand),
     /// Prints a shell completion script.
     ///
-    /// Example: corral completions bash > /etc/bash_completion.d/corral
+    /// Example: corral completions bash > ~/.local/share/bash-completion/completions/corral
     Completions { shell: clap_complete::Shell },
     /// The interactive menu (what `corral` alone opens on a terminal).
     ///
@@ -344,8 +344,9 @@ mod tests {
     }
 
     /// Every subcommand says what it does, and shows at least one example, each on a line of
-    /// its own, that pastes as it is: clap parses it (after a `|`, the part that runs corral;
-    /// a placeholder such as `<job id>` stands for a value).
+    /// its own (`Example: …`), that pastes as it is: clap parses it (after a `|`, the part
+    /// that runs corral; before a `>`, the command). No placeholders (`<id>`: a shell reads a
+    /// redirection), and no `Examples:` block, whose lines clap would join into one.
     #[test]
     fn every_subcommand_has_a_description_and_examples_that_parse() {
         fn walk(command: &clap::Command, path: &mut Vec<String>, problems: &mut Vec<String>) {
@@ -366,16 +367,15 @@ mod tests {
                     if examples.is_empty() {
                         problems.push(format!("corral {name}: no 'Example: ' line in its help"));
                     }
+                    if long.contains("Examples:") {
+                        problems.push(format!("corral {name}: an 'Examples:' block is joined"));
+                    }
                     for example in examples {
-                        let command = example.split(" #").next().unwrap_or(example);
-                        let command = command.split(" > ").next().unwrap_or(command);
-                        let words: Vec<String> = shell_words(command)
-                            .into_iter()
-                            .map(|word| {
-                                if word.starts_with('<') { "placeholder".to_string() } else { word }
-                            })
-                            .collect();
-                        if words.first().map(String::as_str) != Some("corral") {
+                        let command = example.split(" > ").next().unwrap_or(example);
+                        let words = shell_words(command);
+                        if command.contains('<') || command.contains('#') {
+                            problems.push(format!("corral {name}: '{example}' has a placeholder"));
+                        } else if words.first().map(String::as_str) != Some("corral") {
                             problems
                                 .push(format!("corral {name}: '{example}' does not run corral"));
                         } else if let Err(err) = Cli::command().try_get_matches_from(&words) {

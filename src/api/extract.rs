@@ -261,6 +261,18 @@ impl QueryParams {
         }
     }
 
+    /// A boolean parameter: `true` or `false`.
+    pub fn boolean(&self, name: &str) -> Result<Option<bool>, ApiError> {
+        match self.one(name)? {
+            None => Ok(None),
+            Some("true") => Ok(Some(true)),
+            Some("false") => Ok(Some(false)),
+            Some(raw) => {
+                Err(ApiError::bad_field(name, format!("must be true or false, got '{raw}'")))
+            }
+        }
+    }
+
     /// A parameter parsed with `FromStr`, whose error message names the allowed values.
     pub fn parsed<T: std::str::FromStr<Err = String>>(
         &self,

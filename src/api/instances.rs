@@ -276,10 +276,12 @@ async fn vcpus_of(ctx: &ApiContext, spec: &LaunchSpec) -> Result<i64, ApiError> 
     }
 }
 
-/// Instances, newest first, filtered by state, namespace, name and tags.
+/// Instances, newest first, filtered by state, namespace, name and tags; the live ones (not
+/// terminated, not failed) unless a state or `all=true` says otherwise.
 #[utoipa::path(get, path = "/v1/instances", tag = "instances", operation_id = "list_instances",
     params(
-        ("state" = inline(Option<crate::api::schema::InstanceStates>), Query, description = "Only instances in this state"),
+        ("state" = inline(Option<crate::api::schema::InstanceStates>), Query, description = "Only instances in this state; without it, terminated and failed instances are left out unless all=true"),
+        ("all" = Option<bool>, Query, description = "With no state: list terminated and failed instances too (default false)"),
         ("namespace" = Option<String>, Query),
         ("name" = Option<String>, Query, description = "Exact name"),
         ("tag" = inline(Option<Vec<crate::api::schema::TagFilter>>), Query, description = "KEY:VALUE; repeat for several (all must match)"),
@@ -291,10 +293,11 @@ pub async fn list_instances(
     caller: Caller,
     params: QueryParams,
 ) -> Result<Json<InstancePage>, ApiError> {
-    params.allow_only(&["state", "namespace", "name", "tag", "limit", "cursor"])?;
+    params.allow_only(&["state", "all", "namespace", "name", "tag", "limit", "cursor"])?;
     let mut filter = InstanceFilter {
         visible: caller.principal.visible_namespaces(),
         state: params.parsed::<InstanceState>("state")?,
+        ended_too: params.boolean("all")?.unwrap_or(false),
         namespace: params.one("namespace")?.map(str::to_string),
         name: params.one("name")?.map(str::to_string),
         tags: Vec::new(),

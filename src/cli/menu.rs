@@ -65,7 +65,12 @@ pub async fn run(client: &Client) -> Outcome<()> {
                 else {
                     return Ok(());
                 };
-                let action_args = Action { ids: split_ids(&[ids]), wait: true };
+                let ids = split_ids(&[ids]);
+                if ids.is_empty() {
+                    eprintln!("no instance ids given: nothing to {action}");
+                    continue;
+                }
+                let action_args = Action { ids, wait: true };
                 let command = match action {
                     "stop" => InstancesCommand::Stop(action_args),
                     "start" => InstancesCommand::Start(action_args),
@@ -100,7 +105,14 @@ pub async fn run(client: &Client) -> Outcome<()> {
 }
 
 async fn list(client: &Client, out: &Out, state: Option<String>) -> Outcome<()> {
-    let list = ListInstances { namespace: None, state, tags: Vec::new(), name: None, limit: None };
+    let list = ListInstances {
+        namespace: None,
+        state,
+        all: false,
+        tags: Vec::new(),
+        name: None,
+        limit: None,
+    };
     instances(client, out, InstancesCommand::List(list)).await
 }
 

@@ -80,6 +80,8 @@ pub struct InstanceFilter {
     /// Only these namespaces (what the caller may see); `None` for all.
     pub visible: Option<Vec<String>>,
     pub state: Option<InstanceState>,
+    /// Without a `state`, whether terminated and failed instances are listed too.
+    pub ended_too: bool,
     pub namespace: Option<String>,
     pub name: Option<String>,
     pub tags: Vec<(String, String)>,
@@ -633,8 +635,14 @@ impl Store {
             }
             query.push(")");
         }
-        if let Some(state) = filter.state {
-            query.push(" AND state = ").push_bind(state.as_str());
+        match filter.state {
+            Some(state) => {
+                query.push(" AND state = ").push_bind(state.as_str());
+            }
+            None if !filter.ended_too => {
+                query.push(" AND state NOT IN ('terminated', 'failed')");
+            }
+            None => {}
         }
         if let Some(namespace) = &filter.namespace {
             query.push(" AND namespace = ").push_bind(namespace);

@@ -167,6 +167,13 @@ async fn instances_go_through_their_whole_life_from_the_command_line() {
     let renamed: Value = app.get_instance(&ids[0]).await.json().await.unwrap();
     assert_eq!(renamed["name"], "web-blue");
     assert_eq!(renamed["tags"], json!({ "owner": "ops", "team": "blue" }), "tags merge");
+    // No ids is nothing to do, not a mistake: a list that came back empty.
+    for args in [&["instances", "stop"][..], &["instances", "terminate", "--yes"]] {
+        let output = corral.run(args).await;
+        assert!(output.status.success(), "{args:?}: {}", describe(&output));
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(said.contains(&format!("nothing to {}", args[1])), "{said}");
+    }
     let clash = ["instances", "update", &ids[0], "--tag", "team=red", "--remove-tag", "team"];
     let refused = corral.run(&clash).await;
     assert_eq!(code(&refused), 2, "{}", describe(&refused));

@@ -206,12 +206,13 @@ async fn wait_until_a_job_runs(client: &reqwest::Client, url: &str) {
 
 pub(crate) async fn all_pages(client: &reqwest::Client, url: &str) -> Vec<Value> {
     let mut items = Vec::new();
-    let mut next = format!("{url}?limit=100");
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let mut next = format!("{url}{separator}limit=100");
     loop {
         let page: Value = get_json(client, &next).await;
         items.extend(page["items"].as_array().unwrap().iter().cloned());
         match page["next_cursor"].as_str() {
-            Some(cursor) => next = format!("{url}?limit=100&cursor={cursor}"),
+            Some(cursor) => next = format!("{url}{separator}limit=100&cursor={cursor}"),
             None => return items,
         }
     }
@@ -308,7 +309,7 @@ async fn kill_9_mid_work_then_restart_loses_and_duplicates_nothing() {
         let resumed = jobs.iter().filter(|j| j["attempts"].as_i64().unwrap() > 1).count();
         eprintln!("trial {trial}: {} jobs, {resumed} resumed after a kill", jobs.len());
         resumed_in_all += resumed;
-        let instances = all_pages(&client, &format!("{}/v1/instances", server.url)).await;
+        let instances = all_pages(&client, &format!("{}/v1/instances?all=true", server.url)).await;
         assert_eq!(instances.len(), 4 + CREATES, "trial {trial}: one record per desired instance");
         let known: BTreeMap<String, String> = instances
             .iter()

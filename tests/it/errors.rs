@@ -93,6 +93,7 @@ async fn bad_query_parameters_are_400s_naming_the_parameter() {
         ("?state=exploded", "state"),
         ("?tag=novalue", "tag"),
         ("?limit=5&limit=6", "limit"),
+        ("?all=yes", "all"),
     ];
     for (query, field) in list_cases {
         let problem = assert_problem(app.get_instances(query).await, StatusCode::BAD_REQUEST).await;

@@ -326,9 +326,15 @@ async fn list_filters_by_state_namespace_name_and_tags() {
     app.create_running(&a).await;
     let beta = app.create_running(&b).await;
     app.act(beta["instances"][0]["id"].as_str().unwrap(), "stop", "?wait=30").await;
+    let gamma = app.create_running(&create_body("gamma")).await;
+    app.act(gamma["instances"][0]["id"].as_str().unwrap(), "terminate", "?wait=30").await;
 
+    // Live instances unless the query asks for ended ones.
     let cases = [
         ("", vec!["beta", "alpha"]),
+        ("?all=true", vec!["gamma", "beta", "alpha"]),
+        ("?all=false", vec!["beta", "alpha"]),
+        ("?state=terminated", vec!["gamma"]),
         ("?namespace=team-a", vec!["alpha"]),
         ("?state=stopped", vec!["beta"]),
         ("?state=running", vec!["alpha"]),

@@ -11,9 +11,12 @@ use crate::wire::InstanceBody;
 
 #[derive(Debug, Subcommand)]
 pub enum InstancesCommand {
-    /// Lists instances, following every page (newest first).
+    /// Lists instances, following every page (newest first): the live ones, unless --all or
+    /// --state says otherwise.
     ///
     /// Example: corral instances list --state running --tag team=blue
+    ///
+    /// Example: corral instances list --all
     ///
     /// Example: corral instances list -o json --namespace team-a
     List(ListInstances),
@@ -56,6 +59,9 @@ pub struct ListInstances {
     /// provisioning, pending, running, stopping, stopped, shutting-down, terminated, failed, missing
     #[arg(long)]
     pub state: Option<String>,
+    /// Terminated and failed instances too.
+    #[arg(long, conflicts_with = "state")]
+    pub all: bool,
     /// Only instances with this tag (repeatable).
     #[arg(long = "tag", value_name = "KEY=VALUE")]
     pub tags: Vec<String>,
@@ -75,8 +81,9 @@ pub struct Ids {
 
 #[derive(Debug, Args)]
 pub struct Action {
-    /// corral ids or EC2 ids, space- or comma-separated.
-    #[arg(required = true, value_name = "ID")]
+    /// corral ids or EC2 ids, space- or comma-separated. None is nothing to do (a list that
+    /// came back empty), not a mistake.
+    #[arg(value_name = "ID")]
     pub ids: Vec<String>,
     /// Follow the job until it ends.
     #[arg(long)]
@@ -168,8 +175,12 @@ const INSTANCE_COLUMNS: &[Column<InstanceBody>] = &[
 pub async fn instances(client: &Client, out: &Out, command: InstancesCommand) -> Outcome<()> {
     match command {
         InstancesCommand::List(list) => {
-            let filters =
-                [("namespace", list.namespace), ("state", list.state), ("name", list.name)];
+            let filters = [
+                ("namespace", list.namespace),
+                ("state", list.state),
+                ("name", list.name),
+                ("all", list.all.then(|| "true".to_string())),
+            ];
             let mut path = format!("/v1/instances{}", query(&filters));
             for (key, value) in pairs("tag", &list.tags)? {
                 path.push(if path.contains('?') { '&' } else { '?' });
@@ -202,8 +213,11 @@ pub async fn instances(client: &Client, out: &Out, command: InstancesCommand) ->
         InstancesCommand::Stop(action) => act(client, out, "stop", action).await?,
         InstancesCommand::Reboot(action) => act(client, out, "reboot", action).await?,
         InstancesCommand::Terminate(terminate) => {
+            let ids = split_ids(&terminate.action.ids);
+            if ids.is_empty() {
+                return nothing_to("terminate");
+            }
             if !terminate.yes {
-                let ids = split_ids(&terminate.action.ids);
                 require_terminal("terminate", ids.len())?;
                 let mut doomed = Vec::new();
                 for id in ids {
@@ -293,11 +307,17 @@ fn ingress_rule(text: &str) -> Outcome<Value> {
     Ok(json!({ "port": port, "protocol": protocol, "cidr": cidr }))
 }
 
+/// No ids is no work (a list that came back empty): said on stderr, and a success.
+fn nothing_to(action: &str) -> Outcome<()> {
+    eprintln!("no instance ids given: nothing to {action} (usage: corral instances {action} ID…)");
+    Ok(())
+}
+
 /// One job for a lifecycle action on many instances.
 async fn act(client: &Client, out: &Out, action: &str, args: Action) -> Outcome<()> {
     let ids = split_ids(&args.ids);
     if ids.is_empty() {
-        return Err(Failure::usage("no instance ids given"));
+        return nothing_to(action);
     }
     let job =
         client.post("/v1/instances/actions", &json!({ "action": action, "ids": ids })).await?;

@@ -21,7 +21,7 @@ pub enum KeyPairsCommand {
     /// Generates a key pair and saves its private key to a new file (mode 0600); corral keeps
     /// only the public key. With --public-key-file, registers that key instead.
     ///
-    /// Example: corral keypairs create deploy  # writes ./deploy.pem
+    /// Example: corral keypairs create deploy
     ///
     /// Example: corral keypairs create laptop --public-key-file ~/.ssh/id_ed25519.pub
     Create {
@@ -37,7 +37,7 @@ pub enum KeyPairsCommand {
     },
     /// Forgets a key pair and deletes it in every region (a job).
     ///
-    /// Example: corral keypairs delete deploy --wait
+    /// Example: corral keypairs delete retired-key --wait
     Delete {
         name: String,
         #[arg(long)]

@@ -50,7 +50,7 @@ pub enum NamespacesCommand {
     },
     /// Terminates every instance of a namespace after showing them and asking (or --yes).
     ///
-    /// Example: corral namespaces terminate team-a --yes --wait
+    /// Example: corral namespaces terminate sandbox-old --wait
     Terminate {
         name: String,
         #[arg(short, long)]

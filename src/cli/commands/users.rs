@@ -51,7 +51,7 @@ pub enum UsersCommand {
     },
     /// Deletes a user with their roles and API keys (admins), after asking (or --yes).
     ///
-    /// Example: corral users delete dana --yes
+    /// Example: corral users delete former-colleague
     Delete {
         username: String,
         #[arg(short, long)]
