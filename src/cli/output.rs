@@ -27,7 +27,7 @@ pub enum Format {
 /// A column of items of type `T`: its header in tables, its field name in CSV, and how to
 /// read its cell from an item. Items of the API's wire types are read through their fields
 /// (`Column::new`), so that the compiler checks every column; untyped JSON items by name
-/// (`Column::field`).
+/// (`field_column!`).
 pub struct Column<T> {
     pub header: &'static str,
     pub field: &'static str,
