@@ -145,8 +145,8 @@ fn deserialize<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, (String, serde_js
 }
 
 /// `json` with each number that has a fraction or an exponent but is a whole number below 2^53
-/// (where every float is still exact) written as an integer; strings are copied as they are. Outside strings, JSON has digits
-/// in numbers only.
+/// (where every float is still exact) written as an integer; strings are copied as they are.
+/// Outside strings, JSON has digits in numbers only.
 fn whole_numbers_as_integers(json: &[u8]) -> Vec<u8> {
     const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
     let mut out = Vec::with_capacity(json.len());

@@ -495,12 +495,7 @@ pub async fn update_instance(
     }
     let name = body.name.unwrap_or_else(|| instance.name.clone());
     let mut tags = instance.tags.clone();
-    for (key, value) in body.tags.into_iter().flatten() {
-        match value {
-            Some(value) => tags.insert(key, value),
-            None => tags.remove(&key),
-        };
-    }
+    crate::domain::merge(&mut tags, body.tags.into_iter().flatten());
     let violations = check_name_and_tags(&name, &tags);
     if !violations.is_empty() {
         return Err(ApiError::Validation(

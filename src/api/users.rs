@@ -123,7 +123,11 @@ pub async fn create_user(
         ));
     }
     check_password(&body.password, &mut errors);
-    let roles = parse_roles(&body.roles, &mut errors);
+    let roles: BTreeMap<String, Role> =
+        parse_roles(body.roles.iter().map(|(ns, role)| (ns, Some(role.as_str()))), &mut errors)
+            .into_iter()
+            .filter_map(|(namespace, role)| Some((namespace, role?)))
+            .collect();
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
@@ -229,15 +233,8 @@ pub async fn update_user(
     } else if body.current_password.is_some() {
         errors.push(FieldError::new("current_password", "only goes with a new password"));
     }
-    let mut roles = BTreeMap::new();
-    for (namespace, role) in body.roles.iter().flatten() {
-        match role.as_deref().map(str::parse::<Role>).transpose() {
-            Ok(role) => {
-                roles.insert(namespace.clone(), role);
-            }
-            Err(err) => errors.push(FieldError::new(format!("roles.{namespace}"), err)),
-        }
-    }
+    let changes = body.roles.iter().flatten().map(|(ns, role)| (ns, role.as_deref()));
+    let roles = parse_roles(changes, &mut errors);
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
@@ -279,13 +276,14 @@ fn check_password(password: &str, errors: &mut Vec<FieldError>) {
     }
 }
 
-fn parse_roles(
-    roles: &BTreeMap<String, String>,
+/// Roles per namespace (`None`: none, to take one away), each bad name an error naming it.
+fn parse_roles<'a>(
+    roles: impl IntoIterator<Item = (&'a String, Option<&'a str>)>,
     errors: &mut Vec<FieldError>,
-) -> BTreeMap<String, Role> {
+) -> BTreeMap<String, Option<Role>> {
     let mut parsed = BTreeMap::new();
     for (namespace, role) in roles {
-        match role.parse::<Role>() {
+        match role.map(str::parse::<Role>).transpose() {
             Ok(role) => {
                 parsed.insert(namespace.clone(), role);
             }

@@ -171,7 +171,8 @@ impl Store {
             // The `default` namespace comes with the schema, before any clock reading; it
             // dates from the first admin, made at the first start.
             sqlx::query(
-                "UPDATE namespaces SET created_at = $1, updated_at = $1 WHERE name = 'default' AND created_at = 0",
+                "UPDATE namespaces SET created_at = $1, updated_at = $1 \
+                 WHERE name = 'default' AND created_at = 0",
             )
             .bind(user.created_at)
             .execute(&mut *tx)
@@ -269,12 +270,7 @@ impl Store {
             return Ok(UserWrite::NoRoleToRemove(missing));
         }
         let mut roles = before.roles.clone();
-        for (namespace, role) in &changes.roles {
-            match role {
-                Some(role) => roles.insert(namespace.clone(), *role),
-                None => roles.remove(namespace),
-            };
-        }
+        crate::domain::merge(&mut roles, changes.roles.clone());
         if !changes.roles.is_empty() {
             let unknown = write_roles(&mut tx, &before.id, &roles).await?;
             if !unknown.is_empty() {
