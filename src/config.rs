@@ -18,6 +18,7 @@
 
 mod auth;
 mod aws;
+mod env;
 mod jobs;
 mod notify;
 mod server;
@@ -27,8 +28,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Context;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Format, Serialized, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
@@ -42,42 +42,6 @@ pub use notify::{NotifySettings, SmtpTls};
 pub use server::ServerSettings;
 pub use terraform::{TerraformSettings, plain_http_to_another_host};
 
-/// Top-level keys that environment variables may set; other `CORRAL_*` variables (client
-/// settings, test harness settings) are not part of the server's configuration.
-const ENV_KEYS: [&str; 12] = [
-    "listen",
-    "server",
-    "database_url",
-    "data_dir",
-    "role",
-    "aws",
-    "jobs",
-    "reconcile",
-    "policy",
-    "auth",
-    "notify",
-    "terraform",
-];
-
-/// Short environment names and the keys they set.
-const ENV_ALIASES: [(&str, &str); 15] = [
-    ("default_backend", "terraform__default_backend"),
-    ("terraform_cli_config", "terraform__cli_config"),
-    ("terraform_state_url", "terraform__state_url"),
-    ("admin_password", "auth__admin_password"),
-    ("smtp_host", "notify__smtp_host"),
-    ("smtp_port", "notify__smtp_port"),
-    ("smtp_user", "notify__smtp_user"),
-    ("smtp_password", "notify__smtp_password"),
-    ("smtp_tls", "notify__smtp_tls"),
-    ("smtp_from", "notify__smtp_from"),
-    ("notify_email", "notify__email"),
-    ("webhook_allow_private", "notify__webhook_allow_private"),
-    ("job_max_attempts", "jobs__max_attempts"),
-    ("job_retry_delay", "jobs__retry_delay_secs"),
-    ("reconcile_interval", "reconcile__interval_secs"),
-];
-
 /// Settings renamed to say their unit: section, old name, new name.
 const RENAMED: [(&str, &str, &str); 6] = [
     ("jobs", "retry_delay", "retry_delay_secs"),
@@ -88,30 +52,23 @@ const RENAMED: [(&str, &str, &str); 6] = [
     ("reconcile", "interval", "interval_secs"),
 ];
 
-/// The variable that sets `key` of `section`: `CORRAL_SECTION__KEY`, or the short name
-/// (`ENV_ALIASES`) when that is the one set.
-fn env_name(section: &str, key: &str) -> String {
-    let target = format!("{section}__{key}");
-    ENV_ALIASES
-        .iter()
-        .filter(|(_, aliased)| *aliased == target)
-        .map(|(alias, _)| format!("CORRAL_{}", alias.to_ascii_uppercase()))
-        .find(|alias| std::env::var_os(alias).is_some())
-        .unwrap_or_else(|| format!("CORRAL_{}", target.to_ascii_uppercase()))
-}
-
 /// A source of settings whose `RENAMED` keys are read as their new names, each with a warning
-/// that names the key as the source spells it (`spell`) and the source (`origin`); both names
-/// in one source is an error, as a reader could not tell which one counts.
+/// that names the key as the source spells it (`spell`, which errors use too) and the source
+/// (`origin`); both names in one source is an error, as a reader could not tell which one
+/// counts.
 struct Renamed<P> {
     source: P,
-    spell: fn(section: &str, key: &str) -> String,
+    spell: fn(path: &[&str]) -> String,
     origin: String,
 }
 
 impl<P: Provider> Provider for Renamed<P> {
     fn metadata(&self) -> Metadata {
-        self.source.metadata()
+        let spell = self.spell;
+        let mut metadata =
+            self.source.metadata().interpolater(move |_: &Profile, path: &[&str]| spell(path));
+        metadata.name = self.origin.clone().into();
+        metadata
     }
 
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
@@ -120,14 +77,14 @@ impl<P: Provider> Provider for Renamed<P> {
             for (section, old, new) in RENAMED {
                 let Some(Value::Dict(_, table)) = dict.get_mut(section) else { continue };
                 let Some(value) = table.remove(old) else { continue };
-                let (was, is) = ((self.spell)(section, old), (self.spell)(section, new));
+                let (was, is) = ((self.spell)(&[section, old]), (self.spell)(&[section, new]));
                 if table.contains_key(new) {
                     return Err(figment::Error::from(format!(
                         "{was} and {is} are one setting: keep {is} only"
                     )));
                 }
                 tracing::warn!(
-                    "{was} ({}) is an old name: it is read as {is}, its name now; rename it",
+                    "{was} (in {}) is an old name: it is read as {is}, its name now; rename it",
                     self.origin
                 );
                 table.insert(new.to_string(), value);
@@ -253,6 +210,42 @@ fn backoff(base: f64, max: f64, attempts: i64) -> Duration {
     Duration::from_secs_f64((base * 2f64.powi(exponent)).min(max).max(0.0))
 }
 
+/// The errors of `err`, one per line, each naming the key as its source spells it
+/// (`CORRAL_JOBS__CONCURRENCY`, `jobs.concurrency`), an unknown key with the known one closest
+/// to it.
+fn explain(err: figment::Error) -> String {
+    let mut lines = Vec::new();
+    for err in err {
+        let spelled = |path: &[&str]| match (&err.profile, &err.metadata) {
+            (Some(profile), Some(metadata)) => metadata.interpolate(profile, path),
+            _ => path.join("."),
+        };
+        let source = match &err.metadata {
+            Some(metadata) => match &metadata.source {
+                Some(source) => format!(" in {source}"),
+                None => format!(" in {}", metadata.name),
+            },
+            None => String::new(),
+        };
+        let path: Vec<&str> = err.path.iter().map(String::as_str).collect();
+        lines.push(match &err.kind {
+            figment::error::Kind::UnknownField(field, expected) => {
+                let mut line = format!("unknown setting {}{source}", spelled(&path));
+                if let Some(known) = env::closest(field, expected.iter().copied()) {
+                    let mut suggestion = path.clone();
+                    suggestion.pop();
+                    suggestion.push(known);
+                    line.push_str(&format!(": did you mean {}?", spelled(&suggestion)));
+                }
+                line
+            }
+            kind if path.is_empty() => format!("{kind}{source}"),
+            kind => format!("{}: {kind}{source}", spelled(&path)),
+        });
+    }
+    lines.join("\n  ")
+}
+
 impl Settings {
     /// `data_dir`, else the folder of the SQLite database file, else `./data`.
     pub fn data_dir(&self) -> std::path::PathBuf {
@@ -278,28 +271,17 @@ impl Settings {
             anyhow::ensure!(path.exists(), "config file {} does not exist", path.display());
             let file = Renamed {
                 source: Toml::file_exact(path),
-                spell: |section, key| format!("{section}.{key}"),
-                origin: format!("in {}", path.display()),
+                spell: |path| path.join("."),
+                origin: path.display().to_string(),
             };
             figment = figment.merge(file);
         }
-        let env = Env::prefixed("CORRAL_")
-            .map(|key| {
-                match ENV_ALIASES.iter().find(|(alias, _)| key.as_str().eq_ignore_ascii_case(alias))
-                {
-                    Some((_, target)) => (*target).into(),
-                    None => key.into(),
-                }
-            })
-            .split("__")
-            .filter(|key| {
-                let key = key.as_str().to_ascii_lowercase();
-                ENV_KEYS.iter().any(|allowed| key.starts_with(allowed))
-            });
-        let env =
-            Renamed { source: env, spell: env_name, origin: "in the environment".to_string() };
-        let mut settings: Settings =
-            figment.merge(env).extract().context("invalid configuration")?;
+        env::check_names(std::env::vars_os().filter_map(|(name, _)| name.into_string().ok()))
+            .map_err(|problems| anyhow::anyhow!("invalid configuration:\n  {problems}"))?;
+        let mut settings: Settings = figment
+            .merge(env::provider())
+            .extract()
+            .map_err(|err| anyhow::anyhow!("invalid configuration:\n  {}", explain(err)))?;
         // A policy the configuration changed is no longer the free-tier profile, unless the
         // configuration names its own.
         let free_tier = Policy::free_tier();
@@ -537,6 +519,66 @@ mod tests {
             assert!(err.contains("CORRAL_SMTP_HOST"), "{err}");
             assert!(err.contains("'not-an-address'"), "{err}");
             assert!(err.contains("CORRAL_SMTP_PASSWORD"), "{err}");
+            Ok(())
+        });
+    }
+
+    /// A typo in an environment variable is refused with the name it was likely meant as, and
+    /// every error names the key as its source spells it; the CLI's and the test harness's
+    /// variables are not settings and pass.
+    #[test]
+    #[allow(clippy::result_large_err, reason = "figment's Jail fixes the closure's error type")]
+    fn unknown_variables_are_refused_and_errors_name_keys_as_written() {
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            let load_err = || format!("{:#}", Settings::load(None).unwrap_err());
+            for name in ["CORRAL_SERVER", "CORRAL_API_KEY", "CORRAL_PROFILE", "CORRAL_TEST_X"] {
+                jail.set_env(name, "https://corral.example.com");
+            }
+            Settings::load(None).map_err(|err| format!("{err:#}"))?;
+
+            jail.set_env("CORRAL_SMTP_HOSTT", "smtp.example.com");
+            jail.set_env("CORRAL_NOTHING_LIKE_IT", "1");
+            let err = load_err();
+            assert!(
+                err.contains(
+                    "unknown environment variable CORRAL_SMTP_HOSTT: did you mean \
+                              CORRAL_SMTP_HOST?"
+                ),
+                "{err}"
+            );
+            assert!(err.contains("unknown environment variable CORRAL_NOTHING_LIKE_IT:"), "{err}");
+            assert!(!err.contains("CORRAL_NOTHING_LIKE_IT: did you mean"), "{err}");
+            jail.clear_env();
+
+            jail.set_env("CORRAL_JOBS", "3");
+            assert!(load_err().contains("CORRAL_JOBS names a section"), "{}", load_err());
+            jail.clear_env();
+
+            jail.set_env("CORRAL_POLICY__MAX_CONT", "3");
+            let err = load_err();
+            assert!(
+                err.contains(
+                    "unknown setting CORRAL_POLICY__MAX_CONT in the environment: did \
+                              you mean CORRAL_POLICY__MAX_COUNT?"
+                ),
+                "{err}"
+            );
+            assert!(!err.contains("default."), "{err}");
+            jail.clear_env();
+
+            jail.set_env("CORRAL_JOB_MAX_ATTEMPTS", "many");
+            let err = load_err();
+            assert!(err.contains("CORRAL_JOB_MAX_ATTEMPTS: invalid type"), "{err}");
+            jail.clear_env();
+
+            jail.create_file("corral.toml", "[policy]\nmax_cont = 3\n")?;
+            let err = format!("{:#}", Settings::load(Some(Path::new("corral.toml"))).unwrap_err());
+            assert!(
+                err.contains("unknown setting policy.max_cont in ")
+                    && err.contains("corral.toml: did you mean policy.max_count?"),
+                "{err}"
+            );
             Ok(())
         });
     }

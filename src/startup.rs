@@ -79,10 +79,9 @@ impl Application {
             auth.bootstrap(&settings.auth, &settings.data_dir()).await?;
         }
         // A worker-only process serves no state API of its own: its runs need to be told where
-        // one is.
-        let state_url_known = settings.role.serves_api()
-            || settings.terraform.state_url.is_some()
-            || settings.notify.public_url.is_some();
+        // one is. The state URL is a setting of its own: `notify.public_url` is where people
+        // open links, which need not be an address this server reaches itself at.
+        let state_url_known = settings.role.serves_api() || settings.terraform.state_url.is_some();
         let terraform = match Terraform::locate(&settings.terraform.binary) {
             Some(_) if !state_url_known => {
                 tracing::warn!(
@@ -92,29 +91,13 @@ impl Application {
                 None
             }
             Some(binary) => {
-                let state_url = settings
-                    .terraform
-                    .state_url
-                    .clone()
-                    .or_else(|| settings.notify.public_url.clone())
-                    .unwrap_or_else(|| {
-                        let ip = match local_addr.ip() {
-                            ip if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
-                            ip => ip,
-                        };
-                        crate::server::url(SocketAddr::new(ip, local_addr.port()), tls.is_some())
-                    });
-                // An explicit state URL is checked with the settings; the listener itself is
-                // this machine.
-                if settings.terraform.state_url.is_none()
-                    && settings.notify.public_url.is_some()
-                    && let Some(problem) = crate::config::plain_http_to_another_host(&state_url)
-                {
-                    anyhow::bail!(
-                        "the Terraform state URL, taken from notify.public_url for want of \
-                         terraform.state_url: {problem}"
-                    );
-                }
+                let state_url = settings.terraform.state_url.clone().unwrap_or_else(|| {
+                    let ip = match local_addr.ip() {
+                        ip if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+                        ip => ip,
+                    };
+                    crate::server::url(SocketAddr::new(ip, local_addr.port()), tls.is_some())
+                });
                 tracing::info!(binary = %binary.display(), state_url, "Terraform backend available");
                 Some(Arc::new(
                     Terraform::new(
@@ -224,6 +207,22 @@ impl Application {
                 holder,
                 shutdown.clone(),
             )));
+        }
+        if let Some(terraform) = self.jobs.terraform.clone().filter(|_| self.role.runs_jobs()) {
+            tokio::spawn(async move {
+                match terraform.check_state_url().await {
+                    Ok(()) => tracing::info!(
+                        state_url = terraform.state_url(),
+                        "Terraform runs reach corral's state API"
+                    ),
+                    Err(problem) => tracing::warn!(
+                        state_url = terraform.state_url(),
+                        "Terraform runs will fail: {problem}; set terraform.state_url \
+                         (CORRAL_TERRAFORM_STATE_URL) to an address at which this server \
+                         reaches corral's API"
+                    ),
+                }
+            });
         }
         let router = if self.role.serves_api() {
             api::router(self.api)

@@ -101,6 +101,17 @@ impl Terraform {
         }
     }
 
+    /// The base URL at which runs reach corral's API for their state.
+    pub fn state_url(&self) -> &str {
+        &self.state_url
+    }
+
+    /// Whether this process reaches corral's API at the state URL, as its runs will
+    /// (`reaches_corral`).
+    pub async fn check_state_url(&self) -> Result<(), String> {
+        reaches_corral(&self.state_url).await
+    }
+
     /// Where Terraform reads and writes the state of `workspace`.
     pub fn state_address(&self, workspace: &str) -> String {
         format!("{}/v1/terraform/state/{workspace}", self.state_url)
@@ -168,6 +179,30 @@ impl Terraform {
         }
         program.push(self.binary.clone());
         Ok(Session { dir: Some(dir), program, env, secrets: redacted_forms(secrets) })
+    }
+}
+
+/// Whether corral's API answers at `base_url`: its `/health` answers as corral's does. The
+/// error says what happened instead.
+pub async fn reaches_corral(base_url: &str) -> Result<(), String> {
+    let url = format!("{}/health", base_url.trim_end_matches('/'));
+    // Runs reach the state API directly (`NO_PROXY`), and so does this check.
+    let tls = crate::tls_client_config().map_err(|err| format!("no TLS client: {err:#}"))?;
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(std::time::Duration::from_secs(5))
+        .no_proxy()
+        .build()
+        .map_err(|err| format!("no HTTP client: {err}"))?;
+    let answer = client.get(&url).send().await.map_err(|err| {
+        format!("GET {url} from this server failed: {}", crate::error_chain(&err))
+    })?;
+    let status = answer.status();
+    let body: serde_json::Value = answer.json().await.unwrap_or_default();
+    if status.is_success() && body["status"] == "ok" {
+        Ok(())
+    } else {
+        Err(format!("GET {url} answered {status}, not corral's health answer"))
     }
 }
 

@@ -19,8 +19,9 @@ pub struct TerraformSettings {
     /// (`CORRAL_TERRAFORM_CLI_CONFIG`).
     pub cli_config: Option<String>,
     /// Base URL at which Terraform, run by this process's workers, reaches corral's API for
-    /// its state (`CORRAL_TERRAFORM_STATE_URL`); default: `notify.public_url`, else this
-    /// process's own listener. Worker-only processes must set one of them.
+    /// its state (`CORRAL_TERRAFORM_STATE_URL`); default: this process's own listener.
+    /// Worker-only processes must set it. `corral serve` checks at start that it reaches
+    /// corral there, and warns when it does not.
     pub state_url: Option<String>,
     /// Where each run gets its working directory (default: the system's temporary folder).
     pub work_dir: Option<String>,

@@ -14,7 +14,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    AMI_X86, TestApp, assert_problem, create_body, spawn_app, spawn_app_with, terraform_mirror,
+    AMI_X86, TestApp, assert_problem, create_body, moto_url, spawn_app, spawn_app_with,
+    terraform_mirror,
 };
 
 /// What moto says of an instance's state.
@@ -402,8 +403,12 @@ async fn the_configured_default_backend_applies_and_user_text_reaches_the_cloud_
     if terraform_mirror().is_none() {
         return;
     }
-    let app =
-        spawn_app_with(|settings| settings.terraform.default_backend = Backend::Terraform).await;
+    // Links in emails point elsewhere; runs still reach the state API at the listener.
+    let app = spawn_app_with(|settings| {
+        settings.terraform.default_backend = Backend::Terraform;
+        settings.notify.public_url = Some("https://corral.example.invalid".into());
+    })
+    .await;
     let tags = json!({
         "${upper(\"key\")}": "${upper(\"probe\")}-${length(file(\"/etc/passwd\"))}",
         "directive": "%{ if true }yes%{ endif }",
@@ -505,4 +510,20 @@ async fn a_state_naming_another_requests_instance_is_refused_and_that_instance_k
     assert_eq!(ended["status"], "failed", "{ended}");
     assert!(ended["error"].as_str().unwrap().contains("the resource aws_vpc.theirs"), "{ended}");
     assert_eq!(cloud_state(&app, own_cloud).await, InstanceStateName::Running);
+}
+
+/// The start-up check of the state URL tells corral's API from a closed port and from another
+/// HTTP server, naming the URL it tried.
+#[tokio::test]
+async fn the_state_url_check_finds_corral_and_only_corral() {
+    let app = spawn_app().await;
+    assert_eq!(corral::terraform::reaches_corral(&app.address).await, Ok(()));
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let err = corral::terraform::reaches_corral(&format!("http://{closed}")).await.unwrap_err();
+    assert!(err.contains(&format!("GET http://{closed}/health from this server failed")), "{err}");
+
+    let moto = moto_url();
+    let err = corral::terraform::reaches_corral(&moto).await.unwrap_err();
+    assert!(err.contains("not corral's health answer") && err.contains(&moto), "{err}");
 }

@@ -1,0 +1,159 @@
+//! The environment as a source of settings: which `CORRAL_*` variables set which keys (the
+//! long form `CORRAL_SECTION__KEY` and the short names scripts rely on), the refusal of a
+//! variable corral does not know, and the spelling of a key in errors as its source writes it.
+
+use figment::Provider;
+use figment::providers::Env;
+
+use super::Renamed;
+
+/// Top-level keys that environment variables may set.
+const ENV_KEYS: [&str; 12] = [
+    "listen",
+    "server",
+    "database_url",
+    "data_dir",
+    "role",
+    "aws",
+    "jobs",
+    "reconcile",
+    "policy",
+    "auth",
+    "notify",
+    "terraform",
+];
+
+/// Short environment names and the keys they set.
+const ENV_ALIASES: [(&str, &str); 15] = [
+    ("default_backend", "terraform__default_backend"),
+    ("terraform_cli_config", "terraform__cli_config"),
+    ("terraform_state_url", "terraform__state_url"),
+    ("admin_password", "auth__admin_password"),
+    ("smtp_host", "notify__smtp_host"),
+    ("smtp_port", "notify__smtp_port"),
+    ("smtp_user", "notify__smtp_user"),
+    ("smtp_password", "notify__smtp_password"),
+    ("smtp_tls", "notify__smtp_tls"),
+    ("smtp_from", "notify__smtp_from"),
+    ("notify_email", "notify__email"),
+    ("webhook_allow_private", "notify__webhook_allow_private"),
+    ("job_max_attempts", "jobs__max_attempts"),
+    ("job_retry_delay", "jobs__retry_delay_secs"),
+    ("reconcile_interval", "reconcile__interval_secs"),
+];
+
+/// `CORRAL_*` variables that are not server settings: the CLI's (`cli::profile`), the
+/// configuration file's, and the test harness's (`CORRAL_TEST_*`, `scripts/`).
+const OTHER_VARIABLES: [&str; 6] = [
+    "CORRAL_SERVER",
+    "CORRAL_API_KEY",
+    "CORRAL_TOKEN",
+    "CORRAL_PROFILE",
+    "CORRAL_CONFIG",
+    "CORRAL_VENV_CACHE",
+];
+const HARNESS_PREFIX: &str = "CORRAL_TEST_";
+
+/// The variable that sets the key at `path` (`["jobs", "max_attempts"]`): the short name
+/// (`ENV_ALIASES`) when that is the one set, else `CORRAL_JOBS__MAX_ATTEMPTS`.
+pub(super) fn variable(path: &[&str]) -> String {
+    let target = path.join("__").to_ascii_lowercase();
+    ENV_ALIASES
+        .iter()
+        .filter(|(_, aliased)| *aliased == target)
+        .map(|(alias, _)| format!("CORRAL_{}", alias.to_ascii_uppercase()))
+        .find(|alias| std::env::var_os(alias).is_some())
+        .unwrap_or_else(|| format!("CORRAL_{}", target.to_ascii_uppercase()))
+}
+
+/// The environment's settings: every `CORRAL_*` variable but `OTHER_VARIABLES` and the
+/// harness's, short names read as the keys they set.
+pub(super) fn provider() -> impl Provider {
+    let env = Env::prefixed("CORRAL_")
+        .filter(|key| {
+            let variable = format!("CORRAL_{}", key.as_str().to_ascii_uppercase());
+            !OTHER_VARIABLES.contains(&variable.as_str()) && !variable.starts_with(HARNESS_PREFIX)
+        })
+        .map(|key| {
+            match ENV_ALIASES.iter().find(|(alias, _)| key.as_str().eq_ignore_ascii_case(alias)) {
+                Some((_, target)) => (*target).into(),
+                None => key.into(),
+            }
+        })
+        .split("__");
+    Renamed { source: env, spell: variable, origin: "the environment".to_string() }
+}
+
+/// Refuses the `CORRAL_*` variables among `names` that corral does not read, each with the
+/// known name closest to it, so that a typo (`CORRAL_SMTP_HOSTT`) never silently keeps a
+/// default. A variable of a known section (`CORRAL_JOBS__…`) is left to the section's own
+/// check of its keys, which knows them all.
+pub(super) fn check_names(names: impl Iterator<Item = String>) -> Result<(), String> {
+    let unknown: Vec<String> = names
+        .filter(|name| name.starts_with("CORRAL_") && !name.starts_with(HARNESS_PREFIX))
+        .filter(|name| !is_known(name))
+        .map(|name| {
+            let key = name["CORRAL_".len()..].to_ascii_lowercase();
+            if ENV_KEYS.contains(&key.as_str()) && is_section(&key) {
+                return format!("{name} names a section: set its keys, as {name}__<KEY>");
+            }
+            match closest(&name, known_names()) {
+                Some(known) => {
+                    format!("unknown environment variable {name}: did you mean {known}?")
+                }
+                None => format!(
+                    "unknown environment variable {name}: corral reads CORRAL_<SECTION>__<KEY> \
+                     for a key of its configuration, and the short names in the README"
+                ),
+            }
+        })
+        .collect();
+    if unknown.is_empty() { Ok(()) } else { Err(unknown.join("\n  ")) }
+}
+
+fn is_known(name: &str) -> bool {
+    let key = name["CORRAL_".len()..].to_ascii_lowercase();
+    let first = key.split("__").next().unwrap_or_default();
+    OTHER_VARIABLES.contains(&name)
+        || ENV_ALIASES.iter().any(|(alias, _)| *alias == key)
+        || (ENV_KEYS.contains(&first) && (key.contains("__") || !is_section(first)))
+}
+
+/// Whether the top-level `key` is a table (`jobs`), which a variable sets key by key.
+fn is_section(key: &str) -> bool {
+    !matches!(key, "listen" | "database_url" | "data_dir" | "role")
+}
+
+/// Every variable name corral reads, for suggestions: the other variables, the short names,
+/// the top-level settings and each key of each section.
+fn known_names() -> Vec<String> {
+    let defaults = serde_json::to_value(super::Settings::default()).unwrap_or_default();
+    let mut names: Vec<String> = OTHER_VARIABLES.iter().map(|name| name.to_string()).collect();
+    names.extend(
+        ENV_ALIASES.iter().map(|(alias, _)| format!("CORRAL_{}", alias.to_ascii_uppercase())),
+    );
+    for key in ENV_KEYS {
+        match defaults.get(key).and_then(|value| value.as_object()) {
+            Some(section) if is_section(key) => names.extend(
+                section.keys().map(|field| format!("CORRAL_{key}__{field}").to_ascii_uppercase()),
+            ),
+            _ => names.push(format!("CORRAL_{}", key.to_ascii_uppercase())),
+        }
+    }
+    names
+}
+
+/// The candidate most like `name`, if one is a typo away from it: a few letters wrong,
+/// missing or extra, more of them in a longer name.
+pub(super) fn closest<S: AsRef<str>>(
+    name: &str,
+    candidates: impl IntoIterator<Item = S>,
+) -> Option<S> {
+    let allowed = (name.len() / 4).clamp(1, 3);
+    candidates
+        .into_iter()
+        .map(|candidate| (strsim::levenshtein(name, candidate.as_ref()), candidate))
+        .filter(|(distance, _)| *distance <= allowed)
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, candidate)| candidate)
+}
