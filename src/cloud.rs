@@ -47,6 +47,11 @@ pub struct CloudInstance {
     pub tags: BTreeMap<String, String>,
     /// Why the cloud moved the instance to its current state, when it says.
     pub state_reason: Option<String>,
+    pub key_name: Option<String>,
+    /// Ids of the security groups attached, sorted.
+    pub security_groups: Vec<String>,
+    /// The EBS volume at the root device; `Provider::volume_sizes` tells its size.
+    pub root_volume: Option<String>,
 }
 
 /// One launch call for `count` identical instances.
@@ -181,6 +186,13 @@ pub trait Provider: Send + Sync + 'static {
         region: &str,
         cloud_ids: &[String],
     ) -> Result<Vec<CloudInstance>, CloudError>;
+
+    /// Sizes in GiB of the given EBS volumes, by id; ids the cloud does not know are left out.
+    async fn volume_sizes(
+        &self,
+        region: &str,
+        volume_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, i64>, CloudError>;
 
     /// Applies one lifecycle action to many instances of a region in one call.
     async fn apply(

@@ -278,6 +278,17 @@ impl Store {
     }
 
     /// The store, mailing every notification to `recipients` as well as to subscribers.
+    /// A transaction that reads rows before it writes them. On SQLite it takes the write
+    /// lock at its start (`BEGIN IMMEDIATE`, waiting its turn): a read-then-write transaction
+    /// that took it only at its first write would be refused if another connection had
+    /// written in between. On PostgreSQL its reads lock their rows (`Dialect::lock_rows`).
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StorageError> {
+        Ok(match self.dialect {
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Dialect::Postgres => self.pool.begin().await?,
+        })
+    }
+
     pub fn with_recipients(self, recipients: &[String]) -> Store {
         Store { recipients: recipients.into(), ..self }
     }

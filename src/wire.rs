@@ -31,6 +31,9 @@ pub struct InstanceBody {
     /// How to log in, when the instance has a key pair and a public address.
     pub ssh_command: Option<String>,
     pub tags: BTreeMap<String, String>,
+    /// Ids of the security groups attached, as the cloud last reported them; null until it
+    /// has.
+    pub security_groups: Option<Vec<String>>,
     pub backend: String,
     /// The queued or running job that owns the instance now, if any.
     pub active_job_id: Option<String>,

@@ -121,6 +121,7 @@ impl From<&InstanceRecord> for InstanceBody {
             key_name: instance.key_name.clone(),
             ssh_command: ssh_command(instance.key_name.as_deref(), instance.public_ip.as_deref()),
             tags: instance.tags.clone(),
+            security_groups: instance.security_groups.clone(),
             backend: instance.backend.to_string(),
             active_job_id: instance.active_job_id.clone(),
             created_at: to_datetime(instance.created_at),

@@ -172,8 +172,8 @@ async fn adopt(
     let orphans = ctx.store.list_orphans().await?;
     let orphan = orphans.iter().find(|o| o.cloud_id == cloud_id).ok_or_else(not_found)?;
     let now = now_millis();
-    let mut tags = orphan.tags.clone();
-    let name = tags.remove("Name").unwrap_or_else(|| orphan.cloud_id.clone());
+    let tags = &orphan.tags;
+    let name = tags.get("Name").cloned().unwrap_or_else(|| orphan.cloud_id.clone());
     let namespace = namespace
         .map(str::to_string)
         .or_else(|| tags.get(TAG_NAMESPACE).cloned())
@@ -193,7 +193,6 @@ async fn adopt(
         )));
     }
     let created_by_job = tags.get(TAG_JOB_ID).cloned().unwrap_or_default();
-    tags.retain(|key, _| !key.starts_with("corral:") && !key.starts_with("aws:"));
     // Counted against the namespace's vCPU quota; 0 when the cloud cannot say now.
     let vcpus = match &orphan.instance_type {
         Some(instance_type) => ctx
@@ -217,7 +216,8 @@ async fn adopt(
         public_ip: orphan.public_ip.clone(),
         private_ip: orphan.private_ip.clone(),
         key_name: None,
-        tags,
+        tags: crate::domain::user_tags(tags),
+        security_groups: None,
         backend: crate::domain::Backend::Aws,
         launch_index: 0,
         created_by_job,

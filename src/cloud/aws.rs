@@ -35,6 +35,8 @@ use crate::domain::{Action, CpuCredits, ImageFacts, InstanceState, InstanceTypeF
 const DESCRIBE_BATCH: usize = 1000;
 /// Most instance ids sent in one start, stop, reboot or terminate call.
 const ACTION_BATCH: usize = 1000;
+/// Most values one filter of a Describe call takes.
+const FILTER_VALUES: usize = 200;
 
 pub struct AwsProvider {
     sdk_config: aws_config::SdkConfig,
@@ -405,6 +407,32 @@ impl Provider for AwsProvider {
         Ok(found)
     }
 
+    async fn volume_sizes(
+        &self,
+        region: &str,
+        volume_ids: &[String],
+    ) -> Result<HashMap<String, i64>, CloudError> {
+        let client = self.client(region);
+        let mut sizes = HashMap::with_capacity(volume_ids.len());
+        // A filter, unlike `VolumeIds`, leaves unknown ids out instead of refusing the call.
+        for batch in volume_ids.chunks(FILTER_VALUES) {
+            let filter =
+                Filter::builder().name("volume-id").set_values(Some(batch.to_vec())).build();
+            let mut pages = client.describe_volumes().filters(filter).into_paginator().send();
+            loop {
+                self.limiter.acquire(region, ApiClass::Describe).await;
+                let Some(page) = pages.next().await else { break };
+                let page = page.map_err(|err| self.classify(region, ApiClass::Describe, err))?;
+                for volume in page.volumes() {
+                    if let (Some(id), Some(size)) = (volume.volume_id(), volume.size()) {
+                        sizes.insert(id.to_string(), i64::from(size));
+                    }
+                }
+            }
+        }
+        Ok(sizes)
+    }
+
     async fn apply(
         &self,
         region: &str,
@@ -663,6 +691,22 @@ fn to_cloud_instance(instance: &Instance) -> Option<CloudInstance> {
             .filter_map(|tag| Some((tag.key()?.to_string(), tag.value()?.to_string())))
             .collect(),
         state_reason: instance.state_reason().and_then(|r| r.message()).map(str::to_string),
+        key_name: instance.key_name().map(str::to_string),
+        security_groups: {
+            let mut groups: Vec<String> = instance
+                .security_groups()
+                .iter()
+                .filter_map(|group| group.group_id().map(str::to_string))
+                .collect();
+            groups.sort();
+            groups
+        },
+        root_volume: instance
+            .block_device_mappings()
+            .iter()
+            .find(|mapping| mapping.device_name() == instance.root_device_name())
+            .and_then(|mapping| mapping.ebs()?.volume_id())
+            .map(str::to_string),
     })
 }
 

@@ -2,7 +2,7 @@
 //! `pending` for a while, instances that Describe does not return yet (eventual consistency),
 //! refusals such as `IdempotentParameterMismatch`, and launches that take long or panic.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -37,6 +37,8 @@ pub struct FakeState {
     pub key_pairs: BTreeMap<(String, String), String>,
     /// Security groups by id: (region, their `corral:job-id` tag).
     pub security_groups: BTreeMap<String, (String, String)>,
+    /// EBS volumes by id: their sizes in GiB.
+    pub volumes: BTreeMap<String, i64>,
 }
 
 pub struct FakeInstance {
@@ -160,7 +162,12 @@ impl Provider for FakeProvider {
                 launch_index: idx,
                 tags: request.tags.clone(),
                 state_reason: None,
+                key_name: request.key_name.clone(),
+                security_groups: request.security_group_ids.clone(),
+                root_volume: Some(format!("vol-{:017x}", state.instances.len() + 1)),
             };
+            let volume = cloud.root_volume.clone().unwrap_or_default();
+            state.volumes.insert(volume, request.storage_gb);
             let fake = FakeInstance {
                 cloud: cloud.clone(),
                 pending_left: state.pending_polls,
@@ -229,6 +236,16 @@ impl Provider for FakeProvider {
             found.push(instance.cloud.clone());
         }
         Ok(found)
+    }
+
+    async fn volume_sizes(
+        &self,
+        _region: &str,
+        volume_ids: &[String],
+    ) -> Result<HashMap<String, i64>, CloudError> {
+        self.count("volume_sizes");
+        let state = self.state.lock().unwrap();
+        Ok(volume_ids.iter().filter_map(|id| Some((id.clone(), *state.volumes.get(id)?))).collect())
     }
 
     async fn apply(

@@ -138,6 +138,18 @@ const FREE_TIER_AMI_OWNERS: [&str; 4] = ["amazon", "137112412989", "099720109477
 /// Tag key prefixes a request may not set: `aws:` belongs to AWS and `corral:` to corral.
 const RESERVED_TAG_PREFIXES: [&str; 2] = ["aws:", "corral:"];
 const MAX_USER_TAGS: usize = 40;
+
+/// The tags of an instance that its user set: every tag but `Name` (the instance's name) and
+/// those under `RESERVED_TAG_PREFIXES`.
+pub fn user_tags(tags: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    tags.iter()
+        .filter(|(key, _)| {
+            let lower = key.to_ascii_lowercase();
+            *key != "Name" && !RESERVED_TAG_PREFIXES.iter().any(|prefix| lower.starts_with(prefix))
+        })
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect()
+}
 const MAX_SECURITY_GROUPS: usize = 5;
 /// Most ingress rules one request may ask for (EC2 allows 60 per security group).
 const MAX_INGRESS_RULES: usize = 20;

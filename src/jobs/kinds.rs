@@ -17,7 +17,7 @@ use std::time::Duration;
 use crate::cloud::CloudInstance;
 use crate::domain::{Backend, InstanceState, JobKind};
 use crate::jobs::{JobError, JobRun};
-use crate::storage::{InstanceRecord, Observation};
+use crate::storage::{InstanceRecord, Observation, ObservedAttributes};
 
 pub use create_instances::CreatePayload;
 
@@ -85,6 +85,15 @@ fn observation(instance: &InstanceRecord, seen: &CloudInstance) -> Observation {
         state: seen.state,
         public_ip: seen.public_ip.clone(),
         private_ip: seen.private_ip.clone(),
+        attributes: Some(ObservedAttributes {
+            name: seen.tags.get("Name").cloned(),
+            instance_type: seen.instance_type.clone(),
+            vcpus: None,
+            key_name: seen.key_name.clone(),
+            tags: crate::domain::user_tags(&seen.tags),
+            security_groups: seen.security_groups.clone(),
+            storage_gb: None,
+        }),
     }
 }
 

@@ -11,8 +11,8 @@ use super::audit::insert_audit;
 use super::jobs::{begin_job, link_instance};
 use super::notify::{drift_notification, insert_notification};
 use super::{
-    Actor, Admission, AuditEntry, Millis, NewJob, Page, PageRequest, StorageError, Store, convert,
-    new_id, now_millis,
+    Actor, Admission, AuditEntry, Dialect, Millis, NewJob, Page, PageRequest, StorageError, Store,
+    convert, new_id, now_millis,
 };
 use crate::domain::{Backend, EventType, InstanceState, StateConflict, UnknownBackend};
 
@@ -31,6 +31,9 @@ pub struct InstanceRecord {
     pub private_ip: Option<String>,
     pub key_name: Option<String>,
     pub tags: BTreeMap<String, String>,
+    /// Ids of the security groups attached, as the cloud last reported them; `None` until an
+    /// observation has told them.
+    pub security_groups: Option<Vec<String>>,
     pub backend: Backend,
     pub launch_index: i64,
     pub created_by_job: String,
@@ -64,6 +67,7 @@ impl InstanceRecord {
             private_ip: None,
             key_name: spec.key_name.clone(),
             tags: spec.tags.clone(),
+            security_groups: None,
             backend: Backend::Aws,
             launch_index: launch_index as i64,
             created_by_job: job_id.to_string(),
@@ -95,6 +99,109 @@ pub struct Observation {
     pub state: InstanceState,
     pub public_ip: Option<String>,
     pub private_ip: Option<String>,
+    /// What else the cloud reported of it; `None` when only state and addresses were seen.
+    pub attributes: Option<ObservedAttributes>,
+}
+
+/// The attributes of an instance corral manages besides its state, as the cloud reported them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedAttributes {
+    /// The `Name` tag.
+    pub name: Option<String>,
+    pub instance_type: Option<String>,
+    /// vCPUs of `instance_type`, when the catalog told them.
+    pub vcpus: Option<i64>,
+    pub key_name: Option<String>,
+    /// Every tag but `Name` and those of corral (`corral:`) and of AWS (`aws:`).
+    pub tags: BTreeMap<String, String>,
+    /// Sorted.
+    pub security_groups: Vec<String>,
+    /// Size of the root volume, when it was looked up.
+    pub storage_gb: Option<i64>,
+}
+
+impl ObservedAttributes {
+    /// Makes `record` say what the cloud reported and answers each change as drift: field
+    /// (`instance_type`, `name`, `key_name`, `tags.<key>`, `security_groups`, `storage_gb`),
+    /// old and new value.
+    fn apply_to(&self, record: &mut InstanceRecord) -> Vec<Drift> {
+        let mut changes: Vec<(String, Option<String>, Option<String>)> = Vec::new();
+        if let Some(instance_type) = &self.instance_type
+            && *instance_type != record.instance_type
+        {
+            let old = std::mem::replace(&mut record.instance_type, instance_type.clone());
+            changes.push(("instance_type".into(), Some(old), Some(instance_type.clone())));
+            if let Some(vcpus) = self.vcpus {
+                record.vcpus = vcpus;
+            }
+        }
+        if let Some(name) = &self.name
+            && *name != record.name
+        {
+            let old = std::mem::replace(&mut record.name, name.clone());
+            changes.push(("name".into(), Some(old), Some(name.clone())));
+        }
+        if self.key_name != record.key_name {
+            let old = std::mem::replace(&mut record.key_name, self.key_name.clone());
+            changes.push(("key_name".into(), old, self.key_name.clone()));
+        }
+        let keys: std::collections::BTreeSet<&String> =
+            record.tags.keys().chain(self.tags.keys()).collect();
+        for key in keys {
+            let (old, new) = (record.tags.get(key), self.tags.get(key));
+            if old != new {
+                changes.push((format!("tags.{key}"), old.cloned(), new.cloned()));
+            }
+        }
+        record.tags = self.tags.clone();
+        if record.security_groups.as_ref() != Some(&self.security_groups) {
+            let old = record.security_groups.replace(self.security_groups.clone());
+            changes.push((
+                "security_groups".into(),
+                old.map(|groups| groups.join(", ")),
+                Some(self.security_groups.join(", ")),
+            ));
+        }
+        if let Some(storage_gb) = self.storage_gb
+            && storage_gb != record.storage_gb
+        {
+            let old = std::mem::replace(&mut record.storage_gb, storage_gb);
+            changes.push((
+                "storage_gb".into(),
+                Some(old.to_string()),
+                Some(storage_gb.to_string()),
+            ));
+        }
+        changes
+            .into_iter()
+            .map(|(field, old_value, new_value)| Drift {
+                instance_id: record.id.clone(),
+                field,
+                old_value,
+                new_value,
+            })
+            .collect()
+    }
+
+    /// Fills what `record` did not know, at the first observation of its instance: its
+    /// security groups, and the storage, key and vCPUs of an adopted instance. No drift: there
+    /// was nothing to differ from.
+    fn fill_unknown(&self, record: &mut InstanceRecord) {
+        record.security_groups = Some(self.security_groups.clone());
+        if record.storage_gb == 0
+            && let Some(storage_gb) = self.storage_gb
+        {
+            record.storage_gb = storage_gb;
+        }
+        if record.key_name.is_none() {
+            record.key_name = self.key_name.clone();
+        }
+        if record.vcpus == 0
+            && let Some(vcpus) = self.vcpus
+        {
+            record.vcpus = vcpus;
+        }
+    }
 }
 
 /// A change the reconciler found that corral did not make.
@@ -163,6 +270,7 @@ pub(super) struct InstanceRow {
     private_ip: Option<String>,
     key_name: Option<String>,
     tags: String,
+    security_groups: Option<String>,
     backend: String,
     launch_index: i64,
     created_by_job: String,
@@ -180,6 +288,14 @@ impl TryFrom<InstanceRow> for InstanceRecord {
             state: row.state.parse().map_err(StorageError::Corrupt)?,
             tags: serde_json::from_str(&row.tags)
                 .map_err(|err| StorageError::Corrupt(format!("tags of {}: {err}", row.id)))?,
+            security_groups: row
+                .security_groups
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(|err| {
+                StorageError::Corrupt(format!("security groups of {}: {err}", row.id))
+            })?,
             backend: row.backend.parse().map_err(|err: UnknownBackend| {
                 StorageError::Corrupt(format!("backend of {}: {err}", row.id))
             })?,
@@ -302,7 +418,7 @@ impl Store {
     ) -> Result<Vec<Drift>, StorageError> {
         let recipients = &self.recipients;
         let now = now_millis();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let mut drifts = Vec::new();
         for seen in &reconciliation.observations {
             drifts.extend(update_observed(&mut tx, seen, now).await?);
@@ -490,7 +606,7 @@ impl Store {
             return Ok(());
         }
         let now = now_millis();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for seen in observations {
             // A job records what it observed of its own instances: no drift, it owns them.
             update_observed(&mut tx, seen, now).await?;
@@ -681,8 +797,8 @@ pub(super) async fn insert_instance(
     sqlx::query(
         "INSERT INTO instances (id, cloud_id, name, namespace, region, ami, instance_type, \
              storage_gb, state, public_ip, private_ip, key_name, tags, backend, launch_index, \
-             created_by_job, active_job_id, vcpus, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+             created_by_job, active_job_id, vcpus, created_at, updated_at, security_groups) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
     )
     .bind(&instance.id)
     .bind(&instance.cloud_id)
@@ -704,47 +820,78 @@ pub(super) async fn insert_instance(
     .bind(instance.vcpus)
     .bind(instance.created_at)
     .bind(instance.updated_at)
+    .bind(instance.security_groups.as_ref().map(|groups| serde_json::to_string(groups).expect("ids serialize")))
     .execute(&mut **tx)
     .await?;
     Ok(())
 }
 
+/// Writes what the cloud reported of one instance and answers the drift it found: changes of
+/// state and of the attributes corral manages (`ObservedAttributes::apply_to`) that no job
+/// owning the instance made. An instance a job owns takes its state and addresses from the
+/// observation but keeps its attributes, which the job may be changing. The first observation
+/// of an instance fills what its record did not know (`ObservedAttributes::fill_unknown`).
+/// The row is read locked (the transaction is a `Store::begin_write`), so that the state it
+/// is judged against is the one it leaves.
 pub(super) async fn update_observed(
     tx: &mut Transaction<'_, Any>,
     seen: &Observation,
     now: Millis,
-) -> Result<Option<Drift>, StorageError> {
-    // Writes first, returning the row as it was, so that a state change is audited with
-    // the state it left, and is drift unless a job owns the instance.
-    let before: Option<(String, String, Option<String>)> = sqlx::query_as(
-        "UPDATE instances SET updated_at = $5 \
-         WHERE id = $6 AND (cloud_id IS DISTINCT FROM $1 OR state <> $2 \
-                            OR public_ip IS DISTINCT FROM $3 OR private_ip IS DISTINCT FROM $4) \
-         RETURNING namespace, state, active_job_id",
-    )
-    .bind(&seen.cloud_id)
-    .bind(seen.state.as_str())
-    .bind(&seen.public_ip)
-    .bind(&seen.private_ip)
-    .bind(now)
-    .bind(&seen.instance_id)
-    .fetch_optional(&mut **tx)
-    .await?;
-    let Some((namespace, old_state, owner)) = before else { return Ok(None) };
+) -> Result<Vec<Drift>, StorageError> {
+    let select = format!("SELECT * FROM instances WHERE id = $1{}", Dialect::of(tx).lock_rows());
+    let row: Option<InstanceRow> =
+        sqlx::query_as(&select).bind(&seen.instance_id).fetch_optional(&mut **tx).await?;
+    let Some(row) = row else { return Ok(Vec::new()) };
+    let before = InstanceRecord::try_from(row)?;
+    let owned = before.active_job_id.is_some();
+    let mut after = InstanceRecord {
+        cloud_id: Some(seen.cloud_id.clone()),
+        state: seen.state,
+        public_ip: seen.public_ip.clone(),
+        private_ip: seen.private_ip.clone(),
+        ..before.clone()
+    };
+    let mut drifts = Vec::new();
+    if before.state != seen.state && !owned {
+        drifts.push(state_drift(&seen.instance_id, before.state.as_str(), seen.state));
+    }
+    match &seen.attributes {
+        Some(cloud) if before.security_groups.is_none() => cloud.fill_unknown(&mut after),
+        Some(cloud) if !owned => drifts.extend(cloud.apply_to(&mut after)),
+        _ => {}
+    }
+    if after == before {
+        return Ok(drifts);
+    }
     sqlx::query(
-        "UPDATE instances SET cloud_id = $1, state = $2, public_ip = $3, private_ip = $4 WHERE id = $5",
+        "UPDATE instances SET cloud_id = $1, state = $2, public_ip = $3, private_ip = $4, \
+         name = $5, instance_type = $6, vcpus = $7, key_name = $8, tags = $9, \
+         security_groups = $10, storage_gb = $11, updated_at = $12 WHERE id = $13",
     )
-    .bind(&seen.cloud_id)
-    .bind(seen.state.as_str())
-    .bind(&seen.public_ip)
-    .bind(&seen.private_ip)
-    .bind(&seen.instance_id)
+    .bind(&after.cloud_id)
+    .bind(after.state.as_str())
+    .bind(&after.public_ip)
+    .bind(&after.private_ip)
+    .bind(&after.name)
+    .bind(&after.instance_type)
+    .bind(after.vcpus)
+    .bind(&after.key_name)
+    .bind(serde_json::to_string(&after.tags).expect("tags serialize"))
+    .bind(
+        after
+            .security_groups
+            .as_ref()
+            .map(|groups| serde_json::to_string(groups).expect("ids serialize")),
+    )
+    .bind(after.storage_gb)
+    .bind(now)
+    .bind(&after.id)
     .execute(&mut **tx)
     .await?;
-    if old_state != seen.state.as_str() {
+    if before.state != seen.state {
         let entry = AuditEntry::new("instance.state", &seen.instance_id)
-            .namespace(&namespace)
-            .old(serde_json::json!({ "state": old_state }))
+            .namespace(&before.namespace)
+            .old(serde_json::json!({ "state": before.state.as_str() }))
             .new_value(serde_json::json!({
                 "state": seen.state.as_str(),
                 "cloud_id": seen.cloud_id,
@@ -753,8 +900,7 @@ pub(super) async fn update_observed(
             }));
         insert_audit(tx, &Actor::system(), &entry).await?;
     }
-    let changed = old_state != seen.state.as_str();
-    Ok((changed && owner.is_none()).then(|| state_drift(&seen.instance_id, &old_state, seen.state)))
+    Ok(drifts)
 }
 
 fn state_drift(instance_id: &str, old_state: &str, new_state: InstanceState) -> Drift {

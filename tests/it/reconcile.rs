@@ -64,6 +64,83 @@ async fn changes_made_directly_in_the_cloud_show_up_as_drift_after_one_pass() {
     }
 }
 
+/// Every attribute corral manages that changes in the cloud is drift, field by field with its
+/// old and new value, and the record then says what the cloud says: a second pass finds
+/// nothing more.
+#[tokio::test]
+async fn every_managed_attribute_changed_in_the_cloud_is_drift_and_the_record_follows() {
+    use aws_sdk_ec2::types::AttributeValue;
+    let app = spawn_app().await;
+    let mut body = create_body("reshaped");
+    body["tags"] = json!({ "team": "blue", "keep": "yes" });
+    body["storage_gb"] = json!(8);
+    let job = app.create_running(&body).await;
+    let id = job["instances"][0]["id"].as_str().unwrap();
+    let cloud_id = job["instances"][0]["cloud_id"].as_str().unwrap();
+    let ec2 = &app.ec2;
+    ec2.stop_instances().instance_ids(cloud_id).send().await.unwrap();
+    let small = AttributeValue::builder().value("t3.small").build();
+    ec2.modify_instance_attribute()
+        .instance_id(cloud_id)
+        .instance_type(small)
+        .send()
+        .await
+        .unwrap();
+    let group = ec2
+        .create_security_group()
+        .group_name(format!("behind-{id}"))
+        .description("changed behind corral's back")
+        .send()
+        .await
+        .unwrap();
+    let group = group.group_id().unwrap().to_string();
+    ec2.modify_instance_attribute().instance_id(cloud_id).groups(&group).send().await.unwrap();
+    let red = aws_sdk_ec2::types::Tag::builder().key("team").value("red").build();
+    let extra = aws_sdk_ec2::types::Tag::builder().key("extra").value("1").build();
+    ec2.create_tags().resources(cloud_id).tags(red).tags(extra).send().await.unwrap();
+    let keep = aws_sdk_ec2::types::Tag::builder().key("keep").build();
+    ec2.delete_tags().resources(cloud_id).tags(keep).send().await.unwrap();
+    let described = ec2.describe_instances().instance_ids(cloud_id).send().await.unwrap();
+    let instance = &described.reservations()[0].instances()[0];
+    let volume = instance.block_device_mappings()[0].ebs().unwrap().volume_id().unwrap();
+    ec2.modify_volume().volume_id(volume).size(12).send().await.unwrap();
+
+    app.reconcile().await;
+
+    let drift: Value = app.get(&format!("/v1/instances/{id}/drift")).await.json().await.unwrap();
+    let changes: BTreeMap<String, (Value, Value)> = drift["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (d["field"].as_str().unwrap().into(), (d["old_value"].clone(), d["new_value"].clone()))
+        })
+        .collect();
+    let old_groups = changes.get("security_groups").map(|(old, _)| old.clone());
+    let expected = BTreeMap::from([
+        ("state".to_string(), (json!("running"), json!("stopped"))),
+        ("instance_type".into(), (json!("t3.micro"), json!("t3.small"))),
+        ("tags.team".into(), (json!("blue"), json!("red"))),
+        ("tags.extra".into(), (Value::Null, json!("1"))),
+        ("tags.keep".into(), (json!("yes"), Value::Null)),
+        ("security_groups".into(), (old_groups.unwrap_or_default(), json!(group))),
+        ("storage_gb".into(), (json!("8"), json!("12"))),
+    ]);
+    assert_eq!(changes, expected, "{drift}");
+    assert_ne!(changes["security_groups"].0, json!(group), "the launch's groups were recorded");
+
+    let record: Value = app.get_instance(id).await.json().await.unwrap();
+    assert_eq!(record["instance_type"], "t3.small");
+    assert_eq!(record["tags"], json!({ "team": "red", "extra": "1" }));
+    assert_eq!(record["security_groups"], json!([group]));
+    assert_eq!(record["storage_gb"], 12);
+    assert_eq!(record["state"], "stopped");
+
+    app.reconcile().await;
+    let again: Value = app.get(&format!("/v1/instances/{id}/drift")).await.json().await.unwrap();
+    assert_eq!(again["items"].as_array().unwrap().len(), expected.len(), "{again}");
+}
+
 #[tokio::test]
 async fn an_instance_the_cloud_no_longer_knows_is_marked_missing_not_deleted() {
     let app = spawn_app().await;

@@ -318,6 +318,7 @@ async fn drift_is_judged_against_the_instance_as_stored_when_it_is_written() {
         private_ip: None,
         key_name: None,
         tags: Default::default(),
+        security_groups: None,
         backend: corral::domain::Backend::Aws,
         launch_index: 0,
         created_by_job: job.id.clone(),
@@ -335,6 +336,7 @@ async fn drift_is_judged_against_the_instance_as_stored_when_it_is_written() {
             state,
             public_ip: None,
             private_ip: None,
+            attributes: None,
         }],
         ..Reconciliation::default()
     };

@@ -398,6 +398,9 @@ mod tests {
                     (TAG_INSTANCE_ID.to_string(), instance.id.clone()),
                 ]),
                 state_reason: None,
+                key_name: None,
+                security_groups: Vec::new(),
+                root_volume: None,
             });
         }
 
@@ -447,6 +450,9 @@ mod tests {
             launch_index: 0,
             tags: BTreeMap::from([(TAG_JOB_ID.to_string(), job.job.id.clone())]),
             state_reason: None,
+            key_name: None,
+            security_groups: Vec::new(),
+            root_volume: None,
         });
 
         let err =

@@ -27,6 +27,31 @@ pub async fn run(run: &JobRun<'_>) -> Result<(), JobError> {
     Ok(())
 }
 
+/// Sizes of the root volumes of the `known` instances the cloud returned (`seen`), in one
+/// batched call. A cloud that does not tell them (a policy without `ec2:DescribeVolumes`, an
+/// outage) leaves them unknown, and storage unjudged, rather than failing the pass.
+async fn volume_sizes(
+    ctx: &JobContext,
+    region: &str,
+    known: &[InstanceRecord],
+    seen: &HashMap<String, CloudInstance>,
+) -> HashMap<String, i64> {
+    let volumes: Vec<String> = known
+        .iter()
+        .filter_map(|instance| seen.get(instance.cloud_id.as_deref()?)?.root_volume.clone())
+        .collect();
+    if volumes.is_empty() {
+        return HashMap::new();
+    }
+    match ctx.provider.volume_sizes(region, &volumes).await {
+        Ok(sizes) => sizes,
+        Err(err) => {
+            tracing::warn!(region, error = %err, "volume sizes unknown: storage is not compared");
+            HashMap::new()
+        }
+    }
+}
+
 /// What a refresh of one region found.
 #[derive(Debug, Default)]
 pub struct RegionOutcome {
@@ -65,13 +90,29 @@ pub async fn refresh_region(
         }
     }
 
+    let sizes = volume_sizes(ctx, region, known, &seen).await;
     let mut reconciliation = Reconciliation::default();
     for instance in known {
         let cloud_id = instance.cloud_id.as_deref().unwrap_or_default();
-        match seen.get(cloud_id) {
-            Some(cloud) => reconciliation.observations.push(observation(instance, cloud)),
-            None => reconciliation.missing.push(instance.id.clone()),
+        let Some(cloud) = seen.get(cloud_id) else {
+            reconciliation.missing.push(instance.id.clone());
+            continue;
+        };
+        let mut observed = observation(instance, cloud);
+        if let Some(attributes) = observed.attributes.as_mut() {
+            attributes.storage_gb =
+                cloud.root_volume.as_ref().and_then(|volume| sizes.get(volume)).copied();
+            // The quota counts the vCPUs of the type the instance has now.
+            if let Some(instance_type) = &cloud.instance_type
+                && (*instance_type != instance.instance_type || instance.vcpus == 0)
+            {
+                attributes.vcpus = match ctx.catalog.instance_type(region, instance_type).await {
+                    Ok(facts) => Some(i64::from(facts.vcpus)),
+                    Err(_) => None,
+                };
+            }
         }
+        reconciliation.observations.push(observed);
     }
 
     if let Some(unfinished_jobs) = unfinished_jobs {
