@@ -16,7 +16,8 @@ use crate::api::auth::Caller;
 use crate::api::error::Key;
 use crate::api::extract::QueryParams;
 use crate::api::{ApiContext, ApiError};
-use crate::domain::{InstanceState, Role};
+use crate::domain::{Backend, InstanceState, Role};
+use crate::jobs::CreatePayload;
 use crate::storage::{InstanceFilter, InstanceRecord, PageRequest};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -81,7 +82,9 @@ pub async fn export_instance(
             errors: Vec::new(),
         });
     }
-    Ok(render(&ctx, format, &[instance], &format!("instance {id}")))
+    let instances = [instance];
+    let launches = launches(&ctx, &instances).await?;
+    Ok(render(&ctx, format, &instances, &launches, &format!("instance {id}")))
 }
 
 /// A configuration that reproduces every instance of a namespace that exists in the cloud.
@@ -113,7 +116,53 @@ pub async fn export_namespace(
         }
     }
     instances.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
-    Ok(render(&ctx, format, &instances, &format!("namespace {namespace}")))
+    let launches = launches(&ctx, &instances).await?;
+    Ok(render(&ctx, format, &instances, &launches, &format!("namespace {namespace}")))
+}
+
+/// What the request that made an instance gave it that the instance's record does not hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Launch {
+    pub user_data: Option<String>,
+    /// The tags the root volume was made with (a later change of the instance's tags is not
+    /// applied to its volumes).
+    pub volume_tags: BTreeMap<String, String>,
+}
+
+/// The `Launch` of each of `instances`, by instance id, from the create jobs that made them
+/// (one query); an adopted instance has none.
+async fn launches(
+    ctx: &ApiContext,
+    instances: &[InstanceRecord],
+) -> Result<BTreeMap<String, Launch>, ApiError> {
+    let jobs: BTreeSet<String> = instances.iter().map(|i| i.created_by_job.clone()).collect();
+    let payloads = ctx.store.job_payloads(&jobs.into_iter().collect::<Vec<_>>()).await?;
+    let mut launches = BTreeMap::new();
+    for instance in instances {
+        let payload = payloads
+            .get(&instance.created_by_job)
+            .and_then(|payload| serde_json::from_value::<CreatePayload>(payload.clone()).ok());
+        if let Some(payload) = payload {
+            launches.insert(instance.id.clone(), launch(instance, &payload));
+        }
+    }
+    Ok(launches)
+}
+
+/// How the create request `payload` launched `instance`: the native backend tags the volumes
+/// of a one-instance request as the instance (its name and id included) and those of a larger
+/// one with what the instances share; the Terraform backend gives them the instance's tags.
+fn launch(instance: &InstanceRecord, payload: &CreatePayload) -> Launch {
+    let spec = &payload.spec;
+    let mut tags = spec.tags.clone();
+    tags.insert(crate::cloud::TAG_JOB_ID.to_string(), instance.created_by_job.clone());
+    tags.insert(crate::cloud::TAG_NAMESPACE.to_string(), spec.namespace.clone());
+    if spec.names.len() == 1 || payload.backend == Backend::Terraform {
+        let name = spec.names.get(instance.launch_index as usize).unwrap_or(&instance.name);
+        tags.insert("Name".to_string(), name.clone());
+        tags.insert(crate::cloud::TAG_INSTANCE_ID.to_string(), instance.id.clone());
+    }
+    Launch { user_data: spec.user_data.clone(), volume_tags: tags }
 }
 
 /// Instances that exist in the cloud.
@@ -125,10 +174,18 @@ fn exportable(instance: &InstanceRecord) -> bool {
         )
 }
 
-fn render(ctx: &ApiContext, format: Format, instances: &[InstanceRecord], what: &str) -> Response {
+fn render(
+    ctx: &ApiContext,
+    format: Format,
+    instances: &[InstanceRecord],
+    launches: &BTreeMap<String, Launch>,
+    what: &str,
+) -> Response {
     let (text, filename) = match format {
-        Format::Terraform => (terraform(instances, ctx.endpoint_url.as_deref(), what), "main.tf"),
-        Format::CloudFormation => (cloudformation(instances, what), "template.yaml"),
+        Format::Terraform => {
+            (terraform(instances, launches, ctx.endpoint_url.as_deref(), what), "main.tf")
+        }
+        Format::CloudFormation => (cloudformation(instances, launches, what), "template.yaml"),
     };
     let disposition = format!("attachment; filename=\"{filename}\"");
     (
@@ -142,8 +199,14 @@ fn render(ctx: &ApiContext, format: Format, instances: &[InstanceRecord], what: 
 }
 
 /// Terraform (HCL): a provider per region, and per instance an `import` block and an
-/// `aws_instance` with the same AMI, type, key pair, root volume size and tags.
-pub fn terraform(instances: &[InstanceRecord], endpoint: Option<&str>, what: &str) -> String {
+/// `aws_instance` with the same AMI, type, key pair, security groups, user data, root volume
+/// (size and tags) and tags, so that a plan of it imports and changes nothing.
+pub fn terraform(
+    instances: &[InstanceRecord],
+    launches: &BTreeMap<String, Launch>,
+    endpoint: Option<&str>,
+    what: &str,
+) -> String {
     let regions: BTreeSet<&str> = instances.iter().map(|i| i.region.as_str()).collect();
     let default_region = instances.first().map_or("us-east-1", |i| i.region.as_str());
     let mut text = format!(
@@ -186,24 +249,43 @@ pub fn terraform(instances: &[InstanceRecord], endpoint: Option<&str>, what: &st
         if let Some(key) = &instance.key_name {
             text.push_str(&format!("  key_name      = {}\n", hcl(key)));
         }
+        if let Some(groups) = instance.security_groups.as_ref().filter(|g| !g.is_empty()) {
+            let groups: Vec<String> = groups.iter().map(|id| hcl(id)).collect();
+            text.push_str(&format!("  vpc_security_group_ids = [{}]\n", groups.join(", ")));
+        }
+        let launch = launches.get(&instance.id);
+        if let Some(user_data) = launch.and_then(|launch| launch.user_data.as_deref()) {
+            text.push_str(&format!("  user_data     = {}\n", hcl(user_data)));
+        }
+        let terraform_backend = instance.backend == Backend::Terraform;
         if instance.storage_gb > 0 {
             text.push_str(&format!(
-                "\n  root_block_device {{\n    volume_size = {}\n  }}\n",
+                "\n  root_block_device {{\n    volume_size = {}\n",
                 instance.storage_gb
             ));
+            if let Some(launch) = launch.filter(|_| !terraform_backend) {
+                text.push_str(&hcl_map("    tags", &launch.volume_tags));
+            }
+            text.push_str("  }\n");
         }
-        text.push_str("\n  tags = {\n");
-        for (key, value) in tags(instance) {
-            text.push_str(&format!("    {} = {}\n", hcl(&key), hcl(&value)));
+        if let Some(launch) = launch.filter(|_| terraform_backend) {
+            text.push('\n');
+            text.push_str(&hcl_map("  volume_tags", &launch.volume_tags));
         }
-        text.push_str("  }\n}\n");
+        text.push('\n');
+        text.push_str(&hcl_map("  tags", &tags(instance)));
+        text.push_str("}\n");
     }
     text
 }
 
 /// CloudFormation (YAML): an `AWS::EC2::Instance` per instance, kept on stack deletion, ready
 /// for a resource import by its instance id.
-pub fn cloudformation(instances: &[InstanceRecord], what: &str) -> String {
+pub fn cloudformation(
+    instances: &[InstanceRecord],
+    launches: &BTreeMap<String, Launch>,
+    what: &str,
+) -> String {
     let regions: BTreeSet<&str> = instances.iter().map(|i| i.region.as_str()).collect();
     let regions: Vec<&str> = regions.into_iter().collect();
     let mut description =
@@ -235,6 +317,17 @@ pub fn cloudformation(instances: &[InstanceRecord], what: &str) -> String {
         if let Some(key) = &instance.key_name {
             text.push_str(&format!("      KeyName: {}\n", json_string(key)));
         }
+        if let Some(groups) = instance.security_groups.as_ref().filter(|g| !g.is_empty()) {
+            text.push_str("      SecurityGroupIds:\n");
+            for group in groups {
+                text.push_str(&format!("        - {}\n", json_string(group)));
+            }
+        }
+        if let Some(user_data) = launches.get(&instance.id).and_then(|l| l.user_data.as_deref()) {
+            use base64::Engine;
+            let encoded = base64::engine::general_purpose::STANDARD.encode(user_data);
+            text.push_str(&format!("      UserData: {}\n", json_string(&encoded)));
+        }
         if instance.storage_gb > 0 {
             text.push_str(&format!(
                 "      BlockDeviceMappings:\n        - DeviceName: {}\n          Ebs:\n            \
@@ -252,6 +345,17 @@ pub fn cloudformation(instances: &[InstanceRecord], what: &str) -> String {
             ));
         }
     }
+    text
+}
+
+/// `name = { "key" = "value" … }`, indented as `name` is, each string made literal.
+fn hcl_map(name: &str, map: &BTreeMap<String, String>) -> String {
+    let indent = &name[..name.len() - name.trim_start().len()];
+    let mut text = format!("{name} = {{\n");
+    for (key, value) in map {
+        text.push_str(&format!("{indent}  {} = {}\n", hcl(key), hcl(value)));
+    }
+    text.push_str(&format!("{indent}}}\n"));
     text
 }
 
@@ -340,7 +444,15 @@ mod tests {
     #[test]
     fn terraform_imports_each_instance_with_a_provider_per_region_and_no_interpolation() {
         let instances = [instance("web-1", "us-east-1"), instance("web 1", "eu-west-1")];
-        let text = terraform(&instances, Some("http://127.0.0.1:5000"), "namespace alpha");
+        let launches = BTreeMap::from([(
+            instances[0].id.clone(),
+            Launch {
+                user_data: Some("echo ${HOME}".into()),
+                volume_tags: BTreeMap::from([("team".into(), "${blue}".into())]),
+            },
+        )]);
+        let text =
+            terraform(&instances, &launches, Some("http://127.0.0.1:5000"), "namespace alpha");
         assert!(
             text.contains("import {\n  to = aws_instance.web_1\n  id = \"i-0abc\"\n}"),
             "{text}"
@@ -351,12 +463,49 @@ mod tests {
         assert!(text.contains("ec2 = \"http://127.0.0.1:5000\""), "{text}");
         assert!(text.contains("\"team\" = \"$${blue}\""), "{text}");
         assert!(text.contains("volume_size = 8") && text.contains("key_name      = \"deploy\""));
-        assert!(!terraform(&instances, None, "x").contains("endpoints"));
+        // User data and volume tags are literal: Terraform evaluates neither.
+        assert!(text.contains("user_data     = \"echo $${HOME}\""), "{text}");
+        assert!(text.contains("    tags = {\n      \"team\" = \"$${blue}\"\n    }\n"), "{text}");
+        assert_eq!(text.matches("user_data ").count(), 1, "{text}");
+        assert!(!terraform(&instances, &launches, None, "x").contains("endpoints"));
+    }
+
+    /// Volumes are tagged as the backend tagged them at launch: the native one gives a
+    /// one-instance request's volume the instance's name and id, and those of a larger request
+    /// what its instances share; the Terraform backend gives every volume the instance's tags.
+    #[test]
+    fn root_volume_tags_are_those_of_the_launch() {
+        let record = instance("web-1", "us-east-1");
+        let payload = |names: &[&str], backend| CreatePayload {
+            spec: crate::domain::LaunchSpec {
+                names: names.iter().map(|n| n.to_string()).collect(),
+                user_data: Some("#!/bin/sh".into()),
+                ..serde_json::from_value(serde_json::json!({
+                    "names": [], "namespace": "alpha", "region": "us-east-1", "ami": "ami-1",
+                    "instance_type": "t3.micro", "storage_gb": 8, "key_name": null,
+                    "security_group_ids": [], "user_data": null, "tags": { "team": "blue" },
+                    "cpu_credits": "standard", "ingress": []
+                }))
+                .unwrap()
+            },
+            client_token: "token".into(),
+            backend,
+        };
+        let keys = |launch: Launch| launch.volume_tags.into_keys().collect::<Vec<_>>();
+        let shared = ["corral:job-id", "corral:namespace", "team"];
+        let own = ["Name", "corral:instance-id", "corral:job-id", "corral:namespace", "team"];
+        assert_eq!(keys(launch(&record, &payload(&["web-1"], Backend::Aws))), own);
+        assert_eq!(keys(launch(&record, &payload(&["web-1", "web-2"], Backend::Aws))), shared);
+        assert_eq!(keys(launch(&record, &payload(&["web-1", "web-2"], Backend::Terraform))), own);
+        let launched = launch(&record, &payload(&["web-1"], Backend::Aws));
+        assert_eq!(launched.user_data.as_deref(), Some("#!/bin/sh"));
+        assert_eq!(launched.volume_tags["Name"], "web-1");
     }
 
     #[test]
     fn cloudformation_keeps_instances_and_names_them_alphanumerically() {
-        let text = cloudformation(&[instance("web-1", "us-east-1")], "instance x");
+        let text =
+            cloudformation(&[instance("web-1", "us-east-1")], &BTreeMap::new(), "instance x");
         assert!(
             text.contains("  web1:\n    Type: AWS::EC2::Instance\n    DeletionPolicy: Retain"),
             "{text}"

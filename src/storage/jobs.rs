@@ -705,6 +705,30 @@ impl Store {
         Ok(())
     }
 
+    /// The payloads of the jobs with these ids, by id, in one query per 500 ids; unknown ids
+    /// are left out.
+    pub async fn job_payloads(
+        &self,
+        ids: &[String],
+    ) -> Result<std::collections::HashMap<String, serde_json::Value>, StorageError> {
+        let mut payloads = std::collections::HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let mut query = Sql::new("SELECT id, payload FROM jobs WHERE id IN (");
+            let mut list = query.separated(", ");
+            for id in chunk {
+                list.push_bind(id);
+            }
+            query.push(")");
+            let rows: Vec<(String, String)> = query.build_query_as().fetch_all(&self.pool).await?;
+            for (id, payload) in rows {
+                let payload = serde_json::from_str(&payload)
+                    .map_err(|err| StorageError::Corrupt(format!("payload of {id}: {err}")))?;
+                payloads.insert(id, payload);
+            }
+        }
+        Ok(payloads)
+    }
+
     async fn job_record(&self, id: &str) -> Result<Option<JobRecord>, StorageError> {
         let row: Option<JobRow> =
             sqlx::query_as(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
