@@ -352,7 +352,12 @@ fn principal(user: UserRecord, credential: Credential, expires_at: Option<i64>) 
 
 /// The audit actor of a principal's request.
 pub fn actor(principal: &Principal, request_id: Option<String>) -> Actor {
-    Actor { name: principal.actor(), user_id: Some(principal.user_id.clone()), request_id }
+    Actor {
+        name: principal.actor(),
+        user_id: Some(principal.user_id.clone()),
+        credential: Some(principal.credential_name()),
+        request_id,
+    }
 }
 
 /// The digest an API key is stored under.

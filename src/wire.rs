@@ -65,8 +65,10 @@ pub struct JobBody {
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
-    /// Who asked for the job: a username, an API key's prefix, or `system`.
+    /// Who asked for the job: a username, or `system` (a job of corral's own).
     pub actor: String,
+    /// Which of the actor's credentials asked: an API key's prefix (`crl_…`), or `token`.
+    pub credential: Option<String>,
     /// The namespace the job works in; null when it spans several, or none.
     pub namespace: Option<String>,
     /// The instances the job touches, as last reported by the cloud.
@@ -156,8 +158,10 @@ pub struct NamespaceList {
 pub struct AuditEventBody {
     pub id: i64,
     pub timestamp: DateTime<Utc>,
-    /// A username, an API key's prefix, or `system`.
+    /// A username, or `system` (corral itself).
     pub actor: String,
+    /// Which of the actor's credentials acted: an API key's prefix (`crl_…`), or `token`.
+    pub credential: Option<String>,
     /// E.g. `instance.create`, `instance.state`, `user.update`.
     pub action: String,
     /// What the action applied to: an instance id, a username, a namespace, a key prefix.

@@ -27,6 +27,7 @@ impl From<AuditRecord> for AuditEventBody {
             id: record.id,
             timestamp: to_datetime(record.at),
             actor: record.actor,
+            credential: record.credential,
             action: record.action,
             target: record.target,
             namespace: record.namespace,

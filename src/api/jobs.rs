@@ -54,6 +54,7 @@ impl From<&JobView> for JobBody {
             started_at: job.started_at.map(to_datetime),
             finished_at: job.finished_at.map(to_datetime),
             actor: job.actor.clone(),
+            credential: job.credential.clone(),
             namespace: job.namespace.clone(),
             instances: view.instances.iter().map(JobInstanceBody::from).collect(),
         }

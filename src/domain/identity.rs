@@ -84,12 +84,22 @@ pub enum Access {
 }
 
 impl Principal {
-    /// The name the audit log records: the username, or the API key's prefix.
+    /// The name the audit log, jobs and notifications record: the user's name (a Terraform
+    /// run's token: `job:<id>`).
     pub fn actor(&self) -> String {
         match &self.credential {
-            Credential::Password => self.username.clone(),
-            Credential::ApiKey { prefix, .. } => prefix.clone(),
+            Credential::Password | Credential::ApiKey { .. } => self.username.clone(),
             Credential::Workspace { job_id, .. } => format!("job:{job_id}"),
+        }
+    }
+
+    /// Which of the user's credentials acted, recorded beside the actor: an API key's prefix
+    /// (`crl_…`), `token` (from `/v1/token`), or `workspace token`.
+    pub fn credential_name(&self) -> String {
+        match &self.credential {
+            Credential::Password => "token".to_string(),
+            Credential::ApiKey { prefix, .. } => prefix.clone(),
+            Credential::Workspace { .. } => "workspace token".to_string(),
         }
     }
 

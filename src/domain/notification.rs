@@ -106,8 +106,11 @@ pub struct Notification {
     pub event: String,
     pub occurred_at: DateTime<Utc>,
     pub namespace: Option<String>,
-    /// Who caused it: a username, an API key prefix, or `system`.
+    /// Who caused it: a username, or `system`.
     pub actor: String,
+    /// Which of the actor's credentials did: an API key's prefix, or `token`.
+    #[serde(default)]
+    pub credential: Option<String>,
     pub job_id: Option<String>,
     /// The job's kind, when a job caused the event.
     pub job_kind: Option<String>,
@@ -219,6 +222,7 @@ mod tests {
             occurred_at: Utc::now(),
             namespace: None,
             actor: "alice".into(),
+            credential: None,
             job_id: None,
             job_kind: None,
             instances: ["a", "b", "c", "d", "e"].map(instance).to_vec(),

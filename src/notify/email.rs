@@ -89,7 +89,13 @@ pub fn render(notification: &Notification, job_link: Option<&str>) -> Rendered {
     if let Some(namespace) = &notification.namespace {
         facts.push(("Namespace", namespace.clone()));
     }
-    facts.push(("By", notification.actor.clone()));
+    facts.push((
+        "By",
+        match &notification.credential {
+            Some(credential) => format!("{} ({credential})", notification.actor),
+            None => notification.actor.clone(),
+        },
+    ));
     facts.push(("When", notification.occurred_at.format("%Y-%m-%d %H:%M:%S UTC").to_string()));
     if let Some(job_id) = &notification.job_id {
         facts.push(("Job", job_link.map_or_else(|| job_id.clone(), str::to_string)));
@@ -188,6 +194,7 @@ mod tests {
             occurred_at: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
             namespace: Some("alpha".into()),
             actor: "alice".into(),
+            credential: Some("crl_AbCd1234".into()),
             job_id: Some("j1".into()),
             job_kind: Some("stop_instances".into()),
             instances: vec![NotifiedInstance {
@@ -213,7 +220,7 @@ mod tests {
         assert!(mail.text.starts_with("Instance web-1 was stopped.\n"), "{}", mail.text);
         for expected in [
             "Namespace: alpha",
-            "By:        alice",
+            "By:        alice (crl_AbCd1234)",
             "When:      2023-11-14 22:13:20 UTC",
             "Job:       https://corral.example/v1/jobs/j1",
             "web-1 (i-0abc, corral id c1)",

@@ -14,13 +14,16 @@ pub struct Actor {
     pub name: String,
     /// The user behind the name; `None` for corral itself.
     pub user_id: Option<String>,
+    /// Which of the user's credentials acted (`Principal::credential_name`); `None` for corral
+    /// itself.
+    pub credential: Option<String>,
     pub request_id: Option<String>,
 }
 
 impl Actor {
     /// corral itself: workers, the reconciler, start-up.
     pub fn system() -> Actor {
-        Actor { name: SYSTEM_ACTOR.to_string(), user_id: None, request_id: None }
+        Actor { name: SYSTEM_ACTOR.to_string(), user_id: None, credential: None, request_id: None }
     }
 }
 
@@ -70,6 +73,8 @@ pub struct AuditRecord {
     pub id: i64,
     pub at: Millis,
     pub actor: String,
+    /// Which of the actor's credentials acted.
+    pub credential: Option<String>,
     pub action: String,
     pub target: String,
     pub namespace: Option<String>,
@@ -102,6 +107,7 @@ pub(super) struct AuditRow {
     id: i64,
     at: i64,
     actor: String,
+    credential: Option<String>,
     action: String,
     target: String,
     namespace: Option<String>,
@@ -126,6 +132,7 @@ impl TryFrom<AuditRow> for AuditRecord {
             id: row.id,
             at: row.at,
             actor: row.actor,
+            credential: row.credential,
             action: row.action,
             target: row.target,
             namespace: row.namespace,
@@ -172,7 +179,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<AuditRecord>, StorageError> {
         let mut query = Sql::new(
-            "SELECT id, at, actor, action, target, namespace, old_value, new_value, request_id \
+            "SELECT id, at, actor, credential, action, target, namespace, old_value, new_value, request_id \
              FROM audit_events WHERE 1 = 1",
         );
         if !push_audit_filter(&mut query, filter) {
@@ -266,11 +273,13 @@ pub(super) async fn insert_audits(
     let now = now_millis();
     for chunk in entries.chunks(100) {
         let mut insert = Sql::new(
-            "INSERT INTO audit_events (at, actor, action, target, namespace, old_value, new_value, request_id) ",
+            "INSERT INTO audit_events (at, actor, credential, action, target, namespace, old_value, \
+             new_value, request_id) ",
         );
         insert.push_values(chunk, |mut row, entry| {
             row.push_bind(now)
                 .push_bind(actor.name.clone())
+                .push_bind(actor.credential.clone())
                 .push_bind(entry.action.clone())
                 .push_bind(entry.target.clone())
                 .push_bind(entry.namespace.clone())

@@ -44,6 +44,8 @@ pub struct JobRecord {
     pub transient_since: Option<Millis>,
     /// Who asked for the job.
     pub actor: String,
+    /// Which of their credentials asked (`Actor::credential`).
+    pub credential: Option<String>,
     /// The id of the user who asked for the job; `None` for corral's own jobs.
     pub user_id: Option<String>,
     /// The namespace the job works in; `None` when it spans several, or none.
@@ -170,6 +172,7 @@ pub(super) struct JobRow {
     transient_failures: i64,
     transient_since: Option<i64>,
     actor: String,
+    credential: Option<String>,
     user_id: Option<String>,
     namespace: Option<String>,
 }
@@ -196,6 +199,7 @@ impl TryFrom<JobRow> for JobRecord {
             transient_failures: row.transient_failures,
             transient_since: row.transient_since,
             actor: row.actor,
+            credential: row.credential,
             user_id: row.user_id,
             namespace: row.namespace,
         })
@@ -204,7 +208,7 @@ impl TryFrom<JobRow> for JobRecord {
 
 pub(super) const JOB_COLUMNS: &str = "id, kind, status, payload, attempts, max_attempts, run_at, error, \
                                created_at, updated_at, started_at, finished_at, launch_started_at, actor, \
-                               user_id, namespace, transient_failures, transient_since";
+                               credential, user_id, namespace, transient_failures, transient_since";
 
 impl Store {
     /// Stores the desired instances and the job that creates them, atomically, unless `key`
@@ -834,8 +838,8 @@ pub(super) async fn insert_job(
     let now = now_millis();
     sqlx::query(
         "INSERT INTO jobs (id, kind, status, payload, attempts, max_attempts, run_at, \
-         created_at, updated_at, actor, user_id, namespace) \
-         VALUES ($1, $2, 'queued', $3, 0, $4, $5, $5, $5, $6, $7, $8)",
+         created_at, updated_at, actor, user_id, namespace, credential) \
+         VALUES ($1, $2, 'queued', $3, 0, $4, $5, $5, $5, $6, $7, $8, $9)",
     )
     .bind(&job.id)
     .bind(job.kind.as_str())
@@ -845,6 +849,7 @@ pub(super) async fn insert_job(
     .bind(&job.actor.name)
     .bind(&job.actor.user_id)
     .bind(&job.namespace)
+    .bind(&job.actor.credential)
     .execute(&mut **tx)
     .await?;
     if Dialect::of(tx) == Dialect::Postgres {

@@ -656,8 +656,8 @@ pub(super) async fn notify_job_finished(
     error: Option<&str>,
     recipients: &[String],
 ) -> Result<(), StorageError> {
-    let (kind, actor, namespace): (String, String, Option<String>) =
-        sqlx::query_as("SELECT kind, actor, namespace FROM jobs WHERE id = $1")
+    let (kind, actor, credential, namespace): (String, String, Option<String>, Option<String>) =
+        sqlx::query_as("SELECT kind, actor, credential, namespace FROM jobs WHERE id = $1")
             .bind(job_id)
             .fetch_one(&mut **tx)
             .await?;
@@ -679,6 +679,7 @@ pub(super) async fn notify_job_finished(
         occurred_at: to_datetime(now_millis()),
         namespace,
         actor,
+        credential,
         job_id: Some(job_id.to_string()),
         job_kind: Some(kind.as_str().to_string()),
         instances: instances.iter().map(notified).collect(),
@@ -725,6 +726,7 @@ pub(super) fn drift_notification(
         occurred_at: crate::storage::to_datetime(now),
         namespace: Some(instance.namespace.clone()),
         actor: crate::storage::SYSTEM_ACTOR.to_string(),
+        credential: None,
         job_id: None,
         job_kind: None,
         instances: vec![notified(instance)],

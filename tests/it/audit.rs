@@ -24,14 +24,16 @@ async fn requests_and_observed_state_changes_are_audited_with_actor_and_request_
     assert_eq!(response.headers()["x-request-id"], "req-create-1");
     let job: Value = response.json().await.unwrap();
     assert_eq!(job["status"], "succeeded", "{job}");
-    assert_eq!(job["actor"], operator_key[..12]);
+    // People, not keys: the user acts, and which of their keys did is said beside.
+    assert_eq!((&job["actor"], &job["credential"]), (&json!("olga"), &json!(operator_key[..12])));
     let instance_id = job["instances"][0]["id"].as_str().unwrap();
 
     let events: Value =
         app.get(&format!("/v1/audit?target={instance_id}&limit=100")).await.json().await.unwrap();
     let logs = events["logs"].as_array().unwrap();
     let create = logs.iter().find(|e| e["action"] == "instance.create").expect("create audited");
-    assert_eq!(create["actor"], operator_key[..12], "an API key acts under its prefix");
+    assert_eq!(create["actor"], "olga", "an API key acts as its user");
+    assert_eq!(create["credential"], operator_key[..12], "and is named as the credential");
     assert_eq!(create["namespace"], "alpha");
     assert_eq!(create["request_id"], "req-create-1");
     assert_eq!(create["new_value"]["job_id"], job["id"]);
@@ -51,6 +53,26 @@ async fn requests_and_observed_state_changes_are_audited_with_actor_and_request_
     );
     assert_eq!(observed.first().unwrap().1, "running", "newest first");
     assert_eq!(events["total"], logs.len());
+
+    // All of olga's actions are found by her name, whichever credential made them.
+    let token = crate::helpers::login(&app.address, "olga", "olga-password-123").await;
+    let by_token = client_with("authorization", &format!("Bearer {token}"));
+    let tagged = by_token
+        .patch(app.url(&format!("/v1/instances/{instance_id}?wait=30")))
+        .json(&json!({ "tags": { "via": "token" } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tagged.status(), StatusCode::OK);
+    let hers: Value = app.get("/v1/audit?actor=olga&limit=100").await.json().await.unwrap();
+    let credentials: Vec<(&str, &str)> = hers["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), e["credential"].as_str().unwrap()))
+        .collect();
+    assert!(credentials.contains(&("instance.create", &operator_key[..12])), "{hers}");
+    assert!(credentials.contains(&("instance.update", "token")), "{hers}");
 }
 
 #[tokio::test]
@@ -96,7 +118,10 @@ async fn patching_an_instance_records_old_and_new_values_and_retags_it_in_the_cl
         .unwrap();
     assert_eq!(audit["total"], 1);
     let event = &audit["logs"][0];
-    assert_eq!(event["actor"], app.admin_key[..12]);
+    assert_eq!(
+        (&event["actor"], &event["credential"]),
+        (&json!("admin"), &json!(app.admin_key[..12]))
+    );
     assert_eq!(
         event["old_value"],
         json!({ "name": "before", "tags": { "owner": "ops", "team": "blue", "temp": "yes" } })
@@ -272,14 +297,12 @@ async fn keyset_paging_walks_every_visible_event_once_with_every_filter() {
         }
     }
     let viewer = client_with("x-api-key", &app.user_key("vic", json!({ "beta": "viewer" })).await);
-    let admin = app.admin_key[..12].to_string();
-    let every_filter =
-        format!("namespace=alpha&actor={admin}&action=namespace.update&target=alpha");
+    let every_filter = "namespace=alpha&actor=admin&action=namespace.update&target=alpha";
 
     for (client, query, expected) in [
         (&app.client, "", None),
         (&app.client, "action=namespace.update", Some(16)),
-        (&app.client, every_filter.as_str(), Some(8)),
+        (&app.client, every_filter, Some(8)),
         (&viewer, "", Some(9)),
         (&viewer, "action=namespace.update", Some(8)),
         (&viewer, "namespace=alpha", Some(0)),
@@ -501,7 +524,7 @@ async fn a_password_change_is_audited_as_changed_and_never_as_the_password() {
         app.get("/v1/audit?action=user.update&target=pat").await.json().await.unwrap();
     assert_eq!(audit["total"], 3, "{audit}");
     let logs = audit["logs"].as_array().unwrap();
-    let admin = &app.admin_key[..12];
+    let admin = "admin";
     let viewer = json!({ "admin": false, "roles": { "alpha": "viewer" } });
     let changed = json!({ "admin": false, "roles": { "alpha": "viewer" }, "password": "changed" });
     let operator = json!({ "admin": false, "roles": { "alpha": "operator" } });

@@ -309,7 +309,7 @@ async fn each_step_of_an_instance_life_is_mailed_once_with_what_a_person_needs()
         format!("web-1 ({cloud_id}, corral id {id})"),
         "region us-east-1, type t3.micro".to_string(),
         format!("/v1/jobs/{}", created["id"].as_str().unwrap()),
-        format!("By:        {}", &app.admin_key[..12]),
+        format!("By:        admin ({})", &app.admin_key[..12]),
         "ssh -i deploy.pem ec2-user@".to_string(),
     ] {
         assert!(text.contains(&expected), "'{expected}' missing from:\n{text}");

@@ -360,3 +360,66 @@ async fn drift_is_judged_against_the_instance_as_stored_when_it_is_written() {
     // Seen again unchanged: nothing new.
     assert_eq!(store.record_reconciliation(&seen(Running)).await.unwrap(), []);
 }
+
+/// Rows written before actors were people named an API key's prefix as their actor; the
+/// migration that brought `credential` makes them name the key's user, the prefix as their
+/// credential, and leaves usernames, `system` and the prefixes of keys whose user is gone
+/// alone.
+#[tokio::test]
+async fn the_audit_log_and_jobs_written_under_key_prefixes_come_to_name_people() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = dir.path().join("before");
+    std::fs::create_dir(&before).unwrap();
+    let all = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"));
+    for entry in std::fs::read_dir(all).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        if name.as_str() < "20261202000014" {
+            std::fs::copy(&path, before.join(&name)).unwrap();
+        }
+    }
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("old.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::migrate::Migrator::new(before.as_path()).await.unwrap().run(&pool).await.unwrap();
+    for statement in [
+        "INSERT INTO users (id, username, password_hash, is_admin, created_at, updated_at) \
+         VALUES ('u1', 'olga', 'x', 0, 1, 1)",
+        "INSERT INTO api_keys (id, user_id, name, prefix, key_hash, created_at) \
+         VALUES ('k1', 'u1', 'ci', 'crl_olga1234', 'h', 1)",
+        "INSERT INTO audit_events (at, actor, action, target) VALUES \
+         (1, 'crl_olga1234', 'instance.create', 'i1'), (2, 'olga', 'instance.update', 'i1'), \
+         (3, 'system', 'instance.state', 'i1'), (4, 'crl_gone0000', 'instance.stop', 'i1')",
+        "INSERT INTO jobs (id, kind, status, payload, attempts, max_attempts, run_at, created_at, \
+         updated_at, actor) VALUES ('j1', 'reconcile', 'succeeded', '{}', 1, 3, 1, 1, 1, \
+         'crl_olga1234'), ('j2', 'reconcile', 'succeeded', '{}', 1, 3, 1, 1, 1, 'system')",
+    ] {
+        sqlx::query(statement).execute(&pool).await.unwrap();
+    }
+    pool.close().await;
+
+    Store::connect(&url).await.unwrap();
+
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let audit: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT actor, credential FROM audit_events ORDER BY at")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let named =
+        |actor: &str, credential: Option<&str>| (actor.to_string(), credential.map(str::to_string));
+    assert_eq!(
+        audit,
+        [
+            named("olga", Some("crl_olga1234")),
+            named("olga", None),
+            named("system", None),
+            named("crl_gone0000", None),
+        ]
+    );
+    let jobs: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT actor, credential FROM jobs ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(jobs, [named("olga", Some("crl_olga1234")), named("system", None)]);
+}

@@ -11,6 +11,7 @@ use crate::wire::{AuditEventBody, AuditPage};
 pub struct AuditArgs {
     #[arg(long)]
     pub namespace: Option<String>,
+    /// A username (or `system`): everything the user did, with any of their keys or tokens.
     #[arg(long)]
     pub actor: Option<String>,
     /// e.g. instance.create, instance.state, user.update
@@ -28,6 +29,7 @@ const AUDIT_COLUMNS: &[Column<AuditEventBody>] = &[
     Column::new("ID", "id", |event| event.id.to_string()),
     Column::new("TIME", "timestamp", |event| cell(&event.timestamp)),
     Column::new("ACTOR", "actor", |event| event.actor.clone()),
+    Column::new("VIA", "credential", |event: &AuditEventBody| cell(&event.credential)).wide(),
     Column::new("ACTION", "action", |event| event.action.clone()),
     Column::new("TARGET", "target", |event| event.target.clone()),
     Column::new("NAMESPACE", "namespace", |event| cell(&event.namespace)),

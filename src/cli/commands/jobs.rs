@@ -41,6 +41,7 @@ pub(super) const JOB_COLUMNS: &[Column<JobBody>] = &[
     }),
     Column::new("CREATED", "created_at", |job| cell(&job.created_at)),
     Column::new("ACTOR", "actor", |job: &JobBody| job.actor.clone()).wide(),
+    Column::new("VIA", "credential", |job: &JobBody| cell(&job.credential)).wide(),
     Column::new("FINISHED", "finished_at", |job: &JobBody| cell(&job.finished_at)).wide(),
     Column::new("ERROR", "error", |job: &JobBody| cell(&job.error)).wide(),
 ];
