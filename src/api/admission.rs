@@ -195,6 +195,17 @@ pub async fn admitted(
             "namespace '{}' allows {} {}; {} in use, {} requested",
             exceeded.namespace, exceeded.limit, exceeded.quota, exceeded.used, exceeded.requested
         ))),
+        Admission::NamesTaken { namespace, names } => {
+            let quoted: Vec<String> = names.iter().map(|name| format!("'{name}'")).collect();
+            Err(ApiError::Validation(vec![FieldError::new(
+                "name",
+                format!(
+                    "namespace '{namespace}' has a live instance named {} already; names are \
+                     unique among the live instances of a namespace",
+                    quoted.join(", ")
+                ),
+            )]))
+        }
     }
 }
 

@@ -86,6 +86,8 @@ pub enum Key<'a> {
     Name(&'a str),
     Id(&'a str),
     CloudId(&'a str),
+    /// An id or a name, as an instance is referred to.
+    Reference(&'a str),
 }
 
 /// "no namespace named 'team-a'", "no job with id '…'": how every answer says that there is no
@@ -95,6 +97,7 @@ pub fn no_such(kind: &str, key: Key<'_>) -> String {
         Key::Name(name) => format!("no {kind} named '{name}'"),
         Key::Id(id) => format!("no {kind} with id '{id}'"),
         Key::CloudId(id) => format!("no {kind} with cloud id '{id}'"),
+        Key::Reference(reference) => format!("no {kind} with id or name '{reference}'"),
     }
 }
 

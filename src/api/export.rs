@@ -61,7 +61,7 @@ fn format_param(params: &QueryParams) -> Result<Format, ApiError> {
 /// A configuration that reproduces one instance (`main.tf` or a CloudFormation template).
 #[utoipa::path(get, path = "/v1/instances/{id}/export", tag = "instances",
     operation_id = "export_instance",
-    params(("id" = String, Path, description = "corral id or EC2 instance id (i-…)"),
+    params(("id" = String, Path, description = "corral id, EC2 instance id (i-…), or the name of a live instance"),
         ("format" = inline(Option<crate::api::schema::ExportFormats>), Query, description = "terraform (default) or cloudformation")),
     responses((status = 200, description = "The configuration", content_type = "text/plain"),
         (status = 404, body = crate::api::Problem), (status = 409, body = crate::api::Problem)))]

@@ -99,7 +99,7 @@ pub struct IngressBody {
 pub struct BulkActionBody {
     #[schema(value_type = crate::api::schema::Actions)]
     pub action: String,
-    /// corral ids or EC2 instance ids (`i-…`), 1 to 1000.
+    /// corral ids, EC2 instance ids (`i-…`) or names of live instances, 1 to 1000.
     #[schema(min_items = 1, max_items = 1000)]
     pub ids: Vec<String>,
 }
@@ -222,11 +222,18 @@ pub async fn create_instances(
             .collect(),
         caller_ip: Some(client),
     };
-    let spec = ctx.policy.check_request(&request).map_err(|violations| {
+    let mut spec = ctx.policy.check_request(&request).map_err(|violations| {
         ApiError::Validation(
             violations.into_iter().map(|v| FieldError::new(v.field, v.message)).collect(),
         )
     })?;
+    // Numbered names go on from the highest number live in the namespace, so that a second
+    // `name_prefix` request adds web-3 and web-4 to web-1 and web-2.
+    if let Some(prefix) = &request.name_prefix {
+        let highest = ctx.store.highest_number(&spec.namespace, prefix).await?;
+        spec.names =
+            (1..=spec.names.len() as u64).map(|n| format!("{prefix}-{}", highest + n)).collect();
+    }
 
     let vcpus = vcpus_of(&ctx, &spec).await?;
     let job_id = new_id();
@@ -316,10 +323,11 @@ pub async fn list_instances(
     }))
 }
 
-/// One instance, by corral id or EC2 instance id.
+/// One instance, by corral id, EC2 instance id, or name.
 #[utoipa::path(get, path = "/v1/instances/{id}", tag = "instances", operation_id = "get_instance",
-    params(("id" = String, Path, description = "corral id or EC2 instance id (i-…)")),
-    responses((status = 200, body = InstanceBody), (status = 404, body = crate::api::Problem)))]
+    params(("id" = String, Path, description = "corral id, EC2 instance id (i-…), or the name of a live instance")),
+    responses((status = 200, body = InstanceBody), (status = 404, body = crate::api::Problem),
+        (status = 409, description = "The name is shared by several instances the caller sees", body = crate::api::Problem)))]
 pub async fn get_instance(
     State(ctx): State<ApiContext>,
     caller: Caller,
@@ -334,7 +342,7 @@ macro_rules! single_action {
         #[doc = $summary]
         #[utoipa::path($method, path = $path, tag = "instances", operation_id = stringify!($handler),
             params(
-                ("id" = String, Path, description = "corral id or EC2 instance id (i-…)"),
+                ("id" = String, Path, description = "corral id, EC2 instance id (i-…), or the name of a live instance"),
                 WaitParams,
             ),
             responses(
@@ -428,7 +436,7 @@ pub async fn act_on_instances(
 /// Describes an instance again and records what the cloud reports, noting drift.
 #[utoipa::path(post, path = "/v1/instances/{id}/refresh", tag = "instances", operation_id = "refresh_instance",
     params(
-        ("id" = String, Path, description = "corral id or EC2 instance id (i-…)"),
+        ("id" = String, Path, description = "corral id, EC2 instance id (i-…), or the name of a live instance"),
         WaitParams,
     ),
     responses(
@@ -465,7 +473,7 @@ pub struct UpdateInstanceBody {
 #[utoipa::path(patch, path = "/v1/instances/{id}", tag = "instances", operation_id = "update_instance",
     request_body = UpdateInstanceBody,
     params(
-        ("id" = String, Path, description = "corral id or EC2 instance id (i-…)"),
+        ("id" = String, Path, description = "corral id, EC2 instance id (i-…), or the name of a live instance"),
         WaitParams,
     ),
     responses(
@@ -539,7 +547,7 @@ pub struct DriftList {
 
 /// Changes found on an instance that corral did not make, newest first.
 #[utoipa::path(get, path = "/v1/instances/{id}/drift", tag = "instances", operation_id = "list_drift",
-    params(("id" = String, Path, description = "corral id or EC2 instance id (i-…)")),
+    params(("id" = String, Path, description = "corral id, EC2 instance id (i-…), or the name of a live instance")),
     responses((status = 200, body = DriftList), (status = 404, body = crate::api::Problem)))]
 pub async fn list_drift(
     State(ctx): State<ApiContext>,
@@ -579,20 +587,7 @@ pub async fn enqueue_instances_job(
     }
     let requested: BTreeSet<String> = ids.into_iter().collect();
     let requested: Vec<String> = requested.into_iter().collect();
-    let mut found = ctx.store.find_instances(&requested).await?;
-    // What the caller may not see does not exist for it.
-    found.retain(|instance| caller.sees(&instance.namespace));
-    let unknown: Vec<&String> = requested
-        .iter()
-        .filter(|id| !found.iter().any(|i| &i.id == *id || i.cloud_id.as_ref() == Some(*id)))
-        .collect();
-    if let [only] = unknown.as_slice() {
-        return Err(ApiError::not_found("instance", Key::Id(only)));
-    }
-    if !unknown.is_empty() {
-        let unknown: Vec<&str> = unknown.iter().map(|s| s.as_str()).collect();
-        return Err(ApiError::NotFound(format!("no instances with ids: {}", unknown.join(", "))));
-    }
+    let found = resolve_instances(ctx, caller, &requested).await?;
     for instance in &found {
         caller.require(&instance.namespace, Role::Operator, || {
             ApiError::not_found("instance", Key::Id(&instance.id))
@@ -617,20 +612,70 @@ pub async fn enqueue_instances_job(
     admitted(ctx, admission, &job.id, wait, StatusCode::OK).await
 }
 
-/// The instance `id` if the caller may see it; otherwise it does not exist, as far as the
-/// caller can tell.
+/// The instance `reference` (a corral id, an EC2 id, or a name) means, if the caller may see
+/// it; otherwise it does not exist, as far as the caller can tell.
 pub async fn visible_instance(
     ctx: &ApiContext,
     caller: &Caller,
-    id: &str,
+    reference: &str,
 ) -> Result<InstanceRecord, ApiError> {
-    let instance = ctx
-        .store
-        .find_instance(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("instance", Key::Id(id)))?;
-    caller.require(&instance.namespace, Role::Viewer, || {
-        ApiError::not_found("instance", Key::Id(id))
-    })?;
-    Ok(instance)
+    let mut found = resolve_instances(ctx, caller, &[reference.to_string()]).await?;
+    Ok(found.pop().expect("one reference resolves to one instance"))
+}
+
+/// The instances `references` mean, one for each, among those the caller may see (what it
+/// may not see does not exist for it): a corral id or an EC2 id names its instance; a name,
+/// the one live instance of that name the caller sees. A name several visible live instances
+/// share is a `409` listing them; references that name nothing are a `404` listing them.
+pub async fn resolve_instances(
+    ctx: &ApiContext,
+    caller: &Caller,
+    references: &[String],
+) -> Result<Vec<InstanceRecord>, ApiError> {
+    let mut found = ctx.store.find_instances(references).await?;
+    found.retain(|instance| caller.sees(&instance.namespace));
+    let mut resolved: Vec<InstanceRecord> = Vec::with_capacity(references.len());
+    let mut unknown = Vec::new();
+    for reference in references {
+        let by_id = found
+            .iter()
+            .find(|i| &i.id == reference || i.cloud_id.as_deref() == Some(reference.as_str()));
+        if let Some(instance) = by_id {
+            resolved.push(instance.clone());
+            continue;
+        }
+        let named: Vec<&InstanceRecord> =
+            found.iter().filter(|i| &i.name == reference && i.state.is_live()).collect();
+        match named.as_slice() {
+            [] => unknown.push(reference.as_str()),
+            [instance] => resolved.push((*instance).clone()),
+            several => {
+                let candidates: Vec<String> = several
+                    .iter()
+                    .map(|i| format!("{} (namespace {}, {})", i.id, i.namespace, i.state))
+                    .collect();
+                return Err(ApiError::Conflict {
+                    detail: format!(
+                        "'{reference}' names {} instances you can see: {}; use an id",
+                        several.len(),
+                        candidates.join(", ")
+                    ),
+                    errors: Vec::new(),
+                });
+            }
+        }
+    }
+    match unknown.as_slice() {
+        [] => {}
+        [only] => return Err(ApiError::not_found("instance", Key::Reference(only))),
+        several => {
+            return Err(ApiError::NotFound(format!(
+                "no instances with ids or names: {}",
+                several.join(", ")
+            )));
+        }
+    }
+    resolved.sort_by(|a, b| a.id.cmp(&b.id));
+    resolved.dedup_by(|a, b| a.id == b.id);
+    Ok(resolved)
 }

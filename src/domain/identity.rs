@@ -173,11 +173,12 @@ mod tests {
     }
 
     #[test]
-    fn an_api_key_acts_under_its_prefix() {
+    fn an_api_key_acts_as_its_user_and_is_named_as_the_credential() {
         let mut key = principal(false, &[]);
         key.credential = Credential::ApiKey { id: "k1".into(), prefix: "crl_ab12cd34".into() };
-        assert_eq!(key.actor(), "crl_ab12cd34");
-        assert_eq!(principal(false, &[]).actor(), "alice");
+        assert_eq!((key.actor(), key.credential_name()), ("alice".into(), "crl_ab12cd34".into()));
+        let token = principal(false, &[]);
+        assert_eq!((token.actor(), token.credential_name()), ("alice".into(), "token".into()));
     }
 
     #[test]

@@ -51,6 +51,12 @@ impl InstanceState {
         }
     }
 
+    /// Whether an instance in this state is live: it exists in the cloud, or is being created
+    /// (not terminated, not failed). Names are unique among live instances of a namespace.
+    pub fn is_live(self) -> bool {
+        !matches!(self, InstanceState::Terminated | InstanceState::Failed)
+    }
+
     /// Maps EC2's `InstanceStateName` strings; `None` for names corral does not know.
     pub fn from_cloud_name(name: &str) -> Option<InstanceState> {
         match name {

@@ -55,15 +55,16 @@ async fn harness(fake: FakeProvider, concurrency: usize, lease_secs: u64) -> Har
 
 /// Stores a create job for one instance, as the API would; returns its id.
 async fn enqueue_create(ctx: &JobContext, max_attempts: i64) -> String {
+    let job_id = crate::storage::new_id();
+    // Names are unique among live instances: each job's instance has its own.
     let request = CreateRequest {
-        name_prefix: Some("unit".into()),
+        name_prefix: Some(format!("unit-{}", job_id.replace('-', ""))),
         count: Some(1),
         ami: Some("ami-12345678".into()),
         instance_type: Some("t3.micro".into()),
         ..CreateRequest::default()
     };
     let spec = ctx.policy.check_request(&request).unwrap();
-    let job_id = crate::storage::new_id();
     let now = now_millis();
     let instances: Vec<InstanceRecord> = (0..spec.names.len())
         .map(|idx| InstanceRecord::desired(&spec, &job_id, idx, 2, now))

@@ -16,6 +16,10 @@ use super::{
 };
 use crate::domain::{Backend, EventType, InstanceState, StateConflict, UnknownBackend};
 
+/// The condition of a live instance: one that exists in the cloud or is being created (not
+/// terminated, not failed). Names are unique among the live instances of a namespace.
+pub(super) const LIVE: &str = "state NOT IN ('terminated', 'failed')";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceRecord {
     pub id: String,
@@ -560,32 +564,58 @@ impl Store {
         Ok(rows.into_iter().map(DriftRecord::from).collect())
     }
 
-    /// Looks an instance up by corral id or cloud id.
-    pub async fn find_instance(&self, id: &str) -> Result<Option<InstanceRecord>, StorageError> {
-        Ok(self.find_instances(&[id.to_string()]).await?.pop())
-    }
-
-    /// Looks instances up by corral id or cloud id; unknown ids are left out.
+    /// The instances `references` may name: by corral id, by cloud id, or, among live
+    /// instances, by name (which may name several, in different namespaces). Who may see which
+    /// is the caller's to judge.
     pub async fn find_instances(
         &self,
-        ids: &[String],
+        references: &[String],
     ) -> Result<Vec<InstanceRecord>, StorageError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
+        let mut found = Vec::new();
+        for chunk in references.chunks(300) {
+            let mut query = Sql::new("SELECT * FROM instances WHERE id IN (");
+            let mut list = query.separated(", ");
+            for reference in chunk {
+                list.push_bind(reference);
+            }
+            query.push(") OR cloud_id IN (");
+            let mut list = query.separated(", ");
+            for reference in chunk {
+                list.push_bind(reference);
+            }
+            query.push(format!(") OR ({LIVE} AND name IN ("));
+            let mut list = query.separated(", ");
+            for reference in chunk {
+                list.push_bind(reference);
+            }
+            query.push(")) ORDER BY id");
+            let rows: Vec<InstanceRow> = query.build_query_as().fetch_all(&self.pool).await?;
+            found.extend(convert::<_, InstanceRecord>(rows)?);
         }
-        let mut query = Sql::new("SELECT * FROM instances WHERE id IN (");
-        let mut list = query.separated(", ");
-        for id in ids {
-            list.push_bind(id);
-        }
-        query.push(") OR cloud_id IN (");
-        let mut list = query.separated(", ");
-        for id in ids {
-            list.push_bind(id);
-        }
-        query.push(") ORDER BY id");
-        let rows: Vec<InstanceRow> = query.build_query_as().fetch_all(&self.pool).await?;
-        convert(rows)
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        found.dedup_by(|a, b| a.id == b.id);
+        Ok(found)
+    }
+
+    /// The highest `n` of the live instances of `namespace` named `<prefix>-<n>`, 0 if none.
+    pub async fn highest_number(&self, namespace: &str, prefix: &str) -> Result<u64, StorageError> {
+        let stem = format!("{prefix}-");
+        let rows: Vec<(String,)> = sqlx::query_as(&format!(
+            "SELECT name FROM instances WHERE {LIVE} AND namespace = $1 \
+             AND substr(name, 1, CAST($2 AS INTEGER)) = $3"
+        ))
+        .bind(namespace)
+        .bind(stem.chars().count() as i64)
+        .bind(&stem)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|(name,)| &name[stem.len()..])
+            .filter(|number| number.bytes().all(|b| b.is_ascii_digit()))
+            .filter_map(|number| number.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0))
     }
 
     pub async fn list_instances(
@@ -671,6 +701,21 @@ impl Store {
                 reason: "its name or tags changed while this request was made; retry".to_string(),
             }])));
         }
+        if name != before.name {
+            // The namespace's row lock orders this rename with the creates of the namespace.
+            sqlx::query("UPDATE namespaces SET updated_at = updated_at WHERE name = $1")
+                .bind(&before.namespace)
+                .execute(&mut *tx)
+                .await?;
+            let taken = super::jobs::live_names_taken(&mut tx, &before.namespace, &[name]).await?;
+            if !taken.is_empty() {
+                tx.rollback().await?;
+                return Ok(Err(Admission::NamesTaken {
+                    namespace: before.namespace,
+                    names: taken,
+                }));
+            }
+        }
         sqlx::query("UPDATE instances SET name = $1, tags = $2 WHERE id = $3")
             .bind(name)
             .bind(serde_json::to_string(tags).expect("tags serialize"))
@@ -711,10 +756,9 @@ impl Store {
         if job_ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut query = Sql::new(
-            "SELECT DISTINCT created_by_job FROM instances \
-             WHERE state NOT IN ('terminated', 'failed') AND created_by_job IN (",
-        );
+        let mut query = Sql::new(format!(
+            "SELECT DISTINCT created_by_job FROM instances WHERE {LIVE} AND created_by_job IN ("
+        ));
         let mut list = query.separated(", ");
         for id in job_ids {
             list.push_bind(id);
@@ -756,7 +800,7 @@ impl Store {
                 query.push(" AND state = ").push_bind(state.as_str());
             }
             None if !filter.ended_too => {
-                query.push(" AND state NOT IN ('terminated', 'failed')");
+                query.push(format!(" AND {LIVE}"));
             }
             None => {}
         }

@@ -9,7 +9,7 @@ use sqlx::{Any, Transaction};
 use super::sql::Sql;
 
 use super::audit::{insert_audit, insert_audits};
-use super::instances::{InstanceRow, insert_instance, select_by_ids};
+use super::instances::{InstanceRow, LIVE, insert_instance, select_by_ids};
 use super::notify::notify_job_finished;
 use super::{
     Actor, AuditEntry, Dialect, InstanceRecord, Millis, Page, PageRequest, SYSTEM_ACTOR,
@@ -141,6 +141,11 @@ pub enum Admission {
     UnknownNamespace(String),
     /// Admitting the request would exceed a quota of its namespace; nothing was stored.
     OverQuota(QuotaExceeded),
+    /// Live instances of the namespace have these names already; nothing was stored.
+    NamesTaken {
+        namespace: String,
+        names: Vec<String>,
+    },
 }
 
 /// Which quota a request would exceed, its limit and the use before the request.
@@ -629,11 +634,10 @@ impl Store {
         }
         take.push(") RETURNING id");
         let taken: Vec<(String,)> = take.build_query_as().fetch_all(&mut *tx).await?;
-        let busy: Vec<(String, String)> = sqlx::query_as(
+        let busy: Vec<(String, String)> = sqlx::query_as(&format!(
             "SELECT id, active_job_id FROM instances WHERE namespace = $1 \
-             AND active_job_id IS NOT NULL AND active_job_id <> $2 \
-             AND state NOT IN ('terminated', 'failed') ORDER BY id",
-        )
+             AND active_job_id IS NOT NULL AND active_job_id <> $2 AND {LIVE} ORDER BY id"
+        ))
         .bind(namespace)
         .bind(&job.id)
         .fetch_all(&mut *tx)
@@ -954,13 +958,18 @@ pub(super) async fn admit_to_namespace(
     let Some((max_instances, max_vcpus)) = quota else {
         return Ok(Some(Admission::UnknownNamespace(namespace.to_string())));
     };
+    let names: Vec<&str> = instances.iter().map(|instance| instance.name.as_str()).collect();
+    let taken = live_names_taken(tx, namespace, &names).await?;
+    if !taken.is_empty() {
+        return Ok(Some(Admission::NamesTaken { namespace: namespace.to_string(), names: taken }));
+    }
     if max_instances.is_none() && max_vcpus.is_none() {
         return Ok(None);
     }
-    let (used_instances, used_vcpus): (i64, i64) = sqlx::query_as(
+    let (used_instances, used_vcpus): (i64, i64) = sqlx::query_as(&format!(
         "SELECT COUNT(*), CAST(COALESCE(SUM(vcpus), 0) AS BIGINT) FROM instances \
-         WHERE namespace = $1 AND state NOT IN ('terminated', 'failed')",
-    )
+         WHERE namespace = $1 AND {LIVE}"
+    ))
     .bind(namespace)
     .fetch_one(&mut **tx)
     .await?;
@@ -982,6 +991,30 @@ pub(super) async fn admit_to_namespace(
         }
     }
     Ok(None)
+}
+
+/// Which of `names` live instances of `namespace` have already, sorted.
+pub(super) async fn live_names_taken(
+    tx: &mut Transaction<'_, Any>,
+    namespace: &str,
+    names: &[&str],
+) -> Result<Vec<String>, StorageError> {
+    let mut taken = Vec::new();
+    for chunk in names.chunks(500) {
+        let mut query =
+            Sql::new(format!("SELECT name FROM instances WHERE {LIVE} AND namespace = "));
+        query.push_bind(namespace).push(" AND name IN (");
+        let mut list = query.separated(", ");
+        for name in chunk {
+            list.push_bind(*name);
+        }
+        query.push(")");
+        let rows: Vec<(String,)> = query.build_query_as().fetch_all(&mut **tx).await?;
+        taken.extend(rows.into_iter().map(|(name,)| name));
+    }
+    taken.sort();
+    taken.dedup();
+    Ok(taken)
 }
 
 /// Audits a request that stored `job` for `instance_ids`: one event per instance, or one

@@ -3,6 +3,7 @@
 use super::sql::Sql;
 
 use super::audit::insert_audit;
+use super::instances::LIVE;
 use super::{Actor, AuditEntry, Millis, StorageError, Store, now_millis};
 use crate::domain::Backend;
 
@@ -162,14 +163,14 @@ impl Store {
         if visible.is_some_and(|names| names.is_empty()) {
             return Ok(Vec::new());
         }
-        let mut query = Sql::new(
+        let mut query = Sql::new(format!(
             "SELECT n.name, n.max_instances, n.max_vcpus, n.default_backend, n.created_at, n.updated_at, \
              CAST(COALESCE(u.instances, 0) AS BIGINT) AS instances, \
              CAST(COALESCE(u.vcpus, 0) AS BIGINT) AS vcpus \
              FROM namespaces n LEFT JOIN (SELECT namespace, COUNT(*) AS instances, SUM(vcpus) AS vcpus \
-                 FROM instances WHERE state NOT IN ('terminated', 'failed') GROUP BY namespace) u \
-             ON u.namespace = n.name",
-        );
+                 FROM instances WHERE {LIVE} GROUP BY namespace) u \
+             ON u.namespace = n.name"
+        ));
         if let Some(names) = visible {
             query.push(" WHERE n.name IN (");
             let mut list = query.separated(", ");

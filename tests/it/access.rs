@@ -665,6 +665,7 @@ async fn terraform_state_is_written_by_its_own_run_and_admins_and_a_held_lock_an
     let mut body = create_body("stateful");
     body["namespace"] = json!("alpha");
     let workspace = app.create_running(&body).await["id"].as_str().unwrap().to_string();
+    body["name"] = json!("stateful-too");
     let other = app.create_running(&body).await["id"].as_str().unwrap().to_string();
     let viewer =
         client_with("x-api-key", &app.user_key("viewer", json!({ "alpha": "viewer" })).await);

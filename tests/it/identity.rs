@@ -289,7 +289,7 @@ async fn namespaces_filter_what_a_user_sees() {
     let response = alice.post(app.url("/v1/instances/actions")).json(&both).send().await.unwrap();
     let problem = assert_problem(response, StatusCode::NOT_FOUND).await;
     let beta_id = beta_instance["id"].as_str().unwrap();
-    assert_eq!(problem["detail"], format!("no instance with id '{beta_id}'"));
+    assert_eq!(problem["detail"], format!("no instance with id or name '{beta_id}'"));
     wait_until_no_job_is_queued_or_running(&app).await;
     assert_eq!(job_ids(&app).await, jobs_before, "the refused request made no job");
     for job in [&mine, &theirs] {

@@ -106,7 +106,80 @@ async fn an_instance_is_found_by_corral_id_and_by_cloud_id() {
     }
     let missing =
         assert_problem(app.get_instance("i-0123456789abcdef0").await, StatusCode::NOT_FOUND).await;
-    assert_eq!(missing["detail"], "no instance with id 'i-0123456789abcdef0'");
+    assert_eq!(missing["detail"], "no instance with id or name 'i-0123456789abcdef0'");
+}
+
+/// Names work wherever ids do, when one live instance the caller sees has the name: a name
+/// two namespaces share is a 409 listing both for the admin, and plain for who sees only one.
+/// Names are unique among the live instances of a namespace, for creates and renames alike,
+/// and numbered names go on from the highest one live.
+#[tokio::test]
+async fn names_work_wherever_ids_do_and_are_unique_among_live_instances_of_a_namespace() {
+    let app = spawn_app().await;
+    app.create_namespaces(&["alpha", "beta"]).await;
+    let create_in = |namespace: &str, name: &str| {
+        let mut body = create_body(name);
+        body["namespace"] = json!(namespace);
+        body
+    };
+    let alpha = app.create_running(&create_in("alpha", "web")).await;
+    let alpha_id = alpha["instances"][0]["id"].as_str().unwrap().to_string();
+    let beta = app.create_running(&create_in("beta", "web")).await;
+    let beta_id = beta["instances"][0]["id"].as_str().unwrap();
+
+    let ambiguous = assert_problem(app.get_instance("web").await, StatusCode::CONFLICT).await;
+    let detail = ambiguous["detail"].as_str().unwrap();
+    assert!(detail.starts_with("'web' names 2 instances you can see"), "{detail}");
+    assert!(detail.contains(&alpha_id) && detail.contains(beta_id), "{detail}");
+    let viewer = crate::helpers::client_with(
+        "x-api-key",
+        &app.user_key("ana", json!({ "alpha": "operator" })).await,
+    );
+    let mine: Value =
+        viewer.get(app.url("/v1/instances/web")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(mine["id"], alpha_id.as_str());
+
+    // An action by name, and a bulk action mixing a name and an id.
+    let stopped = viewer.post(app.url("/v1/instances/web/stop?wait=30")).send().await.unwrap();
+    let stopped: Value = stopped.json().await.unwrap();
+    assert_eq!(stopped["status"], "succeeded", "{stopped}");
+    assert_eq!(stopped["instances"][0]["id"], alpha_id.as_str());
+    let both = json!({ "action": "start", "ids": ["web", alpha_id] });
+    let started = viewer.post(app.url("/v1/instances/actions?wait=30")).json(&both).send().await;
+    let started: Value = started.unwrap().json().await.unwrap();
+    assert_eq!(started["instances"].as_array().unwrap().len(), 1, "{started}");
+
+    // A second live "web" in alpha is refused, naming it; so is a rename onto it.
+    let again = app.post_instances(&create_in("alpha", "web"), "").await;
+    let problem = assert_problem(again, StatusCode::UNPROCESSABLE_ENTITY).await;
+    let message = problem["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains("namespace 'alpha' has a live instance named 'web'"), "{problem}");
+    let mut numbered = create_in("alpha", "");
+    numbered["name"] = Value::Null;
+    numbered["name_prefix"] = json!("web");
+    let first = app.create_running(&numbered).await;
+    assert_eq!(first["instances"][0]["name"], "web-1");
+    numbered["count"] = json!(2);
+    let next = app.create_running(&numbered).await;
+    let names: Vec<&str> =
+        next["instances"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["web-2", "web-3"]);
+    let rename = app
+        .client
+        .patch(app.url(&format!("/v1/instances/{alpha_id}")))
+        .json(&json!({ "name": "web-2" }))
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(rename, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert!(problem["errors"][0]["message"].as_str().unwrap().contains("'web-2'"), "{problem}");
+
+    // Once terminated, a name is free again, and an id still finds the old instance.
+    let ended: Value = app.act(beta_id, "terminate", "?wait=30").await.json().await.unwrap();
+    assert_eq!(ended["status"], "succeeded", "{ended}");
+    let only: Value = app.get_instance("web").await.json().await.unwrap();
+    assert_eq!(only["id"], alpha_id.as_str(), "the terminated one no longer answers to its name");
+    assert_eq!(app.get_instance(beta_id).await.status(), StatusCode::OK);
 }
 
 #[tokio::test]
@@ -297,7 +370,7 @@ async fn bulk_actions_name_every_unknown_or_conflicting_instance() {
         .post_bulk_action(&json!({ "action": "stop", "ids": [first, "i-nope1", "i-nope2"] }), "")
         .await;
     let problem = assert_problem(unknown, StatusCode::NOT_FOUND).await;
-    assert_eq!(problem["detail"], "no instances with ids: i-nope1, i-nope2");
+    assert_eq!(problem["detail"], "no instances with ids or names: i-nope1, i-nope2");
 
     let conflict =
         app.post_bulk_action(&json!({ "action": "reboot", "ids": [first, second] }), "").await;

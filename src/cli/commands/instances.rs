@@ -20,7 +20,7 @@ pub enum InstancesCommand {
     ///
     /// Example: corral instances list -o json --namespace team-a
     List(ListInstances),
-    /// Shows instances by corral id or EC2 id (i-…).
+    /// Shows instances by corral id, EC2 id (i-…) or name.
     ///
     /// Example: corral instances get i-0123456789abcdef0
     Get(Ids),
@@ -81,7 +81,7 @@ pub struct Ids {
 
 #[derive(Debug, Args)]
 pub struct Action {
-    /// corral ids or EC2 ids, space- or comma-separated. None is nothing to do (a list that
+    /// corral ids, EC2 ids or names, space- or comma-separated. None is nothing to do (a list that
     /// came back empty), not a mistake.
     #[arg(value_name = "ID")]
     pub ids: Vec<String>,
