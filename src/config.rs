@@ -535,7 +535,23 @@ mod tests {
             for name in ["CORRAL_SERVER", "CORRAL_API_KEY", "CORRAL_PROFILE", "CORRAL_TEST_X"] {
                 jail.set_env(name, "https://corral.example.com");
             }
-            Settings::load(None).map_err(|err| format!("{err:#}"))?;
+            // What Kubernetes gives every pod for Services named corral and corral-db.
+            for (name, value) in [
+                ("CORRAL_SERVICE_HOST", "10.0.0.7"),
+                ("CORRAL_SERVICE_PORT", "8080"),
+                ("CORRAL_SERVICE_PORT_HTTP", "8080"),
+                ("CORRAL_PORT", "tcp://10.0.0.7:8080"),
+                ("CORRAL_PORT_8080_TCP", "tcp://10.0.0.7:8080"),
+                ("CORRAL_PORT_8080_TCP_ADDR", "10.0.0.7"),
+                ("CORRAL_PORT_8080_TCP_PROTO", "tcp"),
+                ("CORRAL_DB_PORT_5432_TCP_PORT", "5432"),
+                ("CORRAL_DB_SERVICE_HOST", "10.0.0.8"),
+            ] {
+                jail.set_env(name, value);
+            }
+            jail.set_env("CORRAL_SMTP_PORT", "2525");
+            let settings = Settings::load(None).map_err(|err| format!("{err:#}"))?;
+            assert_eq!(settings.notify.smtp_port, Some(2525), "a known name is read, not skipped");
 
             jail.set_env("CORRAL_SMTP_HOSTT", "smtp.example.com");
             jail.set_env("CORRAL_NOTHING_LIKE_IT", "1");

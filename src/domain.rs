@@ -41,5 +41,5 @@ fn a_merge_sets_removes_and_keeps() {
 pub use policy::{
     AmiRule, CpuCredits, CreateRequest, ImageFacts, IngressRequest, IngressRule, InstanceTypeFacts,
     KEY_NAME_RULE, LaunchSpec, Policy, StorageRange, Violation, check_name_and_tags,
-    is_valid_key_name, is_valid_namespace, user_tags,
+    is_valid_instance_name, is_valid_key_name, is_valid_namespace, login_user, user_tags,
 };

@@ -182,12 +182,14 @@ impl Terraform {
     }
 }
 
-/// Whether corral's API answers at `base_url`: its `/health` answers as corral's does. The
-/// error says what happened instead.
+/// Whether corral's state API answers at `base_url`: asked without credentials, its state
+/// route answers as corral's does (`401` with a problem document), which no other server, and
+/// no corral process that serves no API (`--role worker`), does. The error says what happened
+/// instead.
 pub async fn reaches_corral(base_url: &str) -> Result<(), String> {
-    let url = format!("{}/health", base_url.trim_end_matches('/'));
-    // Runs reach the state API directly (`NO_PROXY`), and so does this check.
+    let url = format!("{}/v1/terraform/state/reachability-check", base_url.trim_end_matches('/'));
     let tls = crate::tls_client_config().map_err(|err| format!("no TLS client: {err:#}"))?;
+    // Runs reach the state API directly (`NO_PROXY`), and so does this check.
     let client = reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .timeout(std::time::Duration::from_secs(5))
@@ -198,11 +200,14 @@ pub async fn reaches_corral(base_url: &str) -> Result<(), String> {
         format!("GET {url} from this server failed: {}", crate::error_chain(&err))
     })?;
     let status = answer.status();
-    let body: serde_json::Value = answer.json().await.unwrap_or_default();
-    if status.is_success() && body["status"] == "ok" {
+    let problem = answer
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .is_some_and(|kind| kind.as_bytes().starts_with(b"application/problem+json"));
+    if status == reqwest::StatusCode::UNAUTHORIZED && problem {
         Ok(())
     } else {
-        Err(format!("GET {url} answered {status}, not corral's health answer"))
+        Err(format!("GET {url} answered {status}, not as corral's state API does"))
     }
 }
 

@@ -309,7 +309,8 @@ pub fn cloudformation(
             "  # {} in {}: import with the identifier InstanceId={cloud_id}\n  {name}:\n    \
              Type: AWS::EC2::Instance\n    DeletionPolicy: Retain\n    UpdateReplacePolicy: Retain\n    \
              Properties:\n      ImageId: {}\n      InstanceType: {}\n",
-            instance.name,
+            // Quoted: a name the cloud gave may hold a line break, which would end the comment.
+            json_string(&instance.name),
             instance.region,
             json_string(&instance.ami),
             json_string(&instance.instance_type),
@@ -408,8 +409,24 @@ fn alias(region: &str) -> String {
 }
 
 /// A quoted HCL string: JSON escapes, plus `$${` and `%%{` so nothing is interpolated.
+/// `value` as an HCL quoted string that Terraform reads as it is: template sequences made
+/// literal, and only the escapes HCL knows (`\n`, `\r`, `\t`, `\"`, `\\`, `\uNNNN`).
 fn hcl(value: &str) -> String {
-    json_string(&crate::terraform::literal(value))
+    let mut quoted = String::with_capacity(value.len() + 2);
+    quoted.push('"');
+    for c in crate::terraform::literal(value).chars() {
+        match c {
+            '"' => quoted.push_str("\\\""),
+            '\\' => quoted.push_str("\\\\"),
+            '\n' => quoted.push_str("\\n"),
+            '\r' => quoted.push_str("\\r"),
+            '\t' => quoted.push_str("\\t"),
+            c if c.is_control() => quoted.push_str(&format!("\\u{:04X}", c as u32)),
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('"');
+    quoted
 }
 
 /// A double-quoted string, as JSON writes it (YAML reads it the same way).
@@ -463,6 +480,11 @@ mod tests {
         assert!(text.contains("ec2 = \"http://127.0.0.1:5000\""), "{text}");
         assert!(text.contains("\"team\" = \"$${blue}\""), "{text}");
         assert!(text.contains("volume_size = 8") && text.contains("key_name      = \"deploy\""));
+        // Every HCL string is literal and uses only the escapes HCL knows.
+        assert_eq!(
+            hcl("a\"b\\c\n${x}%{y}\u{8}\u{c}"),
+            "\"a\\\"b\\\\c\\n$${x}%%{y}\\u0008\\u000C\""
+        );
         // User data and volume tags are literal: Terraform evaluates neither.
         assert!(text.contains("user_data     = \"echo $${HOME}\""), "{text}");
         assert!(text.contains("    tags = {\n      \"team\" = \"$${blue}\"\n    }\n"), "{text}");
@@ -512,5 +534,10 @@ mod tests {
         );
         assert!(text.contains("InstanceId=i-0abc"), "{text}");
         assert!(text.contains("VolumeSize: 8"), "{text}");
+        // A name from the cloud cannot end the comment it is written in.
+        let mut odd = instance("web-1", "us-east-1");
+        odd.name = "x\n  Evil:\n    Type: AWS::IAM::User".into();
+        let text = cloudformation(&[odd], &BTreeMap::new(), "instance x");
+        assert!(!text.contains("\n  Evil:"), "{text}");
     }
 }

@@ -119,7 +119,11 @@ impl From<&InstanceRecord> for InstanceBody {
             public_ip: instance.public_ip.clone(),
             private_ip: instance.private_ip.clone(),
             key_name: instance.key_name.clone(),
-            ssh_command: ssh_command(instance.key_name.as_deref(), instance.public_ip.as_deref()),
+            ssh_command: ssh_command(
+                instance.key_name.as_deref(),
+                instance.public_ip.as_deref(),
+                instance.login_user.as_deref(),
+            ),
             tags: instance.tags.clone(),
             security_groups: instance.security_groups.clone(),
             backend: instance.backend.to_string(),

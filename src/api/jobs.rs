@@ -34,6 +34,7 @@ impl From<&InstanceRecord> for JobInstanceBody {
             ssh_command: crate::domain::ssh_command(
                 instance.key_name.as_deref(),
                 instance.public_ip.as_deref(),
+                instance.login_user.as_deref(),
             ),
         }
     }

@@ -218,6 +218,7 @@ async fn adopt(
         key_name: None,
         tags: crate::domain::user_tags(tags),
         security_groups: None,
+        login_user: None,
         backend: crate::domain::Backend::Aws,
         launch_index: 0,
         created_by_job,

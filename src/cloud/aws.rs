@@ -201,6 +201,7 @@ impl Provider for AwsProvider {
             owner_alias: image.image_owner_alias().map(str::to_string),
             architecture: image.architecture().map(|a| a.as_str().to_string()).unwrap_or_default(),
             root_device_name: image.root_device_name().map(str::to_string),
+            name: image.name().map(str::to_string),
         })
     }
 

@@ -81,6 +81,7 @@ impl Provider for FakeProvider {
             owner_alias: Some("amazon".to_string()),
             architecture: "x86_64".to_string(),
             root_device_name: Some("/dev/xvda".to_string()),
+            name: Some("al2023-ami-2023.6-kernel-6.1-x86_64".to_string()),
         })
     }
 

@@ -54,6 +54,24 @@ const OTHER_VARIABLES: [&str; 6] = [
 ];
 const HARNESS_PREFIX: &str = "CORRAL_TEST_";
 
+/// Whether `name` is a variable Kubernetes (a Service named `corral…`: `CORRAL_SERVICE_HOST`,
+/// `CORRAL_PORT_8080_TCP_ADDR`, `CORRAL_DB_PORT`) or a Docker link gives every container:
+/// not a setting, and not a mistake of the person who deploys corral. A known name
+/// (`CORRAL_SMTP_PORT`) is never one.
+fn is_service_link(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("CORRAL") else { return false };
+    let known = name.starts_with("CORRAL_") && is_known(name);
+    !known
+        && (rest.contains("_SERVICE_HOST")
+            || rest.contains("_SERVICE_PORT")
+            || rest.ends_with("_PORT")
+            || rest.split("_PORT_").nth(1).is_some_and(|link| {
+                let mut parts = link.split('_');
+                parts.next().is_some_and(|port| port.bytes().all(|b| b.is_ascii_digit()))
+                    && parts.next().is_some_and(|proto| matches!(proto, "TCP" | "UDP" | "SCTP"))
+            }))
+}
+
 /// The variable that sets the key at `path` (`["jobs", "max_attempts"]`): the short name
 /// (`ENV_ALIASES`) when that is the one set, else `CORRAL_JOBS__MAX_ATTEMPTS`.
 pub(super) fn variable(path: &[&str]) -> String {
@@ -72,7 +90,9 @@ pub(super) fn provider() -> impl Provider {
     let env = Env::prefixed("CORRAL_")
         .filter(|key| {
             let variable = format!("CORRAL_{}", key.as_str().to_ascii_uppercase());
-            !OTHER_VARIABLES.contains(&variable.as_str()) && !variable.starts_with(HARNESS_PREFIX)
+            !OTHER_VARIABLES.contains(&variable.as_str())
+                && !variable.starts_with(HARNESS_PREFIX)
+                && !is_service_link(&variable)
         })
         .map(|key| {
             match ENV_ALIASES.iter().find(|(alias, _)| key.as_str().eq_ignore_ascii_case(alias)) {
@@ -91,6 +111,7 @@ pub(super) fn provider() -> impl Provider {
 pub(super) fn check_names(names: impl Iterator<Item = String>) -> Result<(), String> {
     let unknown: Vec<String> = names
         .filter(|name| name.starts_with("CORRAL_") && !name.starts_with(HARNESS_PREFIX))
+        .filter(|name| !is_service_link(name))
         .filter(|name| !is_known(name))
         .map(|name| {
             let key = name["CORRAL_".len()..].to_ascii_lowercase();

@@ -226,11 +226,16 @@ impl TryFrom<String> for Backend {
     }
 }
 
-/// How to log in to an instance with a key pair and a public address. The user name depends on
-/// the AMI (`ec2-user` on Amazon Linux, `ubuntu` on Ubuntu).
-pub fn ssh_command(key_name: Option<&str>, public_ip: Option<&str>) -> Option<String> {
+/// How to log in to an instance with a key pair and a public address, as `login_user` (which
+/// the AMI implies: `domain::login_user`; `ec2-user` while it is not known).
+pub fn ssh_command(
+    key_name: Option<&str>,
+    public_ip: Option<&str>,
+    login_user: Option<&str>,
+) -> Option<String> {
     let address: std::net::IpAddr = public_ip?.parse().ok()?;
-    Some(format!("ssh -i {} ec2-user@{address}", shell_word(&format!("{}.pem", key_name?))))
+    let user = shell_word(login_user.unwrap_or("ec2-user"));
+    Some(format!("ssh -i {} {user}@{address}", shell_word(&format!("{}.pem", key_name?))))
 }
 
 /// `text` as one word for a POSIX shell: as it is when it holds only characters no shell
@@ -272,15 +277,19 @@ mod tests {
     #[test]
     fn the_ssh_command_quotes_what_a_shell_would_run() {
         assert_eq!(
-            ssh_command(Some("deploy"), Some("203.0.113.9")).unwrap(),
+            ssh_command(Some("deploy"), Some("203.0.113.9"), None).unwrap(),
             "ssh -i deploy.pem ec2-user@203.0.113.9"
         );
         assert_eq!(
-            ssh_command(Some("a;rm -rf ~ $(id)`x`"), Some("203.0.113.9")).unwrap(),
+            ssh_command(Some("deploy"), Some("203.0.113.9"), Some("ubuntu")).unwrap(),
+            "ssh -i deploy.pem ubuntu@203.0.113.9"
+        );
+        assert_eq!(
+            ssh_command(Some("a;rm -rf ~ $(id)`x`"), Some("203.0.113.9"), None).unwrap(),
             "ssh -i 'a;rm -rf ~ $(id)`x`.pem' ec2-user@203.0.113.9"
         );
         assert_eq!(shell_word("it's"), "'it'\\''s'");
-        assert_eq!(ssh_command(Some("k"), Some("1.2.3.4; id")), None);
+        assert_eq!(ssh_command(Some("k"), Some("1.2.3.4; id"), None), None);
     }
 
     #[test]

@@ -132,12 +132,19 @@ pub struct NotifiedInstance {
     pub public_ip: Option<String>,
     pub private_ip: Option<String>,
     pub key_name: Option<String>,
+    /// The user the instance is logged in to as; absent while not known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_user: Option<String>,
 }
 
 impl NotifiedInstance {
     /// How to log in, when the instance has a key pair and a public address.
     pub fn ssh_command(&self) -> Option<String> {
-        crate::domain::ssh_command(self.key_name.as_deref(), self.public_ip.as_deref())
+        crate::domain::ssh_command(
+            self.key_name.as_deref(),
+            self.public_ip.as_deref(),
+            self.login_user.as_deref(),
+        )
     }
 }
 
@@ -215,6 +222,7 @@ mod tests {
             public_ip: Some("3.4.5.6".into()),
             private_ip: None,
             key_name: None,
+            login_user: None,
         };
         let mut event = Notification {
             id: "e".into(),

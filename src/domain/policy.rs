@@ -70,6 +70,48 @@ impl FromStr for CpuCredits {
 pub struct AmiRule {
     pub owners: Vec<String>,
     pub ids: Vec<String>,
+    /// The user to log in as on instances of an AMI, by AMI id or owner (account id or
+    /// alias), where `login_user`'s guess from the AMI's owner and name is wrong.
+    pub login_users: BTreeMap<String, String>,
+}
+
+/// The user to log in as on an instance of `image`: the rule's `login_users` entry for the
+/// AMI or its owner, else what the owner or the AMI's name implies (`ec2-user` for Amazon
+/// Linux, RHEL and SUSE, `ubuntu` for Ubuntu, `admin` for Debian, …), else `ec2-user`.
+pub fn login_user(rule: &AmiRule, image: &ImageFacts) -> String {
+    let keys = [Some(&image.id), Some(&image.owner_id), image.owner_alias.as_ref()];
+    if let Some(user) = keys.into_iter().flatten().find_map(|key| rule.login_users.get(key)) {
+        return user.clone();
+    }
+    let by_owner = match image.owner_id.as_str() {
+        "099720109477" => Some("ubuntu"),
+        "136693071363" => Some("admin"),
+        "137112412989" => Some("ec2-user"),
+        _ => None,
+    };
+    let name = image.name.as_deref().unwrap_or_default().to_ascii_lowercase();
+    let by_name = [
+        ("ubuntu", "ubuntu"),
+        ("debian", "admin"),
+        ("centos", "centos"),
+        ("fedora", "fedora"),
+        ("rocky", "rocky"),
+        ("almalinux", "ec2-user"),
+        ("bitnami", "bitnami"),
+    ]
+    .into_iter()
+    .find(|(word, _)| name.contains(word))
+    .map(|(_, user)| user);
+    by_owner.or(by_name).unwrap_or("ec2-user").to_string()
+}
+
+/// Whether `user` can be a login user: what `useradd` accepts by default, and nothing a shell
+/// would read as more than a word.
+fn is_valid_login_user(user: &str) -> bool {
+    let mut chars = user.chars();
+    user.len() <= 32
+        && chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
 /// Which existing security groups a request may attach in a region: those in `ids` from any
@@ -161,7 +203,7 @@ impl Policy {
     pub fn free_tier() -> Policy {
         let all_regions = AmiRule {
             owners: FREE_TIER_AMI_OWNERS.iter().map(|s| s.to_string()).collect(),
-            ids: Vec::new(),
+            ..AmiRule::default()
         };
         Policy {
             profile: "free-tier".to_string(),
@@ -216,9 +258,17 @@ impl Policy {
         if self.max_count < 1 {
             problems.push("policy.max_count: must be at least 1".to_string());
         }
-        for region in self.amis.keys() {
+        for (region, rule) in &self.amis {
             if region != "*" && !self.regions.contains(region) {
                 problems.push(format!("policy.amis.{region}: region is not in policy.regions"));
+            }
+            for (image, user) in &rule.login_users {
+                if !is_valid_login_user(user) {
+                    problems.push(format!(
+                        "policy.amis.{region}.login_users.{image}: '{user}' is not a user name \
+                         (lowercase letters, digits, '_' and '-', starting with a letter or '_')"
+                    ));
+                }
             }
         }
         for (region, rule) in &self.security_groups {
@@ -666,6 +716,11 @@ fn is_valid_name(name: &str, max_len: usize) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+/// Whether `name` is one an instance may be given (`NAME_RULE`).
+pub fn is_valid_instance_name(name: &str) -> bool {
+    is_valid_name(name, 64)
+}
+
 pub fn is_valid_namespace(namespace: &str) -> bool {
     !namespace.is_empty()
         && namespace.len() <= 63
@@ -761,6 +816,8 @@ pub struct ImageFacts {
     pub architecture: String,
     /// Device name of the root volume, where the storage size is applied.
     pub root_device_name: Option<String>,
+    /// The AMI's name (`al2023-ami-…`, `ubuntu/images/…`), which tells its login user.
+    pub name: Option<String>,
 }
 
 /// What the cloud says about an instance type.
@@ -1008,9 +1065,10 @@ mod tests {
     #[test]
     fn ami_id_allow_list_is_checked_per_region() {
         let mut policy = Policy::free_tier();
-        policy
-            .amis
-            .insert("us-west-2".into(), AmiRule { owners: vec![], ids: vec!["ami-aaaa".into()] });
+        policy.amis.insert(
+            "us-west-2".into(),
+            AmiRule { ids: vec!["ami-aaaa".into()], ..AmiRule::default() },
+        );
         let mut request = valid_request();
         request.region = Some("us-west-2".into());
         let violations = policy.check_request(&request).unwrap_err();
@@ -1022,6 +1080,39 @@ mod tests {
         assert!(policy.check_request(&request).is_ok());
     }
 
+    /// The login user is what the policy says for the AMI or its owner, else what the owner
+    /// or the AMI's name implies, else `ec2-user`; a policy naming a user no shell word can be
+    /// is refused.
+    #[test]
+    fn the_login_user_follows_the_ami() {
+        let named = |owner: &str, name: &str| ImageFacts {
+            name: Some(name.to_string()),
+            ..image(owner, "x86_64")
+        };
+        let rule = AmiRule::default();
+        assert_eq!(login_user(&rule, &named("137112412989", "al2023-ami-2023")), "ec2-user");
+        assert_eq!(login_user(&rule, &named("099720109477", "anything")), "ubuntu");
+        assert_eq!(login_user(&rule, &named("136693071363", "debian-12-amd64")), "admin");
+        assert_eq!(login_user(&rule, &named("123456789012", "my-ubuntu-22.04")), "ubuntu");
+        assert_eq!(login_user(&rule, &named("123456789012", "golden")), "ec2-user");
+        let rule = AmiRule {
+            login_users: BTreeMap::from([("123456789012".into(), "ops".into())]),
+            ..AmiRule::default()
+        };
+        assert_eq!(login_user(&rule, &named("123456789012", "my-ubuntu-22.04")), "ops");
+
+        let mut policy = Policy::free_tier();
+        policy.amis.insert(
+            "*".into(),
+            AmiRule {
+                login_users: BTreeMap::from([("ami-1".into(), "root; rm -rf /".into())]),
+                ..AmiRule::default()
+            },
+        );
+        let problems = policy.validate().unwrap_err().join("\n");
+        assert!(problems.contains("policy.amis.*.login_users.ami-1"), "{problems}");
+    }
+
     fn image(owner: &str, arch: &str) -> ImageFacts {
         ImageFacts {
             id: "ami-1".into(),
@@ -1029,6 +1120,7 @@ mod tests {
             owner_alias: None,
             architecture: arch.into(),
             root_device_name: Some("/dev/xvda".into()),
+            name: None,
         }
     }
 

@@ -94,6 +94,7 @@ fn observation(instance: &InstanceRecord, seen: &CloudInstance) -> Observation {
             security_groups: seen.security_groups.clone(),
             storage_gb: None,
         }),
+        authoritative: false,
     }
 }
 

@@ -98,7 +98,10 @@ pub fn render(notification: &Notification, job_link: Option<&str>) -> Rendered {
     ));
     facts.push(("When", notification.occurred_at.format("%Y-%m-%d %H:%M:%S UTC").to_string()));
     if let Some(job_id) = &notification.job_id {
-        facts.push(("Job", job_link.map_or_else(|| job_id.clone(), str::to_string)));
+        facts.push(("Job", job_id.clone()));
+        if let Some(link) = job_link {
+            facts.push(("API link", link.to_string()));
+        }
     }
     if let Some(error) = &notification.error {
         facts.push(("Error", error.clone()));
@@ -118,7 +121,7 @@ pub fn render(notification: &Notification, job_link: Option<&str>) -> Rendered {
     let mut html =
         format!("<html><body style=\"font-family: sans-serif\"><p>{}</p><table>", escape(&summary));
     for (label, value) in &facts {
-        let value = if *label == "Job" && value.starts_with("http") {
+        let value = if *label == "API link" && value.starts_with("http") {
             format!("<a href=\"{0}\">{0}</a>", escape(value))
         } else {
             escape(value)
@@ -126,6 +129,15 @@ pub fn render(notification: &Notification, job_link: Option<&str>) -> Rendered {
         html.push_str(&format!("<tr><th align=\"left\">{label}</th><td>{value}</td></tr>"));
     }
     html.push_str("</table>");
+    if let (Some(job_id), Some(_)) = (&notification.job_id, job_link) {
+        // There is no page for people yet: the link is the API's, which says so.
+        let note = format!(
+            "The API link answers JSON to a client that sends an API key; in a terminal, \
+             corral jobs get {job_id} shows the job."
+        );
+        text.push_str(&format!("\n{note}\n"));
+        html.push_str(&format!("<p>{}</p>", escape(&note)));
+    }
 
     if !notification.instances.is_empty() {
         text.push_str("\nInstances:\n");
@@ -207,6 +219,7 @@ mod tests {
                 public_ip: Some("3.4.5.6".into()),
                 private_ip: Some("10.0.0.7".into()),
                 key_name: key_name.map(str::to_string),
+                login_user: None,
             }],
             error: None,
             drift: None,
@@ -222,7 +235,10 @@ mod tests {
             "Namespace: alpha",
             "By:        alice (crl_AbCd1234)",
             "When:      2023-11-14 22:13:20 UTC",
-            "Job:       https://corral.example/v1/jobs/j1",
+            "Job:       j1",
+            "API link:  https://corral.example/v1/jobs/j1",
+            "The API link answers JSON to a client that sends an API key; in a terminal, corral \
+             jobs get j1 shows the job.",
             "web-1 (i-0abc, corral id c1)",
             "region eu-west-1, type t3.micro, state stopped",
             "public IP 3.4.5.6, private IP 10.0.0.7",

@@ -230,9 +230,15 @@ impl Store {
 
 /// Narrows an audit query to `filter`; false when nothing can match.
 pub(super) fn push_audit_filter(query: &mut Sql<'_>, filter: &AuditFilter) -> bool {
+    // An API key's prefix names the credential that acted, as actors did before they were
+    // people: `actor=crl_…` finds what that key did.
+    let actor_column = match &filter.actor {
+        Some(actor) if actor.starts_with("crl_") => "credential",
+        _ => "actor",
+    };
     for (column, value) in [
         ("namespace", &filter.namespace),
-        ("actor", &filter.actor),
+        (actor_column, &filter.actor),
         ("action", &filter.action),
         ("target", &filter.target),
     ] {

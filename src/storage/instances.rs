@@ -14,7 +14,7 @@ use super::{
     Actor, Admission, AuditEntry, Dialect, Millis, NewJob, Page, PageRequest, StorageError, Store,
     convert, new_id, now_millis,
 };
-use crate::domain::{Backend, EventType, InstanceState, StateConflict, UnknownBackend};
+use crate::domain::{Backend, EventType, InstanceState, JobKind, StateConflict, UnknownBackend};
 
 /// The condition of a live instance: one that exists in the cloud or is being created (not
 /// terminated, not failed). Names are unique among the live instances of a namespace.
@@ -38,6 +38,9 @@ pub struct InstanceRecord {
     /// Ids of the security groups attached, as the cloud last reported them; `None` until an
     /// observation has told them.
     pub security_groups: Option<Vec<String>>,
+    /// The user to log in as, which the AMI implies (`domain::login_user`); `None` until the
+    /// create job has described the AMI.
+    pub login_user: Option<String>,
     pub backend: Backend,
     pub launch_index: i64,
     pub created_by_job: String,
@@ -72,6 +75,7 @@ impl InstanceRecord {
             key_name: spec.key_name.clone(),
             tags: spec.tags.clone(),
             security_groups: None,
+            login_user: None,
             backend: Backend::Aws,
             launch_index: launch_index as i64,
             created_by_job: job_id.to_string(),
@@ -105,6 +109,9 @@ pub struct Observation {
     pub private_ip: Option<String>,
     /// What else the cloud reported of it; `None` when only state and addresses were seen.
     pub attributes: Option<ObservedAttributes>,
+    /// The observer knows that the record's attributes are not the cloud's (a tag job that
+    /// failed): they are overwritten with the observed ones, without drift.
+    pub authoritative: bool,
 }
 
 /// The attributes of an instance corral manages besides its state, as the cloud reported them.
@@ -139,7 +146,25 @@ impl ObservedAttributes {
                 record.vcpus = vcpus;
             }
         }
+        // 0 vCPUs or GiB is what an adopted instance's record says while they are unknown.
+        if record.vcpus == 0
+            && let Some(vcpus) = self.vcpus
+        {
+            record.vcpus = vcpus;
+        }
+        if record.storage_gb == 0
+            && let Some(storage_gb) = self.storage_gb
+        {
+            record.storage_gb = storage_gb;
+        }
+        // A name corral could not be asked for (a Name tag set in the console to anything EC2
+        // takes) is drift, but the record keeps a name that lookups and exports can use.
         if let Some(name) = &self.name
+            && *name != record.name
+            && !crate::domain::is_valid_instance_name(name)
+        {
+            changes.push(("name".into(), Some(record.name.clone()), Some(name.clone())));
+        } else if let Some(name) = &self.name
             && *name != record.name
         {
             let old = std::mem::replace(&mut record.name, name.clone());
@@ -245,6 +270,10 @@ pub struct OrphanRecord {
 /// Everything one reconcile pass over one region found, written at once.
 #[derive(Debug, Clone, Default)]
 pub struct Reconciliation {
+    /// When the cloud was asked: an instance whose record changed since (a job was admitted or
+    /// finished, a job observed it) is left for the next pass, which will see what that change
+    /// did, instead of being judged on what the cloud said before it. `None`: no such guard.
+    pub observed_at: Option<Millis>,
     pub observations: Vec<Observation>,
     /// Instances corral knows that the cloud does not.
     pub missing: Vec<String>,
@@ -275,6 +304,7 @@ pub(super) struct InstanceRow {
     key_name: Option<String>,
     tags: String,
     security_groups: Option<String>,
+    login_user: Option<String>,
     backend: String,
     launch_index: i64,
     created_by_job: String,
@@ -314,6 +344,7 @@ impl TryFrom<InstanceRow> for InstanceRecord {
             public_ip: row.public_ip,
             private_ip: row.private_ip,
             key_name: row.key_name,
+            login_user: row.login_user,
             launch_index: row.launch_index,
             created_by_job: row.created_by_job,
             active_job_id: row.active_job_id,
@@ -424,8 +455,12 @@ impl Store {
         let now = now_millis();
         let mut tx = self.begin_write().await?;
         let mut drifts = Vec::new();
-        for seen in &reconciliation.observations {
-            drifts.extend(update_observed(&mut tx, seen, now).await?);
+        // Rows are locked in one order by every writer, so that two cannot wait on each other.
+        let mut observations: Vec<&Observation> = reconciliation.observations.iter().collect();
+        observations.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+        for seen in observations {
+            let since = reconciliation.observed_at;
+            drifts.extend(update_observed(&mut tx, seen, since, now).await?);
         }
         for id in &reconciliation.missing {
             let before: Option<(String, String, Option<String>)> = sqlx::query_as(
@@ -637,9 +672,11 @@ impl Store {
         }
         let now = now_millis();
         let mut tx = self.begin_write().await?;
+        let mut observations: Vec<&Observation> = observations.iter().collect();
+        observations.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
         for seen in observations {
             // A job records what it observed of its own instances: no drift, it owns them.
-            update_observed(&mut tx, seen, now).await?;
+            update_observed(&mut tx, seen, None, now).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -841,8 +878,9 @@ pub(super) async fn insert_instance(
     sqlx::query(
         "INSERT INTO instances (id, cloud_id, name, namespace, region, ami, instance_type, \
              storage_gb, state, public_ip, private_ip, key_name, tags, backend, launch_index, \
-             created_by_job, active_job_id, vcpus, created_at, updated_at, security_groups) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
+             created_by_job, active_job_id, vcpus, created_at, updated_at, security_groups, \
+             login_user) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
     )
     .bind(&instance.id)
     .bind(&instance.cloud_id)
@@ -865,6 +903,7 @@ pub(super) async fn insert_instance(
     .bind(instance.created_at)
     .bind(instance.updated_at)
     .bind(instance.security_groups.as_ref().map(|groups| serde_json::to_string(groups).expect("ids serialize")))
+    .bind(&instance.login_user)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -880,6 +919,7 @@ pub(super) async fn insert_instance(
 pub(super) async fn update_observed(
     tx: &mut Transaction<'_, Any>,
     seen: &Observation,
+    observed_at: Option<Millis>,
     now: Millis,
 ) -> Result<Vec<Drift>, StorageError> {
     let select = format!("SELECT * FROM instances WHERE id = $1{}", Dialect::of(tx).lock_rows());
@@ -887,6 +927,9 @@ pub(super) async fn update_observed(
         sqlx::query_as(&select).bind(&seen.instance_id).fetch_optional(&mut **tx).await?;
     let Some(row) = row else { return Ok(Vec::new()) };
     let before = InstanceRecord::try_from(row)?;
+    if observed_at.is_some_and(|at| before.updated_at >= at) {
+        return Ok(Vec::new());
+    }
     let owned = before.active_job_id.is_some();
     let mut after = InstanceRecord {
         cloud_id: Some(seen.cloud_id.clone()),
@@ -899,10 +942,30 @@ pub(super) async fn update_observed(
     if before.state != seen.state && !owned {
         drifts.push(state_drift(&seen.instance_id, before.state.as_str(), seen.state));
     }
+    // An instance on its way out has no network interfaces to report groups of.
+    let gone = matches!(seen.state, InstanceState::ShuttingDown | InstanceState::Terminated);
     match &seen.attributes {
         Some(cloud) if before.security_groups.is_none() => cloud.fill_unknown(&mut after),
+        Some(_) if gone => {}
+        Some(cloud) if seen.authoritative => {
+            cloud.apply_to(&mut after);
+        }
+        // Nobody changes it: what changed, changed behind corral's back.
         Some(cloud) if !owned => drifts.extend(cloud.apply_to(&mut after)),
-        _ => {}
+        Some(cloud) => {
+            // A job owns it: what changed is the job's doing (a Terraform run applying its
+            // configuration), or nothing, except for a tag job, which is making the name and
+            // tags the record already says true.
+            let owner = before.active_job_id.as_deref().unwrap_or_default();
+            let kind: Option<(String,)> = sqlx::query_as("SELECT kind FROM jobs WHERE id = $1")
+                .bind(owner)
+                .fetch_optional(&mut **tx)
+                .await?;
+            if kind.is_none_or(|(kind,)| kind != JobKind::TagInstances.as_str()) {
+                cloud.apply_to(&mut after);
+            }
+        }
+        None => {}
     }
     if after == before {
         return Ok(drifts);

@@ -602,13 +602,23 @@ impl Store {
         Ok(marked == 1)
     }
 
-    /// Records the vCPUs of the instances a create job launches.
-    pub async fn record_vcpus(&self, job_id: &str, vcpus: i64) -> Result<(), StorageError> {
-        sqlx::query("UPDATE instances SET vcpus = $1 WHERE created_by_job = $2 AND vcpus <> $1")
-            .bind(vcpus)
-            .bind(job_id)
-            .execute(&self.pool)
-            .await?;
+    /// Records what a create job learnt of its instances from the cloud: the vCPUs of their
+    /// type, and the user their AMI is logged in to as.
+    pub async fn record_launch_facts(
+        &self,
+        job_id: &str,
+        vcpus: i64,
+        login_user: &str,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "UPDATE instances SET vcpus = $1, login_user = $2 WHERE created_by_job = $3 \
+             AND (vcpus <> $1 OR login_user IS DISTINCT FROM $2)",
+        )
+        .bind(vcpus)
+        .bind(login_user)
+        .bind(job_id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

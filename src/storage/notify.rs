@@ -701,6 +701,7 @@ pub(super) fn notified(instance: &InstanceRecord) -> NotifiedInstance {
         public_ip: instance.public_ip.clone(),
         private_ip: instance.private_ip.clone(),
         key_name: instance.key_name.clone(),
+        login_user: instance.login_user.clone(),
     }
 }
 

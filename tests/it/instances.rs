@@ -453,3 +453,24 @@ async fn pagination_walks_every_instance_exactly_once() {
     seen.sort();
     assert_eq!(seen, ["p-1", "p-2", "p-3", "p-4", "p-5", "p-6", "p-7"]);
 }
+
+/// The ssh command logs in as the user the AMI implies: `ubuntu` on Canonical's Ubuntu,
+/// `ec2-user` on Amazon Linux.
+#[tokio::test]
+async fn the_ssh_command_uses_the_login_user_of_the_ami() {
+    let app = spawn_app().await;
+    app.ec2.create_key_pair().key_name("deploy").send().await.unwrap();
+    let mut ubuntu = create_body("jammy");
+    ubuntu["ami"] = json!("ami-785db401");
+    ubuntu["key_name"] = json!("deploy");
+    let mut amazon = create_body("amzn");
+    amazon["key_name"] = json!("deploy");
+    for (body, user) in [(ubuntu, "ubuntu"), (amazon, "ec2-user")] {
+        let job = app.create_running(&body).await;
+        let id = job["instances"][0]["id"].as_str().unwrap();
+        let instance: Value = app.get_instance(id).await.json().await.unwrap();
+        let ip = instance["public_ip"].as_str().unwrap();
+        assert_eq!(instance["ssh_command"], format!("ssh -i deploy.pem {user}@{ip}"), "{instance}");
+        assert_eq!(job["instances"][0]["ssh_command"], instance["ssh_command"], "{job}");
+    }
+}

@@ -124,8 +124,10 @@ async fn architecture_and_owner_rules_fail_the_job_before_any_launch() {
 #[tokio::test]
 async fn ami_owners_are_checked_against_the_cloud() {
     let app = spawn_app_with(|settings| {
-        let rule =
-            corral::domain::AmiRule { owners: vec!["137112412989".to_string()], ids: Vec::new() };
+        let rule = corral::domain::AmiRule {
+            owners: vec!["137112412989".to_string()],
+            ..corral::domain::AmiRule::default()
+        };
         settings.policy.amis = [("*".to_string(), rule)].into();
     })
     .await;

@@ -63,6 +63,9 @@ pub enum Mode {
     /// As `LoseFirstLaunchAnswer`, and from then on the cloud is down as in `Down`: the launch
     /// took effect, and corral cannot learn it.
     DownAfterLostLaunch,
+    /// Every CreateTags is refused, 403 `UnauthorizedOperation`, without reaching moto, as a
+    /// policy without `ec2:CreateTags` would. Every other call passes.
+    RefuseTagging,
 }
 
 pub struct FaultProxy {
@@ -224,6 +227,10 @@ async fn handle(
         Mode::FailAfterLaunch if state.launch_answered.load(Ordering::SeqCst) => {
             record("internal_error");
             return Ok(ec2_error(500, "InternalError"));
+        }
+        Mode::RefuseTagging if action == "CreateTags" => {
+            record("unauthorized");
+            return Ok(ec2_error(403, "UnauthorizedOperation"));
         }
         _ => {}
     }

@@ -141,6 +141,33 @@ async fn every_managed_attribute_changed_in_the_cloud_is_drift_and_the_record_fo
     assert_eq!(again["items"].as_array().unwrap().len(), expected.len(), "{again}");
 }
 
+/// A rename the cloud refused is not claimed: the record goes back to the name the cloud has,
+/// and the next pass finds no drift in what corral failed to do.
+#[tokio::test]
+async fn a_refused_rename_leaves_the_record_as_the_cloud_has_it_and_is_no_drift() {
+    let proxy = FaultProxy::start(moto_url(), 0.0).await;
+    let app = spawn_app_with(|settings| {
+        settings.aws.endpoint_url = Some(proxy.url.clone());
+        settings.jobs.max_attempts = 1;
+    })
+    .await;
+    let job = app.create_running(&create_body("kept")).await;
+    let id = job["instances"][0]["id"].as_str().unwrap();
+    proxy.set_mode(crate::proxy::Mode::RefuseTagging);
+
+    let rename = json!({ "name": "renamed", "tags": { "team": "red" } });
+    let url = app.url(&format!("/v1/instances/{id}?wait=30"));
+    let job: Value =
+        app.client.patch(url).json(&rename).send().await.unwrap().json().await.unwrap();
+
+    assert_eq!(job["status"], "failed", "{job}");
+    let record: Value = app.get_instance(id).await.json().await.unwrap();
+    assert_eq!((&record["name"], &record["tags"]), (&json!("kept"), &json!({})), "{record}");
+    app.reconcile().await;
+    let drift: Value = app.get(&format!("/v1/instances/{id}/drift")).await.json().await.unwrap();
+    assert_eq!(drift["items"], json!([]), "{drift}");
+}
+
 #[tokio::test]
 async fn an_instance_the_cloud_no_longer_knows_is_marked_missing_not_deleted() {
     let app = spawn_app().await;

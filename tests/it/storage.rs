@@ -319,6 +319,7 @@ async fn drift_is_judged_against_the_instance_as_stored_when_it_is_written() {
         key_name: None,
         tags: Default::default(),
         security_groups: None,
+        login_user: None,
         backend: corral::domain::Backend::Aws,
         launch_index: 0,
         created_by_job: job.id.clone(),
@@ -337,6 +338,7 @@ async fn drift_is_judged_against_the_instance_as_stored_when_it_is_written() {
             public_ip: None,
             private_ip: None,
             attributes: None,
+            authoritative: false,
         }],
         ..Reconciliation::default()
     };
@@ -359,6 +361,13 @@ async fn drift_is_judged_against_the_instance_as_stored_when_it_is_written() {
     assert_eq!(recorded[0].field, "state");
     // Seen again unchanged: nothing new.
     assert_eq!(store.record_reconciliation(&seen(Running)).await.unwrap(), []);
+
+    // What the cloud said before the record last changed is not judged: the record changed
+    // since (here: the observation above), and the next pass will see what that change did.
+    let stale = Reconciliation { observed_at: Some(now), ..seen(Stopped) };
+    assert_eq!(store.record_reconciliation(&stale).await.unwrap(), []);
+    let after_it = Reconciliation { observed_at: Some(now_millis() + 1), ..seen(Stopped) };
+    assert_eq!(store.record_reconciliation(&after_it).await.unwrap().len(), 1);
 }
 
 /// Rows written before actors were people named an API key's prefix as their actor; the

@@ -521,9 +521,10 @@ async fn the_state_url_check_finds_corral_and_only_corral() {
 
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let err = corral::terraform::reaches_corral(&format!("http://{closed}")).await.unwrap_err();
-    assert!(err.contains(&format!("GET http://{closed}/health from this server failed")), "{err}");
+    let probe = format!("GET http://{closed}/v1/terraform/state/reachability-check");
+    assert!(err.contains(&format!("{probe} from this server failed")), "{err}");
 
     let moto = moto_url();
     let err = corral::terraform::reaches_corral(&moto).await.unwrap_err();
-    assert!(err.contains("not corral's health answer") && err.contains(&moto), "{err}");
+    assert!(err.contains("not as corral's state API does") && err.contains(&moto), "{err}");
 }

@@ -24,8 +24,11 @@ pub async fn check_cloud_rules(
         return Err(JobError::Permanent(format!("policy violation: {}", messages.join("; "))));
     }
     // The request may have been admitted without the vCPU count (no vCPU quota, cloud not
-    // asked); record it now so that later quotas count these instances right.
-    ctx.store.record_vcpus(&run.job.job.id, i64::from(instance_type.vcpus)).await?;
+    // asked); record it now so that later quotas count these instances right, with the user
+    // the AMI is logged in to as.
+    let login_user = crate::domain::login_user(&ctx.policy.ami_rule(region), &image);
+    let vcpus = i64::from(instance_type.vcpus);
+    ctx.store.record_launch_facts(&run.job.job.id, vcpus, &login_user).await?;
     Ok((image, instance_type))
 }
 

@@ -73,6 +73,7 @@ pub async fn refresh_region(
     known: &[InstanceRecord],
     unfinished_jobs: Option<&HashSet<String>>,
 ) -> Result<RegionOutcome, JobError> {
+    let observed_at = now_millis();
     let mut seen: HashMap<String, CloudInstance> = HashMap::new();
     if unfinished_jobs.is_some() {
         for instance in ctx.provider.find_tag_key(region, TAG_JOB_ID).await? {
@@ -91,7 +92,8 @@ pub async fn refresh_region(
     }
 
     let sizes = volume_sizes(ctx, region, known, &seen).await;
-    let mut reconciliation = Reconciliation::default();
+    let mut reconciliation =
+        Reconciliation { observed_at: Some(observed_at), ..Default::default() };
     for instance in known {
         let cloud_id = instance.cloud_id.as_deref().unwrap_or_default();
         let Some(cloud) = seen.get(cloud_id) else {

@@ -18,6 +18,57 @@ pub struct TagPayload {
 }
 
 pub async fn run(run: &JobRun<'_>) -> Result<(), JobError> {
+    let outcome = apply(run).await;
+    if let Err(err) = &outcome
+        && run.is_final(err)
+    {
+        restore(run).await;
+    }
+    outcome
+}
+
+/// After a final failure, the record (changed when the request was admitted) takes the name
+/// and tags the cloud has, so that what the change did not do is neither claimed nor, at the
+/// next reconcile pass, reported as drift.
+async fn restore(run: &JobRun<'_>) {
+    let mut by_region: std::collections::BTreeMap<&str, Vec<_>> = Default::default();
+    for instance in &run.job.instances {
+        by_region.entry(instance.region.as_str()).or_default().push(instance.clone());
+    }
+    for (region, instances) in by_region {
+        let cloud_ids: Vec<String> = instances.iter().filter_map(|i| i.cloud_id.clone()).collect();
+        let seen = match run.ctx.provider.describe(region, &cloud_ids).await {
+            Ok(seen) => seen,
+            Err(err) => {
+                run.step(format!("{region}: the cloud's names and tags could not be read: {err}"))
+                    .await;
+                continue;
+            }
+        };
+        let observations: Vec<_> = instances
+            .iter()
+            .filter_map(|instance| {
+                let cloud =
+                    seen.iter().find(|c| Some(&c.cloud_id) == instance.cloud_id.as_ref())?;
+                Some(crate::storage::Observation {
+                    authoritative: true,
+                    ..super::observation(instance, cloud)
+                })
+            })
+            .collect();
+        match run.ctx.store.record_observations(&observations).await {
+            Ok(()) => {
+                run.step(format!("{region}: the record keeps the names and tags the cloud has"))
+            }
+            Err(err) => {
+                run.step(format!("{region}: recording the cloud's names and tags failed: {err}"))
+            }
+        }
+        .await;
+    }
+}
+
+async fn apply(run: &JobRun<'_>) -> Result<(), JobError> {
     let payload: TagPayload = serde_json::from_value(run.job.job.payload.clone())
         .map_err(|err| JobError::Permanent(format!("unreadable job payload: {err}")))?;
     let mut tags = payload.tags.clone();
