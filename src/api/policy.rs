@@ -32,6 +32,8 @@ pub struct AmiRuleBody {
     pub owners: Vec<String>,
     /// AMI ids allowed whatever their owner.
     pub ids: Vec<String>,
+    /// Login users by AMI id or owner, where the guess from the AMI's owner and name is wrong.
+    pub login_users: BTreeMap<String, String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -59,7 +61,12 @@ pub async fn get_policy(State(ctx): State<ApiContext>) -> Json<PolicyBody> {
             .amis
             .iter()
             .map(|(region, rule)| {
-                (region.clone(), AmiRuleBody { owners: rule.owners.clone(), ids: rule.ids.clone() })
+                let rule = AmiRuleBody {
+                    owners: rule.owners.clone(),
+                    ids: rule.ids.clone(),
+                    login_users: rule.login_users.clone(),
+                };
+                (region.clone(), rule)
             })
             .collect(),
         storage_gb: StorageBody {

@@ -188,11 +188,18 @@ pub fn problem(status: StatusCode, text: &str) -> Failure {
     for error in body["errors"].as_array().into_iter().flatten() {
         let field = error["field"].as_str().unwrap_or_default();
         let detail = error["message"].as_str().unwrap_or_default();
-        message.push_str(&format!("\n  {field}: {detail}"));
+        // A one-instance conflict says the same in its detail and its error: once is enough.
+        if detail != message {
+            message.push_str(&format!("\n  {field}: {detail}"));
+        }
     }
     let code = match status {
         StatusCode::UNAUTHORIZED => {
-            message.push_str("\n(log in with `corral login`, or set CORRAL_API_KEY)");
+            // The API's advice is for HTTP clients; a CLI user logs in.
+            if message.starts_with("credentials required") {
+                message = "no credentials were sent".to_string();
+            }
+            message.push_str("\nrun `corral login` (or set CORRAL_API_KEY)");
             ExitCode::Auth
         }
         StatusCode::FORBIDDEN => ExitCode::Auth,
@@ -221,7 +228,15 @@ mod tests {
         assert_eq!(problem(StatusCode::NOT_FOUND, "{}").code, ExitCode::NotFound);
         assert_eq!(problem(StatusCode::FORBIDDEN, "{}").code, ExitCode::Auth);
         let unauthorized = problem(StatusCode::UNAUTHORIZED, r#"{"detail": "bad key"}"#);
-        assert!(unauthorized.message.contains("corral login"));
+        assert_eq!(unauthorized.message, "bad key\nrun `corral login` (or set CORRAL_API_KEY)");
+        let anonymous = r#"{"detail": "credentials required: send an X-API-KEY header"}"#;
+        let anonymous = problem(StatusCode::UNAUTHORIZED, anonymous);
+        assert!(anonymous.message.starts_with("no credentials were sent\nrun `corral login`"));
+        assert!(!anonymous.message.contains("X-API-KEY"), "{}", anonymous.message);
+        // A conflict of one instance says it once.
+        let busy = r#"{"detail": "busy with job j1", "errors": [
+            {"field": "i1", "message": "busy with job j1"}]}"#;
+        assert_eq!(problem(StatusCode::CONFLICT, busy).message, "busy with job j1");
         let odd = problem(StatusCode::BAD_GATEWAY, "upstream down");
         assert_eq!(
             (odd.code, odd.message.as_str()),

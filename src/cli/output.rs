@@ -93,7 +93,8 @@ impl Out {
         lock.flush()
     }
 
-    /// One object, as the API gave it (json, yaml) or as a one-row table.
+    /// One object, as the API gave it (json, yaml), as a one-row CSV, or, in the table
+    /// formats, a line per field, every column shown (`detail`).
     pub fn item<T: Serialize>(&self, item: &T, columns: &[Column<T>]) -> std::io::Result<()> {
         match self.format {
             // Through `Value`, as lists are: its keys are sorted, as they were when the answer
@@ -102,6 +103,9 @@ impl Out {
                 self.line(&serde_json::to_string_pretty(&json(item)).expect("JSON prints"))
             }
             Format::Yaml => self.line(yaml(&json(item)).trim_end()),
+            Format::Table | Format::Wide if !self.quiet => self.write(&detail(
+                &columns.iter().map(|c| (c.header.to_string(), (c.read)(item))).collect::<Vec<_>>(),
+            )),
             _ => self.items(std::slice::from_ref(item), columns),
         }
     }
@@ -154,6 +158,18 @@ impl Out {
 /// What the API wrote, back as JSON: the wire types serialize as they were read.
 fn json<S: Serialize + ?Sized>(value: &S) -> Value {
     serde_json::to_value(value).expect("wire types serialize")
+}
+
+/// One object as a line per field: its name, padded, then its value (`printable`).
+pub fn detail(fields: &[(String, String)]) -> String {
+    let width = fields.iter().map(|(name, _)| name.chars().count()).max().unwrap_or(0) + 1;
+    let mut text = String::new();
+    for (name, value) in fields {
+        let name = format!("{}:", printable(name));
+        text.push_str(format!("{name:<width$}  {}", printable(value)).trim_end());
+        text.push('\n');
+    }
+    text
 }
 
 /// Columns padded to their widest cell, two spaces apart, with the cells `printable`.
@@ -211,7 +227,8 @@ fn inert(cell: &str) -> Cow<'_, str> {
     if formula && !number { Cow::Owned(format!("'{cell}")) } else { Cow::Borrowed(cell) }
 }
 
-/// A JSON value as YAML (block style; strings double-quoted, which YAML reads as JSON does).
+/// A JSON value as YAML (block style): keys plain where YAML reads them back as the same
+/// string, strings double-quoted (which YAML reads as JSON does).
 pub fn yaml(value: &Value) -> String {
     let mut text = String::new();
     write_yaml(value, 0, &mut text);
@@ -223,7 +240,7 @@ fn write_yaml(value: &Value, indent: usize, text: &mut String) {
     match value {
         Value::Object(map) if !map.is_empty() => {
             for (key, value) in map {
-                let key = serde_json::to_string(key).expect("keys print");
+                let key = yaml_key(key);
                 match value {
                     Value::Object(inner) if !inner.is_empty() => {
                         text.push_str(&format!("{pad}{key}:\n"));
@@ -256,6 +273,18 @@ fn write_yaml(value: &Value, indent: usize, text: &mut String) {
         }
         _ => text.push_str(&format!("{pad}{}\n", flow(value))),
     }
+}
+
+/// `key` plain when YAML reads it back as that string (letters, digits, `_`, `-`, `.`, `/`,
+/// starting with a letter or `_`, and not a word YAML reads as something else), else quoted.
+fn yaml_key(key: &str) -> String {
+    let plain = key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'))
+        && !matches!(
+            key.to_ascii_lowercase().as_str(),
+            "true" | "false" | "yes" | "no" | "on" | "off" | "y" | "n" | "null" | "nan" | "inf"
+        );
+    if plain { key.to_string() } else { serde_json::to_string(key).expect("keys print") }
 }
 
 /// Scalars and empty collections in flow style, as JSON writes them.
@@ -311,7 +340,12 @@ mod tests {
     #[test]
     fn yaml_nests_objects_and_lists() {
         let value = json!([{ "id": "a", "tags": { "team": "blue" }, "ips": ["1.2.3.4"], "none": null, "empty": {} }]);
-        let expected = "- \"empty\": {}\n  \"id\": \"a\"\n  \"ips\":\n  - \"1.2.3.4\"\n  \"none\": null\n  \"tags\":\n    \"team\": \"blue\"\n";
+        let expected = "- empty: {}\n  id: \"a\"\n  ips:\n  - \"1.2.3.4\"\n  none: null\n  tags:\n    team: \"blue\"\n";
         assert_eq!(yaml(&value), expected);
+        // A key YAML would read as something else, or not at all, stays quoted.
+        let odd = json!({ "yes": 1, "a b": 2, "*": 3, "1x": 4, "k: v": 5, "corral:job-id": 6 });
+        let expected =
+            "\"*\": 3\n\"1x\": 4\n\"a b\": 2\n\"corral:job-id\": 6\n\"k: v\": 5\n\"yes\": 1\n";
+        assert_eq!(yaml(&odd), expected);
     }
 }

@@ -168,7 +168,10 @@ const INSTANCE_COLUMNS: &[Column<InstanceBody>] = &[
     Column::new("AMI", "ami", |i: &InstanceBody| i.ami.clone()).wide(),
     Column::new("STORAGE GB", "storage_gb", |i: &InstanceBody| i.storage_gb.to_string()).wide(),
     Column::new("KEY", "key_name", |i: &InstanceBody| cell(&i.key_name)).wide(),
+    Column::new("SSH", "ssh_command", |i: &InstanceBody| cell(&i.ssh_command)).wide(),
     Column::new("TAGS", "tags", |i: &InstanceBody| cell(&i.tags)).wide(),
+    Column::new("SECURITY GROUPS", "security_groups", |i: &InstanceBody| cell(&i.security_groups))
+        .wide(),
     Column::new("CREATED", "created_at", |i: &InstanceBody| cell(&i.created_at)).wide(),
 ];
 
