@@ -196,7 +196,7 @@ pub fn table(headers: &[String], rows: &[Vec<String>]) -> String {
 
 /// Text without control characters (C0, DEL, C1; terminal escapes start with ESC), so that
 /// it cannot drive the terminal it is shown on.
-fn printable(text: &str) -> String {
+pub fn printable(text: &str) -> String {
     text.chars().filter(|c| !c.is_control()).collect()
 }
 

@@ -161,7 +161,9 @@ impl Display {
                 }
             }
             None => {
-                eprintln!("{kind}: {message}");
+                for line in summary(kind, message, job.map(|job| job.id.as_str())) {
+                    eprintln!("{line}");
+                }
                 for line in instances {
                     if !self.seen.contains(&line) {
                         eprintln!("  {line}");
@@ -179,6 +181,21 @@ impl Display {
             }
         }
     }
+}
+
+/// How an event is shown while a job is followed: a step's first line says what it did; the
+/// rest (a Terraform command's whole output) is in the job's history, which the summary
+/// names.
+fn summary(kind: &str, message: &str, job_id: Option<&str>) -> Vec<String> {
+    let mut lines = message.lines();
+    let first = crate::cli::output::printable(lines.next().unwrap_or_default());
+    let mut shown = vec![format!("{kind}: {first}")];
+    let more = lines.count();
+    if more > 0 {
+        let history = job_id.map_or_else(String::new, |id| format!(": corral jobs events {id}"));
+        shown.push(format!("  ({more} more lines{history})"));
+    }
+    shown
 }
 
 /// `name  cloud-id  state  public-ip` for each instance of a job.
@@ -200,6 +217,16 @@ pub fn instance_lines(job: &JobBody) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_step_is_one_line_and_where_the_rest_is() {
+        let plan = "terraform plan: succeeded\nPlan: 1 to add\n\u{1b}[1mdone";
+        assert_eq!(
+            summary("step", plan, Some("j1")),
+            ["step: terraform plan: succeeded", "  (2 more lines: corral jobs events j1)"]
+        );
+        assert_eq!(summary("step", "launched i-1", Some("j1")), ["step: launched i-1"]);
+    }
 
     #[test]
     fn event_blocks_are_parsed_like_browsers_do() {

@@ -195,8 +195,13 @@ async fn instances_go_through_their_whole_life_from_the_command_line() {
     assert_eq!(ended["status"], "succeeded");
     assert_eq!(app.moto_state(&cloud_ids[0]).await, "terminated");
 
-    // jobs, policy, audit.
+    // jobs, their history, policy, audit.
     let jobs = corral.json(&["jobs", "list"]).await;
+    let created = jobs.as_array().unwrap().last().unwrap()["id"].as_str().unwrap().to_string();
+    let history = corral.ok(&["jobs", "events", &created]).await;
+    assert!(history.lines().any(|line| line.contains("outcome: ")), "{history}");
+    let events = corral.json(&["jobs", "events", &created]).await;
+    assert_eq!(events.as_array().unwrap().last().unwrap()["kind"], "outcome", "{events}");
     // create, stop, start, reboot, update, terminate (the refused terminate made none).
     assert_eq!(jobs.as_array().unwrap().len(), 6, "{jobs}");
     let policy = corral.json(&["policy"]).await;

@@ -4,8 +4,8 @@ use clap::Subcommand;
 
 use super::{Ids, encode, job_result, query, show_many, split_ids};
 use crate::cli::client::{Client, Outcome};
-use crate::cli::output::{Column, Out, cell};
-use crate::wire::JobBody;
+use crate::cli::output::{Column, Format, Out, cell, printable};
+use crate::wire::{JobBody, JobEventBody, JobEventList};
 
 #[derive(Debug, Subcommand)]
 pub enum JobsCommand {
@@ -27,7 +27,20 @@ pub enum JobsCommand {
     ///
     /// Example: corral jobs wait 0193a5c2-7b1e-7c3d-9f00-2a6b4c8d0e1f
     Wait { id: String },
+    /// Shows a job's history in full: each step (a Terraform command with all its output),
+    /// error and outcome, oldest first.
+    ///
+    /// Example: corral jobs events 0193a5c2-7b1e-7c3d-9f00-2a6b4c8d0e1f
+    Events { id: String },
 }
+
+const EVENT_COLUMNS: &[Column<JobEventBody>] = &[
+    Column::new("SEQ", "seq", |event| event.seq.to_string()),
+    Column::new("AT", "at", |event| cell(&event.at)),
+    Column::new("ATTEMPT", "attempt", |event| event.attempt.to_string()),
+    Column::new("KIND", "kind", |event| event.kind.clone()),
+    Column::new("MESSAGE", "message", |event| event.message.clone()),
+];
 
 pub(super) const JOB_COLUMNS: &[Column<JobBody>] = &[
     Column::new("ID", "id", |job| job.id.clone()),
@@ -64,6 +77,25 @@ pub async fn jobs(client: &Client, out: &Out, command: JobsCommand) -> Outcome<(
         JobsCommand::Wait { id } => {
             let job = client.get(&format!("/v1/jobs/{}", encode(&id))).await?;
             job_result(client, out, job, true).await?;
+        }
+        JobsCommand::Events { id } => {
+            let events: JobEventList =
+                client.get(&format!("/v1/jobs/{}/events", encode(&id))).await?;
+            match out.format {
+                // Messages keep their lines: Terraform's output reads as Terraform wrote it.
+                Format::Table | Format::Wide if !out.quiet => {
+                    for event in &events.items {
+                        let mut lines = event.message.lines();
+                        let first = lines.next().unwrap_or_default();
+                        let at = cell(&event.at);
+                        out.line(&printable(&format!("{at}  {}: {first}", event.kind)))?;
+                        for line in lines {
+                            out.line(&format!("    {}", printable(line)))?;
+                        }
+                    }
+                }
+                _ => out.items(&events.items, EVENT_COLUMNS)?,
+            }
         }
     }
     Ok(())
