@@ -101,12 +101,14 @@ pub enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// Logs in and keeps an API key (or, with --token-only, a 30-minute token) in the profile.
+    /// Logs in and keeps an API key (or, with --token-only, a 30-minute token) in the profile,
+    /// replacing (and revoking) the key an earlier login kept there.
     ///
     /// Example: echo "$PASSWORD" | corral login --server http://corral:8080 --username dana
     Login {
+        /// Asked for on a terminal when not given; else the profile's.
         #[arg(long)]
-        username: String,
+        username: Option<String>,
         /// Keep the access token instead of creating an API key for this machine.
         #[arg(long)]
         token_only: bool,
@@ -201,7 +203,7 @@ async fn client(cli: Cli) -> Outcome<()> {
         return Ok(());
     }
     if let Command::Login { username, token_only } = command {
-        return login(&env, cli.server.as_deref(), cli.profile.as_deref(), &username, token_only)
+        return login(&env, cli.server.as_deref(), cli.profile.as_deref(), username, token_only)
             .await;
     }
     let (server, credential) =
@@ -231,7 +233,7 @@ async fn login(
     env: &Environment,
     server_flag: Option<&str>,
     profile_flag: Option<&str>,
-    username: &str,
+    username: Option<String>,
     token_only: bool,
 ) -> Outcome<()> {
     let path = env.config_path()?;
@@ -239,6 +241,16 @@ async fn login(
     let name = env.profile_name(profile_flag);
     let existing = config.profiles.get(&name).cloned().unwrap_or_default();
     let server = profile::login_server(env, server_flag, existing.server.as_deref())?;
+    let username = match username {
+        Some(username) => username,
+        None if std::io::stdin().is_terminal() => commands::read_line("username")?,
+        None => existing.username.clone().ok_or_else(|| {
+            Failure::usage(
+                "give --username: there is no terminal to ask on, and the profile names none",
+            )
+        })?,
+    };
+    let username = username.as_str();
     let password = commands::read_secret("password")?;
     let anonymous = Client::new(&server, Credential::None)?;
     let form =
@@ -262,6 +274,14 @@ async fn login(
         let created: serde_json::Value = with_token.post("/v1/api-keys", &request).await?;
         profile.api_key = created["key"].as_str().map(str::to_string);
     }
+    // The key an earlier login kept goes, once the new credential is in hand: logging in again
+    // replaces it rather than piling keys up.
+    if let Some(old) = existing.api_key.filter(|_| existing.server.as_deref() == Some(&server)) {
+        let old_client = Client::new(&server, Credential::ApiKey(old.clone()))?;
+        if revoke_own_key(&old_client, &old).await.unwrap_or(false) {
+            eprintln!("revoked the API key the profile kept before");
+        }
+    }
     config.profiles.insert(name.clone(), profile);
     config.write(&path)?;
     eprintln!("logged in to {server} as {username}; profile '{name}' saved in {}", path.display());
@@ -277,22 +297,24 @@ async fn logout(env: &Environment, client: &Client, profile_flag: Option<&str>) 
         return Err(Failure::usage(format!("no profile named '{name}'")));
     };
     if let Some(key) = profile.api_key.take() {
-        let prefix: String = key.split('_').take(2).collect::<Vec<_>>().join("_");
-        if let Ok(keys) = client.get::<serde_json::Value>("/v1/api-keys").await {
-            let mine = keys["items"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|k| k["prefix"] == prefix.as_str());
-            if let Some(id) = mine.and_then(|k| k["id"].as_str()) {
-                let _: serde_json::Value = client.delete(&format!("/v1/api-keys/{id}")).await?;
-            }
-        }
+        revoke_own_key(client, &key).await?;
     }
     profile.token = None;
     config.write(&path)?;
     eprintln!("logged out of profile '{name}'");
     Ok(())
+}
+
+/// Revokes `key` through `client` if the server still lists it among the caller's keys;
+/// answers whether it did.
+async fn revoke_own_key(client: &Client, key: &str) -> Outcome<bool> {
+    let prefix: String = key.split('_').take(2).collect::<Vec<_>>().join("_");
+    let Ok(keys) = client.get::<serde_json::Value>("/v1/api-keys").await else { return Ok(false) };
+    let mine =
+        keys["items"].as_array().into_iter().flatten().find(|k| k["prefix"] == prefix.as_str());
+    let Some(id) = mine.and_then(|k| k["id"].as_str()) else { return Ok(false) };
+    let _: serde_json::Value = client.delete(&format!("/v1/api-keys/{id}")).await?;
+    Ok(true)
 }
 
 impl ServerArgs {

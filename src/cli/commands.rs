@@ -184,6 +184,18 @@ fn ask(question: &str) -> Outcome<bool> {
     Ok(matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes"))
 }
 
+/// One line asked for on the terminal.
+pub fn read_line(what: &str) -> Outcome<String> {
+    eprint!("{what}: ");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let line = line.trim().to_string();
+    if line.is_empty() {
+        return Err(Failure::usage(format!("no {what} given")));
+    }
+    Ok(line)
+}
+
 /// A secret: asked for without echo on a terminal, else one line of stdin.
 pub fn read_secret(what: &str) -> Outcome<String> {
     let secret = if std::io::stdin().is_terminal() {

@@ -358,6 +358,36 @@ async fn login_keeps_a_key_in_a_private_profile_and_dotenv_and_profiles_configur
     assert!(!text.contains(crate::helpers::ADMIN_PASSWORD));
     let listed = corral.json(&["instances", "list", "--profile", "lab"]).await;
     assert_eq!(listed, json!([]));
+    // Logging in again replaces the profile's key, revoking the old one: keys do not pile up.
+    let key_of = |text: &str| {
+        text.lines().find_map(|line| line.trim().strip_prefix("api_key = ")).unwrap().to_string()
+    };
+    let first_key = key_of(&text);
+    let cli_keys = |app: &crate::helpers::TestApp| {
+        let client = app.client.clone();
+        let url = app.url("/v1/api-keys");
+        async move {
+            let keys: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+            keys["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|k| k["name"].as_str().unwrap().starts_with("corral CLI"))
+                .filter(|k| k["revoked_at"].is_null())
+                .count()
+        }
+    };
+    assert_eq!(cli_keys(&app).await, 1);
+    let again = ["login", "--profile", "lab"];
+    let output = corral.run_with(&again, &password).await;
+    assert!(output.status.success(), "{}", describe(&output));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("revoked the API key"));
+    let second_key = key_of(&std::fs::read_to_string(&config).unwrap());
+    assert_ne!(first_key, second_key);
+    assert_eq!(cli_keys(&app).await, 1, "the old key is gone, the new one kept");
+    let old = crate::helpers::client_with("x-api-key", first_key.trim_matches('"'));
+    let refused = old.get(app.url("/v1/me")).send().await.unwrap();
+    assert_eq!(refused.status(), reqwest::StatusCode::UNAUTHORIZED);
     let unknown = corral.run(&["instances", "list", "--profile", "nope"]).await;
     assert_eq!(code(&unknown), 2);
 
