@@ -117,8 +117,10 @@ pub struct Notification {
     pub instances: Vec<NotifiedInstance>,
     /// Why the job failed (`job.failed`).
     pub error: Option<String>,
-    /// What changed (`instance.drifted`).
-    pub drift: Option<DriftChange>,
+    /// What changed (`instance.drifted`): every field one reconcile pass found changed on the
+    /// instance, each with its old and new value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<DriftChange>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -235,7 +237,7 @@ mod tests {
             job_kind: None,
             instances: ["a", "b", "c", "d", "e"].map(instance).to_vec(),
             error: None,
-            drift: None,
+            drift: Vec::new(),
         };
         assert_eq!(event.instance_names(), "a, b, c and 2 more");
         event.instances.truncate(2);

@@ -106,7 +106,7 @@ pub fn render(notification: &Notification, job_link: Option<&str>) -> Rendered {
     if let Some(error) = &notification.error {
         facts.push(("Error", error.clone()));
     }
-    if let Some(drift) = &notification.drift {
+    for drift in &notification.drift {
         let show = |value: &Option<String>| value.clone().unwrap_or_else(|| "none".to_string());
         facts.push((
             "Change",
@@ -222,7 +222,7 @@ mod tests {
                 login_user: None,
             }],
             error: None,
-            drift: None,
+            drift: Vec::new(),
         }
     }
 

@@ -7,7 +7,7 @@ use sqlx::{Any, Transaction};
 
 use super::sql::Sql;
 
-use super::audit::insert_audit;
+use super::audit::{insert_audit, insert_audits};
 use super::jobs::{begin_job, link_instance};
 use super::notify::{drift_notification, insert_notification};
 use super::{
@@ -498,17 +498,30 @@ impl Store {
             .bind(&drift.new_value)
             .execute(&mut *tx)
             .await?;
+        }
+        // One event per instance for everything a pass found changed on it: people are told
+        // once about a retagging, not once per tag.
+        let mut by_instance: BTreeMap<&str, Vec<&Drift>> = BTreeMap::new();
+        for drift in &drifts {
+            by_instance.entry(drift.instance_id.as_str()).or_default().push(drift);
+        }
+        for (instance_id, changes) in by_instance {
             let row: InstanceRow = sqlx::query_as("SELECT * FROM instances WHERE id = $1")
-                .bind(&drift.instance_id)
+                .bind(instance_id)
                 .fetch_one(&mut *tx)
                 .await?;
             let instance = InstanceRecord::try_from(row)?;
-            let entry = AuditEntry::new("instance.drift", &drift.instance_id)
-                .namespace(&instance.namespace)
-                .old(serde_json::json!({ &drift.field: drift.old_value }))
-                .new_value(serde_json::json!({ &drift.field: drift.new_value }));
-            insert_audit(&mut tx, &Actor::system(), &entry).await?;
-            let notification = drift_notification(&instance, drift, now);
+            let entries: Vec<AuditEntry> = changes
+                .iter()
+                .map(|drift| {
+                    AuditEntry::new("instance.drift", instance_id)
+                        .namespace(&instance.namespace)
+                        .old(serde_json::json!({ &drift.field: drift.old_value }))
+                        .new_value(serde_json::json!({ &drift.field: drift.new_value }))
+                })
+                .collect();
+            insert_audits(&mut tx, &Actor::system(), &entries).await?;
+            let notification = drift_notification(&instance, &changes, now);
             insert_notification(&mut tx, EventType::InstanceDrifted, &notification, recipients)
                 .await?;
         }

@@ -684,7 +684,7 @@ pub(super) async fn notify_job_finished(
         job_kind: Some(kind.as_str().to_string()),
         instances: instances.iter().map(notified).collect(),
         error: error.map(str::to_string),
-        drift: None,
+        drift: Vec::new(),
     };
     insert_notification(tx, event, &notification, recipients).await
 }
@@ -718,7 +718,7 @@ pub(super) fn subscription_value(subscription: &SubscriptionRecord) -> serde_jso
 /// The event for one drift the reconciler found.
 pub(super) fn drift_notification(
     instance: &InstanceRecord,
-    drift: &crate::storage::Drift,
+    drifts: &[&crate::storage::Drift],
     now: crate::storage::Millis,
 ) -> Notification {
     Notification {
@@ -732,11 +732,14 @@ pub(super) fn drift_notification(
         job_kind: None,
         instances: vec![notified(instance)],
         error: None,
-        drift: Some(crate::domain::DriftChange {
-            field: drift.field.clone(),
-            old_value: drift.old_value.clone(),
-            new_value: drift.new_value.clone(),
-        }),
+        drift: drifts
+            .iter()
+            .map(|drift| crate::domain::DriftChange {
+                field: drift.field.clone(),
+                old_value: drift.old_value.clone(),
+                new_value: drift.new_value.clone(),
+            })
+            .collect(),
     }
 }
 

@@ -451,6 +451,19 @@ impl TestApp {
         }
     }
 
+    /// The payloads of the notification events of `event_type`, oldest first, as stored.
+    pub async fn db_notification_payloads(&self, event_type: &str) -> Vec<Value> {
+        let sql = "SELECT payload FROM notification_events WHERE type = $1 ORDER BY created_at, id";
+        let rows: Vec<(String,)> = if self.database_url.starts_with("sqlite:") {
+            let pool = sqlx::SqlitePool::connect(&self.database_url).await.unwrap();
+            sqlx::query_as(sql).bind(event_type).fetch_all(&pool).await.unwrap()
+        } else {
+            let pool = sqlx::PgPool::connect(&self.database_url).await.unwrap();
+            sqlx::query_as(sql).bind(event_type).fetch_all(&pool).await.unwrap()
+        };
+        rows.iter().map(|(payload,)| serde_json::from_str(payload).unwrap()).collect()
+    }
+
     pub async fn post_instances(&self, body: &Value, query: &str) -> Response {
         self.client
             .post(self.url(&format!("/v1/instances{query}")))

@@ -461,7 +461,7 @@ async fn webhooks_are_signed_filtered_by_event_and_scoped_to_their_namespace() {
     let drifted = received.iter().find(|(_, body)| body.contains("instance.drifted")).unwrap();
     let event: Value = serde_json::from_str(&drifted.1).unwrap();
     assert_eq!(event["actor"], "system");
-    assert_eq!(event["drift"]["new_value"], "stopped");
+    assert_eq!(event["drift"][0]["new_value"], "stopped");
 
     // A tampered body fails the check a receiver makes.
     let (headers, body) = &received[0];

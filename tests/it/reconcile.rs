@@ -128,6 +128,15 @@ async fn every_managed_attribute_changed_in_the_cloud_is_drift_and_the_record_fo
     ]);
     assert_eq!(changes, expected, "{drift}");
     assert_ne!(changes["security_groups"].0, json!(group), "the launch's groups were recorded");
+    // People are told once, with every change.
+    let told: Vec<Value> = app
+        .db_notification_payloads("instance.drifted")
+        .await
+        .into_iter()
+        .filter(|event| event["instances"][0]["id"] == id)
+        .collect();
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!(told[0]["drift"].as_array().unwrap().len(), expected.len(), "{told:?}");
 
     let record: Value = app.get_instance(id).await.json().await.unwrap();
     assert_eq!(record["instance_type"], "t3.small");
