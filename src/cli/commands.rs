@@ -61,7 +61,7 @@ fn pairs(flag: &str, args: &[String]) -> Outcome<BTreeMap<String, String>> {
         .collect()
 }
 
-fn encode(value: &str) -> String {
+pub fn encode(value: &str) -> String {
     form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 

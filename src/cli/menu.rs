@@ -37,6 +37,42 @@ impl Prompt {
             .await?
             .map(|answer| if answer.is_empty() { default.to_string() } else { answer }))
     }
+
+    /// An answer that `check` accepts: one it refuses is asked again, saying why, so that a
+    /// mistake is mended where it was made. `None` at the end of input.
+    async fn ask_valid(
+        &mut self,
+        question: &str,
+        default: &str,
+        check: impl Fn(&str) -> Result<(), String>,
+    ) -> Outcome<Option<String>> {
+        loop {
+            let Some(answer) = self.ask_or(question, default).await? else { return Ok(None) };
+            match check(&answer) {
+                Ok(()) => return Ok(Some(answer)),
+                Err(why) => eprintln!("  {why}"),
+            }
+        }
+    }
+}
+
+/// Refuses an answer not among `allowed`, naming them.
+fn one_of(allowed: &[String]) -> impl Fn(&str) -> Result<(), String> + '_ {
+    move |answer| {
+        if allowed.iter().any(|a| a == answer) {
+            Ok(())
+        } else {
+            Err(format!("'{answer}' is not one of: {}", allowed.join(", ")))
+        }
+    }
+}
+
+/// Refuses an answer that is not a whole number from `min` to `max`.
+fn number_in(min: i64, max: i64) -> impl Fn(&str) -> Result<(), String> {
+    move |answer| match answer.parse::<i64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(()),
+        _ => Err(format!("give a whole number from {min} to {max}")),
+    }
 }
 
 /// Runs the menu until `0`, `exit`, or the end of input.
@@ -61,7 +97,7 @@ pub async fn run(client: &Client) -> Outcome<()> {
                 let action = ["stop", "start", "reboot", "terminate"]
                     [choice.as_bytes()[0] as usize - b'4' as usize];
                 let Some(ids) =
-                    prompt.ask_or("instance ids (space- or comma-separated)", "").await?
+                    prompt.ask_or("instance ids or names (space- or comma-separated)", "").await?
                 else {
                     return Ok(());
                 };
@@ -76,6 +112,20 @@ pub async fn run(client: &Client) -> Outcome<()> {
                     "start" => InstancesCommand::Start(action_args),
                     "reboot" => InstancesCommand::Reboot(action_args),
                     _ => {
+                        // What will go, before the question: a typo here destroys the wrong
+                        // machine.
+                        match doomed(client, &action_args.ids).await {
+                            Ok(lines) => {
+                                eprintln!("this destroys, with their disks:");
+                                for line in lines {
+                                    eprintln!("  {line}");
+                                }
+                            }
+                            Err(failure) => {
+                                eprintln!("error: {}", failure.message);
+                                continue;
+                            }
+                        }
                         let Some(answer) = prompt.ask_or("terminate them? (yes/no)", "no").await?
                         else {
                             return Ok(());
@@ -116,40 +166,112 @@ async fn list(client: &Client, out: &Out, state: Option<String>) -> Outcome<()> 
     instances(client, out, InstancesCommand::List(list)).await
 }
 
-/// Asks for what a create needs, with the policy's defaults.
+/// `name  cloud-id  state  namespace` of each instance `ids` names, or why one cannot be
+/// found.
+async fn doomed(client: &Client, ids: &[String]) -> Outcome<Vec<String>> {
+    let mut lines = Vec::new();
+    for id in ids {
+        let path = format!("/v1/instances/{}", crate::cli::commands::encode(id));
+        let instance: crate::wire::InstanceBody = client.get(&path).await?;
+        let cloud_id = instance.cloud_id.as_deref().unwrap_or("not launched");
+        let line = format!(
+            "{}  {cloud_id}  {}  namespace {}",
+            instance.name, instance.state, instance.namespace
+        );
+        lines.push(crate::cli::output::printable(&line));
+    }
+    Ok(lines)
+}
+
+/// Asks for what a create needs, with the policy's defaults, each answer checked as it is
+/// given against the policy.
 async fn create(client: &Client, out: &Out, prompt: &mut Prompt) -> Outcome<()> {
     let policy: Value = client.get("/v1/policy").await?;
-    let first = |field: &str| policy[field][0].as_str().unwrap_or_default().to_string();
-    let default_storage = policy["storage_gb"]["default"].as_i64().unwrap_or(8).to_string();
-    let default_region = policy["default_region"].as_str().unwrap_or_default().to_string();
-    let mut answers = Vec::new();
-    for (question, default) in [
-        ("name", String::new()),
-        ("AMI", String::new()),
-        ("instance type", first("instance_types")),
-        ("storage GB", default_storage),
-        ("region", default_region),
-        ("namespace", "default".to_string()),
-        ("count", "1".to_string()),
-    ] {
-        match prompt.ask_or(question, &default).await? {
-            Some(answer) => answers.push(answer),
-            None => return Err(Failure::usage("input ended before the create was complete")),
+    let strings = |field: &str| -> Vec<String> {
+        let values = policy[field].as_array().into_iter().flatten();
+        values.filter_map(|v| v.as_str().map(str::to_string)).collect()
+    };
+    let (types, regions) = (strings("instance_types"), strings("regions"));
+    let storage = &policy["storage_gb"];
+    let (min_gb, max_gb) =
+        (storage["min"].as_i64().unwrap_or(1), storage["max"].as_i64().unwrap_or(16384));
+    let default_storage = storage["default"].as_i64().unwrap_or(min_gb).to_string();
+    let max_count = policy["max_count"].as_i64().unwrap_or(1);
+    let key_pairs: Value = client.get("/v1/keypairs").await.unwrap_or(Value::Null);
+    let mut keys: Vec<String> = key_pairs["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|pair| pair["name"].as_str().map(str::to_string))
+        .collect();
+    keys.insert(0, "none".to_string());
+    let ended = || Failure::usage("input ended before the create was complete");
+
+    let name_rule = |answer: &str| {
+        if crate::domain::is_valid_instance_name(answer) {
+            Ok(())
+        } else {
+            Err("a name is 1-64 letters, digits, '-', '_' or '.', starting with a letter or digit"
+                .to_string())
         }
-    }
-    let [name, ami, instance_type, storage, region, namespace, count] =
-        <[String; 7]>::try_from(answers).expect("seven answers");
-    let count: i64 =
-        count.parse().map_err(|_| Failure::usage(format!("count '{count}' is not a number")))?;
-    let storage: i64 = storage
-        .parse()
-        .map_err(|_| Failure::usage(format!("storage '{storage}' is not a number")))?;
+    };
+    let ami_rule = |answer: &str| {
+        let hex = answer.strip_prefix("ami-").unwrap_or_default();
+        if (8..=17).contains(&hex.len()) && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(())
+        } else {
+            Err("an AMI id looks like ami-0123456789abcdef0".to_string())
+        }
+    };
+    let port_rule = |answer: &str| match answer {
+        "" | "none" => Ok(()),
+        port => number_in(1, 65535)(port),
+    };
+    let name = prompt.ask_valid("name", "", name_rule).await?.ok_or_else(ended)?;
+    let ami = prompt.ask_valid("AMI", "", ami_rule).await?.ok_or_else(ended)?;
+    let default_type = types.first().cloned().unwrap_or_default();
+    let instance_type = prompt
+        .ask_valid("instance type", &default_type, one_of(&types))
+        .await?
+        .ok_or_else(ended)?;
+    let storage_gb = prompt
+        .ask_valid("storage GB", &default_storage, number_in(min_gb, max_gb))
+        .await?
+        .ok_or_else(ended)?;
+    let default_region = policy["default_region"].as_str().unwrap_or_default();
+    let region =
+        prompt.ask_valid("region", default_region, one_of(&regions)).await?.ok_or_else(ended)?;
+    let namespace = prompt
+        .ask_valid("namespace", "default", |answer| {
+            if crate::domain::is_valid_namespace(answer) {
+                Ok(())
+            } else {
+                Err(format!("'{answer}' is not a namespace name"))
+            }
+        })
+        .await?
+        .ok_or_else(ended)?;
+    let key = prompt.ask_valid("key pair", "none", one_of(&keys)).await?.ok_or_else(ended)?;
+    let port = prompt
+        .ask_valid("open a port to your address (e.g. 22, or none)", "none", port_rule)
+        .await?
+        .ok_or_else(ended)?;
+    let count = prompt.ask_valid("count", "1", number_in(1, max_count)).await?.ok_or_else(ended)?;
+
+    let count: i64 = count.parse().expect("checked");
     let name_field = if count > 1 { "name_prefix" } else { "name" };
     let mut body = json!({
-        "ami": ami, "instance_type": instance_type, "storage_gb": storage,
+        "ami": ami, "instance_type": instance_type,
+        "storage_gb": storage_gb.parse::<i64>().expect("checked"),
         "region": region, "namespace": namespace, "count": count,
     });
     body[name_field] = Value::String(name);
+    if key != "none" {
+        body["key_name"] = Value::String(key);
+    }
+    if let Ok(port) = port.parse::<u16>() {
+        body["ingress"] = json!([{ "port": port, "cidr": "caller" }]);
+    }
     let job = client.post("/v1/instances", &body).await?;
     job_result(client, out, job, true).await
 }

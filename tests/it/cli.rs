@@ -317,14 +317,27 @@ async fn interactive_mode_reads_its_answers_from_a_pipe_and_ends_at_eof() {
     assert!(output.status.success(), "{}", describe(&output));
     assert!(String::from_utf8_lossy(&output.stdout).contains("menu-item"));
 
-    // Create with the policy's defaults, then exit.
-    let answers = format!("3\nfrom-menu\n{}\n\n\n\n\n\n0\n", crate::helpers::AMI_X86);
+    // Create with the policy's defaults, then exit. A missing AMI and a count past the policy
+    // are asked again at once, saying why.
+    let answers = format!("3\nfrom-menu\n\n{}\n\n\n\n\n\n\n999\n\n0\n", crate::helpers::AMI_X86);
     let output = corral.run_with(&["interactive"], &answers).await;
     assert!(output.status.success(), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("an AMI id looks like ami-"), "{stderr}");
+    assert!(stderr.contains("give a whole number from 1 to"), "{stderr}");
     let instances: Value = app.get_instances("?name=from-menu").await.json().await.unwrap();
     assert_eq!(instances["items"][0]["state"], "running", "{instances}");
     let policy: Value = app.get("/v1/policy").await.json().await.unwrap();
     assert_eq!(instances["items"][0]["instance_type"], policy["instance_types"][0]);
+
+    // A terminate by name shows what it will destroy first; "no" is an answer, not an error.
+    let output = corral.run_with(&["interactive"], "7\nfrom-menu\nno\n0\n").await;
+    assert!(output.status.success(), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("this destroys, with their disks:\n  from-menu  i-"), "{stderr}");
+    assert!(stderr.contains("nothing was terminated"), "{stderr}");
+    let still: Value = app.get_instances("?name=from-menu").await.json().await.unwrap();
+    assert_eq!(still["items"][0]["state"], "running", "{still}");
 
     // Nothing at all on stdin.
     let output = corral.run_with(&["interactive"], "").await;
