@@ -274,16 +274,16 @@ async fn login(
         let created: serde_json::Value = with_token.post("/v1/api-keys", &request).await?;
         profile.api_key = created["key"].as_str().map(str::to_string);
     }
-    // The key an earlier login kept goes, once the new credential is in hand: logging in again
-    // replaces it rather than piling keys up.
-    if let Some(old) = existing.api_key.filter(|_| existing.server.as_deref() == Some(&server)) {
-        let old_client = Client::new(&server, Credential::ApiKey(old.clone()))?;
+    config.profiles.insert(name.clone(), profile);
+    config.write(&path)?;
+    // The key an earlier login kept goes once the new credential is saved: logging in again
+    // replaces it rather than piling keys up. It is revoked at the server it was made for.
+    if let (Some(old), Some(old_server)) = (existing.api_key, existing.server) {
+        let old_client = Client::new(&old_server, Credential::ApiKey(old.clone()))?;
         if revoke_own_key(&old_client, &old).await.unwrap_or(false) {
             eprintln!("revoked the API key the profile kept before");
         }
     }
-    config.profiles.insert(name.clone(), profile);
-    config.write(&path)?;
     eprintln!("logged in to {server} as {username}; profile '{name}' saved in {}", path.display());
     Ok(())
 }

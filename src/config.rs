@@ -276,7 +276,7 @@ impl Settings {
             };
             figment = figment.merge(file);
         }
-        env::check_names(std::env::vars_os().filter_map(|(name, _)| name.into_string().ok()))
+        env::check_names(env::variables())
             .map_err(|problems| anyhow::anyhow!("invalid configuration:\n  {problems}"))?;
         let mut settings: Settings = figment
             .merge(env::provider())
@@ -552,6 +552,11 @@ mod tests {
             jail.set_env("CORRAL_SMTP_PORT", "2525");
             let settings = Settings::load(None).map_err(|err| format!("{err:#}"))?;
             assert_eq!(settings.notify.smtp_port, Some(2525), "a known name is read, not skipped");
+            // A name shaped like a link whose value is not one is a mistake, and said so.
+            jail.set_env("CORRAL_PORT", "9090");
+            let err = format!("{:#}", Settings::load(None).unwrap_err());
+            assert!(err.contains("unknown environment variable CORRAL_PORT"), "{err}");
+            jail.set_env("CORRAL_PORT", "tcp://10.0.0.7:8080");
 
             jail.set_env("CORRAL_SMTP_HOSTT", "smtp.example.com");
             jail.set_env("CORRAL_NOTHING_LIKE_IT", "1");

@@ -231,35 +231,70 @@ pub async fn create_instances(
             violations.into_iter().map(|v| FieldError::new(v.field, v.message)).collect(),
         )
     })?;
-    // Numbered names go on from the highest number live in the namespace, so that a second
-    // `name_prefix` request adds web-3 and web-4 to web-1 and web-2.
-    if let Some(prefix) = &request.name_prefix {
-        let highest = ctx.store.highest_number(&spec.namespace, prefix).await?;
-        spec.names =
-            (1..=spec.names.len() as u64).map(|n| format!("{prefix}-{}", highest + n)).collect();
-    }
-
     let vcpus = vcpus_of(&ctx, &spec).await?;
-    let job_id = new_id();
-    let now = now_millis();
-    let instances: Vec<InstanceRecord> = (0..spec.names.len())
-        .map(|idx| InstanceRecord {
+    // Numbered names go on from the highest number held in the namespace, so that a second
+    // `name_prefix` request adds web-3 and web-4 to web-1 and web-2. A concurrent request that
+    // took those numbers first makes this one number again, a few times.
+    let mut tries = if request.name_prefix.is_some() { 3 } else { 1 };
+    loop {
+        tries -= 1;
+        if let Some(prefix) = &request.name_prefix {
+            spec.names = numbered(&ctx, &spec.namespace, prefix, spec.names.len()).await?;
+        }
+        let job_id = new_id();
+        let now = now_millis();
+        let instances: Vec<InstanceRecord> = (0..spec.names.len())
+            .map(|idx| InstanceRecord {
+                backend,
+                ..InstanceRecord::desired(&spec, &job_id, idx, vcpus, now)
+            })
+            .collect();
+        let payload = CreatePayload {
+            spec: spec.clone(),
+            client_token: uuid::Uuid::new_v4().to_string(),
             backend,
-            ..InstanceRecord::desired(&spec, &job_id, idx, vcpus, now)
-        })
+        };
+        let job = NewJob {
+            id: job_id,
+            kind: JobKind::CreateInstances,
+            payload: serde_json::to_value(&payload).expect("payload serializes"),
+            max_attempts: ctx.max_attempts,
+            actor: caller.actor(),
+            namespace: Some(spec.namespace.clone()),
+        };
+        let admission = ctx.store.insert_create_job(&job, &instances, key.as_ref()).await?;
+        if matches!(admission, Admission::NamesTaken { .. }) && tries > 0 {
+            continue;
+        }
+        return admitted(&ctx, admission, &job.id, wait, StatusCode::CREATED).await;
+    }
+}
+
+/// `count` names `<prefix>-<n>`, numbered on from the highest `n` held in `namespace`; a
+/// numbering that would make a name corral refuses (past 64 characters) is refused, naming
+/// the prefix.
+async fn numbered(
+    ctx: &ApiContext,
+    namespace: &str,
+    prefix: &str,
+    count: usize,
+) -> Result<Vec<String>, ApiError> {
+    let highest = ctx.store.highest_number(namespace, prefix).await?;
+    let names: Option<Vec<String>> = (1..=count as u64)
+        .map(|n| highest.checked_add(n).map(|number| format!("{prefix}-{number}")))
         .collect();
-    let namespace = Some(spec.namespace.clone());
-    let payload = CreatePayload { spec, client_token: uuid::Uuid::new_v4().to_string(), backend };
-    let job = NewJob {
-        id: job_id,
-        kind: JobKind::CreateInstances,
-        payload: serde_json::to_value(&payload).expect("payload serializes"),
-        max_attempts: ctx.max_attempts,
-        actor: caller.actor(),
-        namespace,
-    };
-    let admission = ctx.store.insert_create_job(&job, &instances, key.as_ref()).await?;
-    admitted(&ctx, admission, &job.id, wait, StatusCode::CREATED).await
+    match names {
+        Some(names) if names.iter().all(|name| crate::domain::is_valid_instance_name(name)) => {
+            Ok(names)
+        }
+        _ => Err(ApiError::Validation(vec![FieldError::new(
+            "name_prefix",
+            format!(
+                "numbering on from {prefix}-{highest} in namespace '{namespace}' would make \
+                 names longer than 64 characters; choose a shorter prefix"
+            ),
+        )])),
+    }
 }
 
 /// vCPUs of the requested instance type. A namespace with a vCPU quota needs the number now,
@@ -649,7 +684,7 @@ pub async fn resolve_instances(
             continue;
         }
         let named: Vec<&InstanceRecord> =
-            found.iter().filter(|i| &i.name == reference && i.state.is_live()).collect();
+            found.iter().filter(|i| &i.name == reference && i.state.holds_name()).collect();
         match named.as_slice() {
             [] => unknown.push(reference.as_str()),
             [instance] => resolved.push((*instance).clone()),

@@ -173,7 +173,6 @@ async fn adopt(
     let orphan = orphans.iter().find(|o| o.cloud_id == cloud_id).ok_or_else(not_found)?;
     let now = now_millis();
     let tags = &orphan.tags;
-    let name = tags.get("Name").cloned().unwrap_or_else(|| orphan.cloud_id.clone());
     let namespace = namespace
         .map(str::to_string)
         .or_else(|| tags.get(TAG_NAMESPACE).cloned())
@@ -192,6 +191,17 @@ async fn adopt(
             no_such("namespace", Key::Name(&namespace))
         )));
     }
+    // The Name tag, when it is a name corral gives and no instance of the namespace holds it;
+    // else one made from the cloud id.
+    let name = match tags.get("Name") {
+        Some(name)
+            if crate::domain::is_valid_instance_name(name)
+                && !ctx.store.name_held(&namespace, name).await? =>
+        {
+            name.clone()
+        }
+        _ => format!("adopted-{}", orphan.cloud_id.trim_start_matches("i-")),
+    };
     let created_by_job = tags.get(TAG_JOB_ID).cloned().unwrap_or_default();
     // Counted against the namespace's vCPU quota; 0 when the cloud cannot say now.
     let vcpus = match &orphan.instance_type {

@@ -114,12 +114,15 @@ pub async fn run(client: &Client) -> Outcome<()> {
                     _ => {
                         // What will go, before the question: a typo here destroys the wrong
                         // machine.
+                        let mut action_args = action_args;
                         match doomed(client, &action_args.ids).await {
-                            Ok(lines) => {
+                            Ok(found) => {
                                 eprintln!("this destroys, with their disks:");
-                                for line in lines {
+                                for (_, line) in &found {
                                     eprintln!("  {line}");
                                 }
+                                // By id: what was shown is what goes.
+                                action_args.ids = found.into_iter().map(|(id, _)| id).collect();
                             }
                             Err(failure) => {
                                 eprintln!("error: {}", failure.message);
@@ -166,9 +169,9 @@ async fn list(client: &Client, out: &Out, state: Option<String>) -> Outcome<()> 
     instances(client, out, InstancesCommand::List(list)).await
 }
 
-/// `name  cloud-id  state  namespace` of each instance `ids` names, or why one cannot be
-/// found.
-async fn doomed(client: &Client, ids: &[String]) -> Outcome<Vec<String>> {
+/// The id and `name  cloud-id  state  namespace` of each instance `ids` names, or why one
+/// cannot be found.
+async fn doomed(client: &Client, ids: &[String]) -> Outcome<Vec<(String, String)>> {
     let mut lines = Vec::new();
     for id in ids {
         let path = format!("/v1/instances/{}", crate::cli::commands::encode(id));
@@ -178,7 +181,7 @@ async fn doomed(client: &Client, ids: &[String]) -> Outcome<Vec<String>> {
             "{}  {cloud_id}  {}  namespace {}",
             instance.name, instance.state, instance.namespace
         );
-        lines.push(crate::cli::output::printable(&line));
+        lines.push((instance.id, crate::cli::output::printable(&line)));
     }
     Ok(lines)
 }

@@ -157,7 +157,8 @@ impl Display {
                     bar.set_message(line.clone());
                 }
                 if kind == "error" {
-                    let _ = multi.println(format!("error: {message}"));
+                    let _ =
+                        multi.println(format!("error: {}", crate::cli::output::printable(message)));
                 }
             }
             None => {
@@ -203,13 +204,13 @@ pub fn instance_lines(job: &JobBody) -> Vec<String> {
     job.instances
         .iter()
         .map(|instance| {
-            format!(
+            crate::cli::output::printable(&format!(
                 "{}  {}  {}  {}",
                 instance.name,
                 instance.cloud_id.as_deref().unwrap_or("-"),
                 instance.state,
                 instance.public_ip.as_deref().unwrap_or("-")
-            )
+            ))
         })
         .collect()
 }

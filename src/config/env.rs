@@ -54,22 +54,43 @@ const OTHER_VARIABLES: [&str; 6] = [
 ];
 const HARNESS_PREFIX: &str = "CORRAL_TEST_";
 
-/// Whether `name` is a variable Kubernetes (a Service named `corral…`: `CORRAL_SERVICE_HOST`,
-/// `CORRAL_PORT_8080_TCP_ADDR`, `CORRAL_DB_PORT`) or a Docker link gives every container:
-/// not a setting, and not a mistake of the person who deploys corral. A known name
-/// (`CORRAL_SMTP_PORT`) is never one.
-fn is_service_link(name: &str) -> bool {
+/// Whether `name=value` is a service link Kubernetes (for a Service named `corral…`:
+/// `CORRAL_SERVICE_HOST=10.0.0.7`, `CORRAL_PORT=tcp://10.0.0.7:8080`) or a Docker link gives
+/// every container: not a setting, and not a mistake of the person who deploys corral. Name
+/// and value must both have a link's shape, so that `CORRAL_PORT=9090` is still refused as
+/// the typo it is; a known name (`CORRAL_SMTP_PORT`) is never a link.
+fn is_service_link(name: &str, value: &str) -> bool {
     let Some(rest) = name.strip_prefix("CORRAL") else { return false };
-    let known = name.starts_with("CORRAL_") && is_known(name);
-    !known
-        && (rest.contains("_SERVICE_HOST")
-            || rest.contains("_SERVICE_PORT")
-            || rest.ends_with("_PORT")
-            || rest.split("_PORT_").nth(1).is_some_and(|link| {
-                let mut parts = link.split('_');
-                parts.next().is_some_and(|port| port.bytes().all(|b| b.is_ascii_digit()))
-                    && parts.next().is_some_and(|proto| matches!(proto, "TCP" | "UDP" | "SCTP"))
-            }))
+    if name.starts_with("CORRAL_") && is_known(name) {
+        return false;
+    }
+    let ip = value.parse::<std::net::IpAddr>().is_ok();
+    let port = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+    let protocols = ["tcp", "udp", "sctp"];
+    let url = protocols.iter().any(|p| value.starts_with(&format!("{p}://")));
+    if rest.ends_with("_SERVICE_HOST") {
+        return ip;
+    }
+    if let Some((_, after)) = rest.split_once("_SERVICE_PORT") {
+        return port && (after.is_empty() || after.starts_with('_'));
+    }
+    // `_PORT_<port>_<PROTOCOL>` and its `_ADDR`, `_PORT`, `_PROTO`.
+    if let Some((_, link)) = rest.split_once("_PORT_") {
+        let parts: Vec<&str> = link.split('_').collect();
+        let shaped = parts.len() >= 2
+            && parts[0].bytes().all(|b| b.is_ascii_digit())
+            && protocols.iter().any(|p| p.eq_ignore_ascii_case(parts[1]));
+        if shaped {
+            return match parts.get(2).copied() {
+                None => url,
+                Some("ADDR") => ip,
+                Some("PORT") => port,
+                Some("PROTO") => protocols.contains(&value),
+                Some(_) => false,
+            };
+        }
+    }
+    rest.ends_with("_PORT") && url
 }
 
 /// The variable that sets the key at `path` (`["jobs", "max_attempts"]`): the short name
@@ -87,12 +108,16 @@ pub(super) fn variable(path: &[&str]) -> String {
 /// The environment's settings: every `CORRAL_*` variable but `OTHER_VARIABLES` and the
 /// harness's, short names read as the keys they set.
 pub(super) fn provider() -> impl Provider {
+    let links: std::collections::HashSet<String> = variables()
+        .filter(|(name, value)| is_service_link(name, value))
+        .map(|(name, _)| name)
+        .collect();
     let env = Env::prefixed("CORRAL_")
-        .filter(|key| {
+        .filter(move |key| {
             let variable = format!("CORRAL_{}", key.as_str().to_ascii_uppercase());
             !OTHER_VARIABLES.contains(&variable.as_str())
                 && !variable.starts_with(HARNESS_PREFIX)
-                && !is_service_link(&variable)
+                && !links.contains(&variable)
         })
         .map(|key| {
             match ENV_ALIASES.iter().find(|(alias, _)| key.as_str().eq_ignore_ascii_case(alias)) {
@@ -104,14 +129,21 @@ pub(super) fn provider() -> impl Provider {
     Renamed { source: env, spell: variable, origin: "the environment".to_string() }
 }
 
-/// Refuses the `CORRAL_*` variables among `names` that corral does not read, each with the
+/// Refuses the `CORRAL_*` variables among `variables` that corral does not read, each with the
 /// known name closest to it, so that a typo (`CORRAL_SMTP_HOSTT`) never silently keeps a
 /// default. A variable of a known section (`CORRAL_JOBS__…`) is left to the section's own
 /// check of its keys, which knows them all.
-pub(super) fn check_names(names: impl Iterator<Item = String>) -> Result<(), String> {
-    let unknown: Vec<String> = names
-        .filter(|name| name.starts_with("CORRAL_") && !name.starts_with(HARNESS_PREFIX))
-        .filter(|name| !is_service_link(name))
+/// The process's environment variables that are text.
+pub(super) fn variables() -> impl Iterator<Item = (String, String)> {
+    std::env::vars_os()
+        .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+}
+
+pub(super) fn check_names(variables: impl Iterator<Item = (String, String)>) -> Result<(), String> {
+    let unknown: Vec<String> = variables
+        .filter(|(name, _)| name.starts_with("CORRAL_") && !name.starts_with(HARNESS_PREFIX))
+        .filter(|(name, value)| !is_service_link(name, value))
+        .map(|(name, _)| name)
         .filter(|name| !is_known(name))
         .map(|name| {
             let key = name["CORRAL_".len()..].to_ascii_lowercase();

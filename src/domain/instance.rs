@@ -51,10 +51,11 @@ impl InstanceState {
         }
     }
 
-    /// Whether an instance in this state is live: it exists in the cloud, or is being created
-    /// (not terminated, not failed). Names are unique among live instances of a namespace.
-    pub fn is_live(self) -> bool {
-        !matches!(self, InstanceState::Terminated | InstanceState::Failed)
+    /// Whether an instance in this state holds its name: it exists in the cloud, or is being
+    /// created (not terminated, failed, or missing from the cloud, which nothing can act on).
+    /// Names are unique among the instances of a namespace that hold them.
+    pub fn holds_name(self) -> bool {
+        !matches!(self, InstanceState::Terminated | InstanceState::Failed | InstanceState::Missing)
     }
 
     /// Maps EC2's `InstanceStateName` strings; `None` for names corral does not know.

@@ -492,7 +492,7 @@ impl Policy {
                 Vec::new()
             }
             (Some(name), None) => {
-                if !is_valid_name(name, 64) {
+                if !is_valid_instance_name(name) {
                     violations.push(Violation::new("name", NAME_RULE));
                 }
                 if count > 1 {
@@ -564,7 +564,7 @@ impl Policy {
 /// Checks a new name and tags for an existing instance, by the rules a create request follows.
 pub fn check_name_and_tags(name: &str, tags: &BTreeMap<String, String>) -> Vec<Violation> {
     let mut violations = Vec::new();
-    if !is_valid_name(name, 64) {
+    if !is_valid_instance_name(name) {
         violations.push(Violation::new("name", NAME_RULE));
     }
     check_tags(tags, &mut violations);
@@ -677,8 +677,8 @@ fn parse_cidr(cidr: &str) -> Option<String> {
     }
 }
 
-const NAME_RULE: &str =
-    "must be 1-64 characters of letters, digits, '-', '_' or '.', starting with a letter or digit";
+const NAME_RULE: &str = "must be 1-64 characters of letters, digits, '-', '_' or '.', starting \
+     with a letter or digit, and not look like an instance id (i-…, a UUID) or be 'actions'";
 
 fn check_tags(tags: &BTreeMap<String, String>, violations: &mut Vec<Violation>) {
     if tags.len() > MAX_USER_TAGS {
@@ -716,9 +716,17 @@ fn is_valid_name(name: &str, max_len: usize) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-/// Whether `name` is one an instance may be given (`NAME_RULE`).
+/// Whether `name` is one an instance may be given (`NAME_RULE`): names are found as ids are,
+/// so none may look like an id (an EC2 one, `i-…`, or corral's, a UUID) or be a route.
 pub fn is_valid_instance_name(name: &str) -> bool {
-    is_valid_name(name, 64)
+    let hex = |part: &str, len: std::ops::RangeInclusive<usize>| {
+        len.contains(&part.len()) && part.bytes().all(|b| b.is_ascii_hexdigit())
+    };
+    let ec2_id = name.strip_prefix("i-").is_some_and(|rest| hex(rest, 8..=17));
+    let parts: Vec<&str> = name.split('-').collect();
+    let uuid = parts.len() == 5
+        && parts.iter().zip([8, 4, 4, 4, 12]).all(|(part, len)| hex(part, len..=len));
+    is_valid_name(name, 64) && !ec2_id && !uuid && name != "actions"
 }
 
 pub fn is_valid_namespace(namespace: &str) -> bool {
@@ -896,7 +904,7 @@ mod tests {
             (
                 "bad name",
                 Box::new(|r| r.name = Some("-x".into())),
-                "name: must be 1-64 characters of letters, digits, '-', '_' or '.', starting with a letter or digit",
+                "name: must be 1-64 characters of letters, digits, '-', '_' or '.', starting with a letter or digit, and not look like an instance id (i-…, a UUID) or be 'actions'",
             ),
             (
                 "bad prefix",
@@ -1078,6 +1086,19 @@ mod tests {
         );
         request.ami = Some("ami-aaaa".into());
         assert!(policy.check_request(&request).is_ok());
+    }
+
+    /// Names are found as ids are: none may pass for an id, or for a route.
+    #[test]
+    fn an_instance_name_cannot_pass_for_an_id() {
+        for name in
+            ["i-0123456789abcdef0", "i-0abc1234", "0193a5c2-7b1e-7c3d-9f00-2a6b4c8d0e1f", "actions"]
+        {
+            assert!(!is_valid_instance_name(name), "{name}");
+        }
+        for name in ["i-web", "web-1", "i-0abc1234-1", "action", "0193a5c2"] {
+            assert!(is_valid_instance_name(name), "{name}");
+        }
     }
 
     /// The login user is what the policy says for the AMI or its owner, else what the owner

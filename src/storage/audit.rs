@@ -231,14 +231,15 @@ impl Store {
 /// Narrows an audit query to `filter`; false when nothing can match.
 pub(super) fn push_audit_filter(query: &mut Sql<'_>, filter: &AuditFilter) -> bool {
     // An API key's prefix names the credential that acted, as actors did before they were
-    // people: `actor=crl_…` finds what that key did.
-    let actor_column = match &filter.actor {
-        Some(actor) if actor.starts_with("crl_") => "credential",
-        _ => "actor",
-    };
+    // people (rows of keys whose user is gone still do): `actor=crl_…` finds what that key did.
+    if let Some(prefix) = filter.actor.as_ref().filter(|actor| actor.starts_with("crl_")) {
+        query.push(" AND (credential = ").push_bind(prefix.clone());
+        query.push(" OR actor = ").push_bind(prefix.clone()).push(")");
+    }
+    let actor = filter.actor.clone().filter(|actor| !actor.starts_with("crl_"));
     for (column, value) in [
         ("namespace", &filter.namespace),
-        (actor_column, &filter.actor),
+        ("actor", &actor),
         ("action", &filter.action),
         ("target", &filter.target),
     ] {

@@ -20,6 +20,9 @@ use crate::domain::{Backend, EventType, InstanceState, JobKind, StateConflict, U
 /// terminated, not failed). Names are unique among the live instances of a namespace.
 pub(super) const LIVE: &str = "state NOT IN ('terminated', 'failed')";
 
+/// The condition of an instance that holds its name (`InstanceState::holds_name`).
+pub(super) const HOLDS_NAME: &str = "state NOT IN ('terminated', 'failed', 'missing')";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceRecord {
     pub id: String,
@@ -631,7 +634,7 @@ impl Store {
             for reference in chunk {
                 list.push_bind(reference);
             }
-            query.push(format!(") OR ({LIVE} AND name IN ("));
+            query.push(format!(") OR ({HOLDS_NAME} AND name IN ("));
             let mut list = query.separated(", ");
             for reference in chunk {
                 list.push_bind(reference);
@@ -645,11 +648,23 @@ impl Store {
         Ok(found)
     }
 
+    /// Whether an instance of `namespace` holds `name` (`HOLDS_NAME`).
+    pub async fn name_held(&self, namespace: &str, name: &str) -> Result<bool, StorageError> {
+        let held: Option<(String,)> = sqlx::query_as(&format!(
+            "SELECT id FROM instances WHERE {HOLDS_NAME} AND namespace = $1 AND name = $2 LIMIT 1"
+        ))
+        .bind(namespace)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(held.is_some())
+    }
+
     /// The highest `n` of the live instances of `namespace` named `<prefix>-<n>`, 0 if none.
     pub async fn highest_number(&self, namespace: &str, prefix: &str) -> Result<u64, StorageError> {
         let stem = format!("{prefix}-");
         let rows: Vec<(String,)> = sqlx::query_as(&format!(
-            "SELECT name FROM instances WHERE {LIVE} AND namespace = $1 \
+            "SELECT name FROM instances WHERE {HOLDS_NAME} AND namespace = $1 \
              AND substr(name, 1, CAST($2 AS INTEGER)) = $3"
         ))
         .bind(namespace)
@@ -958,11 +973,11 @@ pub(super) async fn update_observed(
     // An instance on its way out has no network interfaces to report groups of.
     let gone = matches!(seen.state, InstanceState::ShuttingDown | InstanceState::Terminated);
     match &seen.attributes {
-        Some(cloud) if before.security_groups.is_none() => cloud.fill_unknown(&mut after),
-        Some(_) if gone => {}
         Some(cloud) if seen.authoritative => {
             cloud.apply_to(&mut after);
         }
+        Some(cloud) if before.security_groups.is_none() => cloud.fill_unknown(&mut after),
+        Some(_) if gone => {}
         // Nobody changes it: what changed, changed behind corral's back.
         Some(cloud) if !owned => drifts.extend(cloud.apply_to(&mut after)),
         Some(cloud) => {
@@ -979,6 +994,34 @@ pub(super) async fn update_observed(
             }
         }
         None => {}
+    }
+    if after.name != before.name {
+        // A name another instance of the namespace holds stays that one's; this one keeps its
+        // own (the change is drift all the same).
+        let others: Vec<(String,)> = sqlx::query_as(&format!(
+            "SELECT id FROM instances WHERE {HOLDS_NAME} AND namespace = $1 AND name = $2 \
+             AND id <> $3"
+        ))
+        .bind(&after.namespace)
+        .bind(&after.name)
+        .bind(&after.id)
+        .fetch_all(&mut **tx)
+        .await?;
+        if !others.is_empty() {
+            after.name = before.name.clone();
+        }
+    }
+    if after.name == before.name && drifts.iter().any(|drift| drift.field == "name") {
+        // A cloud name the record did not take is told once, not at every pass.
+        let last: Option<(Option<String>,)> = sqlx::query_as(
+            "SELECT new_value FROM drift_events WHERE instance_id = $1 AND field = 'name' \
+             ORDER BY at DESC, id DESC LIMIT 1",
+        )
+        .bind(&after.id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let told = last.map(|(value,)| value);
+        drifts.retain(|drift| drift.field != "name" || Some(&drift.new_value) != told.as_ref());
     }
     if after == before {
         return Ok(drifts);

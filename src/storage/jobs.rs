@@ -9,7 +9,7 @@ use sqlx::{Any, Transaction};
 use super::sql::Sql;
 
 use super::audit::{insert_audit, insert_audits};
-use super::instances::{InstanceRow, LIVE, insert_instance, select_by_ids};
+use super::instances::{HOLDS_NAME, InstanceRow, LIVE, insert_instance, select_by_ids};
 use super::notify::notify_job_finished;
 use super::{
     Actor, AuditEntry, Dialect, InstanceRecord, Millis, Page, PageRequest, SYSTEM_ACTOR,
@@ -1003,7 +1003,7 @@ pub(super) async fn admit_to_namespace(
     Ok(None)
 }
 
-/// Which of `names` live instances of `namespace` have already, sorted.
+/// Which of `names` instances of `namespace` hold already (`HOLDS_NAME`), sorted.
 pub(super) async fn live_names_taken(
     tx: &mut Transaction<'_, Any>,
     namespace: &str,
@@ -1012,7 +1012,7 @@ pub(super) async fn live_names_taken(
     let mut taken = Vec::new();
     for chunk in names.chunks(500) {
         let mut query =
-            Sql::new(format!("SELECT name FROM instances WHERE {LIVE} AND namespace = "));
+            Sql::new(format!("SELECT name FROM instances WHERE {HOLDS_NAME} AND namespace = "));
         query.push_bind(namespace).push(" AND name IN (");
         let mut list = query.separated(", ");
         for name in chunk {

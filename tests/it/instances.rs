@@ -174,6 +174,15 @@ async fn names_work_wherever_ids_do_and_are_unique_among_live_instances_of_a_nam
     let problem = assert_problem(rename, StatusCode::UNPROCESSABLE_ENTITY).await;
     assert!(problem["errors"][0]["message"].as_str().unwrap().contains("'web-2'"), "{problem}");
 
+    // Numbering that would pass 64 characters, or overflow, is refused, naming the prefix.
+    let huge = app.create_running(&create_in("alpha", "big-18446744073709551615")).await;
+    assert_eq!(huge["status"], "succeeded");
+    numbered["name_prefix"] = json!("big");
+    let refused =
+        assert_problem(app.post_instances(&numbered, "").await, StatusCode::UNPROCESSABLE_ENTITY)
+            .await;
+    assert!(refused.to_string().contains("name_prefix"), "{refused}");
+
     // Once terminated, a name is free again, and an id still finds the old instance.
     let ended: Value = app.act(beta_id, "terminate", "?wait=30").await.json().await.unwrap();
     assert_eq!(ended["status"], "succeeded", "{ended}");

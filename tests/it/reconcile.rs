@@ -97,7 +97,9 @@ async fn every_managed_attribute_changed_in_the_cloud_is_drift_and_the_record_fo
     ec2.modify_instance_attribute().instance_id(cloud_id).groups(&group).send().await.unwrap();
     let red = aws_sdk_ec2::types::Tag::builder().key("team").value("red").build();
     let extra = aws_sdk_ec2::types::Tag::builder().key("extra").value("1").build();
-    ec2.create_tags().resources(cloud_id).tags(red).tags(extra).send().await.unwrap();
+    // A name corral would not give: drift, told once, and the record keeps a usable name.
+    let odd = aws_sdk_ec2::types::Tag::builder().key("Name").value("My Server").build();
+    ec2.create_tags().resources(cloud_id).tags(red).tags(extra).tags(odd).send().await.unwrap();
     let keep = aws_sdk_ec2::types::Tag::builder().key("keep").build();
     ec2.delete_tags().resources(cloud_id).tags(keep).send().await.unwrap();
     let described = ec2.describe_instances().instance_ids(cloud_id).send().await.unwrap();
@@ -125,6 +127,7 @@ async fn every_managed_attribute_changed_in_the_cloud_is_drift_and_the_record_fo
         ("tags.keep".into(), (json!("yes"), Value::Null)),
         ("security_groups".into(), (old_groups.unwrap_or_default(), json!(group))),
         ("storage_gb".into(), (json!("8"), json!("12"))),
+        ("name".into(), (json!("reshaped"), json!("My Server"))),
     ]);
     assert_eq!(changes, expected, "{drift}");
     assert_ne!(changes["security_groups"].0, json!(group), "the launch's groups were recorded");
@@ -140,6 +143,7 @@ async fn every_managed_attribute_changed_in_the_cloud_is_drift_and_the_record_fo
 
     let record: Value = app.get_instance(id).await.json().await.unwrap();
     assert_eq!(record["instance_type"], "t3.small");
+    assert_eq!(record["name"], "reshaped");
     assert_eq!(record["tags"], json!({ "team": "red", "extra": "1" }));
     assert_eq!(record["security_groups"], json!([group]));
     assert_eq!(record["storage_gb"], 12);

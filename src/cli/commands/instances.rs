@@ -220,15 +220,19 @@ pub async fn instances(client: &Client, out: &Out, command: InstancesCommand) ->
             if ids.is_empty() {
                 return nothing_to("terminate");
             }
+            let mut action = terminate.action;
             if !terminate.yes {
                 require_terminal("terminate", ids.len())?;
-                let mut doomed = Vec::new();
+                let mut doomed: Vec<InstanceBody> = Vec::new();
                 for id in ids {
                     doomed.push(client.get(&format!("/v1/instances/{}", encode(&id))).await?);
                 }
                 confirm(&doomed, "terminate")?;
+                // What was confirmed is what goes: by id, as a name may have come to mean
+                // another instance while the question waited.
+                action.ids = doomed.iter().map(|instance| instance.id.clone()).collect();
             }
-            act(client, out, "terminate", terminate.action).await?;
+            act(client, out, "terminate", action).await?;
         }
         InstancesCommand::Update(update) => {
             let mut body = json!({});
