@@ -19,6 +19,7 @@ mod policy;
 mod postgres;
 mod proxy;
 mod reach;
+mod readme;
 mod reconcile;
 mod resilience;
 mod security;

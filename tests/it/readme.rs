@@ -1,0 +1,111 @@
+//! The README's shell examples, run as a reader would paste them: every ```sh block, in order,
+//! as one bash script (`set -euo pipefail`), against a fresh server with the sandbox's admin
+//! password, `localhost:8080` pointing at it and `corral` the built binary. Blocks fenced
+//! ```sh no-run configure or start servers and are left out. The script must end with exit 0,
+//! so that the README cannot drift from the code.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use crate::helpers::{spawn_server, terraform_mirror};
+
+/// A public key for the README's "register a public key you already have".
+const PUBLIC_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBxRb7TiELnbM1ND25tHPOjS9iOz8hr5+M305fJZF6xi readme";
+
+/// The ```sh blocks of `markdown`, in order, without those marked `no-run`.
+fn shell_blocks(markdown: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in markdown.lines() {
+        match &mut current {
+            Some(block) if line.trim_start().starts_with("```") => {
+                blocks.push(std::mem::take(block));
+                current = None;
+            }
+            Some(block) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            None if line.trim() == "```sh" => current = Some(String::new()),
+            None => {}
+        }
+    }
+    blocks
+}
+
+#[test]
+fn only_plain_sh_blocks_are_taken() {
+    let markdown = "text\n```sh\necho one\n```\n```sh no-run\nrm -rf /\n```\n```toml\nx = 1\n```\n```sh\necho two\n```\n";
+    assert_eq!(shell_blocks(markdown), ["echo one\n", "echo two\n"]);
+}
+
+#[tokio::test]
+async fn the_readmes_shell_examples_run_in_order_against_a_fresh_server() {
+    // The tour creates an instance with the Terraform backend.
+    if terraform_mirror().is_none() {
+        return;
+    }
+    // The sandbox's password, and an SMTP server as the README's email section sets one
+    // (nothing listens there: deliveries only wait to be retried).
+    let server = spawn_server(|settings| {
+        settings.auth.admin_password = Some("sandbox-password".into());
+        settings.notify.smtp_host = Some("127.0.0.1".to_string());
+        settings.notify.smtp_port = Some(9);
+    })
+    .await;
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let host = server.address.trim_start_matches("http://");
+    let blocks = shell_blocks(&readme);
+    assert!(blocks.len() >= 5, "the README's shell examples were not found");
+    let script = format!(
+        "set -euo pipefail\n{}",
+        blocks
+            .join("\n")
+            .replace("localhost:8080", host)
+            .replace("http://127.0.0.1:8080", &server.address)
+    );
+
+    let work = tempfile::tempdir().unwrap();
+    let home = work.path().join("home");
+    std::fs::create_dir_all(home.join(".ssh")).unwrap();
+    std::fs::write(home.join(".ssh/id_ed25519.pub"), format!("{PUBLIC_KEY}\n")).unwrap();
+    let bin = work.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_corral"), bin.join("corral")).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let script_file = work.path().join("readme.sh");
+    std::fs::write(&script_file, &script).unwrap();
+
+    let output = tokio::process::Command::new("bash")
+        .arg("-x")
+        .arg(&script_file)
+        .current_dir(work.path())
+        .env_clear()
+        .env("PATH", path)
+        .env("HOME", &home)
+        .env("CORRAL_SERVER", &server.address)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(600), output)
+        .await
+        .expect("the README's examples end")
+        .unwrap();
+    let tail = |bytes: &[u8]| {
+        let text = String::from_utf8_lossy(bytes);
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    };
+    assert!(
+        output.status.success(),
+        "the README's examples failed ({}):\n--- stderr (last lines) ---\n{}\n--- stdout ---\n{}",
+        output.status,
+        tail(&output.stderr),
+        tail(&output.stdout),
+    );
+    assert!(Path::new(&work.path().join("main.tf")).exists(), "the export wrote main.tf");
+}
