@@ -997,7 +997,12 @@ pub(super) async fn update_observed(
     }
     if after.name != before.name {
         // A name another instance of the namespace holds stays that one's; this one keeps its
-        // own (the change is drift all the same).
+        // own (the change is drift all the same). The namespace's row lock orders this with
+        // its creates and renames.
+        sqlx::query("UPDATE namespaces SET updated_at = updated_at WHERE name = $1")
+            .bind(&after.namespace)
+            .execute(&mut **tx)
+            .await?;
         let others: Vec<(String,)> = sqlx::query_as(&format!(
             "SELECT id FROM instances WHERE {HOLDS_NAME} AND namespace = $1 AND name = $2 \
              AND id <> $3"

@@ -13,7 +13,9 @@ use crate::helpers::{spawn_server, terraform_mirror};
 const PUBLIC_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBxRb7TiELnbM1ND25tHPOjS9iOz8hr5+M305fJZF6xi readme";
 
-/// The ```sh blocks of `markdown`, in order, without those marked `no-run`.
+/// The ```sh blocks of `markdown`, in order, without those marked `no-run`. A fence of
+/// another shell (`bash`, `shell`, `console`) or another mark is refused, so that no example
+/// is left out unseen.
 fn shell_blocks(markdown: &str) -> Vec<String> {
     let mut blocks = Vec::new();
     let mut current: Option<String> = None;
@@ -28,7 +30,15 @@ fn shell_blocks(markdown: &str) -> Vec<String> {
                 block.push('\n');
             }
             None if line.trim() == "```sh" => current = Some(String::new()),
-            None => {}
+            None if line.trim() == "```sh no-run" => current = None,
+            None => {
+                let info = line.trim().strip_prefix("```").unwrap_or_default();
+                let shell = ["sh", "bash", "shell", "console", "zsh"];
+                assert!(
+                    !shell.iter().any(|name| info.starts_with(name)),
+                    "README fence ```{info}: use ```sh, or ```sh no-run for what the test skips"
+                );
+            }
         }
     }
     blocks
@@ -38,6 +48,8 @@ fn shell_blocks(markdown: &str) -> Vec<String> {
 fn only_plain_sh_blocks_are_taken() {
     let markdown = "text\n```sh\necho one\n```\n```sh no-run\nrm -rf /\n```\n```toml\nx = 1\n```\n```sh\necho two\n```\n";
     assert_eq!(shell_blocks(markdown), ["echo one\n", "echo two\n"]);
+    let unseen = std::panic::catch_unwind(|| shell_blocks("```bash\necho lost\n```\n"));
+    assert!(unseen.is_err(), "a bash fence would be skipped unseen");
 }
 
 #[tokio::test]
@@ -46,12 +58,9 @@ async fn the_readmes_shell_examples_run_in_order_against_a_fresh_server() {
     if terraform_mirror().is_none() {
         return;
     }
-    // The sandbox's password, and an SMTP server as the README's email section sets one
-    // (nothing listens there: deliveries only wait to be retried).
+    // A server as scripts/run's sandbox is: its password, and no SMTP server.
     let server = spawn_server(|settings| {
         settings.auth.admin_password = Some("sandbox-password".into());
-        settings.notify.smtp_host = Some("127.0.0.1".to_string());
-        settings.notify.smtp_port = Some(9);
     })
     .await;
     let readme =
@@ -108,4 +117,23 @@ async fn the_readmes_shell_examples_run_in_order_against_a_fresh_server() {
         tail(&output.stdout),
     );
     assert!(Path::new(&work.path().join("main.tf")).exists(), "the export wrote main.tf");
+
+    // What the script cannot tell from exit codes: `?wait=` answers a failed job with 200 too,
+    // and the requests the README shows refused must have been.
+    let admin = crate::helpers::login(&server.address, "admin", "sandbox-password").await;
+    let admin = crate::helpers::client_with("authorization", &format!("Bearer {admin}"));
+    let get = |path: &str| {
+        let request = admin.get(format!("{}{path}", server.address));
+        async move { request.send().await.unwrap().json::<serde_json::Value>().await.unwrap() }
+    };
+    let failed = get("/v1/jobs?status=failed").await;
+    assert_eq!(failed["items"], serde_json::json!([]), "no job of the README failed: {failed}");
+    let big = get("/v1/instances?name=big&all=true").await;
+    assert_eq!(big["items"], serde_json::json!([]), "the policy refused 'big': {big}");
+    for refused in ["/v1/webhooks", "/v1/email-subscriptions"] {
+        let listed = get(refused).await;
+        assert_eq!(listed["items"], serde_json::json!([]), "{refused} was refused: {listed}");
+    }
+    let blue = get("/v1/instances?tag=team:blue").await;
+    assert_eq!(blue["items"], serde_json::json!([]), "every blue instance was terminated: {blue}");
 }
