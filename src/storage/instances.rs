@@ -660,7 +660,8 @@ impl Store {
         Ok(held.is_some())
     }
 
-    /// The highest `n` of the live instances of `namespace` named `<prefix>-<n>`, 0 if none.
+    /// The highest `n` (of at most nine digits) of the instances of `namespace` holding a name
+    /// `<prefix>-<n>`, 0 if none.
     pub async fn highest_number(&self, namespace: &str, prefix: &str) -> Result<u64, StorageError> {
         let stem = format!("{prefix}-");
         let rows: Vec<(String,)> = sqlx::query_as(&format!(
@@ -675,7 +676,8 @@ impl Store {
         Ok(rows
             .iter()
             .map(|(name,)| &name[stem.len()..])
-            .filter(|number| number.bytes().all(|b| b.is_ascii_digit()))
+            // A number past nine digits was not counted up to: it does not hold the rest back.
+            .filter(|number| number.len() <= 9 && number.bytes().all(|b| b.is_ascii_digit()))
             .filter_map(|number| number.parse::<u64>().ok())
             .max()
             .unwrap_or(0))

@@ -174,10 +174,17 @@ async fn names_work_wherever_ids_do_and_are_unique_among_live_instances_of_a_nam
     let problem = assert_problem(rename, StatusCode::UNPROCESSABLE_ENTITY).await;
     assert!(problem["errors"][0]["message"].as_str().unwrap().contains("'web-2'"), "{problem}");
 
-    // Numbering that would pass 64 characters, or overflow, is refused, naming the prefix.
+    // Numbering that would pass 64 characters is refused, naming the prefix; a number no one
+    // counted up to (past nine digits) is no reason.
     let huge = app.create_running(&create_in("alpha", "big-18446744073709551615")).await;
     assert_eq!(huge["status"], "succeeded");
     numbered["name_prefix"] = json!("big");
+    numbered["count"] = json!(1);
+    let next = app.create_running(&numbered).await;
+    assert_eq!(next["instances"][0]["name"], "big-1", "{next}");
+    let long = "p".repeat(59);
+    app.create_running(&create_in("alpha", &format!("{long}-9999"))).await;
+    numbered["name_prefix"] = json!(long);
     let refused =
         assert_problem(app.post_instances(&numbered, "").await, StatusCode::UNPROCESSABLE_ENTITY)
             .await;
