@@ -105,8 +105,8 @@ pub(super) fn variable(path: &[&str]) -> String {
         .unwrap_or_else(|| format!("CORRAL_{}", target.to_ascii_uppercase()))
 }
 
-/// The environment's settings: every `CORRAL_*` variable but `OTHER_VARIABLES` and the
-/// harness's, short names read as the keys they set.
+/// The environment's settings: every `CORRAL_*` variable but `OTHER_VARIABLES`, the
+/// harness's and service links, short names read as the keys they set.
 pub(super) fn provider() -> impl Provider {
     let links: std::collections::HashSet<String> = variables()
         .filter(|(name, value)| is_service_link(name, value))
@@ -129,16 +129,16 @@ pub(super) fn provider() -> impl Provider {
     Renamed { source: env, spell: variable, origin: "the environment".to_string() }
 }
 
-/// Refuses the `CORRAL_*` variables among `variables` that corral does not read, each with the
-/// known name closest to it, so that a typo (`CORRAL_SMTP_HOSTT`) never silently keeps a
-/// default. A variable of a known section (`CORRAL_JOBS__…`) is left to the section's own
-/// check of its keys, which knows them all.
 /// The process's environment variables that are text.
 pub(super) fn variables() -> impl Iterator<Item = (String, String)> {
     std::env::vars_os()
         .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
 }
 
+/// Refuses the `CORRAL_*` variables among `variables` that corral does not read, each with the
+/// known name closest to it, so that a typo (`CORRAL_SMTP_HOSTT`) never silently keeps a
+/// default; service links pass (`is_service_link`). A variable of a known section
+/// (`CORRAL_JOBS__…`) is left to the section's own check of its keys, which knows them all.
 pub(super) fn check_names(variables: impl Iterator<Item = (String, String)>) -> Result<(), String> {
     let unknown: Vec<String> = variables
         .filter(|(name, _)| name.starts_with("CORRAL_") && !name.starts_with(HARNESS_PREFIX))
