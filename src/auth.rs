@@ -6,10 +6,12 @@
 //! - `throttle`: refuses logins for a while after repeated failures.
 //!
 //! `Authenticator` turns the credentials of a request (`X-API-KEY`, or `Authorization: Bearer`)
-//! into a `Principal` read fresh from the database, so that a revoked key, a deleted user or a
-//! changed role takes effect at the next request. What a principal may do is decided by
-//! `domain::identity`, and by the handlers that apply it.
+//! into a `Principal`, from the records `cache` keeps while the identity version they were
+//! read under is current, so that a revoked key, a deleted user or a changed role takes effect
+//! at the next request. What a principal may do is decided by `domain::identity`, and by the
+//! handlers that apply it.
 
+mod cache;
 mod secrets;
 mod throttle;
 mod token;
@@ -63,6 +65,7 @@ pub struct IssuedToken {
 
 pub struct Authenticator {
     store: Store,
+    cache: cache::PrincipalCache,
     keys: token::TokenKeys,
     token_ttl_secs: u64,
     throttle: throttle::LoginThrottle,
@@ -81,6 +84,7 @@ impl Authenticator {
         };
         Ok(Authenticator {
             store,
+            cache: Default::default(),
             keys: token::TokenKeys::new(secret.as_bytes()),
             token_ttl_secs: settings.token_ttl_secs,
             throttle: throttle::LoginThrottle::new(
@@ -226,9 +230,10 @@ impl Authenticator {
                 must_change_password: false,
             });
         }
+        let version = self.store.identity_version().await?;
         let user = self
-            .store
-            .user_by_id(&claims.sub)
+            .cache
+            .user(&self.store, version, &claims.sub)
             .await?
             .ok_or(AuthError::Unauthenticated("the token's user no longer exists"))?;
         if user.credentials_version != claims.ver {
@@ -236,13 +241,14 @@ impl Authenticator {
                 "the token was issued before its user's password changed; log in again",
             ));
         }
-        Ok(principal(user, Credential::Password, expires_at))
+        Ok(principal(&user, Credential::Password, expires_at))
     }
 
     async fn authenticate_key(&self, key: &str) -> Result<Principal, AuthError> {
         const INVALID: AuthError = AuthError::Unauthenticated("invalid API key");
         let prefix = secrets::api_key_prefix(key).ok_or(INVALID)?;
-        let record = self.store.api_key_by_prefix(prefix).await?.ok_or(INVALID)?;
+        let version = self.store.identity_version().await?;
+        let record = self.cache.api_key(&self.store, version, prefix).await?.ok_or(INVALID)?;
         if !secrets::same_secret(&secrets::digest(key), &record.key_hash) {
             return Err(INVALID);
         }
@@ -252,9 +258,10 @@ impl Authenticator {
         if record.expires_at.is_some_and(|at| at <= now_millis()) {
             return Err(AuthError::Unauthenticated("the API key has expired"));
         }
-        let user = self.store.user_by_id(&record.user_id).await?.ok_or(INVALID)?;
-        let credential = Credential::ApiKey { id: record.id, prefix: record.prefix };
-        Ok(principal(user, credential, record.expires_at))
+        let user = self.cache.user(&self.store, version, &record.user_id).await?.ok_or(INVALID)?;
+        let credential =
+            Credential::ApiKey { id: record.id.clone(), prefix: record.prefix.clone() };
+        Ok(principal(&user, credential, record.expires_at))
     }
 
     /// A token for the Terraform run of job `job_id`, valid for `ttl_secs`, that reaches
@@ -338,12 +345,12 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     file.sync_all()
 }
 
-fn principal(user: UserRecord, credential: Credential, expires_at: Option<i64>) -> Principal {
+fn principal(user: &UserRecord, credential: Credential, expires_at: Option<i64>) -> Principal {
     Principal {
-        user_id: user.id,
-        username: user.username,
+        user_id: user.id.clone(),
+        username: user.username.clone(),
         admin: user.admin,
-        roles: user.roles,
+        roles: user.roles.clone(),
         credential,
         expires_at,
         must_change_password: user.must_change_password,

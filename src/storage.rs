@@ -27,6 +27,7 @@ mod sql;
 mod terraform_state;
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -68,6 +69,8 @@ pub struct Store {
     listener: Option<PgPool>,
     /// Addresses every notification is mailed to (`notify.email`), besides subscriptions.
     recipients: std::sync::Arc<[String]>,
+    /// SQLite only: the identity version this process last committed (`identity_version`).
+    identity_seen: std::sync::Arc<AtomicI64>,
 }
 
 /// Which database is behind the store, for the few clauses the two write differently.
@@ -248,7 +251,15 @@ impl Store {
             .run(&pool)
             .await
             .context("applying database migrations")?;
-        Ok(Store { pool, dialect: Dialect::Sqlite, listener: None, recipients: [].into() })
+        let (version,): (i64,) =
+            sqlx::query_as("SELECT version FROM identity_version").fetch_one(&pool).await?;
+        Ok(Store {
+            pool,
+            dialect: Dialect::Sqlite,
+            listener: None,
+            recipients: [].into(),
+            identity_seen: std::sync::Arc::new(AtomicI64::new(version)),
+        })
     }
 
     async fn connect_postgres(url: &str) -> anyhow::Result<Store> {
@@ -274,6 +285,7 @@ impl Store {
             dialect: Dialect::Postgres,
             listener: Some(listener),
             recipients: [].into(),
+            identity_seen: Default::default(),
         })
     }
 
@@ -327,6 +339,22 @@ impl Store {
             }
         });
         Ok(Some(receiver))
+    }
+
+    /// A number that changes whenever a user, a role binding or an API key does, so that what
+    /// was read of them may be kept while it stays the same. On SQLite, which one process
+    /// owns, the number this process committed last, read without a query; on PostgreSQL,
+    /// where other processes write too, the stored number (one primary-key read).
+    pub async fn identity_version(&self) -> Result<i64, StorageError> {
+        match self.dialect {
+            Dialect::Sqlite => Ok(self.identity_seen.load(Ordering::Acquire)),
+            Dialect::Postgres => {
+                let (version,): (i64,) = sqlx::query_as("SELECT version FROM identity_version")
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(version)
+            }
+        }
     }
 
     pub async fn ping(&self) -> Result<(), StorageError> {

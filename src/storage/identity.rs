@@ -146,6 +146,19 @@ impl From<ApiKeyRow> for ApiKeyRecord {
 }
 
 impl Store {
+    /// Commits `tx`, which changed users, role bindings or API keys, raising the identity
+    /// version in it (last, so that no transaction waits for another while holding its row).
+    async fn commit_identity(&self, mut tx: Transaction<'_, Any>) -> Result<(), StorageError> {
+        let (version,): (i64,) = sqlx::query_as(
+            "UPDATE identity_version SET version = version + 1 WHERE id = 1 RETURNING version",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.identity_seen.fetch_max(version, std::sync::atomic::Ordering::AcqRel);
+        Ok(())
+    }
+
     /// Creates `user` as the first admin, unless any user exists; true if it was created.
     pub async fn bootstrap_admin(&self, user: &UserRecord) -> Result<bool, StorageError> {
         let mut tx = self.pool.begin().await?;
@@ -178,7 +191,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        tx.commit().await?;
+        self.commit_identity(tx).await?;
         Ok(created)
     }
 
@@ -229,7 +242,7 @@ impl Store {
         let entry = AuditEntry::new("user.create", &user.username)
             .new_value(user_value(user.admin, &user.roles));
         insert_audit(&mut tx, actor, &entry).await?;
-        tx.commit().await?;
+        self.commit_identity(tx).await?;
         Ok(UserWrite::Done(user.clone()))
     }
 
@@ -291,7 +304,7 @@ impl Store {
             .old(user_value(before.admin, &before.roles))
             .new_value(new_value);
         insert_audit(&mut tx, actor, &entry).await?;
-        tx.commit().await?;
+        self.commit_identity(tx).await?;
         match self.find_user("username", username).await? {
             Some(user) => Ok(UserWrite::Done(user)),
             None => Ok(UserWrite::NotFound),
@@ -324,7 +337,7 @@ impl Store {
         let entry =
             AuditEntry::new("user.delete", username).old(user_value(before.admin, &before.roles));
         insert_audit(&mut tx, actor, &entry).await?;
-        tx.commit().await?;
+        self.commit_identity(tx).await?;
         Ok(UserWrite::Done(before))
     }
 
@@ -405,7 +418,7 @@ impl Store {
             "expires_at": key.expires_at.map(crate::storage::to_datetime),
         }));
         insert_audit(&mut tx, actor, &entry).await?;
-        tx.commit().await?;
+        self.commit_identity(tx).await?;
         Ok(())
     }
 
@@ -462,7 +475,7 @@ impl Store {
         let entry = AuditEntry::new("api_key.revoke", &key.prefix)
             .new_value(serde_json::json!({ "name": key.name, "user": key.username }));
         insert_audit(&mut tx, actor, &entry).await?;
-        tx.commit().await?;
+        self.commit_identity(tx).await?;
         Ok(Some(key))
     }
 }

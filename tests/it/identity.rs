@@ -731,3 +731,100 @@ async fn send_together(
     let status = response.status();
     (status, response.json().await.unwrap())
 }
+
+/// Every change to a principal applies at the very next request, on the process `reader` even
+/// when `writer` made it (another replica on PostgreSQL): roles given and taken, the admin
+/// flag, a password change (which ends the user's tokens), a revoked key, a deleted user. Each
+/// credential is used on `reader` before each change, so that what `reader` keeps of it in
+/// memory is what the change must end.
+pub async fn principal_changes_apply_at_the_next_request(
+    writer: &crate::helpers::TestApp,
+    reader: &str,
+) {
+    writer.create_namespaces(&["alpha"]).await;
+    let body = json!({ "username": "kim", "password": "long enough password",
+                       "roles": { "alpha": "operator" } });
+    assert_eq!(writer.post_json("/v1/users", &body, None).await.status(), StatusCode::CREATED);
+    let token = login(reader, "kim", "long enough password").await;
+    let by_token = client_with("authorization", &format!("Bearer {token}"));
+    let key = crate::helpers::create_api_key(&by_token, reader).await;
+    let spare = crate::helpers::create_api_key(&by_token, reader).await;
+    let (by_key, by_spare) = (client_with("x-api-key", &key), client_with("x-api-key", &spare));
+    let me = |client: &reqwest::Client| {
+        let request = client.get(format!("{reader}/v1/me")).send();
+        async move { request.await.unwrap() }
+    };
+    let roles_of = |client: &reqwest::Client| {
+        let response = me(client);
+        async move {
+            let response = response.await;
+            assert_eq!(response.status(), StatusCode::OK);
+            let body: Value = response.json().await.unwrap();
+            (body["roles"].clone(), body["admin"].clone())
+        }
+    };
+    let patch = |body: Value| {
+        let request = writer.client.patch(writer.url("/v1/users/kim")).json(&body).send();
+        async move { assert_eq!(request.await.unwrap().status(), StatusCode::OK) }
+    };
+    for client in [&by_token, &by_key, &by_spare] {
+        assert_eq!(roles_of(client).await, (json!({ "alpha": "operator" }), json!(false)));
+    }
+
+    // A role changed, then taken away.
+    patch(json!({ "roles": { "alpha": "viewer" } })).await;
+    for client in [&by_token, &by_key] {
+        assert_eq!(roles_of(client).await, (json!({ "alpha": "viewer" }), json!(false)));
+    }
+    patch(json!({ "roles": { "alpha": null } })).await;
+    assert_eq!(roles_of(&by_key).await, (json!({}), json!(false)));
+    let hidden = by_key.get(format!("{reader}/v1/namespaces/alpha")).send().await.unwrap();
+    assert_eq!(hidden.status(), StatusCode::NOT_FOUND);
+
+    // Made admin, then not.
+    let users = |client: &reqwest::Client| {
+        let request = client.get(format!("{reader}/v1/users")).send();
+        async move { request.await.unwrap().status() }
+    };
+    assert_eq!(users(&by_key).await, StatusCode::FORBIDDEN);
+    patch(json!({ "admin": true })).await;
+    assert_eq!(users(&by_key).await, StatusCode::OK);
+    assert_eq!(users(&by_token).await, StatusCode::OK);
+    patch(json!({ "admin": false })).await;
+    assert_eq!(users(&by_key).await, StatusCode::FORBIDDEN);
+    assert_eq!(users(&by_token).await, StatusCode::FORBIDDEN);
+
+    // A new password ends the token; the keys stay.
+    patch(json!({ "password": "another long password" })).await;
+    let problem = assert_problem(me(&by_token).await, StatusCode::UNAUTHORIZED).await;
+    assert!(problem["detail"].as_str().unwrap().contains("password changed"), "{problem}");
+    assert_eq!(me(&by_key).await.status(), StatusCode::OK);
+
+    // A revoked key.
+    let keys: Value = writer.get("/v1/api-keys").await.json().await.unwrap();
+    let id = keys["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|listed| key.starts_with(listed["prefix"].as_str().unwrap()))
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let revoked = writer.client.delete(writer.url(&format!("/v1/api-keys/{id}"))).send().await;
+    assert_eq!(revoked.unwrap().status(), StatusCode::OK);
+    let problem = assert_problem(me(&by_key).await, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(problem["detail"], "the API key has been revoked");
+    assert_eq!(me(&by_spare).await.status(), StatusCode::OK);
+
+    // A deleted user: its other key with it.
+    let deleted = writer.client.delete(writer.url("/v1/users/kim")).send().await.unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    assert_problem(me(&by_spare).await, StatusCode::UNAUTHORIZED).await;
+}
+
+#[tokio::test]
+async fn a_principal_change_applies_at_the_next_request() {
+    let app = spawn_app().await;
+    principal_changes_apply_at_the_next_request(&app, &app.address).await;
+}

@@ -238,3 +238,15 @@ async fn an_api_process_wakes_a_worker_process_and_hears_at_once_when_it_finishe
     let described = worker.ec2.describe_instances().instance_ids(cloud_id).send().await.unwrap();
     assert_eq!(described.reservations().len(), 1, "{described:?}");
 }
+
+/// Two replicas on one database: every change to a principal made through one applies at the
+/// very next request on the other, though the other keeps principals in memory.
+#[tokio::test]
+async fn a_principal_change_on_one_replica_applies_at_the_next_request_on_another() {
+    let Some(base) = postgres_only() else { return };
+    let database = new_postgres_database(&base).await;
+    let writer = spawn_app_with(|settings| settings.database_url = database.clone()).await;
+    let reader = spawn_server(|settings| settings.database_url = database.clone()).await;
+    let _stop_reader = reader.shutdown.clone().drop_guard();
+    crate::identity::principal_changes_apply_at_the_next_request(&writer, &reader.address).await;
+}
